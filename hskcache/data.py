@@ -1,0 +1,240 @@
+"""Load a task split from a GLUE folder, a local table (tsv/csv/jsonl/parquet) or the HF hub.
+
+Everything becomes `Examples`: parallel lists of texts (and pair texts) plus a label array, with
+a sha256 fingerprint of the raw rows so a cache can prove which data it was built from.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hskcache.errors import DataFormatError
+from hskcache.tasks import TaskSpec, get_task
+
+TABLE_SUFFIXES = {".tsv", ".csv", ".jsonl", ".json", ".parquet"}
+NO_LABEL = -1  # GLUE test splits ship without labels
+
+
+@dataclass
+class Examples:
+    texts: list[str]
+    pairs: list[str] | None
+    labels: np.ndarray  # (N,) int64 class ids, or float32 for regression
+    source: str
+    task: TaskSpec
+    label_names: tuple[str, ...] | None  # None: regression
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def fingerprint(self) -> str:
+        """sha256 over every raw row, in order: the data part of a cache's identity."""
+        h = hashlib.sha256()
+        for i, text in enumerate(self.texts):
+            pair = self.pairs[i] if self.pairs is not None else ""
+            h.update(f"{text}\x1f{pair}\x1f{self.labels[i]!r}\x1e".encode())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Column overrides for tables that are not standard GLUE files."""
+
+    text: str | None = None
+    text_pair: str | None = None
+    label: str | None = None
+
+
+def load_split(
+    data: str,
+    task: str | None,
+    split: str,
+    columns: Columns = Columns(),
+    limit: int | None = None,
+) -> Examples:
+    """Load one split.
+
+    Args:
+        data: a GLUE-format folder (holding `<split>.tsv`), a table file, or a hub dataset
+            name (`glue` means `nyu-mll/glue`).
+        task: GLUE task name; inferred from a GLUE folder's name when None.
+        split: `train`, `dev` (alias `validation`) or `test`.
+        columns: overrides for the text / pair / label columns.
+        limit: keep only the first `limit` rows.
+
+    Raises:
+        DataFormatError: missing file, unknown column, bad label, malformed row.
+    """
+    path = Path(data).expanduser()
+    split = "dev" if split == "validation" else split
+    if path.is_dir():
+        spec = get_task(task or path.name)
+        file = path / f"{spec.dev_file if split == 'dev' else split}.tsv"
+        if not file.is_file():
+            raise DataFormatError(str(file), f"not found; a GLUE folder needs {split}.tsv")
+        rows, header = _read_tsv(file, spec.has_header)
+        ex = _from_rows(rows, header, spec, columns, str(file), split)
+    elif path.is_file():
+        spec = get_task(task) if task else _custom_task(columns)
+        ex = _from_table(path, spec, columns, split)
+    elif path.suffix in TABLE_SUFFIXES or "/" in data or data.startswith("."):
+        raise DataFormatError(data, "no such file or folder; pass a GLUE folder or a table file")
+    else:
+        spec = get_task(task) if task else _custom_task(columns)
+        ex = _from_hub(data, spec, columns, split)
+    if limit is not None:
+        ex = Examples(
+            ex.texts[:limit],
+            ex.pairs[:limit] if ex.pairs is not None else None,
+            ex.labels[:limit],
+            ex.source,
+            ex.task,
+            ex.label_names,
+        )
+    if len(ex) == 0:
+        raise DataFormatError(ex.source, "no rows to load")
+    return ex
+
+
+def _custom_task(columns: Columns) -> TaskSpec:
+    return TaskSpec(
+        "custom",
+        columns.text or "text",
+        columns.text_pair,
+        columns.label or "label",
+        labels=(),  # filled from the data
+        max_length=128,
+    )
+
+
+def _read_tsv(file: Path, has_header: bool) -> tuple[list[list[str]], list[str] | None]:
+    # GLUE TSVs contain bare quotes (MRPC, SST-2): no quoting; utf-8-sig drops MRPC's BOM.
+    with file.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not has_header:
+        return rows, None
+    if not rows:
+        raise DataFormatError(str(file), "empty file")
+    return rows[1:], rows[0]
+
+
+def _column_index(key: str | int, header: list[str] | None, where: str) -> int:
+    if isinstance(key, int):
+        return key
+    if header is None or key not in header:
+        raise DataFormatError(where, f"no column '{key}'; columns are {header}")
+    return header.index(key)
+
+
+def _from_rows(rows, header, spec, columns, where, split) -> Examples:
+    text_i = _column_index(columns.text or spec.text, header, where)
+    pair_key = columns.text_pair or spec.text_pair
+    pair_i = None if pair_key is None else _column_index(pair_key, header, where)
+    label_key = columns.label or spec.label
+    has_label = not (split == "test" and header is not None and label_key not in header)
+    label_i = _column_index(label_key, header, where) if has_label else None
+    need = max(i for i in (text_i, pair_i, label_i) if i is not None)
+    texts, pairs, raw = [], [] if pair_i is not None else None, []
+    first_line = 2 if header is not None else 1
+    for n, row in enumerate(rows):
+        if not row:
+            continue
+        if len(row) <= need:
+            raise DataFormatError(where, f"expected at least {need + 1} fields", first_line + n)
+        texts.append(row[text_i])
+        if pairs is not None:
+            pairs.append(row[pair_i])
+        raw.append(row[label_i] if label_i is not None else None)
+    labels, names = _encode_labels(raw, spec, where)
+    return Examples(texts, pairs, labels, where, spec, names)
+
+
+def _from_table(path: Path, spec: TaskSpec, columns: Columns, split: str) -> Examples:
+    if path.suffix == ".tsv" and spec.name != "custom":
+        rows, header = _read_tsv(path, spec.has_header)
+        return _from_rows(rows, header, spec, columns, str(path), split)
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix in (".csv", ".tsv"):
+            opts = pacsv.ParseOptions(delimiter="\t" if path.suffix == ".tsv" else ",")
+            table = pacsv.read_csv(path, parse_options=opts)
+        elif path.suffix in (".jsonl", ".json"):
+            table = pajson.read_json(path)
+        elif path.suffix == ".parquet":
+            table = pq.read_table(path)
+        else:
+            raise DataFormatError(str(path), f"unknown table type; use one of {TABLE_SUFFIXES}")
+    except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
+        raise DataFormatError(str(path), f"cannot parse: {e}") from e
+    header = table.column_names
+    rows = [list(r) for r in zip(*(table.column(c).to_pylist() for c in header), strict=True)]
+    spec = _named_columns(spec)
+    return _from_rows(rows, header, spec, columns, str(path), split)
+
+
+def _named_columns(spec: TaskSpec) -> TaskSpec:
+    """Tables always have headers: positional GLUE columns (CoLA) become the hub's names."""
+    if isinstance(spec.text, int):
+        return TaskSpec(spec.name, "sentence", None, "label", spec.labels, spec.max_length)
+    return spec
+
+
+def _from_hub(name: str, spec: TaskSpec, columns: Columns, split: str) -> Examples:
+    import datasets
+
+    repo = "nyu-mll/glue" if name == "glue" else name
+    hub_split = {"dev": "validation"}.get(split, split)
+    if spec.name == "mnli" and hub_split in ("validation", "test"):
+        hub_split += "_matched"
+    try:
+        ds = datasets.load_dataset(repo, spec.hf_name or None, split=hub_split)
+    except Exception as e:  # the hub raises many types; all mean "cannot load"
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataFormatError(name, f"cannot load from the Hugging Face hub ({msg})") from e
+    cols, source = ds.column_names, f"hf:{repo}/{spec.hf_name}:{hub_split}"
+    text = columns.text or _first(cols, ("sentence", "sentence1", "question1", "question"))
+    pair = columns.text_pair
+    if pair is None and spec.text_pair is not None:
+        pair = _first([c for c in cols if c != text], ("sentence2", "question2", "sentence"))
+    label = columns.label or "label"
+    for c in (text, pair, label):
+        if c is not None and c not in cols:
+            raise DataFormatError(source, f"no column '{c}'; columns are {cols}")
+    # The hub stores class ids already (-1 on test splits), in the same order as TaskSpec.labels.
+    labels = np.asarray(ds[label], dtype=np.float32 if spec.is_regression else np.int64)
+    pairs = list(ds[pair]) if pair is not None else None
+    return Examples(list(ds[text]), pairs, labels, source, spec, spec.labels)
+
+
+def _first(cols: list[str], candidates: tuple[str, ...]) -> str | None:
+    return next((c for c in candidates if c in cols), None)
+
+
+def _encode_labels(
+    raw: list, spec: TaskSpec, where: str
+) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """Class names -> ids in the task's order; a custom task takes its names sorted."""
+    if all(v is None for v in raw):
+        return np.full(len(raw), NO_LABEL, dtype=np.int64), spec.labels
+    if spec.labels is None:
+        try:
+            return np.asarray([float(v) for v in raw], dtype=np.float32), None
+        except (TypeError, ValueError) as e:
+            raise DataFormatError(where, f"regression labels must be numbers: {e}") from e
+    names = spec.labels or tuple(sorted({str(v) for v in raw}))
+    index = {n: i for i, n in enumerate(names)}
+    out = np.empty(len(raw), dtype=np.int64)
+    for i, v in enumerate(raw):
+        key = str(int(v)) if isinstance(v, (int, np.integer, bool)) else str(v)
+        if key not in index:
+            raise DataFormatError(where, f"label {v!r} in row {i + 1} is not one of {list(names)}")
+        out[i] = index[key]
+    return out, names

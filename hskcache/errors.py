@@ -1,0 +1,50 @@
+"""Errors a user can act on. The CLI prints one red line for any `HskError` and exits 1."""
+
+from __future__ import annotations
+
+
+class HskError(Exception):
+    """Base class: the message says what was found, what was expected, and what to do."""
+
+
+class ConfigError(HskError):
+    """A setting is invalid (bad HSK config string, max length above the model's, ...)."""
+
+
+class DataFormatError(HskError):
+    """Input data cannot be read as asked."""
+
+    def __init__(self, path: str, message: str, line: int | None = None):
+        self.path, self.line = path, line
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+class TeacherError(HskError):
+    """The teacher checkpoint cannot be used (not BERT-style, pickle-only, missing files)."""
+
+
+class CacheError(HskError):
+    """A cache store is missing, unreadable or malformed."""
+
+
+class CacheIncompleteError(CacheError):
+    """The cache was never marked complete (a killed or running build)."""
+
+
+class ChecksumError(CacheError):
+    """A chunk's stored crc32c does not match its bytes."""
+
+    def __init__(self, array: str, chunk: int, detail: str = ""):
+        self.array, self.chunk = array, chunk
+        msg = f"array '{array}' chunk {chunk} is damaged"
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+
+
+class CacheMismatchError(CacheError):
+    """A cache was built for something other than what is asked of it."""
+
+    def __init__(self, field: str, expected: object, found: object, hint: str = ""):
+        self.field, self.expected, self.found = field, expected, found
+        msg = f"cache mismatch on '{field}': expected {expected!r}, found {found!r}"
+        super().__init__(f"{msg}; {hint}" if hint else msg)

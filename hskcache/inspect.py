@@ -1,0 +1,55 @@
+"""`hskcache inspect`: what a cache holds, how big it is, and how much of the full HSK it keeps."""
+
+from __future__ import annotations
+
+from hskcache.reader import Cache
+
+
+def describe(cache: Cache) -> dict:
+    """A JSON-ready summary: manifest highlights plus every array's shape and bytes on disk."""
+    m = cache.manifest
+    arrays = []
+    for name, spec in cache.specs.items():
+        arr = cache.group[name]
+        arrays.append(
+            {
+                "name": name,
+                "shape": list(arr.shape),
+                "dtype": spec.dtype,
+                "chunk_rows": arr.chunks[0],
+                "bytes": int(arr.nbytes_stored()),
+            }
+        )
+    sel, t, d = m["selection"], m["teacher"], m["data"]
+    return {
+        "path": cache.url,
+        "status": m["status"],
+        "identity": m["identity"],
+        "teacher": f"{t['name']} ({t['model_type']}, {t['num_hidden_layers']} layers, "
+        f"hidden {t['hidden_size']}, sha256 {t['weights_sha256'][:12]})",
+        "teacher_head_initialised": t["head_initialised"],
+        "data": f"{d['task']} {d['split']} from {d['source']} ({d['num_examples']} examples, "
+        f"fingerprint {d['fingerprint'][:12]})",
+        "max_length": m["max_length"],
+        "selection": {
+            "config": sel["name"],
+            "length": sel["length"],
+            "width_strategy": sel["width_strategy"],
+            "tokens_kept": sel["tokens_kept"],
+            "width_kept": f"{sel['width_kept']}/{t['hidden_size']}",
+            "layers": [
+                f"student {la['student']} <- teacher {la['teacher']}"
+                + (
+                    f" (scored by attention {la['score_attention']})"
+                    if la["score_attention"] is not None
+                    else ""
+                )
+                for la in m["layers"]
+            ],
+        },
+        "storage": m["storage"],
+        "counts": m["counts"],
+        "arrays": arrays,
+        "total_bytes": sum(a["bytes"] for a in arrays),
+        "stats": m["stats"],
+    }

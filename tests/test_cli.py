@@ -1,0 +1,91 @@
+"""The `hskcache` commands: documented output, and one red line + exit 1 for bad input."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from hskcache.cli import app
+from hskcache.reader import open_cache
+
+runner = CliRunner()
+
+
+def build_args(data, out, teacher, *extra):
+    return [
+        "build",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--teacher",
+        str(teacher),
+        "--max-length",
+        "16",
+        "--hsk",
+        "1l_4t_0.25h",
+        "--quiet",
+        *extra,
+    ]
+
+
+def test_build_inspect_verify(tmp_path, sst2_dir, tiny_bert):
+    out = tmp_path / "c"
+    r = runner.invoke(app, build_args(sst2_dir, out, tiny_bert, "--limit", "20"))
+    assert r.exit_code == 0, r.output
+    assert "complete" in r.output
+    r = runner.invoke(app, ["inspect", str(out), "--json"])
+    info = json.loads(r.output)
+    assert info["status"] == "complete" and info["counts"]["num_examples"] == 20
+    assert info["selection"]["config"] == "1l_4t_0.25h"
+    assert {a["name"] for a in info["arrays"]} >= {"input_ids", "layers/h1/values"}
+    assert info["total_bytes"] > 0 and 0 < info["stats"]["hsk_fraction"] < 1
+    r = runner.invoke(app, ["inspect", str(out)])
+    assert r.exit_code == 0 and "HSK kept" in r.output
+    r = runner.invoke(app, ["verify", str(out), "--quiet"])
+    assert r.exit_code == 0 and "ok" in r.output
+
+
+def test_config_file(tmp_path, sst2_dir, tiny_bert):
+    toml = tmp_path / "b.toml"
+    toml.write_text(
+        f'data = "{sst2_dir}"\nout = "{tmp_path / "c"}"\nteacher = "{tiny_bert}"\n'
+        'hsk = "1l_2t_0.5h"\nmax_length = 16\nlimit = 5\n'
+    )
+    assert runner.invoke(app, ["build", "--config", str(toml), "--quiet"]).exit_code == 0
+    assert open_cache(tmp_path / "c").manifest["selection"]["name"] == "1l_2t_0.5h"
+    toml.write_text(toml.read_text() + "colour = 3\n")
+    r = runner.invoke(app, ["build", "--config", str(toml), "--quiet"])
+    assert r.exit_code == 1 and "unknown config keys ['colour']" in r.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--hsk", "1l_10t_0.1"], "bad HSK config '1l_10t_0.1'"),
+        (["--max-length", "400"], "max length 400 is outside"),
+        (["--text-column", "txt"], "no column 'txt'"),
+        (["--hsk", "1l_40t_0.1h"], "keeps 40 tokens but max length is 16"),
+        (["--value-dtype", "fp8"], "value_dtype must be one of"),
+    ],
+)
+def test_bad_input_one_line(tmp_path, sst2_dir, tiny_bert, extra, message):
+    out = tmp_path / "c"
+    data = sst2_dir / "train.tsv" if "--text-column" in extra else sst2_dir
+    args = build_args(data, out, tiny_bert, "--task", "sst2", *extra)
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.output
+    assert not (out / "zarr.json").exists()  # nothing that could look complete
+
+
+def test_bad_paths(tmp_path, sst2_dir, tiny_bert):
+    r = runner.invoke(app, build_args(tmp_path / "nope.tsv", tmp_path / "c", tiny_bert))
+    assert r.exit_code == 1 and "nope.tsv: no such file" in r.output
+    r = runner.invoke(app, build_args(sst2_dir, tmp_path / "c", tmp_path))
+    assert r.exit_code == 1 and "not a Hugging Face model folder" in r.output
+    r = runner.invoke(app, ["inspect", str(tmp_path / "none")])
+    assert r.exit_code == 1 and "no cache here" in r.output
+    r = runner.invoke(app, ["verify", str(tmp_path)])
+    assert r.exit_code == 1 and "no cache here" in r.output

@@ -1,0 +1,40 @@
+"""A real build: the MiniLM-L6 teacher on 200 real SST-2 rows."""
+
+import numpy as np
+import pytest
+
+from conftest import GLUE
+from hskcache.build import build_cache
+from hskcache.config import BuildConfig
+from hskcache.reader import decode_values, open_cache
+from hskcache.verify import verify_cache
+
+pytestmark = pytest.mark.skipif(not (GLUE / "SST-2").is_dir(), reason="no shared GLUE data")
+
+
+def test_minilm_sst2_200_rows(tmp_path):
+    cfg = BuildConfig(
+        data=str(GLUE / "SST-2"),
+        out=str(tmp_path / "c"),
+        split="train",
+        limit=200,
+        hsk="1l_10t_0.1h",
+        chunk_rows=64,
+    )
+    cache = open_cache(build_cache(cfg, show_progress=False))
+    m = cache.manifest
+    assert m["teacher"]["model_type"] == "bert" and m["teacher"]["hidden_size"] == 384
+    assert [(la["student"], la["teacher"], la["score_attention"]) for la in m["layers"]] == [
+        (4, 4, 3)
+    ]  # 6-layer teacher: top student layer <-> hidden 4 (2/3 up)
+    assert m["selection"]["width_kept"] == 38 and cache.num_examples == 200
+    assert verify_cache(cache.url) == []
+    d = cache.read(0, 200)
+    pos, ids = d["layers/h4/positions"].astype(np.int64), d["input_ids"]
+    picked = np.take_along_axis(ids, np.maximum(pos, 0), axis=1)
+    assert not ((picked == 102) & (pos >= 0)).any()  # [SEP] = 102 in the uncased vocab
+    assert (pos[:, 0] == 0).mean() > 0.9  # [CLS] scores itself highest almost always
+    vals = decode_values(m, d["layers/h4/values"], None)
+    assert np.isfinite(vals).all() and (np.abs(vals[..., 0]) >= np.abs(vals[..., -1])).all()
+    stats = m["stats"]
+    assert stats["full_fp16_bytes_per_example"] / stats["bytes_per_example"] > 30

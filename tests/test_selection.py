@@ -1,0 +1,143 @@
+"""Every selection strategy on hand-made tensors, with exact expected indices."""
+
+import pytest
+import torch
+
+from hskcache.errors import ConfigError
+from hskcache.selection import (
+    PAD_POSITION,
+    default_l_top,
+    depth_pairs,
+    fixed_width_dims,
+    gather_tokens,
+    parse_hsk,
+    scatter_width,
+    scoring_attention_layer,
+    select_tokens,
+    select_width_magnitude,
+    teacher_layer_for,
+)
+
+
+@pytest.mark.parametrize(
+    ("layer", "n_s", "l_top", "want"),
+    [
+        (1, 4, 6, 2),  # 1.5 -> 2 (even)
+        (3, 4, 6, 4),  # 4.5 -> 4 (even)
+        (1, 4, 2, 0),  # 0.5 -> 0 (even)
+        (3, 4, 2, 2),  # 1.5 -> 2
+        (4, 4, 8, 8),
+        (2, 6, 8, 3),  # 2.67 -> 3
+    ],
+)
+def test_teacher_layer_rounds_halves_to_even(layer, n_s, l_top, want):
+    assert teacher_layer_for(layer, n_s, l_top) == want
+
+
+def test_depth_pairs_top_layers():
+    assert default_l_top(12) == 8 and default_l_top(6) == 4
+    assert depth_pairs(4, 12, 1) == [(4, 8)]  # the paper's final choice
+    assert depth_pairs(4, 12, 3, l_top=12) == [(2, 6), (3, 9), (4, 12)]
+    assert depth_pairs(4, 6, None, l_top=6) == [(0, 0), (1, 2), (2, 3), (3, 4), (4, 6)]
+    assert depth_pairs(4, 12, None, teacher_layers=[8, 4]) == [(3, 4), (4, 8)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "msg"),
+    [
+        ({"n_layers": 6}, "hidden states"),
+        ({"n_layers": 1, "l_top": 13}, "l_top"),
+        ({"n_layers": 1, "teacher_layers": [13]}, "out of range"),
+        ({"n_layers": 2, "teacher_layers": [8]}, "listed"),
+    ],
+)
+def test_depth_pairs_errors(kwargs, msg):
+    with pytest.raises(ConfigError, match=msg):
+        depth_pairs(4, 12, **kwargs)
+
+
+def test_parse_hsk():
+    c = parse_hsk("1l_10t_0.1h")
+    assert (c.layers, c.tokens, c.width, c.name) == (1, 10, 0.1, "1l_10t_0.1h")
+    assert parse_hsk("full").name == "full" and parse_hsk("full").layers is None
+    assert parse_hsk("3l_64t_1h").name == "3l_64t_1h"
+    for bad in ("1l_10t_0.1", "1l10t0.1h", "0l_10t_0.1h", "1l_10t_1.5h", "1l_0t_0.1h", ""):
+        with pytest.raises(ConfigError):
+            parse_hsk(bad)
+    with pytest.raises(ConfigError, match="length strategy"):
+        parse_hsk("full", length="right")
+
+
+def test_scoring_layer():
+    assert scoring_attention_layer(8, 4, 4, 12, "producing") == 7
+    assert scoring_attention_layer(0, 0, 4, 12, "producing") == 0
+    assert scoring_attention_layer(8, 4, 4, 12, "uniform") == 11  # hidden 12 -> attention 11
+    assert scoring_attention_layer(4, 2, 4, 12, "uniform") == 5
+
+
+MASK = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+
+
+def test_left_selection_and_short_rows():
+    pos, n = select_tokens(None, MASK, None, 4, "left")
+    assert pos.tolist() == [[0, 1, 2, 3], [0, 1, 2, PAD_POSITION]]
+    assert n.tolist() == [4, 3]
+
+
+def test_attention_selection_descending_and_no_padding():
+    scores = torch.tensor(
+        [[5.0, 1.0, 3.0, 9.0, 2.0, 3.0], [1.0, 7.0, 2.0, 99.0, 98.0, 97.0]]
+    )  # padding scores high: ignored
+    pos, n = select_tokens(scores, MASK, None, 4, "attention")
+    assert pos.tolist() == [[3, 0, 2, 5], [1, 2, 0, PAD_POSITION]]  # tie 2/5 -> lower first
+    assert n.tolist() == [4, 3]
+
+
+def test_attention_no_sep_excludes_every_sep_per_row():
+    # row 0: pair with 2 [SEP]s; row 1: single sentence, 1 [SEP], padding;
+    # row 2: MPNet-style pair `<s> A </s></s> B </s>` with 3 separators.
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    sep = torch.tensor([[0, 0, 1, 0, 0, 1], [0, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 1]]).bool()
+    scores = torch.tensor(
+        [
+            [1.0, 2.0, 50.0, 3.0, 4.0, 60.0],
+            [1.0, 2.0, 3.0, 80.0, 0.0, 0.0],
+            [9.0, 70.0, 70.0, 1.0, 2.0, 70.0],
+        ]
+    )
+    pos, n = select_tokens(scores, mask, sep, 4, "attention-no-sep")
+    assert pos.tolist() == [[4, 3, 1, 0], [2, 1, 0, PAD_POSITION], [0, 4, 3, PAD_POSITION]]
+    assert n.tolist() == [4, 3, 3]
+    with_sep, _ = select_tokens(scores, mask, sep, 2, "attention")
+    assert with_sep.tolist() == [[5, 2], [3, 2], [1, 2]]
+
+
+def test_selection_pads_when_batch_shorter_than_k():
+    pos, n = select_tokens(None, MASK[:, :3], None, 5, "left")
+    assert pos.tolist() == [[0, 1, 2, -1, -1], [0, 1, 2, -1, -1]] and n.tolist() == [3, 3]
+
+
+def test_gather_zeroes_padding():
+    h = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)
+    out = gather_tokens(h, torch.tensor([[2, 0], [1, -1]]))
+    assert out.tolist() == [[[4, 5], [0, 1]], [[8, 9], [0, 0]]]
+
+
+def test_magnitude_width_top_k_descending():
+    x = torch.tensor([[[0.1, -3.0, 2.0, 0.5, -2.0]]])
+    v, d = select_width_magnitude(x, 3)
+    assert d.tolist() == [[[1, 2, 4]]]  # |-3| > |2| = |-2| (tie -> lower dim first)
+    assert v.tolist() == [[[-3.0, 2.0, -2.0]]]
+    dense = scatter_width(v, d, 5)
+    assert dense.tolist() == [[[0.0, -3.0, 2.0, 0.0, -2.0]]]
+
+
+def test_fixed_width_dims():
+    assert fixed_width_dims(10, 0.3, "uniform", 0).tolist() == [0, 3, 6]
+    a = fixed_width_dims(384, 0.1, "random", 0)
+    assert len(a) == 38 and len(set(a.tolist())) == 38
+    assert torch.equal(a, fixed_width_dims(384, 0.1, "random", 0))
+    assert not torch.equal(a, fixed_width_dims(384, 0.1, "random", 1))
+    assert torch.equal(fixed_width_dims(384, 0.05, "random", 0), a[:19])  # prefix property
+    x = torch.randn(2, 3, 384)
+    assert torch.equal(scatter_width(x[..., a], a, 384)[..., a], x[..., a])
