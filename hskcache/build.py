@@ -18,36 +18,12 @@ import torch
 from hskcache import __version__
 from hskcache.config import BuildConfig
 from hskcache.data import Columns, Examples, load_split
-from hskcache.errors import ConfigError
 from hskcache.layout import ArraySpec, default_chunk_rows, layer_key, plan_arrays
 from hskcache.manifest import FORMAT_VERSION, compute_identity
 from hskcache.progress import progress_bar
-from hskcache.selection import (
-    HskConfig,
-    depth_pairs,
-    fixed_width_dims,
-    gather_tokens,
-    parse_hsk,
-    scoring_attention_layer,
-    select_tokens,
-    select_width_magnitude,
-    width_count,
-)
-from hskcache.teacher import ClsScoreProbe, Teacher, check_max_length, load_teacher, teacher_forward
+from hskcache.targets import Plan, plan_selection, teacher_targets
+from hskcache.teacher import ClsScoreProbe, Teacher, check_max_length, load_teacher
 from hskcache.writer import ShardWriter, finish, open_for_build, shard_done
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The resolved selection: which states, how many tokens (K) and dims (W) per example."""
-
-    hsk: HskConfig
-    layers: list[dict]  # {"student", "teacher", "score_attention"}
-    tokens: int  # K
-    width: int  # W
-    width_dims: torch.Tensor | None  # fixed dims (random/uniform), None otherwise
-    per_token_dims: bool  # magnitude: dims stored per token
-    l_top: int
 
 
 @dataclass
@@ -55,45 +31,6 @@ class Encoded:
     input_ids: np.ndarray  # (N, T) int32
     token_type_ids: np.ndarray  # (N, T) int8
     lengths: np.ndarray  # (N,) int32
-
-
-def plan_selection(cfg: BuildConfig, teacher_config, max_length: int) -> Plan:
-    """Resolve an HSK config against the teacher's shape and the max length."""
-    hsk = parse_hsk(cfg.hsk, cfg.length, cfg.width_strategy, cfg.seed)
-    n_teacher, h = teacher_config.num_hidden_layers, teacher_config.hidden_size
-    pairs = depth_pairs(
-        cfg.student_layers, n_teacher, hsk.layers, cfg.l_top, cfg.teacher_layers or None
-    )
-    all_tokens = hsk.tokens is None
-    tokens = max_length if all_tokens else hsk.tokens
-    if tokens > max_length:
-        raise ConfigError(
-            f"HSK config '{hsk.name}' keeps {tokens} tokens but max length is "
-            f"{max_length}; lower the 't' or raise --max-length"
-        )
-    if all_tokens:  # all real tokens, in position order
-        hsk = HskConfig(hsk.layers, None, hsk.width, "left", hsk.width_strategy, hsk.seed)
-    scored = hsk.length != "left"
-    layers = [
-        {
-            "student": s,
-            "teacher": t,
-            "score_attention": scoring_attention_layer(
-                t, s, cfg.student_layers, n_teacher, cfg.score_layer
-            )
-            if scored
-            else None,
-        }
-        for s, t in pairs
-    ]
-    width = width_count(h, hsk.width)
-    full_width = width == h
-    fixed = None
-    if not full_width and hsk.width_strategy != "magnitude":
-        fixed = fixed_width_dims(h, hsk.width, hsk.width_strategy, hsk.seed)
-    per_token = not full_width and hsk.width_strategy == "magnitude"
-    l_top = cfg.l_top or max(t for _, t in pairs)
-    return Plan(hsk, layers, tokens, width, fixed, per_token, l_top)
 
 
 def tokenize(tokenizer, ex: Examples, max_length: int) -> Encoded:
@@ -216,36 +153,23 @@ def compute_batch(
     T = int(enc.lengths[lo:hi].max())  # dynamic padding: trim to the longest row
     ids = torch.from_numpy(enc.input_ids[lo:hi, :T]).long().to(device)
     tt = torch.from_numpy(enc.token_type_ids[lo:hi, :T]).long().to(device)
-    mask = (torch.arange(T)[None, :] < torch.from_numpy(enc.lengths[lo:hi])[:, None]).long()
-    mask = mask.to(device)
-    logits, hidden, scores = teacher_forward(teacher, ids, mask, tt, probe)
-    sep = ids == teacher.tokenizer.sep_token_id
+    lengths = torch.from_numpy(enc.lengths[lo:hi]).to(device)
+    mask = (torch.arange(T, device=device)[None, :] < lengths[:, None]).long()
+    t = teacher_targets(teacher, probe, plan, ids, mask, tt)
     out = {
         "input_ids": enc.input_ids[lo:hi],
         "token_type_ids": enc.token_type_ids[lo:hi],
         "lengths": enc.lengths[lo:hi],
         "labels": labels[lo:hi],
-        "logits": logits.float().cpu().numpy(),
+        "logits": t.logits.float().cpu().numpy(),
+        "n_valid": t.n_valid.to(torch.int16).numpy(),
     }
-    for layer in plan.layers:
-        att = layer["score_attention"]
-        positions, n_valid = select_tokens(
-            None if att is None else scores[att].cpu(),
-            mask.cpu(),
-            sep.cpu(),
-            plan.tokens,
-            plan.hsk.length,
-        )
-        x = gather_tokens(hidden[layer["teacher"]].float().cpu(), positions)  # (B, K, H)
-        key = layer_key(layer["teacher"])
-        if plan.per_token_dims:
-            x, dims = select_width_magnitude(x, plan.width)  # (B, K, W) each
-            out[f"{key}/dims"] = dims.to(torch.int16).numpy()
-        elif plan.width_dims is not None:
-            x = x[..., plan.width_dims]
-        out[f"{key}/positions"] = positions.to(torch.int16).numpy()
-        out |= {f"{key}/{k}": v for k, v in encode_values(x, value_dtype).items()}
-        out["n_valid"] = n_valid.to(torch.int16).numpy()
+    for layer in t.layers:
+        key = layer_key(layer.teacher)
+        out[f"{key}/positions"] = layer.positions.to(torch.int16).numpy()
+        if layer.dims is not None and layer.dims.dim() > 1:
+            out[f"{key}/dims"] = layer.dims.to(torch.int16).numpy()
+        out |= {f"{key}/{k}": v for k, v in encode_values(layer.values, value_dtype).items()}
     return out
 
 
@@ -315,9 +239,10 @@ def build_cache(cfg: BuildConfig, show_progress: bool = True) -> Path:
         writer.close()
         if probe is not None:
             probe.close()
-    _barrier(world)
+    _barrier(world)  # every shard written
     if rank == 0:
         finish(group, {**manifest, "stats": cache_stats(root, group, manifest, specs)})
+    _barrier(world)  # no rank returns before the cache is marked complete
     return root
 
 

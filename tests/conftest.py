@@ -11,7 +11,21 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+GLUE = Path(
+    os.environ.get("HSK_GLUE_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
+)
+
+
+def require_glue(task: str) -> Path:
+    """The shared GLUE folder of a task: skipped locally when absent, an error under CI."""
+    folder = GLUE / task
+    if not folder.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{folder} missing: CI must provide the shared GLUE data")
+        pytest.skip(f"{folder} not present")
+    return folder
+
+
 WORDS = (
     "the a movie film is was good bad great awful not very fun dull plot actors story it this "
     "and but of to i loved hated boring charming funny sad long short"

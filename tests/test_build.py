@@ -12,11 +12,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from hskcache.build import build_cache, compute_batch, plan_selection, tokenize
+from hskcache.build import build_cache, compute_batch, tokenize
 from hskcache.config import BuildConfig
 from hskcache.data import load_split
 from hskcache.errors import CacheIncompleteError, CacheMismatchError
 from hskcache.reader import decode_values, open_cache
+from hskcache.targets import plan_selection
 from hskcache.teacher import ClsScoreProbe, load_teacher
 from hskcache.verify import verify_cache
 
@@ -239,3 +240,51 @@ def test_zstd_cache_reads_through_zarr(tmp_path, sst2_dir, tiny_bert):
     assert not packed.memory_mapped and verify_cache(packed.url) == []
     a, b = plain.read(3, 21), packed.read(3, 21)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_build_equals_one(tmp_path, sst2_dir, tiny_bert):
+    """`torchrun` ranks write disjoint whole shards; the store equals a one-process build."""
+    import os
+
+    args = [
+        "build",
+        "--data",
+        str(sst2_dir),
+        "--teacher",
+        str(tiny_bert),
+        "--max-length",
+        "16",
+        "--hsk",
+        "1l_4t_0.25h",
+        "--chunk-rows",
+        "4",
+        "--chunks-per-shard",
+        "1",
+        "--quiet",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same float reductions in both runs
+    torchrun = Path(sys.executable).parent / "torchrun"
+    two = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "hskcache.cli",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = subprocess.run(
+        [sys.executable, "-m", "hskcache.cli", *args, "--out", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert files(tmp_path / "two") == files(tmp_path / "one")

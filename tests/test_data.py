@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import GLUE, SENTENCES
+from conftest import SENTENCES, require_glue
 from hskcache.data import Columns, load_split
 from hskcache.errors import ConfigError, DataFormatError
 
@@ -85,11 +85,10 @@ def test_errors(tmp_path, sst2_dir):
         load_split(str(bad), "sst2", "dev")
 
 
-@pytest.mark.skipif(not GLUE.is_dir(), reason="shared GLUE data not present")
 @pytest.mark.parametrize(
     ("task", "n_dev", "pair"), [("SST-2", 872, False), ("MRPC", 408, True), ("CoLA", 1043, False)]
 )
 def test_real_glue_dev(task, n_dev, pair):
-    ex = load_split(str(GLUE / task), None, "dev")
+    ex = load_split(str(require_glue(task)), None, "dev")
     assert len(ex) == n_dev and (ex.pairs is not None) == pair
     assert set(ex.labels.tolist()) == {0, 1}

@@ -1,20 +1,17 @@
 """A real build: the MiniLM-L6 teacher on 200 real SST-2 rows."""
 
 import numpy as np
-import pytest
 
-from conftest import GLUE
+from conftest import require_glue
 from hskcache.build import build_cache
 from hskcache.config import BuildConfig
 from hskcache.reader import decode_values, open_cache
 from hskcache.verify import verify_cache
 
-pytestmark = pytest.mark.skipif(not (GLUE / "SST-2").is_dir(), reason="no shared GLUE data")
-
 
 def test_minilm_sst2_200_rows(tmp_path):
     cfg = BuildConfig(
-        data=str(GLUE / "SST-2"),
+        data=str(require_glue("SST-2")),
         out=str(tmp_path / "c"),
         split="train",
         limit=200,
