@@ -66,6 +66,11 @@ def _vocab(path: Path, specials: list[str]) -> Path:
     return path
 
 
+def vocab_dict(path: Path) -> dict[str, int]:
+    # transformers 5 tokenizers take `vocab=` (a dict); `vocab_file=` is silently ignored.
+    return {w: i for i, w in enumerate(path.read_text().split())}
+
+
 def make_bert(
     root: Path, layers: int = 2, hidden: int = 32, heads: int = 4, num_labels: int = 2
 ) -> Path:
@@ -73,7 +78,7 @@ def make_bert(
 
     root.mkdir(parents=True, exist_ok=True)
     vocab = _vocab(root / "vocab.txt", ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tok = BertTokenizerFast(vocab_file=str(vocab))
+    tok = BertTokenizerFast(vocab=vocab_dict(vocab))
     cfg = BertConfig(
         vocab_size=len(vocab.read_text().split()),
         hidden_size=hidden,
@@ -94,7 +99,7 @@ def make_mpnet(root: Path, layers: int = 2, hidden: int = 32, heads: int = 4) ->
 
     root.mkdir(parents=True, exist_ok=True)
     vocab = _vocab(root / "vocab.txt", ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"])
-    tok = MPNetTokenizerFast(vocab={w: i for i, w in enumerate(vocab.read_text().split())})
+    tok = MPNetTokenizerFast(vocab=vocab_dict(vocab))
     cfg = MPNetConfig(
         vocab_size=len(vocab.read_text().split()),
         hidden_size=hidden,

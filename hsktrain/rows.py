@@ -1,0 +1,29 @@
+"""Raw data -> in-memory rows shaped like a cache's (ids, segment ids, lengths, labels)."""
+
+from __future__ import annotations
+
+from hskcache.build import tokenize
+from hskcache.data import Examples, load_split
+from hsktrain.loader import ArraySource
+
+
+def encode_split(
+    data: str,
+    task: str | None,
+    split: str,
+    limit: int | None,
+    tokenizer,
+    max_length: int | None,
+    chunk_rows: int,
+) -> tuple[ArraySource, Examples, int]:
+    """Load and tokenize a split; return its rows, the examples and the max length used."""
+    ex = load_split(data, task, split, limit=limit)
+    max_length = max_length or ex.task.max_length
+    enc = tokenize(tokenizer, ex, max_length)
+    arrays = {
+        "input_ids": enc.input_ids,
+        "token_type_ids": enc.token_type_ids,
+        "lengths": enc.lengths,
+        "labels": ex.labels,
+    }
+    return ArraySource(arrays, chunk_rows), ex, max_length

@@ -1,0 +1,78 @@
+"""Losses against hand computations; metrics against known values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hsktrain.losses import hsk_layer_loss, prediction_loss, soft_cross_entropy
+from hsktrain.metrics import main_metric, task_metrics
+
+
+def proj_2_to_4():
+    p = torch.nn.Linear(2, 4)
+    with torch.no_grad():
+        p.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]]))
+        p.bias.zero_()
+    return p
+
+
+H = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])  # (B=1, T=3, h_s=2)
+POS = torch.tensor([[2, 0, -1]])  # third row padded: ignored
+# projected states at positions 2 and 0: [5, 6, 11, 0] and [1, 2, 3, 0]
+VALUES = torch.tensor([[[4.0, 1.0], [1.0, 3.0], [9.0, 9.0]]])  # (1, K=3, W=2)
+DIMS = torch.tensor([[[0, 2], [1, 2], [0, 1]]])
+
+
+def test_hsk_loss_unkept_dims_are_zero_targets():
+    # dense targets: [4, 0, 1, 0] and [0, 1, 3, 0]
+    diffs = [1, 6, 10, 0] + [1, 1, 0, 0]
+    want = sum(d * d for d in diffs) / (2 * 4)
+    got = hsk_layer_loss(H, proj_2_to_4(), POS, VALUES, DIMS, 4)
+    assert got.item() == pytest.approx(want)
+
+
+def test_hsk_loss_kept_only():
+    # kept dims: token 0 dims (0, 2) -> (5, 11) vs (4, 1); token 1 dims (1, 2) -> (2, 3) vs (1, 3)
+    want = (1 + 100 + 1 + 0) / (2 * 2)
+    got = hsk_layer_loss(H, proj_2_to_4(), POS, VALUES, DIMS, 4, kept_only=True)
+    assert got.item() == pytest.approx(want)
+
+
+def test_hsk_loss_fixed_dims_and_full_width():
+    fixed = torch.tensor([3, 1])
+    want = ((0 - 4) ** 2 + (6 - 1) ** 2 + (0 - 1) ** 2 + (2 - 3) ** 2) / 4
+    got = hsk_layer_loss(H, proj_2_to_4(), POS, VALUES, fixed, 4, kept_only=True)
+    assert got.item() == pytest.approx(want)
+    ident = torch.nn.Identity()
+    full = hsk_layer_loss(H, ident, POS[:, :2], H[:, [2, 0]], None, 2)
+    assert full.item() == 0.0
+
+
+def test_soft_ce_and_prediction_loss():
+    s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, math.log(3.0)]])
+    assert soft_cross_entropy(s, t).item() == pytest.approx(math.log(2))
+    # temperature 2: target softmax([0, ln3/2]) = [1/(1+sqrt3), sqrt3/(1+sqrt3)]
+    assert soft_cross_entropy(s, t, 2.0).item() == pytest.approx(math.log(2))
+    s2 = torch.tensor([[math.log(3.0), 0.0]])
+    want = -(0.25 * math.log(0.75) + 0.75 * math.log(0.25))
+    assert soft_cross_entropy(s2, t).item() == pytest.approx(want)
+    labels = torch.tensor([1])
+    hard = prediction_loss(s2, t, labels, 1.0, 0.5, False).item()
+    assert hard == pytest.approx(want + 0.5 * -math.log(0.25))
+    reg = prediction_loss(
+        torch.tensor([[1.0], [3.0]]), None, torch.tensor([2.0, 2.0]), 1.0, 0.0, True
+    )
+    assert reg.item() == pytest.approx(1.0)
+
+
+def test_metrics_known_values():
+    y, p = np.array([1, 0, 1, 1, 0, 0]), np.array([1, 1, 1, 0, 0, 0])
+    m = task_metrics("mrpc", p, y)
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["f1"] == pytest.approx(2 / 3)
+    # tp=2 tn=2 fp=1 fn=1: mcc = (4 - 1) / sqrt(3*3*3*3) = 1/3
+    assert task_metrics("cola", p, y)["matthews"] == pytest.approx(1 / 3)
+    s = task_metrics("stsb", np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 6.0, 9.0]))
+    assert s["spearman"] == pytest.approx(1.0) and 0.98 < s["pearson"] < 1.0
+    assert main_metric("cola") == "matthews" and main_metric("sst2") == "accuracy"

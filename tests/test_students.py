@@ -1,0 +1,53 @@
+"""Weight selection: exact slices, and a same-shape selection reproduces the teacher."""
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from hskcache.errors import ConfigError
+from hsktrain.students import build_student, layer_subset, make_projection
+
+
+def test_layer_subset():
+    assert layer_subset(6, 4) == [0, 2, 3, 5]
+    assert layer_subset(12, 4) == [0, 4, 7, 11]
+    assert layer_subset(2, 2) == [0, 1] and layer_subset(6, 1) == [5]
+    with pytest.raises(ConfigError):
+        layer_subset(2, 4)
+
+
+def test_same_shape_selection_is_the_teacher(tiny_bert):
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
+    shape = {
+        "num_hidden_layers": 2,
+        "hidden_size": 32,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+    }
+    student, info = build_student("select", str(tiny_bert), shape, 2, 0)
+    assert info["teacher_layers"] == [0, 1]
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(student.eval()(ids).logits, teacher(ids).logits)
+
+
+def test_narrow_selection_slices_per_head(tiny_bert):
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    student, info = build_student("select", str(tiny_bert), "tiny", 2, 0)  # 2 heads x 8
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    # teacher: 4 heads x 8 dims; student keeps heads 0-1 (8 dims each) and hidden dims 0-15
+    q_t = t_sd["bert.encoder.layer.1.attention.self.query.weight"]
+    q_s = s_sd["bert.encoder.layer.1.attention.self.query.weight"]
+    assert torch.equal(q_s, q_t[:16, :16])
+    o_t = t_sd["bert.encoder.layer.0.attention.output.dense.weight"]
+    assert torch.equal(s_sd["bert.encoder.layer.0.attention.output.dense.weight"], o_t[:16, :16])
+    ffn = t_sd["bert.encoder.layer.0.intermediate.dense.weight"]
+    assert torch.equal(s_sd["bert.encoder.layer.0.intermediate.dense.weight"], ffn[:32, :16])
+    emb = t_sd["bert.embeddings.word_embeddings.weight"]
+    assert torch.equal(s_sd["bert.embeddings.word_embeddings.weight"], emb[:, :16])
+
+
+def test_projection_select_init():
+    p = make_projection(2, 3, "select")
+    assert p(torch.tensor([[1.0, 2.0]])).tolist() == [[1.0, 2.0, 0.0]]
+    assert isinstance(make_projection(4, 4, "select"), torch.nn.Identity)
