@@ -29,9 +29,7 @@ lint: install
 	$(VENV)/bin/ruff format --check hskcache hsktrain tests
 
 demo: install
-	$(VENV)/bin/hskcache build --data $(GLUE)/SST-2 --split dev --hsk 1l_10t_0.1h --out caches/sst2-dev-1l_10t_0.1h
-	$(VENV)/bin/hskcache inspect caches/sst2-dev-1l_10t_0.1h
-	$(VENV)/bin/hskcache verify caches/sst2-dev-1l_10t_0.1h
+	GLUE=$(GLUE) $(PY) -m hsktrain.demo
 
 clean:
 	rm -rf $(VENV) runs caches

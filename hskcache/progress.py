@@ -20,9 +20,9 @@ from rich.progress import (
 def progress_bar(
     label: str, total: int, completed: int = 0, enabled: bool = True, unit: str = "ex"
 ) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(n)`; the bar shows done/total, rate in `unit`/s, elapsed and ETA."""
+    """Yield `advance(n, info="")`; the bar shows done/total, rate, elapsed, ETA and `info`."""
     if not enabled:
-        yield lambda n: None
+        yield lambda n, info="": None
         return
     columns = [
         TextColumn("[bold]{task.description}"),
@@ -33,13 +33,14 @@ def progress_bar(
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
     ]
     with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(label, total=total, completed=completed, rate="")
+        task = bar.add_task(label, total=total, completed=completed, rate="", info="")
 
-        def advance(n: int) -> None:
+        def advance(n: int, info: str = "") -> None:
             bar.advance(task, n)
             speed = bar.tasks[task].speed
-            bar.update(task, rate=f"{speed:,.0f} {unit}/s" if speed else "")
+            bar.update(task, rate=f"{speed:,.1f} {unit}/s" if speed else "", info=info)
 
         yield advance

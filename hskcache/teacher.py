@@ -108,17 +108,18 @@ def load_teacher(
         raise TeacherError(
             f"{src}: teacher was tuned for {config.num_labels} labels, the task has {num_labels}"
         )
-    torch.manual_seed(seed)
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            src,
-            num_labels=num_labels,
-            use_safetensors=True,
-            dtype=DTYPES[dtype],
-            # MPNet has only eager attention; the probe makes sdpa safe for the rest.
-            attn_implementation="eager" if config.model_type == "mpnet" else "sdpa",
-            output_loading_info=True,
-        )
+        with torch.random.fork_rng():  # seed the head without touching the caller's RNG
+            torch.manual_seed(seed)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                src,
+                num_labels=num_labels,
+                use_safetensors=True,
+                dtype=DTYPES[dtype],
+                # MPNet has only eager attention; the probe makes sdpa safe for the rest.
+                attn_implementation="eager" if config.model_type == "mpnet" else "sdpa",
+                output_loading_info=True,
+            )
     except (OSError, RuntimeError, ValueError) as e:
         raise TeacherError(f"{src}: cannot load the weights ({str(e).splitlines()[0]})") from e
     head_initialised = any(

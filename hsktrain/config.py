@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from hskcache.errors import ConfigError
 from hskcache.selection import SCORE_LAYERS, parse_hsk
-from hsktrain.students import INITS, PRESETS
+from hsktrain.students import INITS, student_shape
 
 MODES = ("two-stage", "joint", "hsk", "pred", "ce")
 # Stage-1 epochs per task in the paper (section 4); other tasks default to 10.
@@ -91,8 +91,11 @@ class FitConfig:
             p.append("--init pretrained needs --init-from STUDENT_CHECKPOINT")
         if self.init not in INITS:
             p.append(f"init must be one of {INITS}")
-        if self.init != "pretrained" and self.student not in PRESETS:
-            p.append(f"unknown student preset '{self.student}'; use one of {list(PRESETS)}")
+        if self.init != "pretrained":
+            try:
+                student_shape(self.student)
+            except ConfigError as e:
+                p.append(str(e))
         if self.proj_init not in ("select", "random"):
             p.append("proj_init must be select or random")
         if self.score_layer not in SCORE_LAYERS:

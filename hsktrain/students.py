@@ -12,6 +12,7 @@ student reaches 0.779 dev accuracy after one epoch of CE where a random one reac
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -56,10 +57,7 @@ _LAYER = re.compile(r"\.layer\.(\d+)\.")
 
 def shrink_config(teacher_config, shape: str | dict):
     """The teacher's config with a preset's (or a dict's) shape."""
-    if isinstance(shape, str):
-        if shape not in PRESETS:
-            raise ConfigError(f"unknown student preset '{shape}'; use one of {list(PRESETS)}")
-        shape = PRESETS[shape]
+    shape = student_shape(shape)
     if shape["hidden_size"] % shape["num_attention_heads"]:
         raise ConfigError(
             f"student hidden size {shape['hidden_size']} is not a multiple of "
@@ -67,6 +65,25 @@ def shrink_config(teacher_config, shape: str | dict):
         )
     config = teacher_config.__class__.from_dict({**teacher_config.to_dict(), **shape})
     return config
+
+
+def student_shape(student: str | dict) -> dict:
+    """A preset name, a JSON file of config fields (e.g. {"num_hidden_layers": 3, ...}),
+    or such a dict -> the dict."""
+    if isinstance(student, dict):
+        return student
+    if student in PRESETS:
+        return PRESETS[student]
+    if student.endswith(".json") and Path(student).is_file():
+        shape = json.loads(Path(student).read_text())
+        missing = {"num_hidden_layers", "hidden_size", "num_attention_heads"} - set(shape)
+        if missing:
+            raise ConfigError(f"{student}: student config lacks {sorted(missing)}")
+        return shape
+    raise ConfigError(
+        f"unknown student '{student}'; use a preset ({', '.join(PRESETS)}) or a "
+        "JSON file of config fields"
+    )
 
 
 def layer_subset(n_teacher: int, n_student: int) -> list[int]:
@@ -157,11 +174,17 @@ def build_student(init: str, source: str, shape: str | dict | None, num_labels: 
     Returns:
         (model, info) where info records the init for the run's config.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     if init not in INITS:
         raise ConfigError(f"unknown init '{init}'; use one of {INITS}")
-    torch.manual_seed(seed)
+    with torch.random.fork_rng():  # seeded init that leaves the caller's RNG alone
+        torch.manual_seed(seed)
+        return _build(init, source, shape, num_labels)
+
+
+def _build(init: str, source: str, shape, num_labels: int):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
     if init == "pretrained":
         model = AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=num_labels, use_safetensors=True

@@ -78,96 +78,66 @@ def stages_for(cfg: FitConfig, task: str) -> list[Stage]:
 
 
 def prepare(cfg: FitConfig) -> Run:
-    """Open the data source, check it fits the student, build student and projection."""
+    """Open the rows, check they fit the student, build student, projection and targets."""
     from transformers import AutoTokenizer
 
     from hskcache.reader import open_cache
+    from hskcache.teacher import default_teacher_path
     from hskcache.verify import require_sound
 
-    manifest, teacher, probe, plan, threshold = None, None, None, None, None
+    # 1. where rows come from: a cache (offline, or its labels for `ce`) or raw data
+    manifest = None
     if cfg.cache is not None:
         cache = require_sound(cfg.cache) if cfg.verify else open_cache(cfg.cache)
         manifest = cache.manifest
-        task = manifest["data"]["task"]
-        regression = manifest["data"]["regression"]
         init_from = cfg.init_from or manifest["teacher"]["name"]
-        teacher_width = manifest["teacher"]["hidden_size"]
-        max_length = manifest["max_length"]
-        if cfg.max_length is not None and cfg.max_length != max_length:
-            raise CacheMismatchError(
-                "max_length", cfg.max_length, max_length, "rebuild the cache with this --max-length"
-            )
-        if (
-            manifest["selection"]["student_layers"] != _student_layers(cfg)
-            and cfg.mode != "ce"
-            and cfg.mode != "pred"
-        ):
-            raise CacheMismatchError(
-                "selection.student_layers",
-                _student_layers(cfg),
-                manifest["selection"]["student_layers"],
-                "rebuild the cache with --student-layers matching the student",
-            )
-        source = cache
     else:
-        init_from = cfg.init_from or cfg.online_teacher
-        if init_from is None:
-            from hskcache.teacher import default_teacher_path
-
-            init_from = str(default_teacher_path())
+        init_from = cfg.init_from or cfg.online_teacher or str(default_teacher_path())
     tokenizer = AutoTokenizer.from_pretrained(init_from, use_fast=True)
-    if manifest is not None and tokenizer_sha256(tokenizer) != manifest["tokenizer"]["sha256"]:
-        raise CacheMismatchError(
-            "tokenizer.sha256",
-            tokenizer_sha256(tokenizer)[:12],
-            manifest["tokenizer"]["sha256"][:12],
-            f"the student's tokenizer ({init_from}) is not the one the cache was built with",
-        )
-    if manifest is None:
+    if manifest is not None:
+        source, max_length = cache, manifest["max_length"]
+        task, regression = manifest["data"]["task"], manifest["data"]["regression"]
+        label_names = manifest["data"]["label_names"]
+        _check_cache(cfg, manifest, tokenizer, init_from)
+    else:
         source, ex, max_length = encode_split(
             cfg.data, cfg.task, cfg.split, cfg.limit, tokenizer, cfg.max_length, cfg.chunk_rows
         )
-        task, regression = ex.task.name, ex.label_names is None
-        teacher_width = 0
-        if cfg.online_teacher is not None:
-            from hskcache.targets import plan_selection
-            from hskcache.teacher import ClsScoreProbe, check_max_length, load_teacher
+        task, regression, label_names = ex.task.name, ex.label_names is None, ex.label_names
+    num_labels = 1 if regression else len(label_names)
 
-            num_labels = 1 if regression else len(ex.label_names)
-            teacher = load_teacher(cfg.online_teacher, num_labels, cfg.device, "float32", cfg.seed)
-            check_max_length(teacher, max_length)
-            sel = SimpleNamespace(**dataclasses.asdict(cfg), student_layers=_student_layers(cfg))
-            if cfg.batch_threshold:  # select full width; the threshold prunes per batch
-                h = parse_hsk(cfg.hsk, cfg.length, cfg.width_strategy, cfg.seed)
-                threshold = h.width
-                sel.hsk = "full" if h.layers is None else f"{h.layers}l_{h.tokens}t_1h"
-            plan = plan_selection(sel, teacher.config, max_length)
-            scorers = {la["score_attention"] for la in plan.layers} - {None}
-            probe = ClsScoreProbe(teacher.model, scorers) if scorers else None
-            teacher_width = teacher.config.hidden_size
-    num_labels = (
-        1
-        if regression
-        else (len(manifest["data"]["label_names"]) if manifest else len(ex.label_names))
-    )
+    # 2. the student, and the layers it distils into
     model, init_info = build_student(cfg.init, init_from, cfg.student, num_labels, cfg.seed)
     model.to(cfg.device)
-    proj = make_projection(
-        model.config.hidden_size, teacher_width or model.config.hidden_size, cfg.proj_init
-    ).to(cfg.device)
+    n_student = model.config.num_hidden_layers
+    if (
+        manifest is not None
+        and cfg.mode in ("two-stage", "joint", "hsk")
+        and manifest["selection"]["student_layers"] != n_student
+    ):
+        raise CacheMismatchError(
+            "selection.student_layers",
+            n_student,
+            manifest["selection"]["student_layers"],
+            "rebuild the cache with --student-layers matching the student",
+        )
+
+    # 3. targets: read from the cache, computed live by the teacher, or none (labels only)
+    teacher_width = manifest["teacher"]["hidden_size"] if manifest else model.config.hidden_size
+    if manifest is not None:
+        make = lambda rows: batches.from_cache(rows, manifest, cfg.device, regression)  # noqa: E731
+    elif cfg.online_teacher is not None:
+        make, teacher_width = _online(cfg, num_labels, max_length, n_student, regression)
+    else:
+        make = lambda rows: batches.inputs(rows, cfg.device, regression)  # noqa: E731
+    with torch.random.fork_rng():  # the same projection however the targets are made
+        torch.manual_seed(cfg.seed + 1)
+        proj = make_projection(model.config.hidden_size, teacher_width, cfg.proj_init)
     dev = None
     if cfg.dev_data is not None:
         dev, _, _ = encode_split(
             cfg.dev_data, task, cfg.dev_split, cfg.dev_limit, tokenizer, max_length, cfg.chunk_rows
         )
-    if manifest is not None:
-        make = lambda rows: batches.from_cache(rows, manifest, cfg.device, regression)  # noqa: E731
-    elif teacher is not None:
-        make = lambda rows: batches.from_teacher(  # noqa: E731
-            rows, teacher, probe, plan, cfg.device, regression, threshold
-        )
-    else:
-        make = lambda rows: batches.inputs(rows, cfg.device, regression)  # noqa: E731
     loader = ChunkShuffleLoader(source, cfg.batch_size, cfg.seed, cfg.buffer_chunks)
     record = {
         "config": dataclasses.asdict(cfg),
@@ -178,7 +148,7 @@ def prepare(cfg: FitConfig) -> Run:
     }
     return Run(
         model,
-        proj,
+        proj.to(cfg.device),
         tokenizer,
         loader,
         make,
@@ -191,10 +161,46 @@ def prepare(cfg: FitConfig) -> Run:
     )
 
 
-def _student_layers(cfg: FitConfig) -> int:
-    from hsktrain.students import PRESETS
+def _check_cache(cfg: FitConfig, manifest: dict, tokenizer, init_from: str) -> None:
+    """Refuse a cache built for another tokenizer or max length than this run's."""
+    if cfg.max_length is not None and cfg.max_length != manifest["max_length"]:
+        raise CacheMismatchError(
+            "max_length",
+            cfg.max_length,
+            manifest["max_length"],
+            "rebuild the cache with this --max-length",
+        )
+    found = tokenizer_sha256(tokenizer)
+    if found != manifest["tokenizer"]["sha256"]:
+        raise CacheMismatchError(
+            "tokenizer.sha256",
+            found[:12],
+            manifest["tokenizer"]["sha256"][:12],
+            f"the student's tokenizer ({init_from}) is not the one the cache was built with",
+        )
 
-    return PRESETS[cfg.student]["num_hidden_layers"] if cfg.student in PRESETS else 0
+
+def _online(cfg: FitConfig, num_labels: int, max_length: int, n_student: int, regression: bool):
+    """Load the live teacher and return (rows -> Batch, teacher width) for online KD."""
+    from hskcache.targets import plan_selection
+    from hskcache.teacher import ClsScoreProbe, check_max_length, load_teacher
+
+    teacher = load_teacher(cfg.online_teacher, num_labels, cfg.device, "float32", cfg.seed)
+    check_max_length(teacher, max_length)
+    sel = SimpleNamespace(**dataclasses.asdict(cfg), student_layers=n_student)
+    threshold = None
+    if cfg.batch_threshold:  # select full width; the threshold prunes per batch
+        h = parse_hsk(cfg.hsk, cfg.length, cfg.width_strategy, cfg.seed)
+        threshold = h.width
+        sel.hsk = "full" if h.layers is None else f"{h.layers}l_{h.tokens}t_1h"
+    plan = plan_selection(sel, teacher.config, max_length)
+    scorers = {la["score_attention"] for la in plan.layers} - {None}
+    probe = ClsScoreProbe(teacher.model, scorers) if scorers else None
+
+    def make(rows):
+        return batches.from_teacher(rows, teacher, probe, plan, cfg.device, regression, threshold)
+
+    return make, teacher.config.hidden_size
 
 
 def step_loss(stage: str, run: Run, b: batches.Batch, cfg: FitConfig) -> torch.Tensor:
@@ -249,6 +255,7 @@ def fit(cfg: FitConfig, show_progress: bool = True) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run = prepare(cfg)
+    torch.manual_seed(cfg.seed)  # dropout draws start here, whatever prepare consumed
     metric = main_metric(run.task) if not run.regression else "pearson"
     pos = {"stage": 0, "epoch": 0, "batch": 0, "step": 0, "best": None, "best_metrics": {}}
     last = out / "last"
@@ -293,7 +300,7 @@ def fit(cfg: FitConfig, show_progress: bool = True) -> dict:
                         opt.step()
                         pos["step"] += 1
                         losses.append(loss.item())
-                        advance(1)
+                        advance(1, f"loss {np.mean(losses[-20:]):.4f}")
                         _log(
                             log,
                             {
@@ -302,6 +309,7 @@ def fit(cfg: FitConfig, show_progress: bool = True) -> dict:
                                 "batch": i,
                                 "step": pos["step"],
                                 "loss": losses[-1],
+                                "t": time.perf_counter(),
                             },
                         )
                         pos["batch"] = i + 1

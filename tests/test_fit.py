@@ -160,7 +160,9 @@ def test_fit_refuses_bad_caches(world, tmp_path):
         )
     with pytest.raises(CacheMismatchError, match="student_layers"):
         fit(
-            FitConfig(out=str(tmp_path / "o"), cache=str(world["cache"]), student="mini"),
+            FitConfig(
+                out=str(tmp_path / "o"), cache=str(world["cache"]), student="mini", init="random"
+            ),
             show_progress=False,
         )
 
@@ -250,3 +252,23 @@ def test_end_to_end_cli(world, tmp_path):
         ],
     )
     assert r.exit_code == 1 and "exactly one of --cache" in r.output
+
+
+def test_online_batch_threshold_and_joint_mode(world, tmp_path):
+    out = tmp_path / "bt"
+    fit(
+        base(
+            world,
+            out,
+            online_teacher=str(world["teacher"]),
+            data=str(world["data"]),
+            hsk=HSK,
+            max_length=16,
+            batch_threshold=True,
+            mode="joint",
+            pred_epochs=1,
+        ),
+        show_progress=False,
+    )
+    losses = step_losses(out)
+    assert [s for s, _ in losses] == ["joint"] * 6 and all(np.isfinite([x for _, x in losses]))

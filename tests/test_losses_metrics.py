@@ -76,3 +76,18 @@ def test_metrics_known_values():
     s = task_metrics("stsb", np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 6.0, 9.0]))
     assert s["spearman"] == pytest.approx(1.0) and 0.98 < s["pearson"] < 1.0
     assert main_metric("cola") == "matthews" and main_metric("sst2") == "accuracy"
+
+
+def test_batch_magnitude_threshold_spans_the_batch():
+    from hskcache.targets import LayerTargets
+    from hsktrain.batch import batch_magnitude
+
+    values = torch.tensor([[[3.0, -1.0, 2.0], [9.0, 9.0, 9.0]], [[0.5, -4.0, 1.0], [0, 0, 0]]])
+    pos = torch.tensor([[0, -1], [1, 2]])  # row 0 token 1 is padding: never kept or counted
+    out = batch_magnitude(LayerTargets(4, 8, pos, values, None), 1 / 3, 3)
+    # 9 valid values: |v| = 3 1 2 .5 4 1 0 0 0; top third (3 values): 4, 3, 2
+    assert out.values.tolist() == [
+        [[3.0, 0.0, 2.0], [0.0, 0.0, 0.0]],
+        [[0.0, -4.0, 0.0], [0.0, 0.0, 0.0]],
+    ]
+    assert out.dims is None

@@ -51,3 +51,19 @@ def test_projection_select_init():
     p = make_projection(2, 3, "select")
     assert p(torch.tensor([[1.0, 2.0]])).tolist() == [[1.0, 2.0, 0.0]]
     assert isinstance(make_projection(4, 4, "select"), torch.nn.Identity)
+
+
+def test_student_from_json_config(tmp_path, tiny_bert):
+    spec = tmp_path / "s.json"
+    spec.write_text(
+        '{"num_hidden_layers": 1, "hidden_size": 8, "num_attention_heads": 2, '
+        '"intermediate_size": 16}'
+    )
+    student, info = build_student("select", str(tiny_bert), str(spec), 2, 0)
+    assert student.config.num_hidden_layers == 1 and student.config.hidden_size == 8
+    assert info["teacher_layers"] == [1]
+    spec.write_text('{"hidden_size": 8}')
+    with pytest.raises(ConfigError, match="lacks"):
+        build_student("select", str(tiny_bert), str(spec), 2, 0)
+    with pytest.raises(ConfigError, match="unknown student 'huge'"):
+        build_student("random", str(tiny_bert), "huge", 2, 0)
