@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,8 +174,11 @@ def compute_batch(
     return out
 
 
-def build_cache(cfg: BuildConfig, show_progress: bool = True) -> Path:
+def build_cache(cfg: BuildConfig, show_progress: bool = True, timings: dict | None = None) -> Path:
     """Build (or resume, or confirm) the cache that `cfg` describes; return its path.
+
+    `timings`, when given, receives `rows` and `seconds` of the compute-and-write loop (what
+    `hsktrain bench` compares with a bare teacher forward).
 
     Raises:
         HskError: any bad input, named; nothing is ever marked complete unless it is.
@@ -216,6 +220,7 @@ def build_cache(cfg: BuildConfig, show_progress: bool = True) -> Path:
     probe_layers = {la["score_attention"] for la in plan.layers} - {None}
     probe = ClsScoreProbe(teacher.model, probe_layers) if probe_layers else None
     writer = ShardWriter(group, root)
+    t0 = time.perf_counter()
     try:
         with progress_bar(
             f"build {root.name}",
@@ -239,6 +244,10 @@ def build_cache(cfg: BuildConfig, show_progress: bool = True) -> Path:
         writer.close()
         if probe is not None:
             probe.close()
+    if timings is not None:
+        timings.update(
+            rows=sum(rows(s)[1] - rows(s)[0] for s in todo), seconds=time.perf_counter() - t0
+        )
     _barrier(world)  # every shard written
     if rank == 0:
         finish(group, {**manifest, "stats": cache_stats(root, group, manifest, specs)})

@@ -118,21 +118,29 @@ class Cache:
     # --- memory-mapped path --------------------------------------------------------------
 
     @cached_property
-    def _maps(self) -> dict[str, np.memmap]:
-        return {}
+    def _indexes(self) -> dict[str, np.ndarray]:
+        return {}  # shard file -> its (chunks, 2) index; 16 bytes a chunk
 
     def _mapped_chunk(self, name: str, i: int) -> np.ndarray:
+        """One chunk, mapped for just this read and unmapped after the caller's copy.
+
+        A mapping kept open would count every page ever touched in the process's RSS, so a
+        pass over a 10x larger cache would hold 10x the memory; per-read maps keep it flat.
+        """
         spec = self.specs[name]
         per_shard = self.manifest["storage"]["shard_rows"] // self.chunk_rows
         shard, inner = divmod(i, per_shard)
         path = _local_root(self.url) / shard_key(spec, shard)
-        key = str(path)
-        if key not in self._maps:
+        index = self._indexes.get(str(path))
+        if index is None:
             if not path.is_file():
                 raise CacheError(f"{path}: shard file missing; run `hskcache verify`")
-            self._maps[key] = np.memmap(path, dtype=np.uint8, mode="r")
-        raw = self._maps[key]
-        index = raw[-(16 * per_shard + CRC_BYTES) : -CRC_BYTES].view("<u8").reshape(-1, 2)
+            size = path.stat().st_size
+            n = 16 * per_shard + CRC_BYTES
+            with path.open("rb") as f:
+                f.seek(size - n)
+                index = np.frombuffer(f.read(n)[:-CRC_BYTES], dtype="<u8").reshape(-1, 2)
+            self._indexes[str(path)] = index
         offset, nbytes = index[inner]
         shape = (self.chunk_rows, *spec.row_shape)
         want = int(np.prod(shape)) * np.dtype(spec.dtype).itemsize
@@ -141,8 +149,8 @@ class Cache:
                 f"{path}: chunk {inner} has {int(nbytes)} bytes, expected "
                 f"{want + CRC_BYTES}; run `hskcache verify`"
             )
-        start = int(offset)
-        return raw[start : start + want].view(np.dtype(spec.dtype).newbyteorder("<")).reshape(shape)
+        dtype = np.dtype(spec.dtype).newbyteorder("<")
+        return np.memmap(path, dtype=dtype, mode="r", offset=int(offset), shape=shape)
 
 
 def open_cache(url: str | Path, require_complete: bool = True) -> Cache:

@@ -195,5 +195,58 @@ def eval_cmd(
         )
 
 
+@app.command()
+def bench(
+    preset: Annotated[
+        str,
+        Opt(
+            help="bert-base-tinybert4 (seq 128, random-weight 12L-768 "
+            "teacher), bert-base-tinybert4-64, minilm (real teacher, "
+            "seq 64), tiny."
+        ),
+    ] = "bert-base-tinybert4",
+    steps: Annotated[int, Opt(help="Timed steps per mode (median).")] = 10,
+    warmup: Annotated[int, Opt(help="Untimed warm-up steps per mode.")] = 3,
+    hsk: Annotated[str, Opt(help="Selection cached and computed online.")] = "1l_10t_0.1h",
+    device: Annotated[str, Opt(help="cpu or cuda.")] = "cpu",
+    rss: Annotated[
+        bool, Opt(help="Also measure fit's peak RSS on a cache and one 10x larger.")
+    ] = True,
+    rss_rows: Annotated[int, Opt(help="Rows of the smaller RSS-probe cache.")] = 2000,
+    workdir: Annotated[
+        str, Opt(help="Where teachers, data and caches go (default: a temp folder).")
+    ] = None,
+    results: Annotated[Path, Opt(help="Write a markdown results file here.")] = None,
+    plot: Annotated[Path, Opt(help="Write a PNG of step times here (with --results).")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
+):
+    """Measure online vs offline KD step time, reader stall, build throughput, cache size."""
+    from hsktrain.bench import BenchConfig, dumps, run_bench, write_results
+
+    def body():
+        quiet_transformers()
+        return run_bench(BenchConfig(preset, steps, warmup, hsk, device, rss, rss_rows, workdir))
+
+    result = run_guarded(body)
+    if results is not None:
+        command = "hsktrain " + " ".join(sys.argv[1:])
+        write_results(result, results, plot, command)
+    if as_json:
+        print(dumps(result))
+        return
+    table = Table(
+        "target",
+        "value",
+        "bound",
+        "met",
+        title=f"bench {preset} "
+        f"(step ms: bare {result['step_ms']['bare']:.1f}, offline "
+        f"{result['step_ms']['offline']:.1f}, online {result['step_ms']['online']:.1f})",
+    )
+    for k, v in result["targets"].items():
+        table.add_row(k, f"{v['value']:.3f}", v["target"], "yes" if v["met"] else "[red]no")
+    console.print(table)
+
+
 if __name__ == "__main__":
     sys.exit(app())

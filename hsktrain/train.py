@@ -264,6 +264,7 @@ def fit(cfg: FitConfig, show_progress: bool = True) -> dict:
         if not (last / "state.json").exists():
             raise ConfigError(f"{last}: nothing to resume; run without --resume")
         pos = json.loads((last / "state.json").read_text())["loop"]
+        _trim_log(out / "metrics.jsonl", pos["step"])
     elif (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()  # a fresh run owns its log
     log = (out / "metrics.jsonl").open("a")
@@ -360,6 +361,13 @@ def fit(cfg: FitConfig, show_progress: bool = True) -> dict:
 
 def _save_last(folder: Path, run: Run, opt, pos: dict) -> None:
     save_state(folder, run.model, run.tokenizer, run.proj, opt, pos, run.record)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop records past the resumed step: a killed run may have logged beyond its last save."""
+    if path.exists():
+        keep = [x for x in path.read_text().splitlines() if json.loads(x).get("step", 0) <= step]
+        path.write_text("".join(f"{x}\n" for x in keep))
 
 
 def _log(f, record: dict) -> None:

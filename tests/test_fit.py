@@ -81,6 +81,8 @@ def test_resume_equals_uninterrupted(world, tmp_path):
     )  # mid-epoch of the HSK stage (6 batches per epoch)
     fit(cut, show_progress=False)
     assert len(step_losses(tmp_path / "b")) == 9
+    with (tmp_path / "b" / "metrics.jsonl").open("a") as f:  # logged after the save, then killed
+        f.write(json.dumps({"stage": "hsk", "step": 10, "loss": 9.9}) + "\n")
     fit(
         base(
             world,

@@ -1,0 +1,464 @@
+"""`hsktrain bench`: online vs offline KD step time, reader stall, build throughput, cache size,
+and `fit`'s peak memory, all measured in one process and one run (DESIGN.md section 7).
+
+Step times are medians after warm-up, on identical shapes: every synthetic row is exactly `seq`
+tokens, so the three step kinds see the same batch shapes. The BERT-base-shaped teachers carry
+random weights (labelled so): speed depends on shapes, not on what the weights learned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hskcache.errors import ConfigError
+
+TEACHERS = {  # random-weight teacher shapes; None = the real MiniLM-L6 package
+    "bert-base": {
+        "num_hidden_layers": 12,
+        "hidden_size": 768,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
+    "tiny": {
+        "num_hidden_layers": 2,
+        "hidden_size": 32,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+    },
+    "minilm": None,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    teacher: str
+    student: str
+    seq: int
+    batch: int
+
+
+PRESETS = {
+    "bert-base-tinybert4": Preset("bert-base", "tinybert4", 128, 32),
+    "bert-base-tinybert4-64": Preset("bert-base", "tinybert4", 64, 32),
+    "minilm": Preset("minilm", "tinybert4", 64, 32),
+    "tiny": Preset("tiny", "tiny", 16, 4),
+}
+TARGETS = {  # name: (comparison, bound), from DESIGN.md section 7 / the bench issue
+    "offline_over_bare": ("<=", 1.05),
+    "stall_fraction": ("<=", 0.02),
+    "efficiency": (">=", 0.95),
+    "speedup": (">=", 3.4),
+    "build_over_forward": (">=", 0.9),
+    "size_ratio": (">=", 300.0),
+    "rss_growth": ("<=", 0.10),
+}
+
+
+@dataclass
+class BenchConfig:
+    preset: str = "bert-base-tinybert4"
+    steps: int = 10
+    warmup: int = 3
+    hsk: str = "1l_10t_0.1h"
+    device: str = "cpu"
+    rss: bool = True
+    rss_rows: int = 2000
+    workdir: str | None = None
+
+    def validate(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset '{self.preset}'; use one of {list(PRESETS)}")
+        if self.steps < 3 or self.warmup < 1:
+            raise ConfigError("need steps >= 3 and warmup >= 1 for a median after warm-up")
+
+
+def make_teacher(kind: str, folder: Path, seed: int = 0) -> tuple[str, bool]:
+    """A teacher folder for `kind`; returns (path, random_weights)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from hskcache.teacher import default_teacher_path
+
+    if TEACHERS[kind] is None:
+        return str(default_teacher_path()), False
+    tok = AutoTokenizer.from_pretrained(default_teacher_path())  # BERT uncased, 30522
+    config = BertConfig(
+        vocab_size=tok.vocab_size, max_position_embeddings=512, num_labels=2, **TEACHERS[kind]
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder), True
+
+
+def synthetic_sst2(folder: Path, rows: int, seq: int, seed: int = 0) -> str:
+    """SST-2-format rows of random vocabulary words, each longer than `seq` tokens."""
+    from transformers import AutoTokenizer
+
+    from hskcache.teacher import default_teacher_path
+
+    vocab = AutoTokenizer.from_pretrained(default_teacher_path()).get_vocab()
+    words = sorted(w for w in vocab if w.isalpha() and w.islower() and len(w) > 2)
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["sentence\tlabel"] + [
+        " ".join(rng.choice(words, seq)) + f"\t{rng.integers(2)}" for _ in range(rows)
+    ]
+    for split in ("train", "dev"):
+        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+def bare_forward_seconds(
+    teacher_path: str, data: str, rows: int, seq: int, batch: int, device: str
+) -> float:
+    """The teacher alone (sdpa, no hidden states kept) over the build's batches."""
+    from hskcache.build import tokenize
+    from hskcache.data import load_split
+    from hskcache.teacher import load_teacher
+
+    teacher = load_teacher(teacher_path, 2, device)
+    enc = tokenize(teacher.tokenizer, load_split(data, "sst2", "train", limit=rows), seq)
+    ids = torch.from_numpy(enc.input_ids).long()
+    tt = torch.from_numpy(enc.token_type_ids).long()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for lo in range(0, rows, batch):
+            T = int(enc.lengths[lo : lo + batch].max())
+            teacher.model(
+                input_ids=ids[lo : lo + batch, :T].to(device),
+                token_type_ids=tt[lo : lo + batch, :T].to(device),
+                attention_mask=torch.ones_like(ids[lo : lo + batch, :T]).to(device),
+            )
+    return time.perf_counter() - t0
+
+
+def time_steps(run, stage: str, fit_cfg, warmup: int, steps: int) -> tuple[list, list]:
+    """Per-step (total, batch-ready) seconds of `steps` steps after `warmup` steps."""
+    from hsktrain.train import make_optimizer, step_loss
+
+    opt = make_optimizer(run, 5e-5, 0.01)
+    run.model.train()
+    totals, ready = [], []
+    epoch, it = 0, run.loader.iterate(0)
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        rows = next(it, None)
+        if rows is None:
+            epoch += 1
+            it = run.loader.iterate(epoch)
+            rows = next(it)
+        b = run.make_batch(rows)
+        t1 = time.perf_counter()
+        loss = step_loss(stage, run, b, fit_cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            totals.append(time.perf_counter() - t0)
+            ready.append(t1 - t0)
+    return totals, ready
+
+
+def peak_rss_mb(cache: str, out: str) -> float:
+    """Peak RSS of a one-epoch `hsktrain fit` on `cache`, in a fresh process."""
+    code = (
+        "import resource, runpy, sys\n"
+        "sys.argv = ['hsktrain'] + sys.argv[1:]\n"
+        "try:\n    runpy.run_module('hsktrain.cli', run_name='__main__')\n"
+        "finally:\n    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF)"
+        ".ru_maxrss, file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "fit",
+            "--cache",
+            cache,
+            "--out",
+            out,
+            "--student",
+            "tiny",
+            "--mode",
+            "hsk",
+            "--hsk-epochs",
+            "1",
+            "--no-verify",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    for line in proc.stderr.splitlines():
+        if line.startswith("PEAK_RSS_KB"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"fit for the RSS probe failed: {proc.stderr[-1000:]}")
+
+
+def rss_probe(work: Path, rows: int) -> dict:
+    """`fit`'s peak RSS over one epoch of a cache and of one 10x its size.
+
+    The probe caches hold the full HSK of a tiny random teacher at seq 128 (about 25 KB a row,
+    so the 10x cache is ~0.5 GB) because only the reader's memory is in question here.
+    """
+    from hskcache.build import build_cache
+    from hskcache.config import BuildConfig
+
+    teacher, _ = make_teacher("tiny", work / "rss-teacher")
+    data = synthetic_sst2(work / "rss-data", rows * 10, 128)
+    out = {}
+    for label, n in (("small", rows), ("large", rows * 10)):
+        cache = work / f"rss-cache-{label}"
+        build_cache(
+            BuildConfig(
+                data=data,
+                task="sst2",
+                out=str(cache),
+                teacher=teacher,
+                hsk="full",
+                max_length=128,
+                student_layers=2,
+                limit=n,
+                l_top=2,
+                batch_size=256,
+                overwrite=True,
+            ),
+            show_progress=False,
+        )
+        out[f"{label}_rows"] = n
+        out[f"{label}_mb"] = peak_rss_mb(str(cache), str(work / f"rss-run-{label}"))
+    out["growth"] = out["large_mb"] / out["small_mb"] - 1
+    return out
+
+
+def run_bench(cfg: BenchConfig) -> dict:
+    """Run every measurement of a preset; return the figures and their targets."""
+    from hskcache.build import build_cache
+    from hskcache.config import BuildConfig
+    from hskcache.reader import open_cache
+    from hsktrain.config import FitConfig
+    from hsktrain.train import prepare
+
+    cfg.validate()
+    p = PRESETS[cfg.preset]
+    work = Path(cfg.workdir or tempfile.mkdtemp(prefix="hskbench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    n = (cfg.warmup + cfg.steps) * p.batch
+    teacher, random_weights = make_teacher(p.teacher, work / "teacher")
+    data = synthetic_sst2(work / "data", n, p.seq)
+    from hsktrain.students import student_shape
+
+    n_student = student_shape(p.student)["num_hidden_layers"]
+    cache = work / "cache"
+    timings: dict = {}
+    build_cache(
+        BuildConfig(
+            data=data,
+            task="sst2",
+            out=str(cache),
+            teacher=teacher,
+            hsk=cfg.hsk,
+            max_length=p.seq,
+            student_layers=n_student,
+            batch_size=p.batch,
+            device=cfg.device,
+            overwrite=True,
+        ),
+        show_progress=False,
+        timings=timings,
+    )
+    forward_s = bare_forward_seconds(teacher, data, n, p.seq, p.batch, cfg.device)
+    stats = open_cache(cache).manifest["stats"]
+
+    common = dict(
+        student=p.student,
+        init_from=teacher,
+        batch_size=p.batch,
+        device=cfg.device,
+        max_length=p.seq,
+        task="sst2",
+    )
+    runs = {
+        "bare": ("ce", FitConfig(out=str(work / "r-bare"), data=data, mode="ce", **common)),
+        "offline": (
+            "hsk",
+            FitConfig(
+                out=str(work / "r-off"), cache=str(cache), mode="hsk", verify=False, **common
+            ),
+        ),
+        "online": (
+            "hsk",
+            FitConfig(
+                out=str(work / "r-on"),
+                online_teacher=teacher,
+                data=data,
+                mode="hsk",
+                hsk=cfg.hsk,
+                **common,
+            ),
+        ),
+    }
+    step, stall = {}, {}
+    for name, (stage, fcfg) in runs.items():
+        torch.manual_seed(0)
+        totals, ready = time_steps(prepare(fcfg), stage, fcfg, cfg.warmup, cfg.steps)
+        step[name] = statistics.median(totals)
+        stall[name] = statistics.median(ready)
+    result = {
+        "preset": cfg.preset,
+        "teacher": f"{p.teacher} ({'random weights' if random_weights else 'pretrained'})",
+        "student": p.student,
+        "seq": p.seq,
+        "batch": p.batch,
+        "hsk": cfg.hsk,
+        "steps": cfg.steps,
+        "warmup": cfg.warmup,
+        "device": cfg.device,
+        "machine": machine(),
+        "step_ms": {k: v * 1e3 for k, v in step.items()},
+        "offline_stall_ms": stall["offline"] * 1e3,
+        "stall_fraction": stall["offline"] / step["offline"],
+        "offline_over_bare": step["offline"] / step["bare"],
+        "speedup": step["online"] / step["offline"],
+        "ceiling": step["online"] / step["bare"],
+        "build_rows_per_s": timings["rows"] / timings["seconds"],
+        "forward_rows_per_s": n / forward_s,
+        "cache_bytes_per_example": stats["bytes_per_example"],
+        "full_fp16_bytes_per_example": stats["full_fp16_bytes_per_example"],
+    }
+    result["efficiency"] = result["speedup"] / result["ceiling"]
+    result["build_over_forward"] = result["build_rows_per_s"] / result["forward_rows_per_s"]
+    result["size_ratio"] = stats["full_fp16_bytes_per_example"] / stats["bytes_per_example"]
+    if cfg.rss:
+        result["rss"] = rss_probe(work, cfg.rss_rows)
+        result["rss_growth"] = result["rss"]["growth"]
+    result["targets"] = {
+        k: {
+            "value": result[k],
+            "target": f"{op} {bound}",
+            "met": result[k] <= bound if op == "<=" else result[k] >= bound,
+        }
+        for k, (op, bound) in TARGETS.items()
+        if k in result
+    }
+    return result
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def write_results(result: dict, md: Path, png: Path | None, command: str) -> None:
+    """A markdown results file (and a bar plot of step times) from one bench run."""
+    rows = [
+        ("bare student step (CE only)", f"{result['step_ms']['bare']:.1f} ms"),
+        ("offline KD step (cache reader + HSK loss)", f"{result['step_ms']['offline']:.1f} ms"),
+        ("online KD step (teacher forward + selection)", f"{result['step_ms']['online']:.1f} ms"),
+        (
+            "reader stall per offline step",
+            f"{result['offline_stall_ms']:.2f} ms ({result['stall_fraction']:.2%} of the step)",
+        ),
+        ("offline / bare", f"{result['offline_over_bare']:.3f}"),
+        ("speedup online / offline", f"{result['speedup']:.2f}x"),
+        ("ideal ceiling online / bare", f"{result['ceiling']:.2f}x"),
+        ("efficiency speedup / ceiling", f"{result['efficiency']:.1%}"),
+        ("build throughput", f"{result['build_rows_per_s']:.1f} rows/s"),
+        ("bare teacher forward (sdpa)", f"{result['forward_rows_per_s']:.1f} rows/s"),
+        ("build / forward", f"{result['build_over_forward']:.1%}"),
+        ("cache bytes per example", f"{result['cache_bytes_per_example']:,.0f} B"),
+        (
+            "full fp16 HSK per example",
+            f"{result['full_fp16_bytes_per_example']:,.0f} B ({result['size_ratio']:.0f}x)",
+        ),
+    ]
+    if "rss" in result:
+        r = result["rss"]
+        rows.append(
+            (
+                "`fit` peak RSS, 1 epoch",
+                f"{r['small_mb']:.0f} MB ({r['small_rows']} rows)"
+                f" -> {r['large_mb']:.0f} MB ({r['large_rows']} rows): "
+                f"{r['growth']:+.1%}",
+            )
+        )
+    lines = [
+        f"# Benchmark: {result['preset']}",
+        "",
+        f"Generated by `{command}`. Machine: {result['machine']}; device {result['device']}.",
+        f"Teacher {result['teacher']} -> student {result['student']}, seq {result['seq']}, "
+        f"batch {result['batch']}, `{result['hsk']}`; medians of {result['steps']} steps after "
+        f"{result['warmup']} warm-up steps, all in one process and one run.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        *[f"| {a} | {b} |" for a, b in rows],
+        "",
+        "| target | value | bound | met |",
+        "|---|---|---|---|",
+        *[
+            f"| {k} | {v['value']:.3f} | {v['target']} | {'yes' if v['met'] else '**no**'} |"
+            for k, v in result["targets"].items()
+        ],
+        "",
+    ]
+    if png is not None:
+        lines.insert(4, f"![step times]({png.name})\n")
+        plot(result, png)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text("\n".join(lines))
+
+
+def plot(result: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["bare", "offline", "online"]
+    values = [result["step_ms"][k] for k in names]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bars = ax.bar(
+        ["bare student\n(CE only)", "offline KD\n(cache)", "online KD\n(teacher live)"],
+        values,
+        color=["#999999", "#2a9d8f", "#e76f51"],
+    )
+    ax.bar_label(bars, fmt="%.0f ms")
+    ax.set_ylabel("median step time (ms)")
+    ax.set_title(
+        f"{result['preset']}: speedup {result['speedup']:.2f}x (ceiling {result['ceiling']:.2f}x)"
+    )
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result, indent=2, default=float)

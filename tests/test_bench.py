@@ -1,0 +1,64 @@
+"""`hsktrain bench` runs on the tiny preset and reports every field (timings are not tested)."""
+
+import json
+
+from typer.testing import CliRunner
+
+from hsktrain.cli import app
+
+
+def test_bench_tiny_prints_all_fields(tmp_path):
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--preset",
+            "tiny",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--rss-rows",
+            "40",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--json",
+            "--results",
+            str(tmp_path / "R.md"),
+            "--plot",
+            str(tmp_path / "p.png"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    for key in (
+        "step_ms",
+        "offline_stall_ms",
+        "stall_fraction",
+        "speedup",
+        "ceiling",
+        "efficiency",
+        "build_rows_per_s",
+        "forward_rows_per_s",
+        "build_over_forward",
+        "cache_bytes_per_example",
+        "full_fp16_bytes_per_example",
+        "size_ratio",
+        "rss",
+        "machine",
+    ):
+        assert key in out, key
+    assert set(out["step_ms"]) == {"bare", "offline", "online"}
+    assert all(v > 0 for v in out["step_ms"].values())
+    assert out["rss"]["large_rows"] == 10 * out["rss"]["small_rows"]
+    assert set(out["targets"]) == {
+        "offline_over_bare",
+        "stall_fraction",
+        "efficiency",
+        "speedup",
+        "build_over_forward",
+        "size_ratio",
+        "rss_growth",
+    }
+    assert "| speedup online / offline |" in (tmp_path / "R.md").read_text()
+    assert (tmp_path / "p.png").stat().st_size > 1000
