@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 GLUE   ?= $(abspath ../shared/data/glue)
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ lint: install
 
 demo: install
 	GLUE=$(GLUE) $(PY) -m hsktrain.demo
+
+# The paper's shape: BERT-base-sized teacher (random weights) -> TinyBERT4, seq 128, batch 32.
+bench: install
+	$(VENV)/bin/hsktrain bench --preset bert-base-tinybert4 --results benchmarks/RESULTS.md --plot benchmarks/step_times.png
 
 clean:
 	rm -rf $(VENV) runs caches

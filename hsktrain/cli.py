@@ -205,7 +205,7 @@ def bench(
             "seq 64), tiny."
         ),
     ] = "bert-base-tinybert4",
-    steps: Annotated[int, Opt(help="Timed steps per mode (median).")] = 10,
+    steps: Annotated[int, Opt(help="Timed steps per mode (median).")] = 20,
     warmup: Annotated[int, Opt(help="Untimed warm-up steps per mode.")] = 3,
     hsk: Annotated[str, Opt(help="Selection cached and computed online.")] = "1l_10t_0.1h",
     device: Annotated[str, Opt(help="cpu or cuda.")] = "cpu",
