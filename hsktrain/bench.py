@@ -458,6 +458,7 @@ def plot(result: dict, png: Path) -> None:
         color=["#999999", "#2a9d8f", "#e76f51"],
     )
     ax.bar_label(bars, fmt="%.0f ms")
+    ax.set_ylim(0, max(values) * 1.15)  # room for the labels under the title
     ax.set_ylabel("median step time (ms)")
     ax.set_title(
         f"{result['preset']}: speedup {result['speedup']:.2f}x (ceiling {result['ceiling']:.2f}x)"
