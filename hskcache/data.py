@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hskcache.errors import DataFormatError
-from hskcache.tasks import TaskSpec, get_task
+from hskcache.errors import ConfigError, DataFormatError
+from hskcache.tasks import TASKS, TaskSpec, get_task
 
 TABLE_SUFFIXES = {".tsv", ".csv", ".jsonl", ".json", ".parquet"}
 NO_LABEL = -1  # GLUE test splits ship without labels
@@ -73,6 +73,11 @@ def load_split(
     path = Path(data).expanduser()
     split = "dev" if split == "validation" else split
     if path.is_dir():
+        if task is None and path.name.lower().replace("-", "") not in TASKS:
+            raise ConfigError(
+                f"{path}: cannot tell the GLUE task from the folder name "
+                f"'{path.name}'; pass --task (one of {', '.join(TASKS)})"
+            )
         spec = get_task(task or path.name)
         file = path / f"{spec.dev_file if split == 'dev' else split}.tsv"
         if not file.is_file():

@@ -289,3 +289,30 @@ def test_two_process_build_equals_one(tmp_path, sst2_dir, tiny_bert):
     )
     assert one.returncode == 0, one.stderr[-2000:]
     assert files(tmp_path / "two") == files(tmp_path / "one")
+
+
+def test_full_disk_is_one_line_and_resumable(tmp_path, sst2_dir, tiny_bert, monkeypatch):
+    import errno
+
+    import zarr.core.array as za
+
+    from hskcache.errors import HskError
+
+    straight = build_cache(make_cfg(sst2_dir, tmp_path / "a", tiny_bert), show_progress=False)
+    orig, calls = za.Array.__setitem__, [0]
+
+    def full_after_a_while(self, key, value):
+        calls[0] += 1
+        if calls[0] > 12:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return orig(self, key, value)
+
+    monkeypatch.setattr(za.Array, "__setitem__", full_after_a_while)
+    cfg = make_cfg(sst2_dir, tmp_path / "b", tiny_bert)
+    with pytest.raises(HskError, match="disk full; finished shards are kept"):
+        build_cache(cfg, show_progress=False)
+    with pytest.raises(CacheIncompleteError):
+        open_cache(cfg.out)
+    monkeypatch.setattr(za.Array, "__setitem__", orig)
+    build_cache(cfg, show_progress=False)  # space freed: the same command finishes the job
+    assert files(Path(cfg.out)) == files(straight)

@@ -75,6 +75,8 @@ def test_errors(tmp_path, sst2_dir):
         load_split(str(sst2_dir / "train.tsv"), "sst2", "train", Columns(text="text"))
     with pytest.raises(ConfigError, match="unknown task"):
         load_split(str(tmp_path), "nope", "train")
+    with pytest.raises(ConfigError, match="pass --task"):
+        load_split(str(tmp_path), None, "train")
     bad = tmp_path / "SST-2b"
     bad.mkdir()
     (bad / "train.tsv").write_text("sentence\tlabel\ngood\t7\n")
