@@ -140,11 +140,29 @@ def fit_cmd(
     batch_threshold: Annotated[
         bool, Opt(help="Online: the paper's per-batch magnitude threshold.")
     ] = None,
+    split: Annotated[str, Opt(help="Training split of --data.")] = None,
+    dev_split: Annotated[str, Opt(help="Split of --dev-data to evaluate.")] = None,
+    max_length: Annotated[
+        int,
+        Opt(help="Token limit; must equal the cache's (default: the cache's, else the task's)."),
+    ] = None,
+    hsk_weight: Annotated[float, Opt(help="Weight of the HSK loss in --mode joint.")] = None,
+    weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = None,
+    max_grad_norm: Annotated[float, Opt(help="Clip gradients to this norm.")] = None,
+    buffer_chunks: Annotated[int, Opt(help="Chunks shuffled together in the reader.")] = None,
+    length: Annotated[
+        str, Opt(help="Online token selection: left | attention | attention-no-sep.")
+    ] = None,
+    width_strategy: Annotated[str, Opt(help="Online width: magnitude | random | uniform.")] = None,
+    score_layer: Annotated[str, Opt(help="Online scoring layer: producing | uniform.")] = None,
+    l_top: Annotated[int, Opt(help="Online: teacher state for the student's top layer.")] = None,
+    teacher_layers: Annotated[list[int], Opt(help="Online: explicit teacher states.")] = None,
     config: Annotated[Path, Opt(help="TOML file with any of these options.")] = None,
     quiet: Annotated[bool, Opt(help="No progress bar.")] = False,
 ):
     """Train a student: from a cache with no teacher in memory, or online as the baseline."""
     flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
+    flags["teacher_layers"] = teacher_layers or None
     from hskcache.config import merge_file
     from hsktrain.config import FitConfig
     from hsktrain.train import fit

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hskcache.errors import CacheMismatchError, ConfigError
+from hskcache.errors import CacheMismatchError, ConfigError, TeacherError
 from hskcache.progress import progress_bar
 from hskcache.selection import parse_hsk
 from hskcache.teacher import tokenizer_sha256
@@ -79,7 +79,6 @@ def stages_for(cfg: FitConfig, task: str) -> list[Stage]:
 
 def prepare(cfg: FitConfig) -> Run:
     """Open the rows, check they fit the student, build student, projection and targets."""
-    from transformers import AutoTokenizer
 
     from hskcache.reader import open_cache
     from hskcache.teacher import default_teacher_path
@@ -93,7 +92,7 @@ def prepare(cfg: FitConfig) -> Run:
         init_from = cfg.init_from or manifest["teacher"]["name"]
     else:
         init_from = cfg.init_from or cfg.online_teacher or str(default_teacher_path())
-    tokenizer = AutoTokenizer.from_pretrained(init_from, use_fast=True)
+    tokenizer = _tokenizer(init_from)
     if manifest is not None:
         source, max_length = cache, manifest["max_length"]
         task, regression = manifest["data"]["task"], manifest["data"]["regression"]
@@ -159,6 +158,22 @@ def prepare(cfg: FitConfig) -> Run:
         teacher_width,
         record,
     )
+
+
+def _tokenizer(source: str):
+    """The student's tokenizer (its init source's), or one clear error."""
+    from transformers import AutoTokenizer
+
+    folder = Path(source)
+    if folder.exists() and not (folder / "config.json").is_file():
+        raise TeacherError(
+            f"{folder}: not a model folder (no config.json); pass a teacher or "
+            "checkpoint folder to --init-from"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(source, use_fast=True)
+    except (OSError, ValueError) as e:
+        raise TeacherError(f"{source}: cannot load its tokenizer ({str(e).splitlines()[0]})") from e
 
 
 def _check_cache(cfg: FitConfig, manifest: dict, tokenizer, init_from: str) -> None:

@@ -155,6 +155,13 @@ def test_fit_refuses_bad_caches(world, tmp_path):
             base(world, tmp_path / "o", cache=str(world["cache"]), init_from=str(other)),
             show_progress=False,
         )
+    from hskcache.errors import TeacherError
+
+    with pytest.raises(TeacherError, match="not a model folder"):
+        fit(
+            base(world, tmp_path / "o", cache=str(world["cache"]), init_from=str(tmp_path)),
+            show_progress=False,
+        )
     with pytest.raises(CacheMismatchError, match="max_length"):
         fit(
             base(world, tmp_path / "o", cache=str(world["cache"]), max_length=32),
