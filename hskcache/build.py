@@ -35,6 +35,11 @@ class Encoded:
 
 
 def tokenize(tokenizer, ex: Examples, max_length: int) -> Encoded:
+    """Tokenize every row once, padded to `max_length` (the cache's fixed row shape).
+
+    Pairs are truncated longest-first. Tokenizers without segment ids (MPNet, RoBERTa) get
+    zeros, so every cache has the same arrays.
+    """
     enc = tokenizer(
         ex.texts,
         ex.pairs,
