@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from hskcache.errors import CacheError
-from hskcache.layout import shard_key
+from hskcache.layout import layer_key, shard_key
 from hskcache.manifest import compute_identity
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache, open_cache, specs_for
@@ -85,7 +85,7 @@ def _check_invariants(cache: Cache) -> list[str]:
     K = m["selection"]["tokens_kept"]
     for i in range(cache.num_chunks):
         fields = ["lengths", "n_valid"] + [
-            f"{la}/positions" for la in (f"layers/h{x['teacher']}" for x in m["layers"])
+            f"{layer_key(x['teacher'])}/positions" for x in m["layers"]
         ]
         c = cache.read_chunk(i, fields)
         lengths, n_valid = c["lengths"], c["n_valid"].astype(np.int64)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hskcache.layout import layer_key
 from hskcache.reader import decode_values
 from hskcache.selection import scatter_width
 from hskcache.targets import LayerTargets, Plan, teacher_targets
@@ -52,7 +53,7 @@ def from_cache(rows: dict[str, np.ndarray], manifest: dict, device: str, regress
     fixed = manifest["width_dims"]
     fixed = torch.tensor(fixed, device=device) if fixed is not None else None
     for la in manifest["layers"]:
-        key = f"layers/h{la['teacher']}"
+        key = layer_key(la["teacher"])
         values = decode_values(manifest, rows[f"{key}/values"], rows.get(f"{key}/scales"))
         dims = rows.get(f"{key}/dims")
         b.layers.append(

@@ -13,14 +13,15 @@ from hsktrain.metrics import task_metrics
 
 @torch.no_grad()
 def predict(model, rows: ArraySource, regression: bool, batch_size: int, device: str):
-    """Logits of every row, in order: (N, C)."""
+    """Logits of every row, in order: (N, C). The model's train/eval mode is restored."""
+    was_training = model.training
     model.eval()
     loader = ChunkShuffleLoader(rows, batch_size, shuffle=False)
     out = []
     for r in loader.iterate(0):
         b = inputs(r, device, regression)
         out.append(model(**b.model_inputs(model)).logits.float().cpu())
-    model.train()
+    model.train(was_training)
     return torch.cat(out).numpy()
 
 
