@@ -49,6 +49,11 @@ def open_for_build(
     """
     validate_manifest(manifest, str(root))
     if root.exists() and overwrite:
+        if any(root.iterdir()) and not _is_cache(root):  # never delete what we did not write
+            raise CacheError(
+                f"{root}: exists and is not an hskcache cache; --overwrite only "
+                "replaces caches, choose another --out"
+            )
         shutil.rmtree(root)
     if root.exists() and any(root.iterdir()):
         try:
@@ -85,6 +90,13 @@ def open_for_build(
 # Shards of all-zero rows (segment ids of single sentences) must still be written: resume reads
 # "key present" as "shard done". The setting is per handle, not stored, so every write uses it.
 WRITE_ALL = {"write_empty_chunks": True}
+
+
+def _is_cache(root: Path) -> bool:
+    try:
+        return MANIFEST_KEY in zarr.open_group(root, mode="r").attrs
+    except (FileNotFoundError, KeyError, ValueError):
+        return False
 
 
 def shard_done(root: Path, specs: list[ArraySpec], shard: int) -> bool:

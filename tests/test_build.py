@@ -316,3 +316,14 @@ def test_full_disk_is_one_line_and_resumable(tmp_path, sst2_dir, tiny_bert, monk
     monkeypatch.setattr(za.Array, "__setitem__", orig)
     build_cache(cfg, show_progress=False)  # space freed: the same command finishes the job
     assert files(Path(cfg.out)) == files(straight)
+
+
+def test_overwrite_never_deletes_a_non_cache(tmp_path, sst2_dir, tiny_bert):
+    from hskcache.errors import CacheError
+
+    precious = tmp_path / "project"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(CacheError, match="not an hskcache cache"):
+        build_cache(make_cfg(sst2_dir, precious, tiny_bert, overwrite=True), show_progress=False)
+    assert (precious / "notes.txt").read_text() == "keep me"
