@@ -9,6 +9,7 @@ and `ClsScoreProbe.scores` computes q_cls . K^T / sqrt(d) (+ MPNet's relative po
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 from collections.abc import Iterable
@@ -208,7 +209,7 @@ def teacher_forward(
     """One no-grad forward: logits (B, C), hidden states (L+1 of (B, T, H)), and the
     head-averaged [CLS] scores (B, T) of every probed layer."""
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if token_type_ids is not None and _accepts(teacher.model, "token_type_ids"):
+    if token_type_ids is not None and accepts(teacher.model, "token_type_ids"):
         kwargs["token_type_ids"] = token_type_ids
     with torch.inference_mode():
         out = teacher.model(**kwargs, output_hidden_states=True)
@@ -220,8 +221,15 @@ def teacher_forward(
     return out.logits, out.hidden_states, scores
 
 
-def _accepts(model: nn.Module, arg: str) -> bool:
-    return arg in inspect.signature(model.forward).parameters
+def accepts(model: nn.Module, arg: str) -> bool:
+    """Whether `model.forward` takes `arg` (MPNet takes no token_type_ids). Cached per class:
+    it is asked on every batch."""
+    return arg in _forward_params(type(model))
+
+
+@functools.cache
+def _forward_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
 
 
 def check_max_length(teacher: Teacher, max_length: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +11,7 @@ from hskcache.layout import layer_key
 from hskcache.reader import decode_values
 from hskcache.selection import scatter_width
 from hskcache.targets import LayerTargets, Plan, teacher_targets
+from hskcache.teacher import accepts
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Batch:
 
     def model_inputs(self, model) -> dict[str, torch.Tensor]:
         kw = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        if "token_type_ids" in inspect.signature(model.forward).parameters:
+        if accepts(model, "token_type_ids"):
             kw["token_type_ids"] = self.token_type_ids
         return kw
 

@@ -239,7 +239,8 @@ def bench(
     as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
 ):
     """Measure online vs offline KD step time, reader stall, build throughput, cache size."""
-    from hsktrain.bench import BenchConfig, dumps, run_bench, write_results
+    from hsktrain.bench import BenchConfig, dumps, run_bench
+    from hsktrain.report import write_results
 
     def body():
         quiet_transformers()

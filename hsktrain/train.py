@@ -252,12 +252,11 @@ def make_optimizer(run: Run, lr: float, weight_decay: float) -> torch.optim.Opti
     named = list(run.model.named_parameters()) + [
         (f"proj.{n}", p) for n, p in run.proj.named_parameters()
     ]
-    no_decay = [p for n, p in named if n.endswith("bias") or "LayerNorm" in n or "norm" in n]
-    decay = [p for n, p in named if not (n.endswith("bias") or "LayerNorm" in n or "norm" in n)]
+    exempt = {n for n, _ in named if n.endswith("bias") or "norm" in n.lower()}
     return torch.optim.AdamW(
         [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": [p for n, p in named if n not in exempt], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0},
         ],
         lr=lr,
     )
