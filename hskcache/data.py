@@ -73,12 +73,7 @@ def load_split(
     path = Path(data).expanduser()
     split = "dev" if split == "validation" else split
     if path.is_dir():
-        if task is None and path.name.lower().replace("-", "") not in TASKS:
-            raise ConfigError(
-                f"{path}: cannot tell the GLUE task from the folder name "
-                f"'{path.name}'; pass --task (one of {', '.join(TASKS)})"
-            )
-        spec = get_task(task or path.name)
+        spec = get_task(task) if task else _task_from_folder(path)
         file = path / f"{spec.dev_file if split == 'dev' else split}.tsv"
         if not file.is_file():
             raise DataFormatError(str(file), f"not found; a GLUE folder needs {split}.tsv")
@@ -104,6 +99,17 @@ def load_split(
     if len(ex) == 0:
         raise DataFormatError(ex.source, "no rows to load")
     return ex
+
+
+def _task_from_folder(path: Path) -> TaskSpec:
+    """A GLUE folder's task from its name (SST-2, MRPC, ...), by `get_task`'s own aliases."""
+    try:
+        return get_task(path.name)
+    except ConfigError as e:
+        raise ConfigError(
+            f"{path}: cannot tell the GLUE task from the folder name '{path.name}'; "
+            f"pass --task (one of {', '.join(TASKS)})"
+        ) from e
 
 
 def _custom_task(columns: Columns) -> TaskSpec:
