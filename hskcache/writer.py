@@ -48,26 +48,23 @@ def open_for_build(
         CacheError: `root` exists and is not a cache.
     """
     validate_manifest(manifest, str(root))
+    occupied = root.exists() and any(root.iterdir())
+    found = _existing_manifest(root) if occupied else None
+    if occupied and found is None:  # never resume into, or delete, what we did not write
+        raise CacheError(
+            f"{root}: exists and is not an hskcache cache (--overwrite only replaces "
+            "caches); choose another --out"
+        )
     if root.exists() and overwrite:
-        if any(root.iterdir()) and not _is_cache(root):  # never delete what we did not write
-            raise CacheError(
-                f"{root}: exists and is not an hskcache cache; --overwrite only "
-                "replaces caches, choose another --out"
-            )
         shutil.rmtree(root)
-    if root.exists() and any(root.iterdir()):
-        try:
-            group = zarr.open_group(root, mode="r+")
-            found = group.attrs[MANIFEST_KEY]
-        except (FileNotFoundError, KeyError, ValueError) as e:
-            raise CacheError(
-                f"{root}: exists and is not an hskcache cache; choose another --out"
-            ) from e
+        occupied = False
+    if occupied:
         check_same(manifest, found, ignore=("status", "stats", "identity"), hint=RESUME_HINT)
         if found["status"] == "complete":
             return None
         for tmp in root.rglob("*.partial"):  # leftovers of writes cut short by a kill
             tmp.unlink()
+        group = zarr.open_group(root, mode="r+")
     else:
         group = zarr.open_group(root, mode="w", attributes={MANIFEST_KEY: manifest})
     compressors = [ZstdCodec(level=3)] if manifest["storage"]["compressor"] == "zstd" else []
@@ -92,11 +89,12 @@ def open_for_build(
 WRITE_ALL = {"write_empty_chunks": True}
 
 
-def _is_cache(root: Path) -> bool:
+def _existing_manifest(root: Path) -> dict | None:
+    """The manifest of the cache at `root`, or None when `root` holds no hskcache cache."""
     try:
-        return MANIFEST_KEY in zarr.open_group(root, mode="r").attrs
+        return zarr.open_group(root, mode="r").attrs[MANIFEST_KEY]
     except (FileNotFoundError, KeyError, ValueError):
-        return False
+        return None
 
 
 def shard_done(root: Path, specs: list[ArraySpec], shard: int) -> bool:
