@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,11 +124,12 @@ def synthetic_sst2(folder: Path, rows: int, seq: int, seed: int = 0) -> str:
     return str(folder)
 
 
-def bare_forward_seconds(
+def bare_forward_timer(
     teacher_path: str, data: str, rows: int, seq: int, batch: int, device: str
-) -> float:
-    """Seconds of the teacher alone (sdpa, no hidden states) over the build's batches after
-    the first, a warm-up that the build's timing skips too."""
+) -> Callable[[], float]:
+    """Load the teacher and tokenize the build's rows once; return a function that times one
+    pass of the teacher alone (sdpa, no hidden states) over the build's batches after the
+    first, a warm-up that the build's timing skips too."""
     from hskcache.build import tokenize
     from hskcache.data import load_split
     from hskcache.teacher import load_teacher
@@ -136,17 +138,21 @@ def bare_forward_seconds(
     enc = tokenize(teacher.tokenizer, load_split(data, "sst2", "train", limit=rows), seq)
     ids = torch.from_numpy(enc.input_ids).long()
     tt = torch.from_numpy(enc.token_type_ids).long()
-    t0 = None
-    with torch.inference_mode():
-        for lo in range(0, rows, batch):
-            T = int(enc.lengths[lo : lo + batch].max())
-            teacher.model(
-                input_ids=ids[lo : lo + batch, :T].to(device),
-                token_type_ids=tt[lo : lo + batch, :T].to(device),
-                attention_mask=torch.ones_like(ids[lo : lo + batch, :T]).to(device),
-            )
-            t0 = t0 or time.perf_counter()
-    return time.perf_counter() - t0
+
+    def one_pass() -> float:
+        t0 = None
+        with torch.inference_mode():
+            for lo in range(0, rows, batch):
+                T = int(enc.lengths[lo : lo + batch].max())
+                teacher.model(
+                    input_ids=ids[lo : lo + batch, :T].to(device),
+                    token_type_ids=tt[lo : lo + batch, :T].to(device),
+                    attention_mask=torch.ones_like(ids[lo : lo + batch, :T]).to(device),
+                )
+                t0 = t0 or time.perf_counter()
+        return time.perf_counter() - t0
+
+    return one_pass
 
 
 def time_steps(run, stage: str, fit_cfg, warmup: int, steps: int) -> tuple[list, list]:
@@ -277,7 +283,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     # The bare forward runs before and after the build and the two are averaged: the first
     # pass warms the process (the first heavy work in a fresh process runs slow for more than
     # one batch), and the pair cancels load drifting on a shared machine during the build.
-    forward_before = bare_forward_seconds(teacher, data, n, p.seq, p.batch, cfg.device)
+    forward_pass = bare_forward_timer(teacher, data, n, p.seq, p.batch, cfg.device)
+    forward_before = forward_pass()
     timings: dict = {}
     build_cache(
         BuildConfig(
@@ -295,7 +302,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         show_progress=False,
         timings=timings,
     )
-    forward_after = bare_forward_seconds(teacher, data, n, p.seq, p.batch, cfg.device)
+    forward_after = forward_pass()
     forward_s = (forward_before + forward_after) / 2
     opened = open_cache(cache)
     stats = opened.manifest["stats"]
