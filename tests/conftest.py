@@ -162,3 +162,49 @@ def sst2_dir(tmp_path) -> Path:
 @pytest.fixture
 def mrpc_dir(tmp_path) -> Path:
     return write_mrpc(tmp_path / "MRPC")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server (moto in server mode) on loopback for the whole session.
+
+    The AWS_* variables it sets reach s3fs in this process and in every CLI subprocess the
+    tests start, so `s3://` URLs resolve to this server; nothing leaves the machine.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A fresh, empty bucket on the loopback S3 server; returns its `s3://` URL."""
+    import re
+
+    import s3fs
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    name = f"t-{name}-{os.getpid()}-{id(request) % 10_000}"
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir(name)
+    return f"s3://{name}"
