@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 GLUE   ?= $(abspath ../shared/data/glue)
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean wheel-check
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 test: install
 	$(VENV)/bin/ruff check hskcache hsktrain tests
 	$(VENV)/bin/pytest -q
+
+# CI: a wheel installed into a fresh venv (outside the repo) runs a tiny build + verify + fit.
+wheel-check:
+	PYTHON=$(PYTHON) .ci/wheel-check
 
 lint: install
 	$(VENV)/bin/ruff check hskcache hsktrain tests

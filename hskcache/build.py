@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +19,17 @@ import numpy as np
 import torch
 
 from hskcache import __version__
+from hskcache.assets import asset_keys, make_kit, write_kit
 from hskcache.config import BuildConfig
 from hskcache.data import Columns, Examples, load_split
-from hskcache.layout import ArraySpec, default_chunk_rows, layer_key, plan_arrays
+from hskcache.errors import HskError
+from hskcache.layout import default_chunk_rows, layer_key, plan_arrays
+from hskcache.lock import BuildLock, LockHeldError, local_path
 from hskcache.manifest import FORMAT_VERSION, compute_identity
 from hskcache.progress import progress_bar
 from hskcache.targets import Plan, plan_selection, teacher_targets
 from hskcache.teacher import ClsScoreProbe, Teacher, check_max_length, load_teacher
-from hskcache.writer import ShardWriter, finish, open_for_build, shard_done
+from hskcache.writer import ShardWriter, finish, open_for_build, shard_done, stored_keys
 
 
 @dataclass
@@ -63,6 +68,7 @@ def make_manifest(
     max_length: int,
     chunk_rows: int,
     shard_rows: int,
+    assets: dict,
 ) -> dict:
     c = teacher.config
     n = len(ex)
@@ -125,6 +131,8 @@ def make_manifest(
         },
         "build": {"batch_size": cfg.batch_size, "device": cfg.device, "dtype": cfg.dtype},
         "stats": None,
+        "objects": None,
+        "assets": assets,
     }
     m["identity"] = compute_identity(m)
     return m
@@ -136,6 +144,15 @@ def encode_values(values: torch.Tensor, value_dtype: str) -> dict[str, np.ndarra
         return {"values": values.to(torch.float16).numpy()}
     if value_dtype == "bfloat16":
         return {"values": values.to(torch.bfloat16).view(torch.uint16).numpy()}
+    # int8 quantises the float16-rounded values, so `hskcache derive` cuts an int8 cache out of
+    # a float16 one that is byte-identical to this; the extra rounding is measured in README.md.
+    values = values.to(torch.float16)
+    if torch.isinf(values).any():
+        raise HskError(
+            "a hidden-state value exceeds float16's range (65504), which int8 caches are "
+            "quantised from; use --value-dtype bfloat16"
+        )
+    values = values.float()
     scale = values.abs().amax(dim=-1) / 127.0  # (B, K) per-token symmetric scale
     q = torch.where(scale[..., None] > 0, values / scale[..., None].clamp(min=1e-30), 0.0)
     return {
@@ -179,18 +196,39 @@ def compute_batch(
     return out
 
 
-def build_cache(cfg: BuildConfig, show_progress: bool = True, timings: dict | None = None) -> Path:
-    """Build (or resume, or confirm) the cache that `cfg` describes; return its path.
+def build_cache(
+    cfg: BuildConfig, show_progress: bool = True, timings: dict | None = None
+) -> Path | str:
+    """Build (or resume, or confirm) the cache that `cfg` describes; return where it is.
+
+    `cfg.out` is a local folder or any fsspec URL (s3://, gs://, memory://). One build at a
+    time writes a cache: rank 0 holds the lock at its root from start to finish.
 
     `timings`, when given, receives `rows` and `seconds` of the compute-and-write loop after
     its first (warm-up) batch, up to the last write (what `hsktrain bench` compares with a
     bare teacher forward).
 
+    Returns:
+        The local folder as a Path, or the URL as given for object storage.
+
     Raises:
+        LockHeldError: another build holds the cache's lock (or took it over mid-build).
         HskError: any bad input, named; nothing is ever marked complete unless it is.
     """
     cfg.validate()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    with _held_lock(cfg.out, cfg.break_lock, rank, world) as lock:
+        return _build(cfg, lock, rank, world, show_progress, timings)
+
+
+def _build(
+    cfg: BuildConfig,
+    lock: BuildLock,
+    rank: int,
+    world: int,
+    show_progress: bool,
+    timings: dict | None,
+) -> Path | str:
     columns = Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column)
     ex = load_split(cfg.data, cfg.task, cfg.split, columns, cfg.limit)
     num_labels = 1 if ex.label_names is None else len(ex.label_names)
@@ -210,8 +248,20 @@ def build_cache(cfg: BuildConfig, show_progress: bool = True, timings: dict | No
     )
     chunk_rows = cfg.chunk_rows or default_chunk_rows(specs, len(ex))
     shard_rows = chunk_rows * cfg.chunks_per_shard
-    manifest = make_manifest(cfg, teacher, ex, plan, max_length, chunk_rows, shard_rows)
-    root = Path(cfg.out)
+    kit = make_kit(
+        teacher.name,
+        teacher.tokenizer,
+        teacher.tokenizer_sha256,
+        cfg.student,
+        cfg.student_layers,
+        num_labels,
+        cfg.bundle_teacher,
+    )
+    manifest = make_manifest(
+        cfg, teacher, ex, plan, max_length, chunk_rows, shard_rows, kit.section
+    )
+    root = local_path(cfg.out) or cfg.out  # a Path on local disk, else the URL
+    name = str(root).rstrip("/").rsplit("/", 1)[-1]
     group = _open_distributed(
         root, manifest, specs, chunk_rows, shard_rows, cfg.overwrite, rank, world
     )
@@ -220,15 +270,16 @@ def build_cache(cfg: BuildConfig, show_progress: bool = True, timings: dict | No
     enc = tokenize(teacher.tokenizer, ex, max_length)
     n, n_shards = len(ex), manifest["counts"]["num_shards"]
     mine = [s for s in range(n_shards) if s % world == rank]
-    todo = [s for s in mine if not shard_done(root, specs, s)]
+    present = stored_keys(group)  # one listing: no request per shard on object storage
+    todo = [s for s in mine if not shard_done(present, specs, s)]
     rows = lambda s: (s * shard_rows, min(n, (s + 1) * shard_rows))  # noqa: E731
     done_rows = sum(rows(s)[1] - rows(s)[0] for s in mine if s not in todo)
     probe_layers = {la["score_attention"] for la in plan.layers} - {None}
     probe = ClsScoreProbe(teacher.model, probe_layers) if probe_layers else None
-    writer = ShardWriter(group, root)
+    writer = ShardWriter(group, str(root), lock)
     try:
         with progress_bar(
-            f"build {root.name}",
+            f"build {name}",
             sum(rows(s)[1] - rows(s)[0] for s in mine),
             done_rows,
             show_progress,
@@ -256,19 +307,57 @@ def build_cache(cfg: BuildConfig, show_progress: bool = True, timings: dict | No
         timings["seconds"] = time.perf_counter() - timings["t0"]
     _barrier(world)  # every shard written
     if rank == 0:
-        finish(group, {**manifest, "stats": cache_stats(root, group, manifest, specs)})
+        stats = lambda objects: cache_stats(group, manifest, objects)  # noqa: E731
+        write_kit(group.store, kit)  # the same bytes again on a resume
+        finish(group, manifest, specs, stats=stats, lock=lock, extra_keys=asset_keys(kit.section))
     _barrier(world)  # no rank returns before the cache is marked complete
     return root
 
 
-def _open_distributed(root, manifest, specs, chunk_rows, shard_rows, overwrite, rank, world):
-    """Rank 0 creates or checks the store; the other `torchrun` ranks then open it."""
-    if world == 1:
-        return open_for_build(root, manifest, specs, chunk_rows, shard_rows, overwrite)
+@contextmanager
+def _held_lock(out: str, break_lock: bool, rank: int, world: int) -> Iterator[BuildLock]:
+    """Rank 0 takes the cache's lock for the whole build, and removes it at the end or on an
+    error; the other `torchrun` ranks share it by its token (each shard write re-checks it)."""
+    lock, refused = None, None
+    if rank == 0:
+        try:
+            lock = BuildLock.acquire(out, break_lock)
+        except LockHeldError as e:
+            refused = e
+    if world > 1:
+        _init_distributed()
+        import torch.distributed as dist
+
+        box = [lock.token if lock is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        if rank != 0:
+            if box[0] is None:
+                raise LockHeldError(f"{out}: rank 0 could not take the cache's lock")
+            lock = BuildLock(out, box[0])
+    if refused is not None:
+        raise refused
+    try:
+        yield lock
+    finally:
+        if rank == 0:
+            lock.release()
+
+
+def _init_distributed() -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
+
+
+def _open_distributed(root, manifest, specs, chunk_rows, shard_rows, overwrite, rank, world):
+    """Rank 0 creates or checks the store; the other `torchrun` ranks then open it."""
+    root = str(root)
+    if world == 1:
+        return open_for_build(root, manifest, specs, chunk_rows, shard_rows, overwrite)
+    import torch.distributed as dist
+
+    _init_distributed()
     group = (
         open_for_build(root, manifest, specs, chunk_rows, shard_rows, overwrite)
         if rank == 0
@@ -290,20 +379,16 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def cache_stats(root: Path, group, manifest: dict, specs: list[ArraySpec]) -> dict:
-    """Size and HSK share of the finished cache, computed from what is on disk."""
+def cache_stats(group, manifest: dict, objects: dict[str, dict]) -> dict:
+    """Size and HSK share of the finished cache; sizes from the objects table `finish` computed
+    (no listing of the store, which on object storage costs requests)."""
     n = manifest["counts"]["num_examples"]
     lengths = group["lengths"][:].astype(np.float64)
     n_valid = group["n_valid"][:].astype(np.float64)
     t = manifest["teacher"]
     full = lengths.sum() * (t["num_hidden_layers"] + 1) * t["hidden_size"]
     kept = n_valid.sum() * len(manifest["layers"]) * manifest["selection"]["width_kept"]
-    on_disk = sum(
-        f.stat().st_size
-        for spec in specs
-        for f in (root / spec.name / "c").rglob("*")
-        if f.is_file()
-    )
+    on_disk = sum(o["bytes"] for key, o in objects.items() if "/c/" in key)  # shards only
     return {
         "hsk_fraction": float(kept / full),
         "bytes_per_example": on_disk / n,

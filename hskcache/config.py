@@ -7,11 +7,13 @@ written into what the command produces (the cache manifest, a checkpoint folder)
 from __future__ import annotations
 
 import dataclasses
+import os
+import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-
-import tomllib
 
 from hskcache.errors import ConfigError
 from hskcache.layout import COMPRESSORS, VALUE_DTYPES
@@ -24,7 +26,8 @@ def merge_file(cls: type[T], path: str | None, flags: dict) -> T:
     """Build `cls` from a TOML file (if any) overlaid with the flags the user set.
 
     Raises:
-        ConfigError: unreadable file or keys that `cls` does not have (all of them named).
+        ConfigError: unreadable file, keys that `cls` does not have, values of the wrong type,
+            or required fields set nowhere (each group with all of its keys named).
     """
     values: dict = {}
     if path:
@@ -33,12 +36,60 @@ def merge_file(cls: type[T], path: str | None, flags: dict) -> T:
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"{path}: cannot read config file ({e})") from e
     values.update({k: v for k, v in flags.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    known = {f.name for f in fields}
     unknown = sorted(set(values) - known)
+    where = f"{path}: " if path else ""
     if unknown:
-        where = f"{path}: " if path else ""
         raise ConfigError(f"{where}unknown config keys {unknown}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    wrong = [
+        f"{k} = {v!r} is {type(v).__name__}, expected {_type_name(hints[k])}"
+        for k, v in values.items()
+        if not _matches(v, hints[k])
+    ]
+    if wrong:
+        raise ConfigError(f"{where}wrong value types: {'; '.join(wrong)}")
+    missing = [
+        f.name
+        for f in fields
+        if f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        flags_named = ", ".join("--" + k.replace("_", "-") for k in missing)
+        raise ConfigError(
+            f"missing required setting(s) {missing}; pass {flags_named} or set "
+            f"{'it' if len(missing) == 1 else 'them'} in --config"
+        )
     return cls(**values)
+
+
+def _matches(value, hint) -> bool:
+    """Whether a TOML value fits a dataclass field's type (an int is a float; a bool is not
+    an int)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (typing.Any,)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # Any and other hints: not checked
+
+
+def _type_name(hint) -> str:
+    return str(hint) if typing.get_args(hint) or not isinstance(hint, type) else hint.__name__
 
 
 @dataclass
@@ -54,6 +105,9 @@ class BuildConfig:
     width_strategy: str = "magnitude"
     score_layer: str = "producing"
     student_layers: int = 4
+    # student inits stored in the cache (presets or JSON shapes); empty: the preset this deep
+    student: list[str] = field(default_factory=list)
+    bundle_teacher: bool = False  # also store the whole teacher inside the cache
     l_top: int | None = None
     teacher_layers: list[int] = field(default_factory=list)
     seed: int = 0
@@ -71,6 +125,7 @@ class BuildConfig:
     text_pair_column: str | None = None
     label_column: str | None = None
     overwrite: bool = False
+    break_lock: bool = False  # take the cache's lock from another build (it must be dead)
 
     def validate(self) -> None:
         """Raise one ConfigError naming every bad setting."""
@@ -92,5 +147,28 @@ class BuildConfig:
             (self.device == "cpu" or self.device.startswith("cuda"), "device must be cpu|cuda"),
         ]
         problems += [msg for ok, msg in checks if not ok]
+        problems += _out_problems(self.out)
+        if self.device == "cpu" or self.device.startswith("cuda"):
+            from hskcache.teacher import check_device
+
+            try:
+                check_device(self.device)
+            except ConfigError as e:
+                problems.append(str(e))
         if problems:
             raise ConfigError("; ".join(problems))
+
+
+def _out_problems(out: str) -> list[str]:
+    """A local --out must be a folder (or not exist yet) under a folder we can write to."""
+    if "://" in out:
+        return []  # object storage: the store itself reports what it refuses
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        return [f"out {out} is a file; --out must be a folder (new, or a cache to resume)"]
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        return [f"out {out}: {existing} is a file, not a folder; pick another --out"]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [f"out {out}: {existing} is not writable; pick another --out"]
+    return []

@@ -6,14 +6,18 @@ a sha256 fingerprint of the raw rows so a cache can prove which data it was buil
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hskcache.errors import ConfigError, DataFormatError
+from hskcache.hub import hub_offline, hub_reachable
 from hskcache.tasks import TASKS, TaskSpec, get_task
 
 TABLE_SUFFIXES = {".tsv", ".csv", ".jsonl", ".json", ".parquet"}
@@ -68,8 +72,12 @@ def load_split(
         limit: keep only the first `limit` rows.
 
     Raises:
-        DataFormatError: missing file, unknown column, bad label, malformed row.
+        DataFormatError: missing file, unknown column, bad label or text, malformed row, a
+            file that is not UTF-8.
+        ConfigError: a limit below 1, an unknown task.
     """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit {limit} must be >= 1 (it keeps the first N rows)")
     path = Path(data).expanduser()
     split = "dev" if split == "validation" else split
     if path.is_dir():
@@ -84,6 +92,12 @@ def load_split(
         ex = _from_table(path, spec, columns, split)
     elif path.suffix in TABLE_SUFFIXES or "/" in data or data.startswith("."):
         raise DataFormatError(data, "no such file or folder; pass a GLUE folder or a table file")
+    elif not hub_offline() and not hub_reachable():
+        raise DataFormatError(
+            data,
+            "no such file or folder, and the Hugging Face hub is unreachable to load it as a "
+            "dataset name; check the path",
+        )
     else:
         spec = get_task(task) if task else _custom_task(columns)
         ex = _from_hub(data, spec, columns, split)
@@ -123,10 +137,33 @@ def _custom_task(columns: Columns) -> TaskSpec:
     )
 
 
+def _utf8_text(file: Path) -> str:
+    """The file's text, without a BOM (MRPC has one); a non-UTF-8 byte names its line."""
+    raw = file.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataFormatError(
+            str(file), f"not UTF-8 (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8", line
+        ) from e
+
+
 def _read_tsv(file: Path, has_header: bool) -> tuple[list[list[str]], list[str] | None]:
-    # GLUE TSVs contain bare quotes (MRPC, SST-2): no quoting; utf-8-sig drops MRPC's BOM.
-    with file.open(encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    # GLUE TSVs contain bare quotes (MRPC, SST-2): no quoting.
+    text = io.StringIO(_utf8_text(file), newline="")
+    reader = csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
+        rows = list(reader)
+    except csv.Error as e:  # a field over csv.field_size_limit(): no sentence is that long
+        raise DataFormatError(
+            str(file),
+            f"a field is longer than {csv.field_size_limit():,} characters (the csv module's "
+            f"limit; {e}); is this really a TSV of sentences?",
+            reader.line_num,
+        ) from e
     if not has_header:
         return rows, None
     if not rows:
@@ -142,7 +179,7 @@ def _column_index(key: str | int, header: list[str] | None, where: str) -> int:
     return header.index(key)
 
 
-def _from_rows(rows, header, spec, columns, where, split) -> Examples:
+def _from_rows(rows, header, spec, columns, where, split, numbered=True) -> Examples:
     text_i = _column_index(columns.text or spec.text, header, where)
     pair_key = columns.text_pair or spec.text_pair
     pair_i = None if pair_key is None else _column_index(pair_key, header, where)
@@ -150,33 +187,72 @@ def _from_rows(rows, header, spec, columns, where, split) -> Examples:
     has_label = not (split == "test" and header is not None and label_key not in header)
     label_i = _column_index(label_key, header, where) if has_label else None
     need = max(i for i in (text_i, pair_i, label_i) if i is not None)
-    texts, pairs, raw = [], [] if pair_i is not None else None, []
-    first_line = 2 if header is not None else 1
+    texts, pairs, raw, lines = [], [] if pair_i is not None else None, [], []
+    # A TSV row is named by its file line; a parsed table's by its 1-based data row.
+    first_line = 2 if header is not None and numbered else 1
     for n, row in enumerate(rows):
         if not row:
             continue
+        at = _Row(where, first_line + n, numbered)
         if len(row) <= need:
-            raise DataFormatError(where, f"expected at least {need + 1} fields", first_line + n)
-        texts.append(row[text_i])
+            raise at.error(f"expected at least {need + 1} fields")
+        texts.append(_text(row, text_i, header, at))
         if pairs is not None:
-            pairs.append(row[pair_i])
+            pairs.append(_text(row, pair_i, header, at))
         raw.append(row[label_i] if label_i is not None else None)
-    labels, names = _encode_labels(raw, spec, where)
+        lines.append(at)
+    labels, names = _encode_labels(raw, spec, lines)
     return Examples(texts, pairs, labels, where, spec, names)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """Where a row is, for errors: a line of a TSV, or the n-th data row of a parsed table."""
+
+    path: str
+    n: int
+    numbered: bool  # True: `n` is a file line
+
+    def error(self, message: str) -> DataFormatError:
+        if self.numbered:
+            return DataFormatError(self.path, message, self.n)
+        return DataFormatError(self.path, f"row {self.n}: {message}")
+
+
+def _text(row: list, i: int, header: list[str] | None, at: _Row) -> str:
+    """A text field, refused unless it is a string (a table can hold numbers and nulls)."""
+    value = row[i]
+    if isinstance(value, str):
+        return value
+    name = f"'{header[i]}'" if header is not None else str(i)
+    if value is None:
+        raise at.error(f"text column {name} is empty (null); fill or drop the row")
+    raise at.error(
+        f"text column {name} holds {type(value).__name__} {value!r}, not text; "
+        "pick the text column with --text-column"
+    )
 
 
 def _from_table(path: Path, spec: TaskSpec, columns: Columns, split: str) -> Examples:
     if path.suffix == ".tsv" and spec.name != "custom":
         rows, header = _read_tsv(path, spec.has_header)
         return _from_rows(rows, header, spec, columns, str(path), split)
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
+    if path.suffix in (".csv", ".tsv", ".jsonl", ".json"):
+        _utf8_text(path)  # pyarrow's own error names no line, and its JSON reader lets bad bytes in
     try:
         if path.suffix in (".csv", ".tsv"):
             opts = pacsv.ParseOptions(delimiter="\t" if path.suffix == ".tsv" else ",")
-            table = pacsv.read_csv(path, parse_options=opts)
+            # In a CSV everything is text: keep `5` a sentence, not an int.
+            text_cols = (columns.text or spec.text, columns.text_pair or spec.text_pair)
+            strings = pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in text_cols if isinstance(c, str)}
+            )
+            table = pacsv.read_csv(path, parse_options=opts, convert_options=strings)
         elif path.suffix in (".jsonl", ".json"):
             table = pajson.read_json(path)
         elif path.suffix == ".parquet":
@@ -184,11 +260,11 @@ def _from_table(path: Path, spec: TaskSpec, columns: Columns, split: str) -> Exa
         else:
             raise DataFormatError(str(path), f"unknown table type; use one of {TABLE_SUFFIXES}")
     except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
-        raise DataFormatError(str(path), f"cannot parse: {e}") from e
+        raise DataFormatError(str(path), f"cannot parse: {str(e).splitlines()[0]}") from e
     header = table.column_names
     rows = [list(r) for r in zip(*(table.column(c).to_pylist() for c in header), strict=True)]
     spec = _named_columns(spec)
-    return _from_rows(rows, header, spec, columns, str(path), split)
+    return _from_rows(rows, header, spec, columns, str(path), split, numbered=False)
 
 
 def _named_columns(spec: TaskSpec) -> TaskSpec:
@@ -221,6 +297,11 @@ def _from_hub(name: str, spec: TaskSpec, columns: Columns, split: str) -> Exampl
             raise DataFormatError(source, f"no column '{c}'; columns are {cols}")
     # The hub stores class ids already (-1 on test splits), in the same order as TaskSpec.labels.
     labels = np.asarray(ds[label], dtype=np.float32 if spec.is_regression else np.int64)
+    bad = np.flatnonzero(~np.isfinite(labels))
+    if bad.size:
+        raise _Row(source, int(bad[0]) + 1, False).error(
+            f"label {labels[bad[0]]} is not a finite number"
+        )
     pairs = list(ds[pair]) if pair is not None else None
     return Examples(list(ds[text]), pairs, labels, source, spec, spec.labels)
 
@@ -230,22 +311,37 @@ def _first(cols: list[str], candidates: tuple[str, ...]) -> str | None:
 
 
 def _encode_labels(
-    raw: list, spec: TaskSpec, where: str
+    raw: list, spec: TaskSpec, rows: list[_Row]
 ) -> tuple[np.ndarray, tuple[str, ...] | None]:
-    """Class names -> ids in the task's order; a custom task takes its names sorted."""
+    """Class names -> ids in the task's order; a custom task takes its names sorted.
+
+    A missing (null) or non-finite label is refused naming its row: NaN regression targets
+    train NaN weights, and a null would become a class named 'None'.
+    """
     if all(v is None for v in raw):
         return np.full(len(raw), NO_LABEL, dtype=np.int64), spec.labels
+    for v, at in zip(raw, rows, strict=True):
+        if v is None or v == "":
+            raise at.error("label is empty; fill or drop the row")
     if spec.labels is None:
-        try:
-            return np.asarray([float(v) for v in raw], dtype=np.float32), None
-        except (TypeError, ValueError) as e:
-            raise DataFormatError(where, f"regression labels must be numbers: {e}") from e
+        out = np.empty(len(raw), dtype=np.float32)
+        for i, (v, at) in enumerate(zip(raw, rows, strict=True)):
+            try:
+                out[i] = float(v)
+            except (TypeError, ValueError) as e:
+                raise at.error(f"regression label {v!r} is not a number") from e
+            if not math.isfinite(out[i]):
+                raise at.error(f"regression label {v!r} is not a finite number")
+        return out, None
+    for v, at in zip(raw, rows, strict=True):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise at.error(f"label {v!r} is not a finite number")
     names = spec.labels or tuple(sorted({str(v) for v in raw}))
     index = {n: i for i, n in enumerate(names)}
     out = np.empty(len(raw), dtype=np.int64)
-    for i, v in enumerate(raw):
+    for i, (v, at) in enumerate(zip(raw, rows, strict=True)):
         key = str(int(v)) if isinstance(v, (int, np.integer, bool)) else str(v)
         if key not in index:
-            raise DataFormatError(where, f"label {v!r} in row {i + 1} is not one of {list(names)}")
+            raise at.error(f"label {v!r} is not one of {list(names)}")
         out[i] = index[key]
     return out, names

@@ -52,4 +52,34 @@ def describe(cache: Cache) -> dict:
         "arrays": arrays,
         "total_bytes": sum(a["bytes"] for a in arrays),
         "stats": m["stats"],
+        "kit": describe_kit(m),
+    }
+
+
+def describe_kit(m: dict) -> dict:
+    """The training kit the cache carries: tokenizer, student inits, bundled teacher.
+
+    Sizes come from the objects table, so they are known once the build has finished.
+    """
+    section, objects = m["assets"], m["objects"] or {}
+    size = lambda keys: sum(objects.get(k, {}).get("bytes", 0) for k in keys)  # noqa: E731
+    bundle = section["teacher"]
+    return {
+        "tokenizer": {
+            "class": m["tokenizer"]["class"],
+            "sha256": m["tokenizer"]["sha256"],
+            "files": sorted(section["tokenizer"]),
+        },
+        "students": [
+            {
+                "name": name,
+                "shape": e["shape"],
+                "teacher_layers": e["teacher_layers"],
+                "bytes": size(e["files"].values()),
+                "sha256": e["sha256"],
+            }
+            for name, e in section["students"].items()
+        ],
+        "teacher_bundled": bundle is not None,
+        "teacher_bytes": size(bundle.values()) if bundle else 0,
     }

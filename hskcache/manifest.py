@@ -8,13 +8,17 @@ from __future__ import annotations
 import hashlib
 import json
 from functools import cache
-from pathlib import Path
+from importlib import resources
 
 from hskcache.errors import CacheError, CacheMismatchError
 
 MANIFEST_KEY = "hskcache"
-FORMAT_VERSION = 1
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "cache.schema.json"
+# 2: the manifest records every object's sha256 (`objects`).
+# 3: the cache carries its training kit (`assets`: tokenizer, teacher config, student inits).
+FORMAT_VERSION = 3
+# The schema ships inside the package (a wheel has no top-level schemas/ folder); it is a copy of
+# schemas/cache.schema.json, kept byte-identical by tests/test_wheel.py.
+SCHEMA_RESOURCE = "cache.schema.json"
 # Fields that make up what the knowledge *is*; storage and build settings only say how it is kept.
 IDENTITY_FIELDS = (
     "teacher.weights_sha256",
@@ -22,6 +26,7 @@ IDENTITY_FIELDS = (
     "data.fingerprint",
     "selection",
     "max_length",
+    "assets.students",  # each stored student init's shape, layers and sha256
 )
 
 
@@ -29,7 +34,7 @@ IDENTITY_FIELDS = (
 def _validator():
     import jsonschema
 
-    schema = json.loads(SCHEMA_PATH.read_text())
+    schema = json.loads(resources.files("hskcache").joinpath(SCHEMA_RESOURCE).read_text())
     return jsonschema.Draft202012Validator(schema)
 
 
@@ -51,7 +56,8 @@ def get_field(manifest: dict, dotted: str):
 
 
 def compute_identity(manifest: dict) -> str:
-    """sha256 over (teacher weights, tokenizer, data fingerprint, selection, max length)."""
+    """sha256 over (teacher weights, tokenizer, data fingerprint, selection, max length,
+    stored student inits)."""
     core = {f: get_field(manifest, f) for f in IDENTITY_FIELDS}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 

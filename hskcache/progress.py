@@ -44,3 +44,30 @@ def progress_bar(
             bar.update(task, rate=f"{speed:,.1f} {unit}/s" if speed else "", info=info)
 
         yield advance
+
+
+@contextmanager
+def bytes_bar(label: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Yield `advance(nbytes)` for a transfer bar: bytes done/total, bytes/s, elapsed, ETA.
+
+    Safe to call from worker threads (rich's Progress locks its own updates). Drawn on stderr so
+    a command's own output stays clean.
+    """
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)

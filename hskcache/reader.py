@@ -4,8 +4,10 @@ A local cache without compression is read by memory-mapping each shard file at t
 shard index gives (zarr v3 sharding spec: the index sits at the end, one little-endian
 (offset, nbytes) uint64 pair per inner chunk, then a crc32c; each inner chunk is the raw
 C-order array followed by its own 4-byte crc32c). That skips zarr's decode path entirely;
-`tests/test_reader.py` checks it against zarr's own reads. Compressed or remote caches
-(any fsspec URL) go through zarr chunk reads, which check every crc32c.
+the build tests check it against zarr's own reads. Compressed caches go through zarr chunk
+reads, which check every crc32c. A remote cache (any fsspec URL) is read through a bounded local
+copy of its shards (`hskcache.localcache`): each shard is downloaded once, checked against the
+manifest's sha256, and then read exactly as a local cache is.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import zarr
 
 from hskcache.errors import CacheError, CacheIncompleteError
 from hskcache.layout import ArraySpec, layer_key, plan_arrays, shard_key
-from hskcache.manifest import MANIFEST_KEY, validate_manifest
+from hskcache.localcache import DEFAULT_SIZE, ShardCache, default_dir, parse_size
+from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY, validate_manifest
+from hskcache.objects import read_object
 
 _EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written
 CRC_BYTES = 4
@@ -57,6 +61,12 @@ class Cache:
     url: str
     group: zarr.Group
     manifest: dict
+    local: ShardCache | None = None  # the local copy a remote cache is read through
+
+    @property
+    def remote_fetches(self) -> int:
+        """Objects this process downloaded from the remote cache (0 for a local cache)."""
+        return 0 if self.local is None else self.local.remote_fetches
 
     @property
     def num_examples(self) -> int:
@@ -80,10 +90,9 @@ class Cache:
 
     @cached_property
     def memory_mapped(self) -> bool:
-        """True when chunks are read straight from mapped shard files."""
-        return (
-            _local_root(self.url) is not None and self.manifest["storage"]["compressor"] == "none"
-        )
+        """True when chunks are read straight from mapped shard files (local or local copy)."""
+        local = _local_root(self.url) is not None or self.local is not None
+        return local and self.manifest["storage"]["compressor"] == "none"
 
     def chunk_bounds(self, i: int) -> tuple[int, int]:
         lo = i * self.chunk_rows
@@ -95,9 +104,39 @@ class Cache:
             raise IndexError(f"chunk {i} out of range 0..{self.num_chunks - 1}")
         lo, hi = self.chunk_bounds(i)
         names = fields or list(self.specs)
+        if self.local is not None:
+            try:
+                return self._read_local_copy(names, i)
+            except FileNotFoundError:  # another process evicted a shard after our check
+                return self._read_local_copy(names, i)
         if self.memory_mapped:
-            return {n: np.array(self._mapped_chunk(n, i)[: hi - lo]) for n in names}
+            root = _local_root(self.url)
+            return {n: np.array(self._mapped_chunk(n, i, root)[: hi - lo]) for n in names}
         return {n: self.group[n][lo:hi] for n in names}
+
+    def _read_local_copy(self, names: list[str], i: int) -> dict[str, np.ndarray]:
+        """Chunk i of a remote cache, from local copies of its shards (downloaded if absent)."""
+        lo, hi = self.chunk_bounds(i)
+        shard = i // (self.manifest["storage"]["shard_rows"] // self.chunk_rows)
+        keep: set[Path] = set()  # this read's shards: never evicted to make room for another
+        for n in names:
+            keep.add(self.local.path(shard_key(self.specs[n], shard), keep))
+        if self.memory_mapped:
+            return {n: np.array(self._mapped_chunk(n, i, self.local.dir)[: hi - lo]) for n in names}
+        rows = {n: self._local_array(n)[lo:hi] for n in names}
+        if not all(p.is_file() for p in keep):  # zarr reads a vanished shard as zeros: retry
+            raise FileNotFoundError("a shard was evicted during the read")
+        return rows
+
+    def _local_array(self, name: str) -> zarr.Array:
+        """An array of the local copy, read by zarr (compressed caches); its metadata objects
+        are fetched (and checked) like shards, and never evicted."""
+        arrays = self.__dict__.setdefault("_local_arrays", {})
+        if name not in arrays:
+            for key in sorted(k for k in self.manifest["objects"] if k.endswith("zarr.json")):
+                self.local.path(key)
+            arrays[name] = zarr.open_array(self.local.dir / name, mode="r")
+        return arrays[name]
 
     def read(self, lo: int, hi: int, fields: list[str] | None = None) -> dict[str, np.ndarray]:
         """Rows [lo, hi) of every (or the named) array, assembled from whole chunks."""
@@ -121,7 +160,7 @@ class Cache:
     def _indexes(self) -> dict[str, np.ndarray]:
         return {}  # shard file -> its (chunks, 2) index; 16 bytes a chunk
 
-    def _mapped_chunk(self, name: str, i: int) -> np.ndarray:
+    def _mapped_chunk(self, name: str, i: int, root: Path) -> np.ndarray:
         """One chunk, mapped for just this read and unmapped after the caller's copy.
 
         A mapping kept open would count every page ever touched in the process's RSS, so a
@@ -130,10 +169,10 @@ class Cache:
         spec = self.specs[name]
         per_shard = self.manifest["storage"]["shard_rows"] // self.chunk_rows
         shard, inner = divmod(i, per_shard)
-        path = _local_root(self.url) / shard_key(spec, shard)
+        path = root / shard_key(spec, shard)
         index = self._indexes.get(str(path))
         if index is None:
-            if not path.is_file():
+            if not path.is_file() and self.local is None:
                 raise CacheError(f"{path}: shard file missing; run `hskcache verify`")
             size = path.stat().st_size
             n = 16 * per_shard + CRC_BYTES
@@ -153,8 +192,20 @@ class Cache:
         return np.memmap(path, dtype=dtype, mode="r", offset=int(offset), shape=shape)
 
 
-def open_cache(url: str | Path, require_complete: bool = True) -> Cache:
+def open_cache(
+    url: str | Path,
+    require_complete: bool = True,
+    local_cache: str | Path | None = None,
+    local_cache_size: int | str | None = None,
+) -> Cache:
     """Open a cache by local path or fsspec URL and check its manifest.
+
+    A complete remote cache is read through a local copy of its shards.
+
+    Args:
+        local_cache: folder of that copy (default `$HSKCACHE_LOCAL_CACHE` or
+            `~/.cache/hskcache`); created on the first download. Ignored for local caches.
+        local_cache_size: bytes (or "10GB", "10GiB") the folder may hold; default 10 GiB.
 
     Raises:
         CacheError: nothing there, not a cache, or a manifest that breaks the schema.
@@ -171,13 +222,40 @@ def open_cache(url: str | Path, require_complete: bool = True) -> Cache:
         raise CacheError(f"{url}: a zarr group but not an hskcache cache (no manifest)") from e
     except (OSError, ValueError) as e:
         raise CacheError(f"{url}: cannot open as a zarr group ({e})") from e
+    check_format_version(manifest, url)
     validate_manifest(manifest, url)
     if require_complete and manifest["status"] != "complete":
         raise CacheIncompleteError(
             f"{url}: cache is incomplete (status '{manifest['status']}'); rerun the same "
             "`hskcache build` command to finish it"
         )
-    return Cache(url, group, manifest)
+    size = DEFAULT_SIZE if local_cache_size is None else parse_size(local_cache_size)
+    local = None
+    if root is None and manifest["status"] == "complete" and manifest.get("objects"):
+        local = ShardCache(
+            Path(local_cache).expanduser() if local_cache else default_dir(),
+            size,
+            manifest["identity"],
+            manifest["objects"],
+            lambda key: read_object(group.store, key),
+        )
+    return Cache(url, group, manifest, local)
+
+
+def check_format_version(manifest: dict, url: str) -> None:
+    """Refuse a cache of another format version before its manifest is read any further.
+
+    Raises:
+        CacheError: naming both versions and how to get a readable cache.
+    """
+    found = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if found != FORMAT_VERSION:
+        tool = manifest.get("tool_version", "?") if isinstance(manifest, dict) else "?"
+        raise CacheError(
+            f"{url}: cache format version {found} (written by hskcache {tool}); this hskcache "
+            f"reads format {FORMAT_VERSION}: rebuild it by rerunning its `hskcache build` "
+            "command with --overwrite"
+        )
 
 
 def decode_values(manifest: dict, values: np.ndarray, scales: np.ndarray | None) -> np.ndarray:

@@ -208,23 +208,32 @@ def gather_tokens(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
 # --- width -------------------------------------------------------------------------------
 
 
-def width_count(hidden_size: int, fraction: float) -> int:
-    """k = round(p * h), at least 1."""
+def width_count(hidden_size: int, fraction: float, strategy: str) -> int:
+    """W, the dims kept per token: `uniform` keeps int(p * h) (the official code's mask, which
+    truncates: 768 x 0.1 -> 76), the others round(p * h) (768 x 0.1 -> 77); at least 1.
+
+    Every place that sizes a width (manifest `width_kept`, cache arrays, online targets) goes
+    through here, so the count always equals the number of dims actually selected.
+    """
+    if strategy == "uniform":
+        return max(1, int(hidden_size * fraction))
     return max(1, round(fraction * hidden_size))
 
 
 def fixed_width_dims(hidden_size: int, fraction: float, strategy: str, seed: int) -> torch.Tensor:
     """One set of dims for a whole cache (`random` or `uniform`), as an int64 (k,) tensor.
 
-    `random` keeps a seeded permutation's prefix (so a narrower cut is again random);
-    `uniform` keeps every (h/k)-th dim.
+    `random` keeps a seeded permutation's prefix (so a narrower cut is again random and a
+    subset of a wider one). `uniform` is the paper's official mask: dims round(i / p) for
+    i in 0 .. int(h * p) - 1, Python's round (halves to even: 20 x 0.4 -> 0, 2, 5, 8, 10, 12,
+    15, 18), so 768 x 0.1 keeps the 76 dims 0, 10, ..., 750.
     """
-    k = width_count(hidden_size, fraction)
+    k = width_count(hidden_size, fraction, strategy)
     if strategy == "random":
         gen = torch.Generator().manual_seed(seed)
         return torch.randperm(hidden_size, generator=gen)[:k]
     if strategy == "uniform":
-        return torch.tensor([i * hidden_size // k for i in range(k)], dtype=torch.int64)
+        return torch.tensor([round(i / fraction) for i in range(k)], dtype=torch.int64)
     raise ConfigError(f"'{strategy}' is not a fixed width strategy")
 
 

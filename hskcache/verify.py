@@ -1,9 +1,11 @@
 """`hskcache verify`: re-check a cache end to end and name every damaged array and chunk.
 
-Checks, in order: the manifest (schema, identity hash, status); every array's presence, shape
-and dtype; every shard file's presence; every chunk's crc32c (read through zarr, which checks
-both the chunk and the shard-index checksums); and the cross-array invariants a reader relies
-on (lengths <= max length, n_valid <= K, selected positions inside each row).
+Checks, in order: the manifest (schema, identity hash, status, counts against each other); every
+array's presence, shape and dtype; every object against the size and sha256 the manifest
+recorded at build time (catches a missing shard, and a shard swapped with another one, which
+still passes its own checksums); every chunk's crc32c (read through zarr, which checks both the
+chunk and the shard-index checksums); and the cross-array invariants a reader relies on
+(lengths <= max length, n_valid <= K, selected positions inside each row).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from hskcache.errors import CacheError
-from hskcache.layout import layer_key, shard_key
+from hskcache.layout import layer_key
 from hskcache.manifest import compute_identity
+from hskcache.objects import check_object, data_keys, read_object
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache, open_cache, specs_for
 
@@ -30,6 +33,7 @@ def verify_cache(url: str, show_progress: bool = False) -> list[str]:
         problems.append(f"status is '{m['status']}': the build never finished; rerun it")
     if compute_identity(m) != m["identity"]:
         problems.append("manifest identity does not match its teacher/data/selection fields")
+    problems += _check_counts(m)
     specs = specs_for(m)
     n = m["counts"]["num_examples"]
     present = []
@@ -46,22 +50,51 @@ def verify_cache(url: str, show_progress: bool = False) -> list[str]:
             )
             continue
         present.append(spec)
-    store = cache.group.store
-    for spec in present:
-        for s in range(m["counts"]["num_shards"]):
-            if not _exists(store, shard_key(spec, s)):
-                problems.append(f"array '{spec.name}' shard {s} is missing")
+    problems += _check_objects(cache, data_keys(specs, m["counts"]["num_shards"]))
     problems += _check_chunks(cache, present, show_progress)
     if not problems:
         problems += _check_invariants(cache)
     return problems
 
 
-def _exists(store, key: str) -> bool:
-    """Key presence through the store's API, so local and remote caches are checked alike."""
-    from zarr.core.sync import sync
+def _check_counts(m: dict) -> list[str]:
+    """Counts that must follow from each other (an edited count would make readers skip rows)."""
+    n, c, st = m["counts"]["num_examples"], m["counts"], m["storage"]
+    want = {  # count: (rows per unit, unit)
+        "num_chunks": (st["chunk_rows"], "chunks"),
+        "num_shards": (st["shard_rows"], "shards"),
+    }
+    problems = [
+        f"counts.{k} is {c[k]}, but {n} examples in {rows}-row {unit} make {-(-n // rows)}"
+        for k, (rows, unit) in want.items()
+        if c[k] != -(-n // rows)
+    ]
+    if m["data"]["num_examples"] != n:
+        problems.append(
+            f"counts.num_examples is {n}, data.num_examples {m['data']['num_examples']}"
+        )
+    if st["shard_rows"] % st["chunk_rows"]:
+        problems.append(f"storage.shard_rows {st['shard_rows']} is not a multiple of chunk_rows")
+    return problems
 
-    return sync(store.exists(key))
+
+def _check_objects(cache: Cache, expected: list[str]) -> list[str]:
+    """Every object against the manifest's table; keys the table lacks are problems too.
+
+    Reads go through the store API, so local and remote caches are checked alike.
+    """
+    table = cache.manifest["objects"]
+    store = cache.group.store
+    if table is None:  # an unfinished build: only presence can be checked
+        return [f"object '{k}' is missing" for k in expected if read_object(store, k) is None]
+    problems = [
+        f"object '{k}' is not in the manifest's object table" for k in expected if k not in table
+    ]
+    for key, want in table.items():
+        problem = check_object(key, read_object(store, key), want)
+        if problem:
+            problems.append(problem)
+    return problems
 
 
 def _check_chunks(cache: Cache, specs, show_progress: bool) -> list[str]:

@@ -1,11 +1,12 @@
-"""Create, resume and finish a cache store on local disk.
+"""Create, resume and finish a cache store, on local disk or any fsspec URL (s3://, ...).
 
-Crash safety rests on two facts: zarr's LocalStore writes every key through a temp file and a
-rename, so a shard file is either whole or absent; and a build writes each shard whole, with
-values that depend only on the shard's rows. A killed build leaves some shards and maybe
-`*.partial` temp files; the rerun deletes the temp files, skips shards present in every array,
-recomputes the rest, and so ends byte-identical to a build that was never interrupted. The
-manifest's status turns `complete` last, in one atomic rewrite of the group's `zarr.json`.
+Crash safety rests on two facts: every key is written whole or not at all (zarr's LocalStore
+writes through a temp file and a rename; an object store's PUT is atomic), so a shard is either
+whole or absent; and a build writes each shard whole, with values that depend only on the
+shard's rows. A killed build leaves some shards (and, on local disk, maybe `*.partial` temp
+files); the rerun deletes the temp files, skips shards present in every array, recomputes the
+rest, and so ends byte-identical to a build that was never interrupted. The manifest's status
+turns `complete` last, in one atomic rewrite of the group's `zarr.json`.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ import errno
 import queue
 import shutil
 import threading
-from pathlib import Path
+from collections.abc import Callable
 
+import fsspec
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync
 
 from hskcache.errors import CacheError, HskError
 from hskcache.layout import ArraySpec, shard_key
+from hskcache.lock import LOCK_KEY, BuildLock, local_path
 from hskcache.manifest import MANIFEST_KEY, check_same, validate_manifest
+from hskcache.objects import data_keys, object_table
 
 RESUME_HINT = (
     "this --out holds a cache built with other settings; pass --overwrite to replace "
@@ -31,46 +36,53 @@ RESUME_HINT = (
 
 
 def open_for_build(
-    root: Path,
+    url: str,
     manifest: dict,
     specs: list[ArraySpec],
     chunk_rows: int,
     shard_rows: int,
     overwrite: bool,
 ) -> zarr.Group | None:
-    """Open `root` to write `manifest`'s cache: create it, or resume a matching partial one.
+    """Open `url` to write `manifest`'s cache: create it, or resume a matching partial one.
+
+    The caller holds the cache's lock; its object is never counted as content nor deleted.
 
     Returns:
         The group, or None when a complete cache with the same settings is already there.
 
     Raises:
         CacheMismatchError: an existing cache was built with different settings.
-        CacheError: `root` exists and is not a cache.
+        CacheError: `url` holds something that is not a cache.
     """
-    validate_manifest(manifest, str(root))
-    occupied = root.exists() and any(root.iterdir())
-    found = _existing_manifest(root) if occupied else None
-    if occupied and found is None:  # never resume into, or delete, what we did not write
+    validate_manifest(manifest, url)
+    content = _content(url)
+    found = _existing_manifest(url) if content else None
+    if content and found is None:  # never resume into, or delete, what we did not write
         raise CacheError(
-            f"{root}: exists and is not an hskcache cache (--overwrite only replaces "
+            f"{url}: exists and is not an hskcache cache (--overwrite only replaces "
             "caches); choose another --out"
         )
-    if root.exists() and overwrite:
-        shutil.rmtree(root)
-        occupied = False
-    if occupied:
-        check_same(manifest, found, ignore=("status", "stats", "identity"), hint=RESUME_HINT)
+    if content and overwrite:
+        _delete(url, content)
+        content = []
+    root = local_path(url)
+    if content:
+        check_same(
+            manifest, found, ignore=("status", "stats", "identity", "objects"), hint=RESUME_HINT
+        )
         if found["status"] == "complete":
             return None
-        for tmp in root.rglob("*.partial"):  # leftovers of writes cut short by a kill
-            tmp.unlink()
-        group = zarr.open_group(root, mode="r+")
-    else:
-        group = zarr.open_group(root, mode="w", attributes={MANIFEST_KEY: manifest})
+        if root is not None:
+            for tmp in root.rglob("*.partial"):  # leftovers of local writes cut short by a kill
+                tmp.unlink()
+        group = zarr.open_group(_zarr_url(url), mode="r+")
+    else:  # mode "a" creates the group without clearing the folder (which holds the lock)
+        group = zarr.open_group(_zarr_url(url), mode="a", attributes={MANIFEST_KEY: manifest})
     compressors = [ZstdCodec(level=3)] if manifest["storage"]["compressor"] == "zstd" else []
     n = manifest["counts"]["num_examples"]
+    present = stored_keys(group)
     for spec in specs:
-        if (root / spec.name / "zarr.json").exists():
+        if f"{spec.name}/zarr.json" in present:
             continue
         group.create_array(
             spec.name,
@@ -89,16 +101,62 @@ def open_for_build(
 WRITE_ALL = {"write_empty_chunks": True}
 
 
-def _existing_manifest(root: Path) -> dict | None:
-    """The manifest of the cache at `root`, or None when `root` holds no hskcache cache."""
+def _zarr_url(url: str) -> str:
+    root = local_path(url)
+    return str(root) if root is not None else url
+
+
+def _content(url: str) -> list[str]:
+    """What is stored under `url` besides the lock: local top-level entries, or object keys."""
+    root = local_path(url)
+    if root is not None:
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.name != LOCK_KEY)
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    if not fs.exists(path):
+        return []
+    lock = f"{path.rstrip('/')}/{LOCK_KEY}"
+    return sorted(k for k in fs.find(path) if k != lock)
+
+
+def _delete(url: str, content: list[str]) -> None:
+    """Delete a cache for --overwrite, all but the lock (which the caller holds)."""
+    root = local_path(url)
+    if root is None:
+        fs, _ = fsspec.core.url_to_fs(url)
+        fs.rm(content)
+        fs.invalidate_cache()
+        return
+    for name in content:
+        p = root / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _existing_manifest(url: str) -> dict | None:
+    """The manifest of the cache at `url`, or None when it holds no hskcache cache."""
     try:
-        return zarr.open_group(root, mode="r").attrs[MANIFEST_KEY]
+        return zarr.open_group(_zarr_url(url), mode="r").attrs[MANIFEST_KEY]
     except (FileNotFoundError, KeyError, ValueError):
         return None
 
 
-def shard_done(root: Path, specs: list[ArraySpec], shard: int) -> bool:
-    return all((root / shard_key(spec, shard)).is_file() for spec in specs)
+def stored_keys(group: zarr.Group) -> set[str]:
+    """Every key in the group's store: one listing, also on object storage (no HEAD per key)."""
+
+    async def collect() -> set[str]:
+        return {k async for k in group.store.list()}
+
+    return sync(collect())
+
+
+def shard_done(present: set[str], specs: list[ArraySpec], shard: int) -> bool:
+    """True when every array's shard `shard` is among the stored keys `present`."""
+    return all(shard_key(spec, shard) in present for spec in specs)
 
 
 class ShardWriter:
@@ -107,8 +165,8 @@ class ShardWriter:
     The queue holds at most two shards, which bounds memory whatever the cache size.
     """
 
-    def __init__(self, group: zarr.Group, root: Path):
-        self.group, self.root = group, root
+    def __init__(self, group: zarr.Group, root: str, lock: BuildLock | None = None):
+        self.group, self.root, self.lock = group, root, lock
         self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="hskcache-writer", daemon=True)
@@ -129,6 +187,8 @@ class ShardWriter:
                 continue  # drain so the producer never blocks
             start, arrays = item
             try:
+                if self.lock is not None:  # stop at once when another build took the cache
+                    self.lock.check()
                 for name, data in arrays.items():
                     self.group[name].with_config(WRITE_ALL)[start : start + len(data)] = data
             except BaseException as e:  # surfaced on the producer's thread
@@ -146,8 +206,32 @@ class ShardWriter:
         raise e
 
 
-def finish(group: zarr.Group, manifest: dict) -> None:
-    """Mark the cache complete: one atomic rewrite of the group metadata."""
-    manifest = {**manifest, "status": "complete"}
+def finish(
+    group: zarr.Group,
+    manifest: dict,
+    specs: list[ArraySpec],
+    stats: Callable[[dict[str, dict]], dict] | None = None,
+    lock: BuildLock | None = None,
+    extra_keys: list[str] | None = None,
+) -> None:
+    """Record every object's sha256, then mark the cache complete in one atomic rewrite of
+    the group metadata.
+
+    Args:
+        stats: computes the manifest's `stats` from the objects table (sizes without listing
+            the store again, which on object storage costs a request per key).
+        lock: re-checked right before the cache is marked complete.
+        extra_keys: objects besides the arrays' (the `assets/` training kit) to record too.
+
+    Raises:
+        LockHeldError: the lock is no longer ours; nothing is marked complete.
+    """
+    keys = data_keys(specs, manifest["counts"]["num_shards"]) + sorted(extra_keys or [])
+    objects = object_table(group.store, keys)
+    manifest = {**manifest, "objects": objects, "status": "complete"}
+    if stats is not None:
+        manifest["stats"] = stats(objects)
     validate_manifest(manifest, str(group.store))
+    if lock is not None:
+        lock.check()
     group.attrs.update({MANIFEST_KEY: manifest})

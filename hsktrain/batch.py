@@ -30,6 +30,14 @@ class Batch:
         return kw
 
 
+def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
+    """Host -> device. To CUDA through pinned memory with a non-blocking copy, so the copy
+    overlaps the previous step's kernels; on CPU the tensor itself (no copy)."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def inputs(rows: dict[str, np.ndarray], device: str, regression: bool) -> Batch:
     """Token inputs trimmed to the batch's longest row (dynamic padding)."""
     lengths = torch.from_numpy(rows["lengths"].astype(np.int64))
@@ -37,10 +45,10 @@ def inputs(rows: dict[str, np.ndarray], device: str, regression: bool) -> Batch:
     mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
     labels = torch.from_numpy(rows["labels"]).to(torch.float32 if regression else torch.long)
     return Batch(
-        torch.from_numpy(rows["input_ids"][:, :T].astype(np.int64)).to(device),
-        mask.to(device),
-        torch.from_numpy(rows["token_type_ids"][:, :T].astype(np.int64)).to(device),
-        labels.to(device),
+        to_device(torch.from_numpy(rows["input_ids"][:, :T].astype(np.int64)), device),
+        to_device(mask, device),
+        to_device(torch.from_numpy(rows["token_type_ids"][:, :T].astype(np.int64)), device),
+        to_device(labels, device),
         None,
         [],
     )
@@ -49,7 +57,7 @@ def inputs(rows: dict[str, np.ndarray], device: str, regression: bool) -> Batch:
 def from_cache(rows: dict[str, np.ndarray], manifest: dict, device: str, regression: bool) -> Batch:
     """A step's batch read from a cache: no teacher involved."""
     b = inputs(rows, device, regression)
-    b.logits = torch.from_numpy(rows["logits"]).to(device)
+    b.logits = to_device(torch.from_numpy(rows["logits"]), device)
     fixed = manifest["width_dims"]
     fixed = torch.tensor(fixed, device=device) if fixed is not None else None
     for la in manifest["layers"]:
@@ -60,9 +68,11 @@ def from_cache(rows: dict[str, np.ndarray], manifest: dict, device: str, regress
             LayerTargets(
                 la["student"],
                 la["teacher"],
-                torch.from_numpy(rows[f"{key}/positions"].astype(np.int64)).to(device),
-                torch.from_numpy(values).to(device),
-                torch.from_numpy(dims.astype(np.int64)).to(device) if dims is not None else fixed,
+                to_device(torch.from_numpy(rows[f"{key}/positions"].astype(np.int64)), device),
+                to_device(torch.from_numpy(values), device),
+                to_device(torch.from_numpy(dims.astype(np.int64)), device)
+                if dims is not None
+                else fixed,
             )
         )
     return b

@@ -96,7 +96,8 @@ def make_teacher(kind: str, folder: Path, seed: int = 0) -> tuple[str, bool]:
 
     if TEACHERS[kind] is None:
         return str(default_teacher_path()), False
-    tok = AutoTokenizer.from_pretrained(default_teacher_path())  # BERT uncased, 30522
+    # BERT uncased, 30522
+    tok = AutoTokenizer.from_pretrained(default_teacher_path(), trust_remote_code=False)
     config = BertConfig(
         vocab_size=tok.vocab_size, max_position_embeddings=512, num_labels=2, **TEACHERS[kind]
     )
@@ -112,7 +113,8 @@ def synthetic_sst2(folder: Path, rows: int, seq: int, seed: int = 0) -> str:
 
     from hskcache.teacher import default_teacher_path
 
-    vocab = AutoTokenizer.from_pretrained(default_teacher_path()).get_vocab()
+    tok = AutoTokenizer.from_pretrained(default_teacher_path(), trust_remote_code=False)
+    vocab = tok.get_vocab()
     words = sorted(w for w in vocab if w.isalpha() and w.islower() and len(w) > 2)
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -156,10 +158,13 @@ def bare_forward_timer(
 
 
 def time_steps(run, stage: str, fit_cfg, warmup: int, steps: int) -> tuple[list, list]:
-    """Per-step (total, batch-ready) seconds of `steps` steps after `warmup` steps."""
-    from hsktrain.train import make_optimizer, step_loss
+    """Per-step (total, batch-ready) seconds of `steps` steps after `warmup` steps: `fit`'s own
+    `train_step`, so the bench times exactly the update the training loop makes."""
+    from hsktrain.step import Distiller, make_optimizer, make_scaler, train_step
 
-    opt = make_optimizer(run, 5e-5, 0.01)
+    net = Distiller(run.model, run.proj, run.teacher_width, run.regression)
+    opt = make_optimizer(net, 5e-5, 0.01)
+    scaler = make_scaler(fit_cfg.device, fit_cfg.amp)
     run.model.train()
     totals, ready = [], []
     epoch, it = 0, run.loader.iterate(0)
@@ -172,10 +177,7 @@ def time_steps(run, stage: str, fit_cfg, warmup: int, steps: int) -> tuple[list,
             rows = next(it)
         b = run.make_batch(rows)
         t1 = time.perf_counter()
-        loss = step_loss(stage, run, b, fit_cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(net, opt, scaler, b, stage, 5e-5, fit_cfg)
         if i >= warmup:
             totals.append(time.perf_counter() - t0)
             ready.append(t1 - t0)
@@ -314,10 +316,12 @@ def run_bench(cfg: BenchConfig) -> dict:
         batch_size=p.batch,
         device=cfg.device,
         max_length=p.seq,
-        task="sst2",
     )
     runs = {
-        "bare": ("ce", FitConfig(out=str(work / "r-bare"), data=data, mode="ce", **common)),
+        "bare": (
+            "ce",
+            FitConfig(out=str(work / "r-bare"), data=data, task="sst2", mode="ce", **common),
+        ),
         "offline": (
             "hsk",
             FitConfig(
@@ -330,6 +334,7 @@ def run_bench(cfg: BenchConfig) -> dict:
                 out=str(work / "r-on"),
                 online_teacher=teacher,
                 data=data,
+                task="sst2",
                 mode="hsk",
                 hsk=cfg.hsk,
                 **common,
@@ -339,6 +344,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     step, stall = {}, {}
     for name, (stage, fcfg) in runs.items():
         torch.manual_seed(0)
+        fcfg.validate()
+        fcfg = fcfg.resolved()
         totals, ready = time_steps(prepare(fcfg), stage, fcfg, cfg.warmup, cfg.steps)
         step[name] = statistics.median(totals)
         stall[name] = statistics.median(ready)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -35,7 +36,7 @@ def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
 @app.command()
 def finetune(
     data: Annotated[str, Opt(help="Training data: GLUE folder, table file or hub name.")],
-    out: Annotated[str, Opt(help="Run folder; the best dev checkpoint lands in OUT/best.")],
+    out: Annotated[str, Opt(help="Run folder; the best dev checkpoint lands in OUT/best.")] = None,
     model: Annotated[
         str, Opt(help="Model folder or hub name (default: the MiniLM-L6 package).")
     ] = None,
@@ -50,45 +51,45 @@ def finetune(
     warmup: Annotated[float, Opt(help="Warmup fraction of the steps.")] = 0.1,
     seed: Annotated[int, Opt(help="Seed.")] = 0,
     device: Annotated[str, Opt(help="cpu or cuda.")] = "cpu",
+    amp: Annotated[str, Opt(help="Autocast: none | bf16 | fp16 (CUDA).")] = "none",
     quiet: Annotated[bool, Opt(help="No progress bar.")] = False,
 ):
     """Fine-tune a teacher on a task with cross-entropy; keep the best dev checkpoint."""
-    from hsktrain.config import FitConfig
+    # imports inside the commands keep `--help` fast (torch and transformers load in seconds)
+    from hskcache.teacher import default_teacher_path
+    from hsktrain.config import finetune_config
     from hsktrain.train import fit
 
     def body():
         quiet_transformers()
-        from hskcache.teacher import default_teacher_path
-
-        cfg = FitConfig(
-            out=out,
-            data=data,
+        cfg = finetune_config(
+            data,
+            out,
+            model or str(default_teacher_path()),
+            epochs,
+            lr,
+            limit,
+            dev_limit,
             task=task,
             dev_data=dev_data or data,
-            limit=limit,
-            dev_limit=dev_limit,
             max_length=max_length,
-            mode="ce",
-            init="pretrained",
-            init_from=model or str(default_teacher_path()),
-            pred_epochs=epochs,
-            pred_lr=lr,
             batch_size=batch_size,
             warmup=warmup,
             seed=seed,
             device=device,
+            amp=amp,
         )
-        best = fit(cfg, show_progress=not quiet)
-        console.print(
-            _metrics_table(f"best dev checkpoint: {Path(out) / 'best'}", {"teacher": best})
-        )
+        result = fit(cfg, show_progress=not quiet)
+        if result.rank == 0:
+            title = f"best dev checkpoint: {result.best}"
+            console.print(_metrics_table(title, {"teacher": result.metrics}))
 
     run_guarded(body)
 
 
 @app.command("fit")
 def fit_cmd(
-    out: Annotated[str, Opt(help="Run folder: best/, last/, metrics.jsonl, config.json.")],
+    out: Annotated[str, Opt(help="Run folder: best/, last/, metrics.jsonl, config.json.")] = None,
     cache: Annotated[str, Opt(help="Cache to train from (offline: no teacher).")] = None,
     online_teacher: Annotated[
         str, Opt(help="Teacher folder run live every step (the baseline); needs --data.")
@@ -123,7 +124,9 @@ def fit_cmd(
     pred_epochs: Annotated[int, Opt(help="Stage-2 (or joint / ce) epochs.")] = None,
     hsk_lr: Annotated[float, Opt(help="Stage-1 learning rate.")] = None,
     pred_lr: Annotated[float, Opt(help="Stage-2 learning rate.")] = None,
-    batch_size: Annotated[int, Opt(help="Batch size.")] = None,
+    batch_size: Annotated[
+        int, Opt(help="Global batch size (under torchrun: split evenly over the processes).")
+    ] = None,
     temperature: Annotated[float, Opt(help="Soft CE temperature.")] = None,
     hard_weight: Annotated[float, Opt(help="Weight of hard-label CE in stage 2.")] = None,
     kept_only: Annotated[
@@ -131,11 +134,22 @@ def fit_cmd(
     ] = None,
     warmup: Annotated[float, Opt(help="Warmup fraction per stage.")] = None,
     seed: Annotated[int, Opt(help="Seed.")] = None,
-    device: Annotated[str, Opt(help="cpu or cuda.")] = None,
+    device: Annotated[str, Opt(help="cpu or cuda (under torchrun: each rank's own GPU).")] = None,
+    amp: Annotated[str, Opt(help="Autocast of the forward: none | bf16 | fp16 (CUDA).")] = None,
     max_steps: Annotated[int, Opt(help="Stop and save after N steps.")] = None,
     save_every: Annotated[int, Opt(help="Save last/ every N steps too.")] = None,
     resume: Annotated[bool, Opt(help="Continue from OUT/last exactly.")] = None,
     verify: Annotated[bool, Opt(help="Verify every cache checksum first.")] = None,
+    local_cache: Annotated[
+        str,
+        Opt(
+            help="Folder of the local shard copy a remote --cache is read through "
+            "(default: $HSKCACHE_LOCAL_CACHE or ~/.cache/hskcache)."
+        ),
+    ] = None,
+    local_cache_size: Annotated[
+        str, Opt(help="Bytes the local shard copy may hold, e.g. 10GB or 10GiB (default 10GiB).")
+    ] = None,
     hsk: Annotated[str, Opt(help="Online selection config (offline: the cache's).")] = None,
     batch_threshold: Annotated[
         bool, Opt(help="Online: the paper's per-batch magnitude threshold.")
@@ -150,6 +164,9 @@ def fit_cmd(
     weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = None,
     max_grad_norm: Annotated[float, Opt(help="Clip gradients to this norm.")] = None,
     buffer_chunks: Annotated[int, Opt(help="Chunks shuffled together in the reader.")] = None,
+    chunk_rows: Annotated[
+        int, Opt(help="Rows per in-memory chunk of --data / --dev-data rows (default 256).")
+    ] = None,
     length: Annotated[
         str, Opt(help="Online token selection: left | attention | attention-no-sep.")
     ] = None,
@@ -170,13 +187,15 @@ def fit_cmd(
     def body():
         quiet_transformers()
         cfg = merge_file(FitConfig, str(config) if config else None, flags)
-        best = fit(cfg, show_progress=not quiet)
-        if best:
-            console.print(
-                _metrics_table(f"best dev checkpoint: {Path(cfg.out) / 'best'}", {"student": best})
-            )
-        else:
-            console.print(f"done: {Path(cfg.out) / 'best'}")
+        result = fit(cfg, show_progress=not quiet)
+        if result.rank != 0:
+            return
+        if result.metrics:
+            title = f"best dev checkpoint: {result.best}"
+            console.print(_metrics_table(title, {"student": result.metrics}))
+        wrote = ", ".join(str(p) for p in (result.best, result.last) if p is not None)
+        note = f" ({result.note})" if result.note else ""
+        console.print(f"done: wrote {wrote}{note}", soft_wrap=True, highlight=False)
 
     run_guarded(body)
 
@@ -193,14 +212,21 @@ def eval_cmd(
     ] = None,
     batch_size: Annotated[int, Opt(help="Batch size.")] = 128,
     device: Annotated[str, Opt(help="cpu or cuda.")] = "cpu",
+    text_column: Annotated[str, Opt(help="Text column of a table file.")] = None,
+    text_pair_column: Annotated[str, Opt(help="Second-text column (sentence pairs).")] = None,
+    label_column: Annotated[str, Opt(help="Label column of a table file.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
 ):
     """Evaluate a checkpoint on a split: accuracy, F1, Matthews or Pearson/Spearman."""
+    from hskcache.data import Columns
     from hsktrain.evaluate import evaluate_checkpoint
 
     def body():
         quiet_transformers()
-        return evaluate_checkpoint(model, data, task, split, limit, max_length, batch_size, device)
+        columns = Columns(text_column, text_pair_column, label_column)
+        return evaluate_checkpoint(
+            model, data, task, split, limit, max_length, batch_size, device, columns
+        )
 
     result = run_guarded(body)
     if as_json:
@@ -237,6 +263,13 @@ def bench(
     results: Annotated[Path, Opt(help="Write a markdown results file here.")] = None,
     plot: Annotated[Path, Opt(help="Write a PNG of step times here (with --results).")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
+    remote: Annotated[
+        bool,
+        Opt(
+            help="Also time the reader's stall with the cache on S3 (a loopback server the "
+            "bench starts), cold and warm through the local shard copy."
+        ),
+    ] = False,
 ):
     """Measure online vs offline KD step time, reader stall, build throughput, cache size."""
     from hsktrain.bench import BenchConfig, dumps, run_bench
@@ -244,7 +277,17 @@ def bench(
 
     def body():
         quiet_transformers()
-        return run_bench(BenchConfig(preset, steps, warmup, hsk, device, rss, rss_rows, workdir))
+        work = workdir or (tempfile.mkdtemp(prefix="hskbench-") if remote else None)
+        result = run_bench(BenchConfig(preset, steps, warmup, hsk, device, rss, rss_rows, work))
+        if remote:
+            from hsktrain.bench import PRESETS
+            from hsktrain.remote_bench import remote_stall
+
+            p = PRESETS[preset]
+            common = dict(student=p.student, batch_size=p.batch, device=device)
+            result.update(remote_stall(Path(work) / "cache", common, Path(work)))
+            result["targets"]["remote_warm_stall_fraction"] = result.pop("remote_target")
+        return result
 
     result = run_guarded(body)
     if results is not None:
@@ -265,6 +308,75 @@ def bench(
     for k, v in result["targets"].items():
         table.add_row(k, f"{v['value']:.3f}", v["target"], "yes" if v["met"] else "[red]no")
     console.print(table)
+
+
+_NOT_GRID = ("config", "dry_run", "measure", "quiet")  # sweep's options that are not grid keys
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, Opt(help="Study TOML file (flags override its keys).")] = None,
+    study: Annotated[str, Opt(help="Study folder: results.csv, builds.csv, report.")] = None,
+    tasks: Annotated[str, Opt(help="Comma list: GLUE folders, or names under --glue.")] = None,
+    glue: Annotated[str, Opt(help="Where task names are looked up.")] = None,
+    teacher: Annotated[str, Opt(help="Fine-tuned teacher (with --finetune: to fine-tune).")] = None,
+    finetune: Annotated[
+        bool, Opt("--finetune/--no-finetune", help="Fine-tune the teacher once per task.")
+    ] = None,
+    student: Annotated[str, Opt(help="Student preset or JSON shape.")] = None,
+    seeds: Annotated[str, Opt(help="Comma list of seeds.")] = None,
+    hsk_epochs: Annotated[int, Opt(help="HSK-stage epochs (default: the paper's).")] = None,
+    pred_epochs: Annotated[int, Opt(help="Prediction-stage epochs.")] = None,
+    limit: Annotated[int, Opt(help="Training rows per task.")] = None,
+    dev_limit: Annotated[int, Opt(help="Dev rows per task.")] = None,
+    baselines: Annotated[str, Opt(help="Comma list of ce, pred.")] = None,
+    configs: Annotated[str, Opt(help="Comma list of HSK configs (full, 1l_10t_0.1h).")] = None,
+    joint: Annotated[str, Opt(help="Comma list of joint-compression HSK configs.")] = None,
+    depth_layers: Annotated[str, Opt(help="Depth axis: layers kept, comma list.")] = None,
+    depth_l_top: Annotated[str, Opt(help="Depth axis: l_top values, comma list.")] = None,
+    length_tokens: Annotated[str, Opt(help="Length axis: K values (or all), comma list.")] = None,
+    length_strategies: Annotated[str, Opt(help="Length axis: strategies, comma list.")] = None,
+    width_fractions: Annotated[str, Opt(help="Width axis: fractions p, comma list.")] = None,
+    width_strategies: Annotated[str, Opt(help="Width axis: strategies, comma list.")] = None,
+    dry_run: Annotated[
+        bool, Opt(help="Print the grid, what is done and an estimated time; train nothing.")
+    ] = False,
+    measure: Annotated[
+        bool, Opt(help="--dry-run: time a few student steps here when the table has none.")
+    ] = True,
+    quiet: Annotated[bool, Opt(help="No progress bars.")] = False,
+):
+    """Run a study grid; results accumulate in STUDY/results.csv, finished runs are skipped."""
+    flags = {k: v for k, v in locals().items() if k not in _NOT_GRID}
+    from hsktrain.grid import load_grid, parse_flags
+
+    def body():
+        quiet_transformers()
+        grid = load_grid(str(config) if config else None, parse_flags(flags))
+        say = lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False)  # noqa: E731
+        if dry_run:
+            from hsktrain.estimate import dry_run as plan
+
+            plan(grid, measure, say)
+            return
+        from hsktrain.sweep import run_sweep
+
+        done = run_sweep(grid, show_progress=not quiet, say=say)
+        say(f"done: {len(done.pending)} run(s) added to {grid.study}/results.csv; "
+            f"`hsktrain report {grid.study}` writes the report")  # fmt: skip
+
+    run_guarded(body)
+
+
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="Study folder holding results.csv.")],
+):
+    """Write STUDY/README.md (mean +- std over seeds, the paper's claims) and its plots."""
+    from hsktrain.study import write_report
+
+    path = run_guarded(write_report, study)
+    console.print(f"wrote {path}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import get_args, get_origin, get_type_hints
 
 from hskcache.errors import ConfigError
 from hskcache.selection import SCORE_LAYERS, parse_hsk
+from hskcache.teacher import check_device
 from hsktrain.students import INITS, student_shape
 
 MODES = ("two-stage", "joint", "hsk", "pred", "ce")
@@ -22,19 +25,42 @@ PAPER_HSK_EPOCHS = {
 }
 
 
+# Defaults of the fields that apply only to some runs: None in FitConfig means "not given", so
+# an option given where it does not apply is refused rather than silently ignored.
+DEFAULTS = {
+    "split": "train",
+    "dev_split": "dev",
+    "chunk_rows": 256,
+    "hsk": "1l_10t_0.1h",
+    "length": "attention-no-sep",
+    "width_strategy": "magnitude",
+    "score_layer": "producing",
+}
+ONLINE_ONLY = ("hsk", "length", "width_strategy", "score_layer", "l_top", "teacher_layers")
+DATA_ONLY = ("data", "task", "split", "limit")
+AMPS = ("none", "bf16", "fp16")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 @dataclass
 class FitConfig:
-    """`hsktrain fit`: a student from a cache (offline), a live teacher (online) or labels (ce)."""
+    """`hsktrain fit`: a student from a cache (offline), a live teacher (online) or labels (ce).
 
-    out: str
+    `batch_size` is the global batch: under torchrun each of W processes takes batch_size / W.
+    """
+
+    out: str | None = None
     cache: str | None = None
     online_teacher: str | None = None
     data: str | None = None  # training rows for online / ce modes
     task: str | None = None
-    split: str = "train"
+    split: str | None = None  # default "train"
     limit: int | None = None
     dev_data: str | None = None  # GLUE folder or file holding the dev split
-    dev_split: str = "dev"
+    dev_split: str | None = None  # default "dev"
     dev_limit: int | None = None
     max_length: int | None = None
     student: str = "tinybert4"
@@ -56,25 +82,40 @@ class FitConfig:
     max_grad_norm: float | None = None
     seed: int = 0
     device: str = "cpu"
+    amp: str = "none"  # autocast dtype of the forward: none | bf16 | fp16 (CUDA, loss-scaled)
     buffer_chunks: int = 4
-    chunk_rows: int = 256  # chunking of in-memory rows (online / ce), as a cache would have
+    chunk_rows: int | None = None  # rows of in-memory data (online / ce) per chunk; default 256
     eval_batch_size: int = 128
-    log_every: int = 10
     save_every: int | None = None
     max_steps: int | None = None  # stop (and save) after this many steps in total
     resume: bool = False
     verify: bool = True
-    # online selection (offline runs read it from the cache manifest)
-    hsk: str = "1l_10t_0.1h"
-    length: str = "attention-no-sep"
-    width_strategy: str = "magnitude"
-    score_layer: str = "producing"
+    local_cache: str | None = None  # folder of a remote cache's local shard copy
+    local_cache_size: str | None = None  # bytes or "10GB" / "10GiB"; default 10 GiB
+    # online selection (offline runs read it from the cache manifest); defaults in DEFAULTS
+    hsk: str | None = None
+    length: str | None = None
+    width_strategy: str | None = None
+    score_layer: str | None = None
     l_top: int | None = None
     teacher_layers: list[int] = field(default_factory=list)
     batch_threshold: bool = False  # the paper's per-batch magnitude threshold (online only)
 
+    def resolved(self) -> FitConfig:
+        """A copy with every option that was not given set to its default (after `validate`)."""
+        return replace(self, **{k: v for k, v in DEFAULTS.items() if getattr(self, k) is None})
+
     def validate(self) -> None:
-        p = []
+        """Refuse bad or inapplicable settings, every problem in one message.
+
+        Raises:
+            ConfigError: naming each option to change.
+        """
+        p = _type_problems(self)
+        if p:
+            raise ConfigError("; ".join(p))
+        if self.out is None:
+            p.append("give --out RUN_FOLDER (or `out` in the --config file)")
         sources = [self.cache is not None, self.online_teacher is not None]
         if self.mode == "ce":
             if self.data is None and self.cache is None:
@@ -85,8 +126,20 @@ class FitConfig:
             p.append("--online-teacher needs --data (the training rows)")
         if self.batch_threshold and self.online_teacher is None:
             p.append("--batch-threshold needs --online-teacher (a cache has a fixed width)")
+        given = [k for k in ONLINE_ONLY if getattr(self, k) not in (None, [])]
+        if self.online_teacher is None and given:
+            why = "the cache's selection is fixed" if self.cache else "there is no teacher"
+            p.append(f"{', '.join(map(flag, given))}: online selection only ({why})")
+        given = [k for k in DATA_ONLY if getattr(self, k) is not None]
+        if self.cache is not None and given:
+            p.append(f"{', '.join(map(flag, given))}: not with --cache (it holds the rows)")
+        given = [k for k in ("dev_split", "dev_limit") if getattr(self, k) is not None]
+        if self.dev_data is None and given:
+            p.append(f"{', '.join(map(flag, given))} needs --dev-data")
         if self.mode not in MODES:
             p.append(f"mode must be one of {MODES}")
+        elif self.hsk_epochs is not None and self.mode not in ("two-stage", "hsk"):
+            p.append(f"--hsk-epochs: mode '{self.mode}' has no HSK stage")
         if self.init == "pretrained" and self.init_from is None:
             p.append("--init pretrained needs --init-from STUDENT_CHECKPOINT")
         if self.init not in INITS:
@@ -98,43 +151,118 @@ class FitConfig:
                 p.append(str(e))
         if self.proj_init not in ("select", "random"):
             p.append("proj_init must be select or random")
-        if self.score_layer not in SCORE_LAYERS:
+        if self.score_layer is not None and self.score_layer not in SCORE_LAYERS:
             p.append(f"score_layer must be one of {SCORE_LAYERS}")
-        for name in ("batch_size", "pred_epochs", "buffer_chunks", "chunk_rows", "log_every"):
+        for name in ("batch_size", "pred_epochs", "buffer_chunks", "eval_batch_size"):
             if getattr(self, name) < 1:
-                p.append(f"{name} must be >= 1")
+                p.append(f"{flag(name)} must be >= 1")
+        for name in ("hsk_epochs", "limit", "dev_limit", "chunk_rows", "max_steps", "save_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                p.append(f"{flag(name)} must be >= 1 (got {getattr(self, name)})")
         if self.temperature <= 0:
             p.append("temperature must be > 0")
+        if not 0 <= self.warmup < 1:
+            p.append(f"--warmup is a fraction of the steps, in [0, 1) (got {self.warmup})")
+        if self.amp not in AMPS:
+            p.append(f"--amp must be one of {AMPS}")
+        elif self.amp == "fp16" and not self.device.startswith("cuda"):
+            p.append("--amp fp16 needs --device cuda; on CPU use --amp bf16 or none")
+        try:
+            check_device(self.device)
+        except ConfigError as e:
+            p.append(str(e))
+        p += _local_cache_problems(self)
         if self.online_teacher is not None:
+            r = self.resolved()
             try:
-                parse_hsk(self.hsk, self.length, self.width_strategy, self.seed)
+                parse_hsk(r.hsk, r.length, r.width_strategy, self.seed)
             except ConfigError as e:
                 p.append(str(e))
         if p:
             raise ConfigError("; ".join(p))
 
 
-@dataclass
-class FinetuneConfig:
-    """`hsktrain finetune`: CE fine-tuning of a teacher, best dev checkpoint kept."""
+def _local_cache_problems(cfg: FitConfig) -> list[str]:
+    """The local shard copy applies to a remote --cache only (a local one is read in place)."""
+    from hskcache.localcache import parse_size
+    from hskcache.lock import local_path
 
-    data: str
-    out: str
-    model: str | None = None  # default: the MiniLM-L6 package
-    task: str | None = None
-    dev_data: str | None = None
-    limit: int | None = None
-    dev_limit: int | None = None
-    max_length: int | None = None
-    epochs: int = 3
-    lr: float = 5e-5
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    seed: int = 0
-    device: str = "cpu"
-    eval_batch_size: int = 128
+    given = [k for k in ("local_cache", "local_cache_size") if getattr(cfg, k) is not None]
+    if given and (cfg.cache is None or local_path(cfg.cache) is not None):
+        return [
+            f"{', '.join(map(flag, given))}: only with a remote --cache (s3://...); "
+            "a local cache is read in place"
+        ]
+    try:
+        if cfg.local_cache_size is not None:
+            parse_size(cfg.local_cache_size)
+    except ConfigError as e:
+        return [f"--local-cache-size: {e}"]
+    return []
 
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
+
+def _type_problems(cfg) -> list[str]:
+    """Values of the wrong type (a TOML file can hold any), named, before they are compared."""
+    hints = get_type_hints(type(cfg))
+    p = []
+    for f in fields(cfg):
+        v, hint = getattr(cfg, f.name), hints[f.name]
+        ok = {t for t in get_args(hint) or (hint,) if t is not type(None)}
+        if v is None and type(None) in get_args(hint):
+            continue
+        if list in ok or get_origin(hint) is list:
+            good = isinstance(v, list) and all(isinstance(x, int) for x in v)
+        elif float in ok:
+            good = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif int in ok:
+            good = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            good = isinstance(v, tuple(t for t in ok if isinstance(t, type)))
+        if not good:
+            names = "/".join(getattr(t, "__name__", str(t)) for t in ok)
+            p.append(f"{f.name} must be {names}, not {v!r}")
+    return p
+
+
+def finetune_config(
+    data: str,
+    out: str | None,
+    model: str,
+    epochs: int,
+    lr: float,
+    limit: int | None,
+    dev_limit: int | None,
+    **rest,
+) -> FitConfig:
+    """`hsktrain finetune`'s options as the `ce` fit they run, refused in finetune's own terms.
+
+    Raises:
+        ConfigError: naming finetune's options (--epochs, --lr, --model), never fit's fields.
+    """
+    p = []
+    if out is None:
+        p.append("give --out RUN_FOLDER")
+    if epochs < 1:
+        p.append(f"--epochs must be >= 1 (got {epochs})")
+    if lr <= 0:
+        p.append(f"--lr must be > 0 (got {lr})")
+    for name, v in (("--limit", limit), ("--dev-limit", dev_limit)):
+        if v is not None and v < 1:
+            p.append(f"{name} must be >= 1 (got {v})")
+    folder = Path(model)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        p.append(f"--model {model}: not a model folder (no config.json)")
+    if p:
+        raise ConfigError("; ".join(p))
+    return FitConfig(
+        out=out,
+        data=data,
+        mode="ce",
+        init="pretrained",
+        init_from=model,
+        pred_epochs=epochs,
+        pred_lr=lr,
+        limit=limit,
+        dev_limit=dev_limit,
+        **rest,
+    )

@@ -112,13 +112,14 @@ def main() -> None:
         ),
     )
     stats = open_cache(cache).manifest["stats"]
-    student = dict(student="tinybert4", init="select", init_from=teacher, dev_data=data, task=task)
+    student = dict(student="tinybert4", init="select", init_from=teacher, dev_data=data)
     _, t_ce = timed(
         "3/5 CE-only student (selected from the teacher, labels only)",
         lambda: fit(
             FitConfig(
                 out=str(OUT / "student-ce"),
                 data=data,
+                task=task,
                 limit=ROWS,
                 mode="ce",
                 pred_epochs=6,  # as many passes as the KD student (3 + 3)
@@ -142,7 +143,7 @@ def main() -> None:
     console.rule("[bold]5/5 speed: online KD (teacher live) vs offline KD (cache), 30 steps")
     probes = {}
     for name, extra in (
-        ("online", {"online_teacher": teacher, "data": data, "limit": ROWS}),
+        ("online", {"online_teacher": teacher, "data": data, "task": task, "limit": ROWS}),
         ("offline", {"cache": str(cache)}),
     ):
         out = OUT / f"speed-{name}"
@@ -153,7 +154,6 @@ def main() -> None:
                 mode="hsk",
                 student="tinybert4",
                 init_from=teacher,
-                task=task,
                 **extra,
             ),
             show_progress=False,

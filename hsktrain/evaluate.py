@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from hskcache.errors import DataFormatError
+from hskcache.data import Columns
+from hskcache.errors import ConfigError, DataFormatError, TeacherError
+from hskcache.teacher import check_device, check_model_folder, check_token_limit
 from hsktrain.batch import inputs
 from hsktrain.loader import ArraySource, ChunkShuffleLoader
 from hsktrain.metrics import task_metrics
+from hsktrain.rows import encode_split
 
 
 @torch.no_grad()
@@ -48,26 +54,50 @@ def evaluate_checkpoint(
     max_length: int | None,
     batch_size: int,
     device: str,
+    columns: Columns = Columns(),
 ) -> dict:
-    """Load a saved model folder and score it on a split."""
-    import json
-    from pathlib import Path
+    """Load a saved model folder and score it on a split.
 
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    Every setting is checked before the data is tokenized or the weights are loaded.
 
-    from hskcache.errors import TeacherError
-    from hsktrain.rows import encode_split
+    Raises:
+        TeacherError: not a safetensors model folder (with a hint for a run folder), custom
+            code, or a label count that does not match the task.
+        ConfigError: batch size, limit, max length or device out of range.
+        DataFormatError: the data cannot be read as asked.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(model_dir)
-    if not (folder / "config.json").is_file():
-        raise TeacherError(f"{folder}: not a model folder (no config.json); pass RUN/best")
+    if not (folder / "config.json").is_file() and (folder / "best" / "config.json").is_file():
+        raise TeacherError(
+            f"{folder}: a run folder, not a model folder; did you mean {folder / 'best'}"
+        )
+    check_model_folder(folder)
+    if batch_size < 1:
+        raise ConfigError(f"batch size {batch_size} must be >= 1")
+    check_device(device)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     record = folder / "hsktrain.json"
     if max_length is None and record.is_file():
         max_length = json.loads(record.read_text()).get("max_length")
-    tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+    if max_length is not None:
+        check_token_limit(config, max_length)
+    tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True, trust_remote_code=False)
+    rows, ex, max_length = encode_split(
+        data, task, split, limit, tokenizer, max_length, 1024, columns
+    )
+    check_token_limit(config, max_length)  # the task's default, too
+    num_labels = 1 if ex.label_names is None else len(ex.label_names)
+    if config.num_labels != num_labels:
+        raise TeacherError(
+            f"{folder}: model has {config.num_labels} output label(s), task "
+            f"'{ex.task.name}' has {num_labels}; evaluate it on the task it was trained for"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, use_safetensors=True, trust_remote_code=False
+    )
     model.to(device)
-    rows, ex, _ = encode_split(data, task, split, limit, tokenizer, max_length, 1024)
     regression = ex.label_names is None
     metrics = predict_metrics(model, rows, ex.task.name, regression, batch_size, device)
     return {
@@ -77,3 +107,4 @@ def evaluate_checkpoint(
         "examples": len(ex),
         "metrics": metrics,
     }
+

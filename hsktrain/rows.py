@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hskcache.build import tokenize
-from hskcache.data import Examples, load_split
+from hskcache.data import Columns, Examples, load_split
 from hsktrain.loader import ArraySource
 
 
@@ -15,9 +15,13 @@ def encode_split(
     tokenizer,
     max_length: int | None,
     chunk_rows: int,
+    columns: Columns = Columns(),
 ) -> tuple[ArraySource, Examples, int]:
-    """Load and tokenize a split; return its rows, the examples and the max length used."""
-    ex = load_split(data, task, split, limit=limit)
+    """Load and tokenize a split; return its rows, the examples and the max length used.
+
+    `columns` names a table's text / pair / label columns, as `hskcache build` takes them.
+    """
+    ex = load_split(data, task, split, columns, limit)
     max_length = max_length or ex.task.max_length
     enc = tokenize(tokenizer, ex, max_length)
     arrays = {

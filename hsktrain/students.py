@@ -1,163 +1,32 @@
-"""Students: named shapes, built in the teacher's own family, initialised by weight selection.
+"""Students: built in the teacher's family at a preset's shape, initialised by weight selection.
 
-A preset is a shape. The architecture is the teacher's config shrunk to it, so vocabulary,
-tokenizer and position scheme carry over (MPNet teacher -> small MPNet student).
-
-Weight selection (Xu et al., ICLR 2024, "Initializing Models with Larger Ones"): the student
-takes an evenly spaced subset of the teacher's layers and, in every tensor, the first entries of
-each dimension, except the attention's head-structured dimensions, which keep the first d_s dims
-*of each kept head*. Measured here (DESIGN.md section 4): on 4,000 SST-2 rows a selected 4L-312
-student reaches 0.779 dev accuracy after one epoch of CE where a random one reaches 0.509.
+The shapes and the selection itself (pure functions) live in `hskcache.students`, because
+`hskcache build` stores each asked-for student's selected weights inside the cache; here the
+student is built for training: from a teacher folder, or from what a cache carries
+(`student_from_cache`), with no teacher on the machine.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from hskcache.errors import ConfigError
+from hskcache.students import (  # noqa: F401 (re-exported: the names `fit` and tests import)
+    PRESETS,
+    layer_subset,
+    load_state,
+    select_into,
+    select_weights,
+    shrink_config,
+    student_config,
+    student_shape,
+)
 
-PRESETS: dict[str, dict[str, int]] = {
-    "tinybert4": {
-        "num_hidden_layers": 4,
-        "hidden_size": 312,
-        "num_attention_heads": 12,
-        "intermediate_size": 1200,
-    },
-    "tinybert6": {
-        "num_hidden_layers": 6,
-        "hidden_size": 768,
-        "num_attention_heads": 12,
-        "intermediate_size": 3072,
-    },
-    "mini": {
-        "num_hidden_layers": 4,
-        "hidden_size": 128,
-        "num_attention_heads": 4,
-        "intermediate_size": 512,
-    },
-    "tiny": {
-        "num_hidden_layers": 2,
-        "hidden_size": 16,
-        "num_attention_heads": 2,
-        "intermediate_size": 32,
-    },
-}
 INITS = ("select", "random", "pretrained")
-
-# Dimensions laid out as (heads x head_dim): Q/K/V outputs and the attention output's input.
-_HEAD_OUT = re.compile(r"\.(query|key|value|q|k|v)\.(weight|bias)$")
-_HEAD_IN = re.compile(r"\.(attention\.output\.dense|attn\.o)\.weight$")
-_LAYER = re.compile(r"\.layer\.(\d+)\.")
-
-
-def shrink_config(teacher_config, shape: str | dict):
-    """The teacher's config with a preset's (or a dict's) shape."""
-    shape = student_shape(shape)
-    if shape["hidden_size"] % shape["num_attention_heads"]:
-        raise ConfigError(
-            f"student hidden size {shape['hidden_size']} is not a multiple of "
-            f"{shape['num_attention_heads']} heads"
-        )
-    config = teacher_config.__class__.from_dict({**teacher_config.to_dict(), **shape})
-    return config
-
-
-def student_shape(student: str | dict) -> dict:
-    """A preset name, a JSON file of config fields (e.g. {"num_hidden_layers": 3, ...}),
-    or such a dict -> the dict."""
-    if isinstance(student, dict):
-        return student
-    if student in PRESETS:
-        return PRESETS[student]
-    if student.endswith(".json") and Path(student).is_file():
-        shape = json.loads(Path(student).read_text())
-        missing = {"num_hidden_layers", "hidden_size", "num_attention_heads"} - set(shape)
-        if missing:
-            raise ConfigError(f"{student}: student config lacks {sorted(missing)}")
-        return shape
-    raise ConfigError(
-        f"unknown student '{student}'; use a preset ({', '.join(PRESETS)}) or a "
-        "JSON file of config fields"
-    )
-
-
-def layer_subset(n_teacher: int, n_student: int) -> list[int]:
-    """Evenly spaced teacher layers, first and last included (6 -> 4: [0, 2, 3, 5])."""
-    if n_student > n_teacher:
-        raise ConfigError(
-            f"a {n_student}-layer student cannot be selected from a "
-            f"{n_teacher}-layer teacher; use --init random"
-        )
-    if n_student == 1:
-        return [n_teacher - 1]
-    return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
-
-
-def _index(dim_t: int, dim_s: int, heads: tuple[int, int, int, int] | None) -> torch.Tensor:
-    """Indices kept along one dimension: a prefix, or per-head prefixes."""
-    if heads is None or dim_t == dim_s and heads[0] == heads[2]:
-        return torch.arange(dim_s)
-    h_t, d_t, h_s, d_s = heads
-    return torch.cat([torch.arange(d_s) + h * d_t for h in range(h_s)])
-
-
-def select_weights(
-    student: nn.Module, teacher_state: dict[str, torch.Tensor], teacher_config
-) -> list[int]:
-    """Copy a slice of every teacher tensor into the student, in place; return the layer map.
-
-    Raises:
-        ConfigError: a student tensor larger than its teacher counterpart.
-    """
-    sc = student.config
-    layers = layer_subset(teacher_config.num_hidden_layers, sc.num_hidden_layers)
-    heads = (
-        teacher_config.num_attention_heads,
-        teacher_config.hidden_size // teacher_config.num_attention_heads,
-        sc.num_attention_heads,
-        sc.hidden_size // sc.num_attention_heads,
-    )
-    if heads[2] > heads[0] or heads[3] > heads[1]:
-        raise ConfigError(
-            "student has more heads or wider heads than the teacher; use --init random"
-        )
-    with torch.no_grad():
-        for name, param in student.state_dict().items():
-            src = _LAYER.sub(lambda m: f".layer.{layers[int(m[1])]}.", name, count=1)
-            if src not in teacher_state:
-                continue  # e.g. a head the teacher lacks: keep the student's init
-            t = teacher_state[src]
-            if any(a > b for a, b in zip(param.shape, t.shape, strict=True)):
-                raise ConfigError(
-                    f"student tensor {name} {tuple(param.shape)} is larger than "
-                    f"the teacher's {tuple(t.shape)}"
-                )
-            for dim in range(t.dim()):
-                structured = (dim == 0 and _HEAD_OUT.search(name)) or (
-                    dim == 1 and _HEAD_IN.search(name)
-                )
-                idx = _index(t.shape[dim], param.shape[dim], heads if structured else None)
-                t = t.index_select(dim, idx)
-            param.copy_(t.to(param.dtype))
-    return layers
-
-
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """A model folder's weights from safetensors (no pickle), merged across shards."""
-    from safetensors.torch import load_file
-
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        raise ConfigError(f"{path}: no *.safetensors weights to select from")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(f))
-    return state
 
 
 def build_student(init: str, source: str, shape: str | dict | None, num_labels: int, seed: int):
@@ -185,25 +54,101 @@ def build_student(init: str, source: str, shape: str | dict | None, num_labels: 
 def _build(init: str, source: str, shape, num_labels: int):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from hskcache.teacher import check_model_folder
+
+    if Path(source).is_dir():  # refuse custom code and pickle-only weights with one line
+        check_model_folder(Path(source))
     if init == "pretrained":
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=num_labels, use_safetensors=True
+            source, num_labels=num_labels, use_safetensors=True, trust_remote_code=False
         )
         return model, {"init": init, "source": str(source)}
     if shape is None:
         raise ConfigError(f"--student is required with --init {init}")
-    teacher_config = AutoConfig.from_pretrained(source)
-    config = shrink_config(teacher_config, shape)
-    config.num_labels = num_labels
-    model = AutoModelForSequenceClassification.from_config(config)
+    teacher_config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    model = AutoModelForSequenceClassification.from_config(
+        student_config(teacher_config, shape, num_labels)
+    )
     info = {"init": init, "source": str(source), "shape": shape}
     if init == "select":
-        state = load_state(source)
-        prefix = model.base_model_prefix
-        if not any(k.startswith(prefix + ".") for k in state):  # a bare encoder (BertModel)
-            state = {f"{prefix}.{k}": v for k, v in state.items()}
-        info["teacher_layers"] = select_weights(model, state, teacher_config)
+        info["teacher_layers"], _ = select_into(model, load_state(source), teacher_config)
     return model, info
+
+
+def student_from_cache(cache, init: str, shape: str | dict, num_labels: int, seed: int):
+    """Build a student from what a cache carries, with no teacher on the machine.
+
+    `select` loads the init stored for this exact shape (`hskcache build --student`) over a
+    student seeded like `build_student`'s, which makes the two identical; a shape the cache
+    lacks is selected from a bundled teacher, if any. `random` needs only the teacher's config.
+
+    Returns:
+        (model, info) as `build_student`.
+
+    Raises:
+        ConfigError: the cache holds no init for this shape and no teacher to select it from.
+        CacheError: a stored object is missing or altered.
+    """
+    from hskcache import assets
+
+    section = cache.manifest["assets"]
+    if init == "select" and assets.stored_student(cache, student_shape(shape)) is None:
+        if section["teacher"] is None:
+            raise ConfigError(
+                f"{cache.url}: the cache holds no init for student '{shape}' (it holds: "
+                f"{assets.describe_students(section)}); rebuild it with `hskcache build "
+                f"--student {shape}` (or --bundle-teacher, which serves any shape), or pass "
+                "--init-from TEACHER_DIR, or use --init random"
+            )
+        with tempfile.TemporaryDirectory(prefix="hsk-teacher-") as tmp:  # read, then dropped
+            folder = assets.materialise(cache, section["teacher"], Path(tmp))
+            model, info = build_student("select", str(folder), shape, num_labels, seed)
+        return model, {**info, "source": f"{cache.url} (bundled teacher)"}
+    with torch.random.fork_rng():  # seeded as build_student seeds, the caller's RNG untouched
+        torch.manual_seed(seed)
+        return _from_cache(cache, init, shape, num_labels)
+
+
+def _from_cache(cache, init: str, shape, num_labels: int):
+    from safetensors.torch import load
+    from transformers import AutoModelForSequenceClassification
+
+    from hskcache import assets
+
+    section = cache.manifest["assets"]
+    info = {"init": init, "source": f"{cache.url} (stored {init} init)", "shape": shape}
+    if init == "random":
+        teacher_config = _stored_config(cache, section["teacher_config"])
+        config = student_config(teacher_config, shape, num_labels)
+        return AutoModelForSequenceClassification.from_config(config), info
+    name, entry = assets.stored_student(cache, student_shape(shape))
+    config = _stored_config(cache, entry["files"]["config.json"])
+    if config.num_labels != num_labels:
+        raise ConfigError(
+            f"{cache.url}: stored student '{name}' has {config.num_labels} labels, the "
+            f"cache's task {num_labels}; rebuild the cache"
+        )
+    model = AutoModelForSequenceClassification.from_config(config)
+    state = load(assets.read_asset(cache, entry["files"]["model.safetensors"]))
+    unknown = sorted(set(state) - set(model.state_dict()))
+    if unknown:
+        raise ConfigError(
+            f"{cache.url}: stored student '{name}' has tensors this transformers version's "
+            f"model lacks ({unknown[:3]}); rebuild the cache"
+        )
+    model.load_state_dict(state, strict=False)  # the rest keeps the seeded init
+    return model, {**info, "stored": name, "teacher_layers": entry["teacher_layers"]}
+
+
+def _stored_config(cache, key: str):
+    """A config.json the cache stores, loaded as transformers loads a folder's."""
+    from transformers import AutoConfig
+
+    from hskcache.assets import materialise
+
+    with tempfile.TemporaryDirectory(prefix="hsk-config-") as tmp:
+        folder = materialise(cache, {"config.json": key}, Path(tmp))
+        return AutoConfig.from_pretrained(folder, trust_remote_code=False)
 
 
 def make_projection(h_s: int, h_t: int, init: str) -> nn.Module:

@@ -5,38 +5,56 @@ stage; offline targets from a cache (the teacher is never loaded; weight selecti
 safetensors once, then they are freed), online targets from a live teacher through the very
 selection code the cache builder uses, or plain labels (`ce`). AdamW (decay 0.01, none on bias
 and LayerNorm), optional warmup then constant lr, best dev checkpoint by the task's metric,
-`metrics.jsonl`, exact `--resume` (weights, optimizer, RNG, loader position).
+`metrics.jsonl`, exact `--resume` (weights, optimizer, every rank's RNG, loader position),
+DDP under torchrun (`--batch-size` is the global batch), `--amp` autocast.
+Reads top to bottom: `fit` -> `train_stage` (one stage's epochs; `train_step` in step.py is one
+update) -> `end_epoch` (dev score, best checkpoint, last/), with `LoopState` the position.
 Trade-off: stores are read in the main process (memory-mapped, ~2 MiB chunks), not in workers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hskcache.errors import CacheMismatchError, ConfigError, TeacherError
+from hskcache.errors import CacheError, CacheMismatchError, ConfigError, HskError, TeacherError
 from hskcache.progress import progress_bar
 from hskcache.selection import parse_hsk
 from hskcache.teacher import tokenizer_sha256
 from hsktrain import batch as batches
-from hsktrain.checkpoint import load_state, save_model, save_state
+from hsktrain import ddp
+from hsktrain.checkpoint import (
+    load_state,
+    resume_point,
+    rng_state,
+    same_cache,
+    save_model,
+    save_state,
+)
 from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig
 from hsktrain.evaluate import predict_metrics
 from hsktrain.loader import ChunkShuffleLoader
-from hsktrain.losses import hsk_layer_loss, prediction_loss
 from hsktrain.metrics import main_metric
 from hsktrain.rows import encode_split
-from hsktrain.students import build_student, make_projection
+from hsktrain.step import (
+    Distiller,
+    NonFiniteLossError,
+    lr_schedule,
+    make_optimizer,
+    make_scaler,
+    train_step,
+)
+from hsktrain.students import build_student, make_projection, student_from_cache
 
 
 @dataclass
@@ -64,7 +82,7 @@ class Run:
 
 
 def stages_for(cfg: FitConfig, task: str) -> list[Stage]:
-    hsk_epochs = cfg.hsk_epochs or PAPER_HSK_EPOCHS.get(task, 10)
+    hsk_epochs = PAPER_HSK_EPOCHS.get(task, 10) if cfg.hsk_epochs is None else cfg.hsk_epochs
     return {
         "two-stage": [
             Stage("hsk", hsk_epochs, cfg.hsk_lr),
@@ -87,17 +105,20 @@ def prepare(cfg: FitConfig) -> Run:
     # 1. where rows come from: a cache (offline, or its labels for `ce`) or raw data
     manifest = None
     if cfg.cache is not None:
-        cache = require_sound(cfg.cache) if cfg.verify else open_cache(cfg.cache)
+        if cfg.verify:
+            require_sound(cfg.cache)
+        # a remote cache is read through a local copy of its shards: later epochs stay local
+        cache = open_cache(cfg.cache, True, cfg.local_cache, cfg.local_cache_size)
         manifest = cache.manifest
-        init_from = cfg.init_from or manifest["teacher"]["name"]
+        init_from = cfg.init_from  # None: tokenizer and student init come from the cache's kit
     else:
         init_from = cfg.init_from or cfg.online_teacher or str(default_teacher_path())
-    tokenizer = _tokenizer(init_from)
+    tokenizer = _tokenizer(cache if init_from is None else init_from)
     if manifest is not None:
         source, max_length = cache, manifest["max_length"]
         task, regression = manifest["data"]["task"], manifest["data"]["regression"]
         label_names = manifest["data"]["label_names"]
-        _check_cache(cfg, manifest, tokenizer, init_from)
+        _check_cache(cfg, manifest, tokenizer, init_from or f"stored in {cfg.cache}")
     else:
         source, ex, max_length = encode_split(
             cfg.data, cfg.task, cfg.split, cfg.limit, tokenizer, cfg.max_length, cfg.chunk_rows
@@ -106,7 +127,10 @@ def prepare(cfg: FitConfig) -> Run:
     num_labels = 1 if regression else len(label_names)
 
     # 2. the student, and the layers it distils into
-    model, init_info = build_student(cfg.init, init_from, cfg.student, num_labels, cfg.seed)
+    if init_from is None:  # no teacher needed: the init (or its config) is in the cache
+        model, init_info = student_from_cache(cache, cfg.init, cfg.student, num_labels, cfg.seed)
+    else:
+        model, init_info = build_student(cfg.init, init_from, cfg.student, num_labels, cfg.seed)
     model.to(cfg.device)
     n_student = model.config.num_hidden_layers
     if (
@@ -160,10 +184,25 @@ def prepare(cfg: FitConfig) -> Run:
     )
 
 
-def _tokenizer(source: str):
-    """The student's tokenizer (its init source's), or one clear error."""
+def _tokenizer(source):
+    """The student's tokenizer: its init source's (a folder or name), or the one a cache
+    carries (a `Cache`, whose tokenizer files are written to a temp dir first); or one clear
+    error."""
     from transformers import AutoTokenizer
 
+    from hskcache.reader import Cache
+
+    if isinstance(source, Cache):
+        from hskcache.assets import materialise
+
+        folder = materialise(source, source.manifest["assets"]["tokenizer"])
+        try:
+            return AutoTokenizer.from_pretrained(folder, use_fast=True, trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise CacheError(
+                f"{source.url}: its stored tokenizer does not load "
+                f"({str(e).splitlines()[0]}); pull or rebuild the cache"
+            ) from e
     folder = Path(source)
     if folder.exists() and not (folder / "config.json").is_file():
         raise TeacherError(
@@ -171,7 +210,7 @@ def _tokenizer(source: str):
             "checkpoint folder to --init-from"
         )
     try:
-        return AutoTokenizer.from_pretrained(source, use_fast=True)
+        return AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise TeacherError(f"{source}: cannot load its tokenizer ({str(e).splitlines()[0]})") from e
 
@@ -218,163 +257,250 @@ def _online(cfg: FitConfig, num_labels: int, max_length: int, n_student: int, re
     return make, teacher.config.hidden_size
 
 
-def step_loss(stage: str, run: Run, b: batches.Batch, cfg: FitConfig) -> torch.Tensor:
-    """The loss of one batch in one stage."""
-    need_hidden = stage in ("hsk", "joint")
-    out = run.model(**b.model_inputs(run.model), output_hidden_states=need_hidden)
-    loss = out.logits.new_zeros(())
-    if need_hidden:
-        for la in b.layers:
-            loss = loss + cfg.hsk_weight * hsk_layer_loss(
-                out.hidden_states[la.student],
-                run.proj,
-                la.positions,
-                la.values,
-                la.dims,
-                run.teacher_width,
-                cfg.kept_only,
-            )
-    if stage in ("pred", "joint"):
-        loss = loss + prediction_loss(
-            out.logits, b.logits, b.labels, cfg.temperature, cfg.hard_weight, run.regression
-        )
-    if stage == "ce":
-        loss = (
-            F.mse_loss(out.logits.squeeze(-1), b.labels)
-            if run.regression
-            else F.cross_entropy(out.logits, b.labels)
-        )
-    return loss
+@dataclass
+class LoopState:
+    """Where the loop is; saved in `last/state.json`, so `--resume` continues from it exactly."""
+
+    stage: int = 0  # index into the run's stages
+    epoch: int = 0  # epoch within the stage
+    batch: int = 0  # batches of this epoch done
+    step: int = 0  # optimizer steps in all
+    loss_sum: float = 0.0  # this epoch's losses so far: a resumed epoch still averages all of it
+    loss_count: int = 0
+    best: float | None = None  # best dev score of the task's main metric
+    best_metrics: dict = dataclasses.field(default_factory=dict)
+    best_written: bool = False
+    finished: bool = False
 
 
-def make_optimizer(run: Run, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; no decay on biases and LayerNorm weights."""
-    named = list(run.model.named_parameters()) + [
-        (f"proj.{n}", p) for n, p in run.proj.named_parameters()
-    ]
-    exempt = {n for n, _ in named if n.endswith("bias") or "norm" in n.lower()}
-    return torch.optim.AdamW(
-        [
-            {"params": [p for n, p in named if n not in exempt], "weight_decay": weight_decay},
-            {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0},
-        ],
-        lr=lr,
-    )
+@dataclass
+class FitResult:
+    metrics: dict  # the best dev scores (empty without dev data)
+    best: Path | None  # OUT/best when this run wrote it
+    last: Path
+    note: str  # what a user should know about what was (not) written
+    rank: int = 0
 
 
-def fit(cfg: FitConfig, show_progress: bool = True) -> dict:
-    """Train a student as `cfg` says; return the best dev metrics (empty without dev data)."""
+@dataclass
+class Trainer:
+    """What the loop's pieces share: the run, the stepped module, this process's place."""
+
+    cfg: FitConfig
+    run: Run
+    net: Distiller  # student + projection
+    step_net: nn.Module  # `net`, or DDP around it
+    scaler: torch.amp.GradScaler
+    world: ddp.World
+    out: Path
+    log: object | None  # metrics.jsonl, open on rank 0 only
+
+    def write(self, record: dict) -> None:
+        if self.log is not None:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+
+
+def fit(cfg: FitConfig, show_progress: bool = True) -> FitResult:
+    """Train a student as `cfg` says; under torchrun, this process's rank of a DDP run.
+
+    Raises:
+        ConfigError: bad settings, an `--out` that is a file, a resume that cannot continue.
+        NonFiniteLossError: the loss became NaN or infinite.
+        HskError: the disk filled up (last/ keeps the last complete checkpoint).
+    """
     cfg.validate()
-    torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    run = prepare(cfg)
-    torch.manual_seed(cfg.seed)  # dropout draws start here, whatever prepare consumed
-    metric = main_metric(run.task) if not run.regression else "pearson"
-    pos = {"stage": 0, "epoch": 0, "batch": 0, "step": 0, "best": None, "best_metrics": {}}
-    last = out / "last"
-    resuming = cfg.resume
-    if cfg.resume:
-        if not (last / "state.json").exists():
-            raise ConfigError(f"{last}: nothing to resume; run without --resume")
-        pos = json.loads((last / "state.json").read_text())["loop"]
-        _trim_log(out / "metrics.jsonl", pos["step"])
-    elif (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # a fresh run owns its log
-    log = (out / "metrics.jsonl").open("a")
-    (out / "config.json").write_text(json.dumps(run.record, indent=2, default=str))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: --out is a file; give a folder for the run")
+    if cfg.batch_size % ddp.launched_world():
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is the global batch and must split evenly over the "
+            f"{ddp.launched_world()} processes; use a multiple of {ddp.launched_world()}"
+        )
+    w = ddp.start(cfg.device)
     try:
-        for si, stage in enumerate(run.stages):
-            if si < pos["stage"]:
-                continue
-            opt = make_optimizer(run, stage.lr, cfg.weight_decay)
+        cfg = replace(cfg.resolved(), device=ddp.rank_device(cfg.device, w))
+        return _fit(cfg, out, w, show_progress)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise HskError(
+            f"{out}: disk full; last/ holds the last complete checkpoint: free space and "
+            "rerun with --resume"
+        ) from e
+    finally:
+        w.close()
+
+
+def _fit(cfg: FitConfig, out: Path, w: ddp.World, show_progress: bool) -> FitResult:
+    """The run: check a resume, prepare, then each stage from the saved position on."""
+    state, saved = LoopState(), None
+    if cfg.resume:
+        loop, saved = resume_point(out, cfg, w)
+        state = LoopState(**loop)
+    torch.manual_seed(cfg.seed)
+    run = prepare(cfg)
+    run.record["world_size"] = w.world
+    if saved is not None:
+        same_cache(saved, run.record)
+    if state.stage >= len(run.stages):  # a checkpoint from before runs recorded `finished`
+        raise ConfigError(f"{out}: this run is finished; there is nothing to resume")
+    # --batch-size is the global batch; each rank reads its own chunks (the loader's rank/world)
+    run.loader = replace(
+        run.loader, batch_size=cfg.batch_size // w.world, rank=w.rank, world=w.world
+    )
+    net = Distiller(run.model, run.proj, run.teacher_width, run.regression)
+    scaler = make_scaler(cfg.device, cfg.amp)
+    t = Trainer(cfg, run, net, w.wrap(net, cfg.device), scaler, w, out, None)
+    torch.manual_seed(cfg.seed + w.rank)  # dropout draws start here, whatever prepare consumed
+    t.log = open_log(out, state, w, run.record, cfg.resume)
+    resuming = cfg.resume
+    try:
+        for si in range(state.stage, len(run.stages)):
+            opt = make_optimizer(net, run.stages[si].lr, cfg.weight_decay)
             if resuming:  # once: later stages start with fresh optimizers, as uninterrupted
-                load_state(last, run.model, run.proj, opt)
+                meta = load_state(out / "last", run.model, run.proj, opt, w.rank)
+                if meta.get("scaler"):
+                    t.scaler.load_state_dict(meta["scaler"])
                 resuming = False
-            per_epoch = run.loader.batches_per_epoch()
-            total = stage.epochs * per_epoch
-            warm = math.ceil(cfg.warmup * total)
-            first = pos["epoch"] * per_epoch + pos["batch"]
-            with progress_bar(
-                f"{stage.name} stage", total, first, show_progress, unit="steps"
-            ) as advance:
-                for epoch in range(pos["epoch"], stage.epochs):
-                    t0, losses = time.perf_counter(), []
-                    run.model.train()
-                    for i, rows in enumerate(
-                        run.loader.iterate(si * 1000 + epoch, pos["batch"]), pos["batch"]
-                    ):
-                        done = epoch * per_epoch + i
-                        for g in opt.param_groups:  # linear warmup, then constant (paper)
-                            g["lr"] = stage.lr * min(1.0, (done + 1) / warm) if warm else stage.lr
-                        loss = step_loss(stage.name, run, run.make_batch(rows), cfg)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        if cfg.max_grad_norm:
-                            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.max_grad_norm)
-                        opt.step()
-                        pos["step"] += 1
-                        losses.append(loss.item())
-                        advance(1, f"loss {np.mean(losses[-20:]):.4f}")
-                        _log(
-                            log,
-                            {
-                                "stage": stage.name,
-                                "epoch": epoch,
-                                "batch": i,
-                                "step": pos["step"],
-                                "loss": losses[-1],
-                                "t": time.perf_counter(),
-                            },
-                        )
-                        pos["batch"] = i + 1
-                        if cfg.save_every and pos["step"] % cfg.save_every == 0:
-                            _save_last(last, run, opt, pos)
-                        if cfg.max_steps and pos["step"] >= cfg.max_steps:
-                            _save_last(last, run, opt, pos)
-                            return pos["best_metrics"]
-                    pos["epoch"], pos["batch"] = epoch + 1, 0
-                    record = {
+            if not train_stage(t, si, opt, state, show_progress and w.main):
+                return _result(t, state, f"stopped at step {state.step} (--max-steps)")
+            state.stage, state.epoch, state.batch = si + 1, 0, 0
+        if run.dev is None and w.main:  # nothing to choose by: the final weights are the best
+            save_model(out / "best", run.model, run.tokenizer, run.proj, run.record)
+            state.best_written = True
+        state.finished = True
+        save_last(t, opt, state)
+    finally:
+        if t.log is not None:
+            t.log.close()
+    return _result(t, state, "" if state.best_written else "--mode hsk scores no dev checkpoint")
+
+
+def train_stage(t: Trainer, si: int, opt, state: LoopState, show_progress: bool) -> bool:
+    """Run a stage's epochs from the loop's position on; False when --max-steps stopped it."""
+    stage, cfg = t.run.stages[si], t.cfg
+    steps = [steps_per_epoch(t.run.loader, si * 1000 + e) for e in range(stage.epochs)]
+    warmup_steps = math.ceil(cfg.warmup * sum(steps))
+    first = sum(steps[: state.epoch]) + state.batch
+    bar = progress_bar(f"{stage.name} stage", sum(steps), first, show_progress, unit="steps")
+    with bar as advance:
+        for epoch in range(state.epoch, stage.epochs):
+            t0 = time.perf_counter()
+            t.run.model.train()
+            rows = t.run.loader.iterate(si * 1000 + epoch, state.batch)
+            for i, batch in enumerate(islice(rows, steps[epoch] - state.batch), state.batch):
+                lr = lr_schedule(sum(steps[:epoch]) + i, warmup_steps, stage.lr)
+                try:
+                    b = t.run.make_batch(batch)
+                    loss = train_step(
+                        t.step_net, opt, t.scaler, b, stage.name, lr, cfg, t.world.mean
+                    )
+                except NonFiniteLossError as e:
+                    where = f"step {state.step + 1} ({stage.name} stage, epoch {epoch})"
+                    raise NonFiniteLossError(f"{where}: {e}") from None
+                state.step, state.batch = state.step + 1, i + 1
+                state.loss_sum, state.loss_count = state.loss_sum + loss, state.loss_count + 1
+                advance(1, f"loss {state.loss_sum / state.loss_count:.4f}")
+                t.write(
+                    {
                         "stage": stage.name,
                         "epoch": epoch,
-                        "step": pos["step"],
-                        "train_loss": float(np.mean(losses)) if losses else None,
-                        "epoch_seconds": time.perf_counter() - t0,
+                        "batch": i,
+                        "step": state.step,
+                        "loss": loss,
+                        "lr": lr,
+                        "t": time.perf_counter(),
                     }
-                    if run.dev is not None:
-                        scores = predict_metrics(
-                            run.model,
-                            run.dev,
-                            run.task,
-                            run.regression,
-                            cfg.eval_batch_size,
-                            cfg.device,
-                        )
-                        record["dev"] = scores
-                        if stage.name != "hsk" and (
-                            pos["best"] is None or scores[metric] > pos["best"]
-                        ):
-                            pos["best"], pos["best_metrics"] = scores[metric], scores
-                            save_model(
-                                out / "best",
-                                run.model,
-                                run.tokenizer,
-                                run.proj,
-                                {**run.record, "dev": scores, "stage": stage.name, "epoch": epoch},
-                            )
-                    _log(log, record)
-                    _save_last(last, run, opt, pos)
-            pos["stage"], pos["epoch"], pos["batch"] = si + 1, 0, 0
-        if run.dev is None:
-            save_model(out / "best", run.model, run.tokenizer, run.proj, run.record)
-        _save_last(last, run, opt, pos)
-    finally:
-        log.close()
-    return pos["best_metrics"]
+                )
+                if cfg.save_every and state.step % cfg.save_every == 0:
+                    save_last(t, opt, state)
+                if cfg.max_steps and state.step >= cfg.max_steps:
+                    save_last(t, opt, state)
+                    return False
+            end_epoch(t, stage, epoch, opt, state, time.perf_counter() - t0)
+    return True
 
 
-def _save_last(folder: Path, run: Run, opt, pos: dict) -> None:
-    save_state(folder, run.model, run.tokenizer, run.proj, opt, pos, run.record)
+def end_epoch(t: Trainer, stage: Stage, epoch: int, opt, state: LoopState, seconds: float) -> None:
+    """Log the epoch's mean loss, score dev (rank 0; the others wait), keep the best, save last/."""
+    record = {
+        "stage": stage.name,
+        "epoch": epoch,
+        "step": state.step,
+        "train_loss": state.loss_sum / state.loss_count if state.loss_count else None,
+        "epoch_seconds": seconds,
+    }
+    state.epoch, state.batch, state.loss_sum, state.loss_count = epoch + 1, 0, 0.0, 0
+    run = t.run
+    if run.dev is not None and t.world.main:
+        scores = predict_metrics(
+            run.model, run.dev, run.task, run.regression, t.cfg.eval_batch_size, t.cfg.device
+        )
+        record["dev"] = scores
+        metric = "pearson" if run.regression else main_metric(run.task)
+        if stage.name != "hsk" and (state.best is None or scores[metric] > state.best):
+            state.best, state.best_metrics = scores[metric], scores
+            extra = {**run.record, "dev": scores, "stage": stage.name, "epoch": epoch}
+            save_model(t.out / "best", run.model, run.tokenizer, run.proj, extra)
+            state.best_written = True
+    t.world.barrier()
+    t.write(record)
+    save_last(t, opt, state)
+
+
+def steps_per_epoch(loader: ChunkShuffleLoader, epoch: int) -> int:
+    """Steps of one epoch: under DDP the fewest batches any rank has, so all step together."""
+    n = int(min(replace(loader, rank=r).batches_per_epoch(epoch) for r in range(loader.world)))
+    if n == 0:
+        raise ConfigError(
+            f"{loader.source.num_chunks} chunks cannot feed {loader.world} processes every epoch; "
+            "use fewer processes or a cache with smaller chunks (hskcache build --chunk-rows)"
+        )
+    return n
+
+
+def save_last(t: Trainer, opt, state: LoopState) -> None:
+    """`last/`: weights, optimizer, every rank's RNG and the loop state, written by rank 0."""
+    rngs = t.world.gather(rng_state(t.world.rank))
+    if t.world.main:
+        save_state(
+            t.out / "last",
+            t.run.model,
+            t.run.tokenizer,
+            t.run.proj,
+            opt,
+            dataclasses.asdict(state),
+            t.run.record,
+            {k: v for r in rngs for k, v in r.items()},
+            t.scaler.state_dict(),
+        )
+    t.world.barrier()
+
+
+def open_log(out: Path, state: LoopState, w: ddp.World, record: dict, resume: bool):
+    """Create the run folder (only now: refused runs leave none) and open metrics.jsonl (rank 0)."""
+    if not w.main:
+        return None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise
+        raise ConfigError(f"{out}: cannot create the run folder ({e.strerror})") from e
+    log = out / "metrics.jsonl"
+    if resume:
+        _trim_log(log, state.step)
+    elif log.exists():
+        log.unlink()  # a fresh run owns its log
+    (out / "config.json").write_text(json.dumps(record, indent=2, default=str))
+    return log.open("a")
+
+
+def _result(t: Trainer, state: LoopState, note: str) -> FitResult:
+    best = t.out / "best" if state.best_written else None
+    return FitResult(state.best_metrics, best, t.out / "last", note, t.world.rank)
 
 
 def _trim_log(path: Path, step: int) -> None:
@@ -382,8 +508,3 @@ def _trim_log(path: Path, step: int) -> None:
     if path.exists():
         keep = [x for x in path.read_text().splitlines() if json.loads(x).get("step", 0) <= step]
         path.write_text("".join(f"{x}\n" for x in keep))
-
-
-def _log(f, record: dict) -> None:
-    f.write(json.dumps(record) + "\n")
-    f.flush()

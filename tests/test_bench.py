@@ -27,6 +27,7 @@ def test_bench_tiny_prints_all_fields(tmp_path):
             str(tmp_path / "R.md"),
             "--plot",
             str(tmp_path / "p.png"),
+            "--remote",  # the same cache on a loopback S3 server, cold then warm
         ],
     )
     assert r.exit_code == 0, r.output
@@ -59,6 +60,9 @@ def test_bench_tiny_prints_all_fields(tmp_path):
         "build_over_forward",
         "size_ratio",
         "rss_growth",
+        "remote_warm_stall_fraction",
     }
+    assert out["remote_fetches"]["cold"] > 0 and out["remote_fetches"]["warm"] == 0
+    assert out["remote_warm_stall_ms"] > 0 and out["remote_cold_stall_ms"] > 0
     assert "| speedup online / offline |" in (tmp_path / "R.md").read_text()
     assert (tmp_path / "p.png").stat().st_size > 1000

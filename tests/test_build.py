@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 from transformers import AutoModelForSequenceClassification
 
 from hskcache.build import build_cache, compute_batch, tokenize
 from hskcache.config import BuildConfig
 from hskcache.data import load_split
-from hskcache.errors import CacheIncompleteError, CacheMismatchError
+from hskcache.errors import CacheError, CacheIncompleteError, CacheMismatchError
+from hskcache.manifest import MANIFEST_KEY
 from hskcache.reader import decode_values, open_cache
 from hskcache.targets import plan_selection
 from hskcache.teacher import ClsScoreProbe, load_teacher
@@ -85,7 +87,7 @@ def test_values_are_the_teachers_hidden_states(tmp_path, sst2_dir, tiny_bert):
     data = cache.read(0, cache.num_examples)
     values = decode_values(cache.manifest, data[f["values"]], None)
     eager = AutoModelForSequenceClassification.from_pretrained(
-        tiny_bert, attn_implementation="eager"
+        tiny_bert, attn_implementation="eager", trust_remote_code=False
     )
     eager.eval()
     sep = 3  # [SEP] in the fixture vocab
@@ -148,7 +150,7 @@ def test_kill_then_resume_is_byte_identical(tmp_path, sst2_dir, tiny_bert):
         open_cache(root)
     problems = verify_cache(str(root))
     assert any("never finished" in p for p in problems)
-    assert any("shard 3 is missing" in p for p in problems)
+    assert "object 'layers/h1/values/c/3/0/0' is missing" in problems
     build_cache(killed, show_progress=False)
     assert files(root) == files(Path(straight.out))
     assert verify_cache(str(root)) == []
@@ -161,7 +163,40 @@ def test_flipped_byte_is_named(tmp_path, sst2_dir, tiny_bert):
     raw[40 + 4 * 4 * 8 * 2] ^= 0x01  # inside the second chunk of shard 1 = chunk 3
     shard.write_bytes(bytes(raw))
     problems = verify_cache(str(root))
-    assert len(problems) == 1 and "'layers/h1/values' chunk 3 is damaged" in problems[0]
+    assert len(problems) == 2
+    assert "object 'layers/h1/values/c/1/0/0' does not match its recorded sha256" in problems[0]
+    assert "'layers/h1/values' chunk 3 is damaged" in problems[1]
+
+
+def test_swapped_shards_and_edited_counts_are_named(tmp_path, sst2_dir, tiny_bert):
+    """Each swapped shard still passes its own crc32c; only the manifest's table catches it."""
+    root = build_cache(make_cfg(sst2_dir, tmp_path / "c", tiny_bert), show_progress=False)
+    a, b = (root / "logits" / "c" / str(s) / "0" for s in (0, 1))
+    a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
+    a.write_bytes(b_bytes)
+    b.write_bytes(a_bytes)
+    problems = verify_cache(str(root))
+    assert [p.split(" does not")[0] for p in problems] == [
+        "object 'logits/c/0/0'",
+        "object 'logits/c/1/0'",
+    ]
+    a.write_bytes(a_bytes)
+    b.write_bytes(b_bytes)
+    assert verify_cache(str(root)) == []
+    group = zarr.open_group(root, mode="r+")
+    m = group.attrs[MANIFEST_KEY]
+    group.attrs[MANIFEST_KEY] = {**m, "counts": {**m["counts"], "num_chunks": 1}}
+    assert verify_cache(str(root)) == [
+        "counts.num_chunks is 1, but 26 examples in 4-row chunks make 7"
+    ]
+
+
+def test_cache_of_an_older_format_is_refused(tmp_path, sst2_dir, tiny_bert):
+    root = build_cache(make_cfg(sst2_dir, tmp_path / "c", tiny_bert), show_progress=False)
+    group = zarr.open_group(root, mode="r+")
+    group.attrs[MANIFEST_KEY] = {**group.attrs[MANIFEST_KEY], "format_version": 1}
+    with pytest.raises(CacheError, match="format version 1 .* reads format 3: rebuild it"):
+        open_cache(root)
 
 
 def test_rebuild_with_other_settings_is_refused(tmp_path, sst2_dir, tiny_bert):
@@ -242,9 +277,13 @@ def test_zstd_cache_reads_through_zarr(tmp_path, sst2_dir, tiny_bert):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_two_process_build_equals_one(tmp_path, sst2_dir, tiny_bert):
-    """`torchrun` ranks write disjoint whole shards; the store equals a one-process build."""
+def test_two_process_build_to_s3_equals_one_local(tmp_path, sst2_dir, tiny_bert, s3_bucket):
+    """`torchrun` ranks write disjoint whole shards straight to object storage (the loopback S3
+    server); every object, the root manifest included, equals a one-process local build: the
+    manifest records nothing of where or by how many processes it was written."""
     import os
+
+    import s3fs
 
     args = [
         "build",
@@ -274,7 +313,7 @@ def test_two_process_build_equals_one(tmp_path, sst2_dir, tiny_bert):
             "hskcache.cli",
             *args,
             "--out",
-            str(tmp_path / "two"),
+            f"{s3_bucket}/two",
         ],
         env=env,
         capture_output=True,
@@ -288,7 +327,10 @@ def test_two_process_build_equals_one(tmp_path, sst2_dir, tiny_bert):
         text=True,
     )
     assert one.returncode == 0, one.stderr[-2000:]
-    assert files(tmp_path / "two") == files(tmp_path / "one")
+    fs, base = s3fs.S3FileSystem(skip_instance_cache=True), f"{s3_bucket[5:]}/two"
+    two_files = {k[len(base) + 1 :]: fs.cat_file(k) for k in fs.find(base)}
+    assert two_files == files(tmp_path / "one")  # the lock is gone, too
+    assert json.loads(two_files["zarr.json"])["attributes"][MANIFEST_KEY]["status"] == "complete"
 
 
 def test_full_disk_is_one_line_and_resumable(tmp_path, sst2_dir, tiny_bert, monkeypatch):

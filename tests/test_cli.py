@@ -89,3 +89,23 @@ def test_bad_paths(tmp_path, sst2_dir, tiny_bert):
     assert r.exit_code == 1 and "no cache here" in r.output
     r = runner.invoke(app, ["verify", str(tmp_path)])
     assert r.exit_code == 1 and "no cache here" in r.output
+
+
+def test_eval_takes_table_columns(tmp_path, sst2_dir, tiny_bert):
+    """`hsktrain eval` reads a custom table's columns as `build` does: same rows, same score."""
+    from conftest import SENTENCES
+    from hsktrain.cli import app as train_app
+
+    table = tmp_path / "reviews.tsv"
+    rows = [f"{i}\t{s} \t{y}" for i, (s, y) in enumerate(SENTENCES)]
+    table.write_text("id\tcontent\tstars\n" + "\n".join(rows) + "\n")
+    r = runner.invoke(train_app, ["eval", str(tiny_bert), "--data", str(table), "--json"])
+    assert r.exit_code == 1 and "no column 'text'" in r.output
+    args = ["--text-column", "content", "--label-column", "stars", "--json"]
+    r = runner.invoke(train_app, ["eval", str(tiny_bert), "--data", str(table), *args])
+    assert r.exit_code == 0, r.output
+    custom = json.loads(r.output)
+    r = runner.invoke(train_app, ["eval", str(tiny_bert), "--data", str(sst2_dir), "--json"])
+    glue = json.loads(r.output)
+    assert custom["task"] == "custom" and custom["examples"] == len(SENTENCES)
+    assert custom["metrics"] == glue["metrics"]

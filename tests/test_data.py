@@ -94,3 +94,39 @@ def test_real_glue_dev(task, n_dev, pair):
     ex = load_split(str(require_glue(task)), None, "dev")
     assert len(ex) == n_dev and (ex.pairs is not None) == pair
     assert set(ex.labels.tolist()) == {0, 1}
+
+
+def test_csv_numbers_stay_text(tmp_path):
+    (tmp_path / "n.csv").write_text("text,label\n5,a\n17,b\n")
+    ex = load_split(str(tmp_path / "n.csv"), None, "train")
+    assert ex.texts == ["5", "17"] and ex.labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("s1,s2,label\na,b,1.5\nc,d,\n", "row 2: label is empty; fill or drop the row"),
+        ("s1,s2,label\na,b,1.5\nc,d,inf\n", "row 2: regression label inf is not a finite number"),
+        ("s1,s2,label\na,b,x\nc,d,\n", "row 2: label is empty; fill or drop the row"),
+    ],
+)
+def test_missing_and_non_finite_labels(tmp_path, content, message):
+    (tmp_path / "t.csv").write_text(content)
+    task = "stsb" if "1.5" in content else None
+    with pytest.raises(DataFormatError) as e:
+        load_split(str(tmp_path / "t.csv"), task, "train", Columns("s1", "s2", "label"))
+    assert str(e.value) == f"{tmp_path / 't.csv'}: {message}"
+
+
+def test_nan_label_in_a_glue_tsv_names_the_line(tmp_path):
+    d = tmp_path / "STS-B"
+    d.mkdir()
+    (d / "dev.tsv").write_text("sentence1\tsentence2\tscore\na\tb\t1.5\nc\td\tNaN\n")
+    with pytest.raises(DataFormatError) as e:
+        load_split(str(d), None, "dev")
+    assert str(e.value) == f"{d / 'dev.tsv'}:3: regression label 'NaN' is not a finite number"
+
+
+def test_limit_below_one():
+    with pytest.raises(ConfigError, match=r"^limit 0 must be >= 1"):
+        load_split("anything", None, "dev", limit=0)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from hskcache.errors import ConfigError
 from hsktrain.loader import ArraySource, ChunkShuffleLoader, chunk_order
 
 
@@ -73,3 +74,19 @@ def test_memory_is_one_buffer():
     next(it)
     frame = it.gi_frame.f_locals
     assert len(frame["rows"]["id"]) == 200 and sum(len(p["id"]) for p in frame["pending"]) <= 200
+
+
+def test_ddp_steps_are_the_fewest_any_rank_has():
+    """103 rows in 13 chunks over 2 ranks (7 and 6 chunks): at 5 rows a batch rank 0 has 11
+    or 12 batches by epoch, rank 1 has 10, and every rank must run the same count."""
+    from hsktrain.train import steps_per_epoch
+
+    loader = ChunkShuffleLoader(source(), 5, seed=3, rank=1, world=2)
+    for epoch in range(4):
+        per_rank = [
+            ChunkShuffleLoader(source(), 5, seed=3, rank=r, world=2).batches_per_epoch(epoch)
+            for r in range(2)
+        ]
+        assert steps_per_epoch(loader, epoch) == min(per_rank)
+    with pytest.raises(ConfigError, match="13 chunks cannot feed 14 processes every epoch"):
+        steps_per_epoch(ChunkShuffleLoader(source(), 5, rank=0, world=14), 0)

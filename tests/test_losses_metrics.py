@@ -50,11 +50,20 @@ def test_hsk_loss_fixed_dims_and_full_width():
     assert full.item() == 0.0
 
 
+def test_soft_ce_temperature_scales_both_sides():
+    s, t = torch.tensor([[2 * math.log(3.0), 0.0]]), torch.tensor([[0.0, 2 * math.log(3.0)]])
+    # T=1: target softmax([0, 2 ln3]) = [1/10, 9/10]; student log softmax = [ln .9, ln .1]
+    t1 = -(0.1 * math.log(0.9) + 0.9 * math.log(0.1))
+    # T=2: both halved, target softmax([0, ln3]) = [1/4, 3/4]; student [ln 3/4, ln 1/4]
+    t2 = -(0.25 * math.log(0.75) + 0.75 * math.log(0.25))
+    assert soft_cross_entropy(s, t).item() == pytest.approx(t1)  # 2.0831
+    assert soft_cross_entropy(s, t, 2.0).item() == pytest.approx(t2)  # 1.1117
+    assert soft_cross_entropy(s, t, 2.0).item() != pytest.approx(t1)
+
+
 def test_soft_ce_and_prediction_loss():
     s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, math.log(3.0)]])
     assert soft_cross_entropy(s, t).item() == pytest.approx(math.log(2))
-    # temperature 2: target softmax([0, ln3/2]) = [1/(1+sqrt3), sqrt3/(1+sqrt3)]
-    assert soft_cross_entropy(s, t, 2.0).item() == pytest.approx(math.log(2))
     s2 = torch.tensor([[math.log(3.0), 0.0]])
     want = -(0.25 * math.log(0.75) + 0.75 * math.log(0.25))
     assert soft_cross_entropy(s2, t).item() == pytest.approx(want)

@@ -1,5 +1,7 @@
 """Every selection strategy on hand-made tensors, with exact expected indices."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -16,7 +18,9 @@ from hskcache.selection import (
     select_tokens,
     select_width_magnitude,
     teacher_layer_for,
+    width_count,
 )
+from hskcache.targets import plan_selection
 
 
 @pytest.mark.parametrize(
@@ -132,8 +136,59 @@ def test_magnitude_width_top_k_descending():
     assert dense.tolist() == [[[0.0, -3.0, 2.0, 0.0, -2.0]]]
 
 
+# The official code's uniform mask: dims round(i / p) for i in 0 .. int(h * p) - 1.
+# fmt: off
+UNIFORM_MASKS = [
+    (768, 0.1, list(range(0, 751, 10))),  # int(76.8) = 76 dims: 0, 10, ..., 750 (not 77)
+    (384, 0.1, list(range(0, 371, 10))),  # int(38.4) = 38 dims: 0, 10, ..., 370
+    (32, 0.25, [0, 4, 8, 12, 16, 20, 24, 28]),
+    (32, 0.3, [0, 3, 7, 10, 13, 17, 20, 23, 27]),  # int(9.6) = 9; 1 / 0.3 = 3.33 -> 3, 6.67 -> 7
+    # halves go to even: 2.5 -> 2, 7.5 -> 8, 12.5 -> 12, 17.5 -> 18 (half-up would give 3, 13)
+    (20, 0.4, [0, 2, 5, 8, 10, 12, 15, 18]),
+    # 100 * 0.29 is 28.999999999999996 in floating point: int() keeps 28 dims, as the paper's
+    # code does
+    (100, 0.29, [0, 3, 7, 10, 14, 17, 21, 24, 28, 31, 34, 38, 41, 45, 48, 52, 55, 59, 62, 66,
+                 69, 72, 76, 79, 83, 86, 90, 93]),
+    (10, 0.05, [0]),  # int(0.5) = 0: at least one dim is kept
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("h", "p", "want"), UNIFORM_MASKS)
+def test_uniform_width_is_the_official_mask(h, p, want):
+    assert fixed_width_dims(h, p, "uniform", 0).tolist() == want
+    assert width_count(h, p, "uniform") == len(want)
+
+
+def test_width_count_per_strategy():
+    assert width_count(768, 0.1, "magnitude") == 77 and width_count(768, 0.1, "random") == 77
+    assert width_count(768, 0.1, "uniform") == 76
+    assert width_count(384, 1.0, "uniform") == 384
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "random", "magnitude"])
+def test_planned_width_matches_the_selected_dims(strategy):
+    """The manifest's width_kept, the arrays' width and the dims selected are one number."""
+    cfg = SimpleNamespace(
+        hsk="1l_4t_0.3h",
+        length="left",
+        width_strategy=strategy,
+        seed=0,
+        student_layers=4,
+        l_top=None,
+        teacher_layers=[],
+        score_layer="producing",
+    )
+    plan = plan_selection(cfg, SimpleNamespace(num_hidden_layers=2, hidden_size=32), 16)
+    assert plan.width == (9 if strategy == "uniform" else 10)
+    if strategy != "magnitude":
+        assert len(plan.width_dims) == plan.width
+    x = torch.randn(1, 1, 32)
+    if strategy == "magnitude":
+        assert select_width_magnitude(x, plan.width)[0].shape[-1] == plan.width
+
+
 def test_fixed_width_dims():
-    assert fixed_width_dims(10, 0.3, "uniform", 0).tolist() == [0, 3, 6]
     a = fixed_width_dims(384, 0.1, "random", 0)
     assert len(a) == 38 and len(set(a.tolist())) == 38
     assert torch.equal(a, fixed_width_dims(384, 0.1, "random", 0))

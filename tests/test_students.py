@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from hskcache.errors import ConfigError
-from hsktrain.students import build_student, layer_subset, make_projection
+from hsktrain.students import build_student, layer_subset, load_state, make_projection
 
 
 def test_layer_subset():
@@ -17,7 +17,8 @@ def test_layer_subset():
 
 
 def test_same_shape_selection_is_the_teacher(tiny_bert):
-    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert, trust_remote_code=False)
+    teacher.eval()
     shape = {
         "num_hidden_layers": 2,
         "hidden_size": 32,
@@ -32,7 +33,7 @@ def test_same_shape_selection_is_the_teacher(tiny_bert):
 
 
 def test_narrow_selection_slices_per_head(tiny_bert):
-    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert, trust_remote_code=False)
     student, info = build_student("select", str(tiny_bert), "tiny", 2, 0)  # 2 heads x 8
     t_sd, s_sd = teacher.state_dict(), student.state_dict()
     # teacher: 4 heads x 8 dims; student keeps heads 0-1 (8 dims each) and hidden dims 0-15
@@ -45,6 +46,42 @@ def test_narrow_selection_slices_per_head(tiny_bert):
     assert torch.equal(s_sd["bert.encoder.layer.0.intermediate.dense.weight"], ffn[:32, :16])
     emb = t_sd["bert.embeddings.word_embeddings.weight"]
     assert torch.equal(s_sd["bert.embeddings.word_embeddings.weight"], emb[:, :16])
+
+
+def test_select_keeps_the_first_dims_of_every_head(tmp_path):
+    """MiniLM (12 heads x 32) -> TinyBERT4 (12 heads x 26): Q/K/V keep dims 0-25 of each head,
+    not the first 312 dims (which would be heads 0-8 whole and part of head 9)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    teacher_dir = tmp_path / "t"
+    cfg = BertConfig(
+        vocab_size=40,
+        hidden_size=384,
+        num_hidden_layers=1,
+        num_attention_heads=12,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(teacher_dir)
+    shape = {
+        "num_hidden_layers": 1,
+        "hidden_size": 312,
+        "num_attention_heads": 12,
+        "intermediate_size": 16,
+    }
+    student, _ = build_student("select", str(teacher_dir), shape, 2, 0)
+    t_sd, s_sd = load_state(teacher_dir), student.state_dict()
+    kept = [h * 32 + d for h in range(12) for d in range(26)]  # head h's dims 0-25
+    assert kept[25:28] == [25, 32, 33] and kept[-1] == 11 * 32 + 25
+    attn = "bert.encoder.layer.0.attention"
+    for name in ("query", "key", "value"):
+        w_t, w_s = t_sd[f"{attn}.self.{name}.weight"], s_sd[f"{attn}.self.{name}.weight"]
+        assert torch.equal(w_s, w_t[kept][:, :312])  # rows per head, input dims a prefix
+        assert not torch.equal(w_s, w_t[:312, :312])
+        assert torch.equal(s_sd[f"{attn}.self.{name}.bias"], t_sd[f"{attn}.self.{name}.bias"][kept])
+    o_t = t_sd[f"{attn}.output.dense.weight"]  # (out hidden, in heads x dims)
+    assert torch.equal(s_sd[f"{attn}.output.dense.weight"], o_t[:312][:, kept])
 
 
 def test_projection_select_init():

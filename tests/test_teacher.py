@@ -23,7 +23,9 @@ def test_probe_scores_match_eager_attention(family, request):
     logits, hidden, _ = teacher_forward(
         teacher, enc["input_ids"], mask, enc.get("token_type_ids"), probe
     )
-    eager = AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager")
+    eager = AutoModelForSequenceClassification.from_pretrained(
+        path, attn_implementation="eager", trust_remote_code=False
+    )
     eager.eval()
     with torch.no_grad():
         ref = eager(**enc, output_attentions=True, output_hidden_states=True)
@@ -61,3 +63,30 @@ def test_teacher_errors(tmp_path, tiny_bert):
         load_teacher(str(tiny_bert), 3)
     with pytest.raises(ConfigError, match="max length 500"):
         check_max_length(load_teacher(str(tiny_bert), 2), 500)
+
+
+def test_custom_code_refused_in_any_config(tmp_path, tiny_bert):
+    import shutil
+
+    from hskcache.teacher import check_device, check_model_folder
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_bert, folder)
+    check_model_folder(folder)  # a plain folder passes
+    tok_cfg = folder / "tokenizer_config.json"
+    tok_cfg.write_text(json.dumps({**json.loads(tok_cfg.read_text()), "auto_map": {}}))
+    with pytest.raises(TeacherError, match=r"tokenizer_config.json: has an auto_map"):
+        check_model_folder(folder)
+    (folder / "tokenizer_config.json").write_text("{")
+    with pytest.raises(TeacherError, match=r"tokenizer_config.json: not readable JSON"):
+        check_model_folder(folder)
+    cfg = folder / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "model_type": "my-bert"}))
+    with pytest.raises(TeacherError) as e:
+        check_model_folder(folder)
+    assert str(e.value) == (
+        f"{cfg}: model type 'my-bert' is unknown to transformers (custom code?); refused: use a "
+        "BERT-style family (bert, camembert, electra, mpnet, roberta, xlm-roberta)"
+    )
+    with pytest.raises(ConfigError, match=r"^unknown device 'gpu'; use cpu, cuda or cuda:N$"):
+        check_device("gpu")

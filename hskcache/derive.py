@@ -1,0 +1,384 @@
+"""`hskcache derive`: cut a smaller cache out of a larger one, with no teacher.
+
+A cache stores tokens best first and magnitude dims largest first, and keys each distilled layer
+by its teacher hidden state, so fewer layers (a subset), fewer tokens (a prefix), a narrower
+magnitude width (a prefix) or a narrower fixed mask (a subset of columns) are exact cuts of what
+is stored. The derived cache is the one a direct build of the same config writes: the same
+identity, arrays and bytes, given the same row batches in the build (the parent's batch size,
+device, dtype and shard boundaries; they are recorded in the manifest's `build`). Whatever cannot
+be cut exactly is refused with the reason, before anything is written.
+
+Writes go through the builder's writer (whole shards, resumable, `complete` last); the source is
+read through `open_cache`, so any URL the reader opens can be a source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from hskcache import __version__
+from hskcache.build import cache_stats, encode_values
+from hskcache.errors import CacheError, ConfigError
+from hskcache.layout import COMPRESSORS, VALUE_DTYPES, default_chunk_rows, layer_key
+from hskcache.lock import BuildLock, local_path
+from hskcache.manifest import compute_identity
+from hskcache.objects import read_object
+from hskcache.progress import progress_bar
+from hskcache.reader import Cache, decode_values, open_cache, specs_for
+from hskcache.selection import SCORE_LAYERS
+from hskcache.targets import Plan, plan_selection
+from hskcache.writer import ShardWriter, finish, open_for_build, shard_done, stored_keys
+
+ASSET_PREFIX = "assets/"  # objects a cache carries besides its arrays (tokenizer, student init)
+# Value dtype changes that reproduce a direct build bit for bit: an int8 build quantises the
+# float16-rounded values, so a float16 cache holds everything an int8 one is made from.
+DTYPE_CUTS = {("float16", "int8")}
+
+
+@dataclass
+class DeriveConfig:
+    """Everything `hskcache derive` needs; a selection field left None takes the source's."""
+
+    src: str
+    out: str
+    hsk: str
+    length: str | None = None
+    width_strategy: str | None = None
+    score_layer: str | None = None
+    l_top: int | None = None
+    teacher_layers: list[int] = field(default_factory=list)
+    value_dtype: str | None = None
+    compressor: str | None = None
+    chunk_rows: int | None = None
+    chunks_per_shard: int = 8  # as `hskcache build`
+    overwrite: bool = False
+    break_lock: bool = False  # take the lock of a writer that is dead
+
+    def validate(self) -> None:
+        """Raise one ConfigError naming every bad setting."""
+        checks = [
+            (
+                self.score_layer in (None, *SCORE_LAYERS),
+                f"score_layer must be one of {SCORE_LAYERS}",
+            ),
+            (
+                self.value_dtype in (None, *VALUE_DTYPES),
+                f"value_dtype must be one of {list(VALUE_DTYPES)}",
+            ),
+            (self.compressor in (None, *COMPRESSORS), f"compressor must be one of {COMPRESSORS}"),
+            (self.chunk_rows is None or self.chunk_rows >= 1, "chunk_rows must be >= 1"),
+            (self.chunks_per_shard >= 1, "chunks_per_shard must be >= 1"),
+        ]
+        problems = [msg for ok, msg in checks if not ok]
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Cut:
+    """How each stored array of the source becomes the derived one."""
+
+    tokens: int  # K: a prefix of the source's positions
+    width: slice | np.ndarray  # columns of the source's values: a prefix or a fixed-mask subset
+    per_token_dims: bool  # magnitude: dims cut like the values
+    layers: list[int]  # teacher hidden states kept
+    requantise: bool  # float16 -> int8
+
+
+def selection_of(src: dict, cfg: DeriveConfig) -> SimpleNamespace:
+    """The selection settings of the derived cache: the flags given, the source's otherwise."""
+    sel = src["selection"]
+    explicit_depth = cfg.l_top is not None or bool(cfg.teacher_layers)
+    return SimpleNamespace(
+        hsk=cfg.hsk,
+        length=cfg.length or sel["length"],
+        width_strategy=cfg.width_strategy or sel["width_strategy"],
+        seed=sel["seed"],  # it also seeded a missing head: the logits are the source's
+        # the source's: its student inits (assets) are for that depth
+        student_layers=sel["student_layers"],
+        l_top=cfg.l_top if explicit_depth else sel["l_top"],
+        teacher_layers=list(cfg.teacher_layers)
+        if explicit_depth
+        else list(sel["teacher_layers"] or []),
+        score_layer=cfg.score_layer or sel["score_layer"],
+    )
+
+
+def plan_cut(src: dict, cfg: DeriveConfig) -> tuple[Plan, SimpleNamespace, Cut]:
+    """Resolve the derived selection and check it can be cut exactly from `src`.
+
+    Raises:
+        ConfigError: one line naming the first thing the source cannot provide exactly.
+    """
+    sel = selection_of(src, cfg)
+    t = src["teacher"]
+    shape = SimpleNamespace(num_hidden_layers=t["num_hidden_layers"], hidden_size=t["hidden_size"])
+    plan = plan_selection(sel, shape, src["max_length"])
+    have = src["selection"]
+
+    def why(reason: str, fix: str) -> ConfigError:
+        return ConfigError(f"cannot derive '{plan.hsk.name}': {reason}; {fix}")
+
+    rebuild = "build it with the teacher instead"
+
+    if plan.hsk.length != have["length"]:
+        raise why(
+            f"the source's tokens were picked by '{have['length']}', not '{plan.hsk.length}'",
+            f"keep --length {have['length']} or {rebuild}",
+        )
+    if plan.tokens > have["tokens_kept"]:
+        raise why(
+            f"{plan.tokens} tokens asked but the source stores {have['tokens_kept']} per example",
+            f"ask for at most {have['tokens_kept']} or {rebuild}",
+        )
+    stored = {la["teacher"]: la for la in src["layers"]}
+    for la in plan.layers:
+        got = stored.get(la["teacher"])
+        if got is None:
+            raise why(
+                f"teacher hidden state {la['teacher']} (student layer {la['student']}) is not "
+                f"in the source, which stores {sorted(stored)}",
+                f"pick layers among those (--l-top/--teacher-layers) or {rebuild}",
+            )
+        if got["score_attention"] != la["score_attention"]:
+            raise why(
+                f"hidden state {la['teacher']}'s tokens were scored by attention layer "
+                f"{got['score_attention']}, not {la['score_attention']}",
+                f"keep --score-layer {have['score_layer']} or {rebuild}",
+            )
+    width = _width_cut(src, plan, why, rebuild)
+    dtypes = (src["storage"]["value_dtype"], cfg.value_dtype or src["storage"]["value_dtype"])
+    if dtypes[0] != dtypes[1] and dtypes not in DTYPE_CUTS:
+        raise why(
+            f"{dtypes[0]} values cannot be converted to {dtypes[1]} exactly (only float16 -> "
+            "int8 can)",
+            f"keep --value-dtype {dtypes[0]} or {rebuild}",
+        )
+    same_dims = isinstance(width, slice) and width.stop == have["width_kept"]
+    # A magnitude prefix keeps each token's largest |value|, hence its int8 scale.
+    if dtypes == ("int8", "int8") and not (same_dims or plan.per_token_dims):
+        raise why(
+            "int8 scales are per token over the kept dims, so a narrower fixed mask changes them",
+            f"derive from a float16 cache or {rebuild}",
+        )
+    cut = Cut(
+        plan.tokens,
+        width,
+        plan.per_token_dims,
+        [la["teacher"] for la in plan.layers],
+        dtypes[0] != dtypes[1],
+    )
+    return plan, sel, cut
+
+
+def _width_cut(src: dict, plan: Plan, why, rebuild: str) -> slice | np.ndarray:
+    """Columns of the source's values that make the derived width."""
+    h = src["teacher"]["hidden_size"]
+    have_w = src["selection"]["width_kept"]
+    src_dims = src["width_dims"]
+    if src_dims is None and have_w == h:
+        src_dims = list(range(h))  # full width: every dim, in order
+    # Magnitude dims come from one stable sort of |value| (ties to the lower dim) cut at k, so
+    # the dims of any smaller k are a prefix of them.
+    if plan.per_token_dims:
+        if src_dims is not None:
+            what = (
+                "every dim"
+                if have_w == h
+                else f"a fixed '{src['selection']['width_strategy']}' mask"
+            )
+            raise why(
+                f"magnitude width needs dims stored largest |value| first, the source keeps "
+                f"{what} (values that tie after float16 rounding lose their order)",
+                f"derive from a wider magnitude cache or {rebuild}",
+            )
+        if plan.width > have_w:
+            raise why(
+                f"{plan.width} dims asked but the source keeps {have_w} per token",
+                f"ask for at most {have_w / h:g} of the width or {rebuild}",
+            )
+        return slice(0, plan.width)
+    want = list(range(h)) if plan.width_dims is None else plan.width_dims.tolist()
+    if src_dims is None:
+        raise why(
+            f"a {'full' if plan.width == h else 'fixed'} width needs those dims for every token; "
+            f"the source keeps {have_w} magnitude dims per token",
+            rebuild,
+        )
+    where = {d: i for i, d in enumerate(src_dims)}
+    missing = [d for d in want if d not in where]
+    if missing:
+        raise why(
+            f"the '{plan.hsk.width_strategy}' mask needs dims the source does not keep "
+            f"({len(missing)} of {len(want)}, first {missing[:3]})",
+            f"derive a mask that is a subset of the source's or {rebuild}",
+        )
+    index = np.array([where[d] for d in want], dtype=np.int64)
+    if np.array_equal(index, np.arange(len(index))):
+        return slice(0, len(index))
+    return index
+
+
+def derived_manifest(
+    src: Cache, cfg: DeriveConfig, plan: Plan, sel: SimpleNamespace, chunk_rows: int
+) -> dict:
+    """The source's manifest with the derived selection and storage, and its parent named.
+
+    Teacher, tokenizer, data, max length, build settings and any other section (assets) are
+    the source's: the values were computed by that teacher with those settings.
+    """
+    m = src.manifest
+    n = m["counts"]["num_examples"]
+    shard_rows = chunk_rows * cfg.chunks_per_shard
+    out = {
+        **m,
+        "tool_version": __version__,
+        "status": "building",
+        "selection": {
+            **plan.hsk.to_dict(),
+            "l_top": plan.l_top,
+            "student_layers": sel.student_layers,
+            "score_layer": sel.score_layer,
+            "teacher_layers": list(sel.teacher_layers) or None,
+            "tokens_kept": plan.tokens,
+            "width_kept": plan.width,
+        },
+        "layers": plan.layers,
+        "width_dims": None if plan.width_dims is None else plan.width_dims.tolist(),
+        "storage": {
+            "value_dtype": cfg.value_dtype or m["storage"]["value_dtype"],
+            "compressor": cfg.compressor or m["storage"]["compressor"],
+            "chunk_rows": chunk_rows,
+            "shard_rows": shard_rows,
+        },
+        "counts": {
+            "num_examples": n,
+            "num_chunks": -(-n // chunk_rows),
+            "num_shards": -(-n // shard_rows),
+        },
+        "stats": None,
+        "objects": None,
+        "derived_from": {
+            "identity": m["identity"],
+            "source": src.url,
+            "selection": m["selection"]["name"],
+        },
+    }
+    out["identity"] = compute_identity(out)
+    return out
+
+
+def cut_rows(src: Cache, cut: Cut, lo: int, hi: int) -> dict[str, np.ndarray]:
+    """Rows [lo, hi) of every derived array, from the source's rows."""
+    copied = ["input_ids", "token_type_ids", "lengths", "labels", "logits", "n_valid"]
+    wanted = copied + [name for t in cut.layers for name in src.layer_fields(t).values()]
+    a = src.read(lo, hi, wanted)
+    out = {k: a[k] for k in copied}
+    out["n_valid"] = np.minimum(a["n_valid"], cut.tokens).astype(np.int16)
+    K = cut.tokens
+    for t in cut.layers:
+        f = src.layer_fields(t)
+        key = layer_key(t)
+        out[f"{key}/positions"] = a[f["positions"]][:, :K]
+        values = a[f["values"]][:, :K][..., cut.width]  # (n, K, W)
+        if cut.per_token_dims:
+            out[f"{key}/dims"] = a[f["dims"]][:, :K][..., cut.width]
+        if cut.requantise:  # decode exactly (float16 -> float32), quantise as a build does
+            dense = torch.from_numpy(decode_values(src.manifest, values, None))
+            out |= {f"{key}/{k}": v for k, v in encode_values(dense, "int8").items()}
+            continue
+        out[f"{key}/values"] = values
+        if "scales" in f:
+            out[f"{key}/scales"] = a[f["scales"]][:, :K]
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def copy_assets(src: Cache, group) -> list[str]:
+    """Copy every `assets/` object of the source byte for byte (tokenizer, student init, ...),
+    whatever the manifest's `assets` section names; return their keys."""
+    proto = default_buffer_prototype()
+    keys = sorted(k for k in src.manifest["objects"] or {} if k.startswith(ASSET_PREFIX))
+    for key in keys:
+        data = read_object(src.group.store, key)
+        if data is None:
+            raise CacheError(f"{src.url}: object '{key}' is missing; run `hskcache verify`")
+        sync(group.store.set(key, proto.buffer.from_bytes(data)))
+    return keys
+
+
+def check_locations(src: str, out: str) -> None:
+    """Refuse an --out that is, holds or sits inside the source: --overwrite would delete it.
+
+    Raises:
+        ConfigError: naming both locations.
+    """
+
+    def parts(url: str) -> tuple[str, ...]:
+        local = local_path(url)
+        where = str(local.resolve()) if local is not None else url
+        return tuple(p for p in where.split("/") if p)
+
+    a, b = parts(src), parts(out)
+    if a[: len(b)] == b or b[: len(a)] == a:
+        raise ConfigError(
+            f"derive would write {out} over or inside its source {src}; choose another --out"
+        )
+
+
+def derive_cache(cfg: DeriveConfig, show_progress: bool = True) -> Path | str:
+    """Write (or resume, or confirm) the cache `cfg` derives from its source; return where it
+    is (a Path on local disk, else the URL).
+
+    Raises:
+        HskError: a source that is missing or incomplete, a cut that is not exact (one line
+            naming why), an --out holding another cache, or a lock held by another writer.
+    """
+    cfg.validate()
+    check_locations(cfg.src, cfg.out)
+    src = open_cache(cfg.src)
+    plan, sel, cut = plan_cut(src.manifest, cfg)
+    specs = specs_for(derived_manifest(src, cfg, plan, sel, 1))
+    chunk_rows = cfg.chunk_rows or default_chunk_rows(specs, src.num_examples)  # as build does
+    manifest = derived_manifest(src, cfg, plan, sel, chunk_rows)
+    lock = BuildLock.acquire(cfg.out, cfg.break_lock)
+    try:
+        return _write(src, cut, manifest, specs, cfg, lock, show_progress)
+    finally:
+        lock.release()
+
+
+def _write(src, cut, manifest, specs, cfg, lock, show_progress) -> Path | str:
+    root = local_path(cfg.out) or cfg.out
+    group = open_for_build(str(root), manifest, specs, *_rows(manifest), cfg.overwrite)
+    if group is None:
+        return root  # already complete
+    n, shard_rows = manifest["counts"]["num_examples"], manifest["storage"]["shard_rows"]
+    rows = lambda s: (s * shard_rows, min(n, (s + 1) * shard_rows))  # noqa: E731
+    present = stored_keys(group)
+    todo = [s for s in range(manifest["counts"]["num_shards"]) if not shard_done(present, specs, s)]
+    done = n - sum(rows(s)[1] - rows(s)[0] for s in todo)
+    name = str(root).rstrip("/").rsplit("/", 1)[-1]
+    writer = ShardWriter(group, str(root), lock)
+    try:
+        with progress_bar(f"derive {name}", n, done, show_progress) as advance:
+            for s in todo:
+                lo, hi = rows(s)
+                writer.put(lo, cut_rows(src, cut, lo, hi))
+                advance(hi - lo)
+    finally:
+        writer.close()
+    assets = copy_assets(src, group)  # the same bytes again on a resume
+    stats = lambda objects: cache_stats(group, manifest, objects)  # noqa: E731
+    finish(group, manifest, specs, stats=stats, lock=lock, extra_keys=assets)
+    return root
+
+
+def _rows(manifest: dict) -> tuple[int, int]:
+    return manifest["storage"]["chunk_rows"], manifest["storage"]["shard_rows"]

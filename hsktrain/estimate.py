@@ -1,0 +1,154 @@
+"""`hsktrain sweep --dry-run`: the grid, which runs are done, and an estimate of the rest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hsktrain.grid import Grid, RunSpec, TaskRef, epochs, task_limit
+from hsktrain.results import builds_table, results_table
+from hsktrain.sweep import Context, arm_sel, base_teacher, family_source, plan_sweep
+
+
+def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
+    """Print the grid, which runs are done, and the time the rest should take; train nothing.
+
+    The estimate, per task: seconds per epoch are the median `train_seconds / epochs` of the
+    task's rows already in the table; without any, a few CE steps of the student are timed on
+    this machine (per step, after the first two) and an epoch is `steps * step + dev rows
+    scored at a third of a step's cost per row`. Cache builds and fine-tunes: rows per second
+    of earlier builds in builds.csv, else a teacher pass over 96 rows (batch 16) timed here; a
+    fine-tune epoch costs three teacher passes (forward and backward). Derives count as free.
+
+    Returns:
+        {"runs", "done", "pending", "seconds", "how"}.
+    """
+    sweep = plan_sweep(grid, train=False, show_progress=False, say=say)
+    ctx, rows = sweep.ctx, results_table(grid.study).rows()
+    done = {(r.task.name, r.config, r.seed) for r in sweep.done}
+    say(f"{len(sweep.runs)} runs: {len(sweep.done)} done, {len(sweep.pending)} to run")
+    by_arm: dict[tuple, list] = {}
+    for r in sweep.runs:
+        by_arm.setdefault((r.task.name, r.config, r.arm.axis), []).append(r.seed)
+    for (task, config, axis), seeds in by_arm.items():
+        marks = " ".join(f"{s}{'*' if (task, config, s) in done else ''}" for s in seeds)
+        say(f"  {task:6} {config:48} {axis:24} seeds {marks}")
+    say("  (* = already in results.csv)")
+    total, how = 0.0, []
+    for task in sweep.tasks:
+        pending = [r for r in sweep.pending if r.task == task]
+        if not pending:
+            continue
+        n_train, n_dev = _row_counts(grid, task)
+        teacher = ctx.teachers[task.name]
+        epoch_s, epoch_why = _epoch_seconds(grid, task, rows, n_train, n_dev, measure)
+        if epoch_s is not None:
+            total += sum(sum(epochs(grid, r)) for r in pending) * epoch_s
+            how.append(f"{task.name}: {epoch_s:.1f} s/epoch ({epoch_why})")
+        builds = _builds_needed(ctx, task, pending)
+        if builds or teacher.path is None:
+            rate, why = _teacher_rate(grid, task, measure)
+            if rate is None:
+                how.append(f"{task.name}: {builds} build(s) not estimated ({why})")
+            else:
+                ft = 3 * grid.finetune_epochs if teacher.path is None else 0
+                total += (builds + ft) * n_train / rate
+                how.append(f"{task.name}: {builds} build(s), {ft // 3} fine-tune epoch(s) at "
+                           f"{rate:.1f} teacher rows/s ({why})")  # fmt: skip
+        if epoch_s is None:
+            how.append(f"{task.name}: training not estimated ({epoch_why})")
+    say(f"estimated time: {total / 3600:.1f} h ({total:.0f} s)")
+    for line in how:
+        say(f"  {line}")
+    return {"runs": len(sweep.runs), "done": len(sweep.done), "pending": len(sweep.pending),
+            "seconds": total, "how": how}  # fmt: skip
+
+
+def _row_counts(grid: Grid, task: TaskRef) -> tuple[int, int]:
+    from hskcache.data import load_split
+
+    n_train = len(load_split(task.folder, None, "train", limit=task_limit(grid, task)))
+    return n_train, len(load_split(task.folder, None, "dev", limit=grid.dev_limit))
+
+
+def _epoch_seconds(grid, task, rows, n_train, n_dev, measure) -> tuple[float | None, str]:
+    import statistics
+
+    mine = [r for r in rows if r["task"] == task.name and r["student"] == grid.student]
+    per = [float(r["train_seconds"]) / (int(r["hsk_epochs"]) + int(r["pred_epochs"]))
+           for r in mine if r["train_seconds"]]  # fmt: skip
+    if per:
+        return statistics.median(per), f"median of {len(per)} finished runs in results.csv"
+    if not measure:
+        return None, "no finished run of this task, and measuring was turned off"
+    step = measure_step(grid, task)
+    batch = grid.fit.get("batch_size", 32)
+    steps = -(-n_train // batch) + -(-n_dev // batch) / 3
+    return step * steps, f"{step * 1000:.0f} ms/step measured here, batch {batch}"
+
+
+def measure_step(grid: Grid, task: TaskRef, steps: int = 6) -> float:
+    """Seconds per CE step of the student on the task's first rows, timed on this machine
+    (steps after the first two, which warm up)."""
+    import tempfile
+
+    from hsktrain.config import FitConfig
+    from hsktrain.train import fit
+
+    options = {k: v for k, v in grid.fit.items() if k not in ("hsk_lr", "pred_lr", "verify")}
+    with tempfile.TemporaryDirectory(prefix="hsksweep-") as tmp:
+        cfg = FitConfig(
+            out=tmp, data=task.folder, mode="ce", student=grid.student,
+            init_from=base_teacher(grid), limit=options.get("batch_size", 32) * steps,
+            max_steps=steps, pred_epochs=1, **options,
+        )  # fmt: skip
+        fit(cfg, show_progress=False)
+        ts = [json.loads(x)["t"] for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in x]  # fmt: skip
+    return (ts[-1] - ts[1]) / max(1, len(ts) - 2)
+
+
+def _builds_needed(ctx: Context, task: TaskRef, pending: list[RunSpec]) -> int:
+    """Teacher passes the pending runs of a task still need (derived caches are free)."""
+    if ctx.teachers[task.name].key is None:
+        sels = [arm_sel(r.arm) for r in ctx.runs if r.task == task and r.arm.kind == "hsk"]
+        return len({s.family for s in sels}) or 1
+    need = set()
+    for r in pending:
+        sels = [arm_sel(x.arm) for x in ctx.runs if x.task == task and x.arm.kind == "hsk"]
+        sel = arm_sel(r.arm) if r.arm.kind == "hsk" else (sels[0] if sels else None)
+        if sel is None:
+            need.add("base")
+            continue
+        source = family_source([s for s in sels if s.family == sel.family] or [sel])
+        if not ctx._complete(ctx.cache_dir(task, source)):
+            need.add(source)
+    return len(need)
+
+
+def _teacher_rate(grid: Grid, task: TaskRef, measure: bool) -> tuple[float | None, str]:
+    rows = [r for r in builds_table(grid.study).rows()
+            if r["task"] == task.name and r["how"].startswith("build") and r["rows"]]  # fmt: skip
+    if rows:
+        rate = sum(int(r["rows"]) for r in rows) / sum(float(r["seconds"]) for r in rows)
+        return rate, f"{len(rows)} earlier build(s) in builds.csv"
+    if not measure:
+        return None, "no earlier build, and measuring was turned off"
+    import tempfile
+
+    from hskcache.build import build_cache
+    from hskcache.config import BuildConfig
+    from hskcache.students import student_shape
+
+    timings: dict = {}
+    with tempfile.TemporaryDirectory(prefix="hsksweep-") as tmp:
+        cfg = BuildConfig(
+            data=task.folder, out=tmp + "/cache", hsk="1l_1t_0.1h", teacher=base_teacher(grid),
+            student_layers=student_shape(grid.student)["num_hidden_layers"],
+            student=[grid.student], max_length=task.max_length, limit=96, batch_size=16,
+            device=grid.fit.get("device", "cpu"),
+        )  # fmt: skip
+        build_cache(cfg, False, timings)
+    if not timings.get("rows") or not timings.get("seconds"):
+        return None, "too few rows to time the teacher"
+    return timings["rows"] / timings["seconds"], "a 96-row teacher pass timed here"

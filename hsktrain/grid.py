@@ -1,0 +1,385 @@
+"""The study grid of `hsktrain sweep`: settings from flags or a TOML file, and their expansion.
+
+Every problem of a grid is reported at once (unknown keys, wrong types, bad values). The
+expansion is a pure function of (grid, tasks, teacher depth) into runs; an arm several axes ask
+for (the depth axis's all-layers point is `full`, as are K = all and p = 1) runs once.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from hskcache.errors import ConfigError
+from hskcache.selection import (
+    LENGTH_STRATEGIES,
+    WIDTH_STRATEGIES,
+    default_l_top,
+    depth_pairs,
+    parse_hsk,
+)
+from hskcache.tasks import get_task
+from hsktrain.config import PAPER_HSK_EPOCHS
+
+BASELINES = ("ce", "pred")
+TABLES = ("depth", "length", "width")  # TOML tables whose keys become `<table>_<key>` fields
+# FitConfig fields the sweep sets itself: not settable through [fit].
+SWEEP_SETS = (
+    "out cache online_teacher data task split limit dev_data dev_split dev_limit student mode "
+    "hsk_epochs pred_epochs seed resume max_steps hsk length width_strategy score_layer l_top "
+    "teacher_layers batch_threshold chunk_rows"
+).split()
+
+
+@dataclass
+class Grid:
+    """A study: what to train and compare. Lists left empty add no arms."""
+
+    study: str  # folder: results.csv, builds.csv, report; caches and runs under work/
+    tasks: list[str]
+    glue: str = "../shared/data/glue"  # where bare task names (MRPC, SST-2) are looked up
+    teacher: str | None = None  # a fine-tuned folder; with finetune, the model to fine-tune
+    finetune: bool = False  # fine-tune `teacher` once per task (kept under work/teachers)
+    finetune_epochs: int = 3
+    finetune_lr: float = 5e-5
+    student: str = "tinybert4"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    hsk_epochs: int | None = None  # None: the paper's per task
+    pred_epochs: int = 5
+    ce_lr: float | None = None  # the CE-only arm's lr (default: fit's pred_lr)
+    limit: int | None = None  # training rows per task...
+    limits: dict[str, int] = field(default_factory=dict)  # ...or per task, by its name
+    dev_limit: int | None = None
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    configs: list[str] = field(default_factory=lambda: ["full", "1l_10t_0.1h"])
+    joint: list[str] = field(default_factory=list)
+    depth_layers: list[int] = field(default_factory=list)
+    depth_l_top: list[int] = field(default_factory=list)  # empty: the default l_top
+    length_tokens: list[int | str] = field(default_factory=list)  # "all": every token
+    length_strategies: list[str] = field(default_factory=lambda: list(LENGTH_STRATEGIES))
+    width_fractions: list[float] = field(default_factory=list)
+    width_strategies: list[str] = field(default_factory=lambda: list(WIDTH_STRATEGIES))
+    chunk_rows: int = 128  # the same for every cache: every arm sees the same batches
+    keep_checkpoints: bool = False  # default: a finished run keeps metrics and config only
+    workdir: str | None = None  # default: STUDY/work
+    fit: dict = field(default_factory=dict)  # any other FitConfig option, for every run
+
+    @property
+    def work(self) -> Path:
+        return Path(self.workdir) if self.workdir else Path(self.study) / "work"
+
+
+def load_grid(path: str | None, flags: dict) -> Grid:
+    """A Grid from a TOML file overlaid with the flags given; every problem in one error.
+
+    Raises:
+        ConfigError: unreadable file, unknown keys, wrong types, bad values, all named.
+    """
+    values: dict = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the study config ({e})") from e
+        for k, v in raw.items():
+            if k in TABLES and isinstance(v, dict):
+                values |= {f"{k}_{kk}": vv for kk, vv in v.items()}
+            else:
+                values[k] = v
+    values |= {k: v for k, v in flags.items() if v is not None}
+    hints = typing.get_type_hints(Grid)
+    p = [f"unknown key '{_dotted(k)}'" for k in values if k not in hints]
+    p += [
+        f"{_dotted(k)} = {v!r} is not {_type_name(hints[k])}"
+        for k, v in values.items()
+        if k in hints and not _matches(v, hints[k])
+    ]
+    p += [f"missing '{k}' (--{k.replace('_', '-')})" for k in ("study", "tasks") if k not in values]
+    if not p:
+        grid = Grid(**values)
+        p = grid_problems(grid)
+    if p:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{'; '.join(p)}")
+    return grid
+
+
+def _dotted(key: str) -> str:
+    table, _, rest = key.partition("_")
+    return f"{table}.{rest}" if table in TABLES and rest else key
+
+
+def _matches(v, hint) -> bool:
+    from hskcache.config import _matches as matches  # one type rule for every config file
+
+    if typing.get_origin(hint) is dict:
+        return isinstance(v, dict) and all(matches(x, typing.get_args(hint)[1]) for x in v.values())
+    return matches(v, hint)
+
+
+def _type_name(hint) -> str:
+    return str(hint).replace("typing.", "")
+
+
+def grid_problems(g: Grid) -> list[str]:
+    """Every bad value of a well-typed grid, named (an empty list: the grid is fine)."""
+    p = []
+    positive = ("finetune_epochs", "pred_epochs", "hsk_epochs", "limit", "dev_limit", "chunk_rows")
+    p += [f"{k} must be >= 1" for k in positive if getattr(g, k) is not None and getattr(g, k) < 1]
+    p += [f"limits.{k} must be >= 1" for k, v in g.limits.items() if v < 1]
+    p += [f"{k} must be > 0" for k in ("finetune_lr", "ce_lr") if (getattr(g, k) or 1) <= 0]
+    p += [f"baseline '{b}' is not one of {BASELINES}" for b in g.baselines if b not in BASELINES]
+    p += [f"no {k}: list at least one" for k in ("seeds", "tasks") if not getattr(g, k)]
+    for name in g.configs + g.joint:
+        try:
+            parse_hsk(name)
+        except ConfigError as e:
+            p.append(str(e))
+    p += [f"depth.layers {n} must be >= 1" for n in g.depth_layers if n < 1]
+    p += [f"depth.l_top {n} must be >= 1" for n in g.depth_l_top if n < 1]
+    p += [
+        f"length.tokens {k!r} must be a count >= 1 or 'all'"
+        for k in g.length_tokens
+        if not (k == "all" or (isinstance(k, int) and k >= 1))
+    ]
+    p += [f"width.fractions {w} must be in (0, 1]" for w in g.width_fractions if not 0 < w <= 1]
+    p += [
+        f"length.strategies '{s}' is not one of {LENGTH_STRATEGIES}"
+        for s in g.length_strategies
+        if s not in LENGTH_STRATEGIES
+    ]
+    p += [
+        f"width.strategies '{s}' is not one of {WIDTH_STRATEGIES}"
+        for s in g.width_strategies
+        if s not in WIDTH_STRATEGIES
+    ]
+    from hsktrain.config import FitConfig
+
+    names = {f.name for f in fields(FitConfig)}
+    bad = [f"fit.{k} is set by the sweep itself" for k in g.fit if k in SWEEP_SETS]
+    bad += [f"unknown key 'fit.{k}'" for k in g.fit if k not in names]
+    p += bad
+    if not bad:
+        try:
+            FitConfig(out="run", cache="cache", **g.fit).validate()
+        except ConfigError as e:
+            p.append(f"fit: {e}")
+    return p
+
+
+# --- expansion (pure) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    name: str  # the task's short name (mrpc, sst2, ...)
+    folder: str  # GLUE folder with train.tsv and dev.tsv
+    max_length: int
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One trained configuration. For HSK arms, '-' marks a strategy that does not apply:
+    length when every token is kept, width strategy at full width."""
+
+    kind: str  # hsk | pred | ce
+    axis: str = "baseline"  # config | joint | depth | length | width | baseline, '+'-joined
+    hsk: str = ""  # the cache's HSK config name
+    length: str = "-"
+    width_strategy: str = "-"
+    l_top: int | None = None
+    layers: int = 0
+    tokens: int = 0
+    width: float = 0.0
+
+    @property
+    def config(self) -> str:
+        if self.kind != "hsk":
+            return self.kind
+        return f"{self.hsk}/{self.length}/{self.width_strategy}/l_top{self.l_top}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: TaskRef
+    arm: Arm
+    seed: int
+
+    @property
+    def config(self) -> str:
+        return self.arm.config
+
+
+def hsk_arm(
+    axis: str, layers: int, tokens: int, width: float, length: str, wstrat: str, l_top: int,
+    all_layers: int, all_tokens: int,
+) -> Arm:  # fmt: skip
+    """An HSK arm in canonical form: every token -> length '-', full width -> strategy '-',
+    and all three at their maximum -> `full`, so equal selections are one arm."""
+    tokens = min(tokens, all_tokens)
+    length = "-" if tokens == all_tokens else length
+    wstrat = "-" if width == 1 else wstrat
+    full = layers == all_layers and tokens == all_tokens and width == 1
+    name = "full" if full else f"{layers}l_{tokens}t_{width:g}h"
+    return Arm("hsk", axis, name, length, wstrat, l_top, layers, tokens, width)
+
+
+def expand_grid(grid: Grid, tasks: list[TaskRef], n_teacher: int) -> list[RunSpec]:
+    """Every run of the grid, seed-major (a partial study has every arm at its first seeds),
+    an arm asked for by several axes once, its axes '+'-joined.
+
+    Args:
+        grid: the study.
+        tasks: the grid's tasks, resolved (`resolve_tasks`).
+        n_teacher: the teacher's layer count (the default l_top and its range).
+
+    Raises:
+        ConfigError: layer counts above the student's, l_top outside the teacher, two student
+            layers on one teacher state; all named.
+    """
+    from hskcache.students import student_shape
+
+    n_student = student_shape(grid.student)["num_hidden_layers"]
+    all_layers, l_top0 = n_student + 1, default_l_top(n_teacher)
+    p = [f"depth.layers {n}: a {n_student}-layer student has {all_layers} hidden states"
+         for n in grid.depth_layers if n > all_layers]  # fmt: skip
+    p += [f"depth.l_top {t}: the teacher has {n_teacher} layers"
+          for t in grid.depth_l_top if t > n_teacher]  # fmt: skip
+    for name in grid.configs + grid.joint:
+        h = parse_hsk(name)
+        if (h.layers or 0) > all_layers:
+            p.append(f"'{name}' keeps {h.layers} layers; the student has {all_layers} states")
+    if p:
+        raise ConfigError("; ".join(p))
+    runs: dict[tuple, RunSpec] = {}
+    for seed in grid.seeds:
+        for task in tasks:
+            T = task.max_length
+            arms = [Arm(b) for b in grid.baselines]
+            for axis, names in (("config", grid.configs), ("joint", grid.joint)):
+                for name in names:
+                    h = parse_hsk(name)
+                    sizes = (h.layers or all_layers, h.tokens or T, h.width)
+                    strategies = (h.length, h.width_strategy, l_top0)
+                    arms.append(hsk_arm(axis, *sizes, *strategies, all_layers, T))
+            for lt in grid.depth_l_top or [l_top0]:
+                for n in grid.depth_layers:
+                    arms.append(hsk_arm("depth", n, T, 1.0, "left", "-", lt, all_layers, T))
+            for s in grid.length_strategies if grid.length_tokens else []:
+                for k in grid.length_tokens:
+                    k = T if k == "all" else k
+                    arm = hsk_arm("length", all_layers, k, 1.0, s, "-", l_top0, all_layers, T)
+                    arms.append(arm)
+            for s in grid.width_strategies if grid.width_fractions else []:
+                for w in grid.width_fractions:
+                    arms.append(hsk_arm("width", all_layers, T, w, "left", s, l_top0,
+                                        all_layers, T))  # fmt: skip
+            for arm in arms:
+                key = (task.name, arm.config, seed)
+                if key in runs:
+                    old = runs[key]
+                    axes = old.arm.axis.split("+")
+                    if arm.axis not in axes:
+                        merged = replace(old.arm, axis="+".join([*axes, arm.axis]))
+                        runs[key] = replace(old, arm=merged)
+                else:
+                    runs[key] = RunSpec(task, arm, seed)
+    p = sorted({x for r in runs.values() for x in _shared_states(r.arm, n_student, n_teacher)})
+    if p:
+        raise ConfigError("; ".join(p))
+    return list(runs.values())
+
+
+def _shared_states(arm: Arm, n_student: int, n_teacher: int) -> list[str]:
+    """A cache stores one target per teacher state, so two student layers cannot share one
+    (a low l_top over a deep student does that: round(l * l_top / L_s) repeats)."""
+    if arm.kind != "hsk":
+        return []
+    pairs = depth_pairs(n_student, n_teacher, arm.layers, arm.l_top)
+    seen: dict[int, int] = {}
+    for s, t in pairs:
+        if t in seen:
+            return [
+                f"l_top {arm.l_top}: student states {seen[t]} and {s} both map to teacher state "
+                f"{t} ({arm.hsk}); use a larger l_top or fewer layers"
+            ]
+        seen[t] = s
+    return []
+
+
+def resolve_tasks(grid: Grid) -> list[TaskRef]:
+    """Each task entry as a GLUE folder: a path as given, a bare name under `grid.glue`.
+
+    Raises:
+        ConfigError: every missing folder or unknown task, with what to pass instead.
+    """
+    refs, p = [], []
+    for entry in grid.tasks:
+        folder = Path(entry)
+        if not folder.is_dir() and "/" not in entry:
+            if not Path(grid.glue).is_dir():
+                p.append(f"task '{entry}': GLUE folder {grid.glue} not found; pass --glue DIR "
+                         "or give the task's folder path")  # fmt: skip
+                continue
+            folder = Path(grid.glue) / entry
+        if not (folder / "train.tsv").is_file():
+            p.append(f"task '{entry}': {folder} has no train.tsv (a GLUE task folder expected)")
+            continue
+        try:
+            spec = get_task(folder.name)
+        except ConfigError:
+            p.append(f"task '{entry}': cannot tell the GLUE task from the folder name "
+                     f"'{folder.name}'; name it as GLUE does (SST-2, MRPC, CoLA, ...)")  # fmt: skip
+            continue
+        max_length = grid.fit.get("max_length") or spec.max_length
+        refs.append(TaskRef(spec.name, str(folder), max_length))
+    names = [r.name for r in refs]
+    p += [f"task '{n}' is listed twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    p += [f"limits.{k}: no such task in tasks" for k in grid.limits if k not in names]
+    if p:
+        raise ConfigError("; ".join(p))
+    return refs
+
+
+def task_limit(grid: Grid, task: TaskRef) -> int | None:
+    return grid.limits.get(task.name, grid.limit)
+
+
+def epochs(grid: Grid, run: RunSpec) -> tuple[int, int]:
+    """(HSK epochs, prediction epochs). The budget rule: every arm trains the same number of
+    epochs; an arm with no HSK stage (ce, pred) spends all of them in its one stage."""
+    h = grid.hsk_epochs or PAPER_HSK_EPOCHS.get(run.task.name, 10)
+    return (h, grid.pred_epochs) if run.arm.kind == "hsk" else (0, h + grid.pred_epochs)
+
+
+LIST_FLAGS = {
+    "tasks": str, "seeds": int, "baselines": str, "configs": str, "joint": str,
+    "depth_layers": int, "depth_l_top": int, "length_tokens": int, "length_strategies": str,
+    "width_fractions": float, "width_strategies": str,
+}  # fmt: skip
+
+
+def parse_flags(flags: dict) -> dict:
+    """Comma-separated list flags (`--seeds 0,1,2`) as lists; every bad item named at once.
+
+    Raises:
+        ConfigError: items that are not numbers where numbers are expected.
+    """
+    out, p = dict(flags), []
+    for key, kind in LIST_FLAGS.items():
+        text = flags.get(key)
+        if text is None or isinstance(text, list):
+            continue
+        items = []
+        for item in (x.strip() for x in str(text).split(",") if x.strip()):
+            try:
+                items.append(item if key == "length_tokens" and item == "all" else kind(item))
+            except ValueError:
+                what = "an integer" if kind is int else "a number"
+                p.append(f"--{key.replace('_', '-')}: '{item}' is not {what}")
+        out[key] = items
+    if p:
+        raise ConfigError("; ".join(p))
+    return out

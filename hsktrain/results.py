@@ -1,0 +1,150 @@
+"""A study's tables: `results.csv` (one row per finished run) and `builds.csv` (every fine-tune,
+build and derive), appended one flushed row at a time, and which runs they already hold."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hskcache.errors import ConfigError, HskError
+from hsktrain.grid import Grid, RunSpec, epochs, task_limit
+
+METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
+COLUMNS = [
+    "task", "teacher", "teacher_depth", "student", "config", "kind", "axis", "hsk", "length",
+    "width_strategy", "l_top", "hsk_fraction", "seed", "hsk_epochs", "pred_epochs", "limit",
+    *(f"dev_{m}" for m in METRICS), "best_stage", "best_epoch", "train_seconds", "cache_bytes",
+    "code_version", "timestamp",
+]  # fmt: skip
+BUILD_COLUMNS = [
+    "task", "teacher", "cache", "how", "source", "seconds", "bytes", "rows", "dev",
+    "code_version", "timestamp",
+]  # fmt: skip
+KEY = ("task", "teacher", "config", "seed")
+BUDGET = ("student", "hsk_epochs", "pred_epochs", "limit")  # a finished row must match these
+
+
+def code_version() -> str:
+    """`git` short hash of this checkout, `-dirty` with uncommitted changes; else the version."""
+    from hskcache import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        git = lambda *a: subprocess.run(  # noqa: E731
+            ["git", *a], cwd=root, capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
+        dirty = "-dirty" if git("status", "--porcelain") else ""
+        return git("rev-parse", "--short", "HEAD") + dirty
+    except (OSError, subprocess.SubprocessError):
+        return f"v{__version__}"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Table:
+    """A CSV file of rows, appended one flushed and fsynced row at a time."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns = path, columns
+
+    def rows(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != self.columns:
+                raise HskError(
+                    f"{self.path}: columns {reader.fieldnames} are not this version's "
+                    f"{self.columns}; move the file away or use another study folder"
+                )
+            return list(reader)
+
+    def append(self, row: dict) -> None:
+        """Write one row; a partial last line (a kill mid-write) is cut off first."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        if not new:
+            with self.path.open("rb+") as f:
+                data = f.read()
+                if not data.endswith(b"\n"):
+                    f.truncate(data.rfind(b"\n") + 1)
+        with self.path.open("a", newline="") as f:
+            w = csv.DictWriter(f, self.columns)
+            if new:
+                w.writeheader()
+            w.writerow({k: _cell(row.get(k)) for k in self.columns})
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def results_table(study: str | Path) -> Table:
+    return Table(Path(study) / "results.csv", COLUMNS)
+
+
+def builds_table(study: str | Path) -> Table:
+    return Table(Path(study) / "builds.csv", BUILD_COLUMNS)
+
+
+def split_done(
+    grid: Grid, runs: list[RunSpec], teacher_of: dict[str, str], rows: list[dict]
+) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(done, pending): a run is done when the table has its (task, teacher, config, seed).
+
+    Raises:
+        ConfigError: a finished row of the same key was trained with another student, epoch
+            budget or row limit (mixing them would compare unlike runs).
+    """
+    table = {tuple(r[k] for k in KEY): r for r in rows}
+    done, pending, p = [], [], []
+    for run in runs:
+        row = table.get((run.task.name, teacher_of.get(run.task.name), run.config, str(run.seed)))
+        if row is None:
+            pending.append(run)
+            continue
+        want = planned(grid, run)
+        diff = [f"{k} {row[k] or '-'} (this grid: {_cell(want[k]) or '-'})"
+                for k in BUDGET if row[k] != _cell(want[k])]  # fmt: skip
+        if diff:
+            p.append(f"{run.task.name} {run.config} seed {run.seed}: {', '.join(diff)}")
+        done.append(run)
+    if p:
+        raise ConfigError(
+            f"{len(p)} finished run(s) in results.csv used other settings, e.g. {p[0]}; use "
+            "another study folder, or the same settings"
+        )
+    return done, pending
+
+
+def planned(grid: Grid, run: RunSpec) -> dict:
+    """The row fields a run has before it trains."""
+    h, pr = epochs(grid, run)
+    a = run.arm
+    hsk = a.kind == "hsk"
+    return {
+        "task": run.task.name,
+        "student": grid.student,
+        "config": run.config,
+        "kind": a.kind,
+        "axis": a.axis,
+        "hsk": a.hsk or None,
+        "length": a.length if hsk else None,
+        "width_strategy": a.width_strategy if hsk else None,
+        "l_top": a.l_top,
+        "seed": run.seed,
+        "hsk_epochs": h,
+        "pred_epochs": pr,
+        "limit": task_limit(grid, run.task),
+    }

@@ -1,0 +1,137 @@
+"""One training step, shared by `fit` and `bench`: the loss, the optimizer, the lr schedule.
+
+The student and the projection live in one module (`Distiller`) whose forward returns the
+step's loss, so DistributedDataParallel synchronises both, autocast covers both, and gradient
+clipping sees both. `train_step` is the whole update: lr, forward (under autocast), a finite
+check, backward (through a GradScaler for fp16), clipping, optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hskcache.errors import HskError
+from hsktrain.batch import Batch
+from hsktrain.losses import hsk_layer_loss, prediction_loss
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(HskError):
+    """The loss became NaN or infinite: training stops before the update."""
+
+
+class Distiller(nn.Module):
+    """Student + projection; `forward(batch, stage)` is the loss of one batch in one stage."""
+
+    def __init__(self, model: nn.Module, proj: nn.Module, teacher_width: int, regression: bool):
+        super().__init__()
+        self.model, self.proj = model, proj
+        self.teacher_width, self.regression = teacher_width, regression
+
+    def forward(self, b: Batch, stage: str, cfg) -> torch.Tensor:
+        """Args: a batch, the stage (hsk | pred | joint | ce), the FitConfig (loss weights)."""
+        need_hidden = stage in ("hsk", "joint")
+        out = self.model(**b.model_inputs(self.model), output_hidden_states=need_hidden)
+        if stage == "ce":
+            if self.regression:
+                return F.mse_loss(out.logits.squeeze(-1).float(), b.labels)
+            return F.cross_entropy(out.logits.float(), b.labels)
+        loss = out.logits.new_zeros((), dtype=torch.float32)
+        if need_hidden:
+            for la in b.layers:
+                loss = loss + cfg.hsk_weight * hsk_layer_loss(
+                    out.hidden_states[la.student],  # (B, T, h_s)
+                    self.proj,
+                    la.positions,  # (B, K)
+                    la.values,  # (B, K, W)
+                    la.dims,
+                    self.teacher_width,
+                    cfg.kept_only,
+                )
+        if stage in ("pred", "joint"):
+            loss = loss + prediction_loss(
+                out.logits, b.logits, b.labels, cfg.temperature, cfg.hard_weight, self.regression
+            )
+        return loss
+
+
+def no_decay(name: str) -> bool:
+    """Biases and LayerNorm weights take no weight decay (BERT's recipe)."""
+    return name.endswith("bias") or "norm" in name.lower()
+
+
+def make_optimizer(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over every parameter of `net` (student and projection): two groups, decay / none."""
+    named = list(net.named_parameters())
+    return torch.optim.AdamW(
+        [
+            {"params": [p for n, p in named if not no_decay(n)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )
+
+
+def lr_schedule(step: int, warmup_steps: int, peak: float) -> float:
+    """The lr of a stage's step number `step` (0-based): linear warmup, then constant (paper)."""
+    if warmup_steps <= 0:
+        return peak
+    return peak * min(1.0, (step + 1) / warmup_steps)
+
+
+def autocast(device: str, amp: str):
+    """Mixed precision for the forward: bf16 / fp16 autocast, or nothing (`none`)."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp])
+
+
+def make_scaler(device: str, amp: str) -> torch.amp.GradScaler:
+    """A loss scaler for fp16 (its gradients underflow without one); a no-op otherwise."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=amp == "fp16")
+
+
+def train_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    b: Batch,
+    stage: str,
+    lr: float,
+    cfg,
+    reduce=None,
+) -> float:
+    """One update on one batch; returns the batch loss (averaged over ranks by `reduce`).
+
+    Args:
+        net: a `Distiller`, or DistributedDataParallel around one.
+        reduce: tensor -> float mean over DDP ranks (None: one process, `.item()`), so every
+            rank logs and checks the same number and all stop together on a non-finite loss.
+
+    Raises:
+        NonFiniteLossError: the loss is NaN or infinite; the weights are left as they were.
+    """
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with autocast(cfg.device, cfg.amp):
+        loss = net(b, stage, cfg)
+    value = reduce(loss.detach()) if reduce else loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"the loss is {value}; stopped before updating the weights. Check the data for "
+            "non-finite labels or targets, or lower the learning rate"
+        )
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.max_grad_norm:
+        scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(net.parameters(), cfg.max_grad_norm)  # student + projection
+    scaler.step(opt)
+    scaler.update()
+    return value

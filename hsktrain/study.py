@@ -1,0 +1,343 @@
+"""`hsktrain report STUDY`: a study's results table as Markdown, marginal-utility plots, and the
+paper's claims checked against it.
+
+Every number is a mean over seeds with its sample standard deviation (n - 1) and n; a claim is
+"held" or "not held" from the means, with the seeds' spread printed beside it so a reader sees
+when a difference is inside the noise, and "not enough data" when the arms it needs are missing.
+The plots follow the paper's marginal-utility figures: dev score against the % of HSK kept (log
+x, relative to the full-HSK arm), one curve per strategy per axis, full HSK, prediction-only and
+CE-only as horizontal lines.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hskcache.errors import HskError
+from hsktrain.metrics import main_metric
+from hsktrain.results import METRICS, builds_table, results_table
+
+AXES = ("depth", "length", "width")
+# The field whose value names an axis's curve; '-' (does not apply) joins every curve.
+CURVE_BY = {"depth": "l_top", "length": "length", "width": "width_strategy"}
+
+
+@dataclass
+class Arm:
+    """One configuration of one (task, teacher): its rows over seeds."""
+
+    config: str
+    kind: str
+    axis: list[str]
+    hsk: str
+    length: str
+    width_strategy: str
+    l_top: str
+    teacher_depth: int
+    fraction: float
+    scores: dict[str, list[float]] = field(default_factory=dict)  # metric -> one per seed
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.seconds)
+
+    def mean(self, metric: str) -> float:
+        return statistics.fmean(self.scores[metric])
+
+    def std(self, metric: str) -> float | None:
+        v = self.scores[metric]
+        return statistics.stdev(v) if len(v) > 1 else None
+
+    def show(self, metric: str) -> str:
+        """`0.8123 +- 0.0040 (n=3)`; a single seed has no spread."""
+        s = self.std(metric)
+        spread = f" +- {s:.4f}" if s is not None else ""
+        return f"{self.mean(metric):.4f}{spread} (n={self.n})"
+
+
+def load_arms(study: str | Path) -> dict[tuple[str, str], list[Arm]]:
+    """The table's rows grouped into arms, per (task, teacher), in the table's order.
+
+    Raises:
+        HskError: no results.csv, or no rows in it.
+    """
+    rows = results_table(study).rows()
+    if not rows:
+        raise HskError(
+            f"{study}: no results.csv rows; run `hsktrain sweep` with this study folder first"
+        )
+    out: dict[tuple[str, str], dict[str, Arm]] = {}
+    for r in rows:
+        arms = out.setdefault((r["task"], r["teacher"]), {})
+        a = arms.get(r["config"])
+        if a is None:
+            a = arms[r["config"]] = Arm(
+                r["config"], r["kind"], r["axis"].split("+"), r["hsk"], r["length"],
+                r["width_strategy"], r["l_top"], int(r["teacher_depth"] or 0),
+                float(r["hsk_fraction"] or 0),
+            )  # fmt: skip
+        for m in METRICS:
+            if r[f"dev_{m}"]:
+                a.scores.setdefault(m, []).append(float(r[f"dev_{m}"]))
+        a.seconds.append(float(r["train_seconds"] or 0))
+    return {k: list(v.values()) for k, v in out.items()}
+
+
+def metric_of(task: str) -> str:
+    return "pearson" if task == "stsb" else main_metric(task)
+
+
+def full_arm(arms: list[Arm]) -> Arm | None:
+    """The full-HSK reference: the `full` arm the study lists as a config, else the one with
+    the most seeds."""
+    full = [a for a in arms if a.hsk == "full"]
+    return max(full, key=lambda a: ("config" in a.axis, a.n), default=None)
+
+
+def baseline(arms: list[Arm], kind: str) -> Arm | None:
+    return next((a for a in arms if a.kind == kind), None)
+
+
+# --- claims -----------------------------------------------------------------------------------
+
+
+def _spread(a: Arm, b: Arm, metric: str) -> str:
+    """Whether a difference of means is inside the seeds' spread (the larger std)."""
+    s = [x for x in (a.std(metric), b.std(metric)) if x is not None]
+    if not s:
+        return "single seeds: no spread to compare with"
+    inside = abs(a.mean(metric) - b.mean(metric)) <= max(s)
+    return f"difference {'inside' if inside else 'outside'} the seeds' spread ({max(s):.4f})"
+
+
+def claim_compressed(arms: list[Arm], metric: str) -> tuple[str, list[str]]:
+    full = full_arm(arms)
+    small = [a for a in arms if a.kind == "hsk" and a.hsk != "full"
+             and {"config", "joint"} & set(a.axis)]  # fmt: skip
+    if full is None or not small:
+        return "not enough data", ["needs the `full` arm and a compressed config or joint arm"]
+    lines = [
+        f"{a.config}: {a.show(metric)} vs full {full.show(metric)}: "
+        f"{'>=' if a.mean(metric) >= full.mean(metric) else '<'} ({_spread(a, full, metric)})"
+        for a in small
+    ]
+    held = sum(a.mean(metric) >= full.mean(metric) for a in small)
+    verdict = "held" if held == len(small) else "not held" if not held else "partly held"
+    return f"{verdict} ({held} of {len(small)} compressed arms)", lines
+
+
+def _curves(arms: list[Arm], axis: str) -> dict[str, list[Arm]]:
+    """An axis's arms by curve; arms whose curve field is '-' (every token, full width) join
+    every curve, as its 100% point."""
+    on = [a for a in arms if axis in a.axis and a.kind == "hsk"]
+    by = CURVE_BY[axis]
+    names = sorted({getattr(a, by) for a in on} - {"-"}, key=lambda s: (len(s), s))
+    return {c: [a for a in on if getattr(a, by) in (c, "-")] for c in names}
+
+
+def _order(arms: list[Arm], axis: str, order: list[str], metric: str, size) -> tuple[str, list]:
+    """Compare curves in `order` (best first) on the points they all have (by `size`), at
+    below-full sizes; held when their average scores are in that order."""
+    curves = {c: a for c, a in _curves(arms, axis).items() if c in order}
+    present = [c for c in order if c in curves]
+    if len(present) < 2:
+        return "not enough data", [f"needs at least two of {order} on the {axis} axis"]
+    points = {c: {size(a): a for a in curves[c] if getattr(a, CURVE_BY[axis]) != "-"}
+              for c in present}  # fmt: skip
+    common = sorted(set.intersection(*(set(p) for p in points.values())))
+    if not common:
+        return "not enough data", [f"{', '.join(present)} share no {axis} point below full"]
+    avg = {c: statistics.fmean(points[c][x].mean(metric) for x in common) for c in present}
+    lines = [f"{c}: mean over {common} = {avg[c]:.4f}; "
+             + "; ".join(f"{x}: {points[c][x].show(metric)}" for x in common)
+             for c in present]  # fmt: skip
+    held = all(avg[a] > avg[b] for a, b in zip(present, present[1:], strict=False))
+    if axis == "width":  # magnitude against the best of the others
+        held = avg[present[0]] > max(avg[c] for c in present[1:])
+    missing = [c for c in order if c not in present]
+    note = f" ({', '.join(missing)} missing)" if missing else ""
+    return ("held" if held else "not held") + note, lines
+
+
+def claim_ltop(arms: list[Arm], metric: str) -> tuple[str, list[str]]:
+    curves = _curves(arms, "depth")
+    depth = max((a.teacher_depth for a in arms), default=0)
+    top = curves.get(str(depth))
+    mids = {c: v for c, v in curves.items() if c != str(depth)}
+    if not top or not mids:
+        return "not enough data", [f"needs depth-axis arms at l_top {depth} (the top layer) "
+                                   "and at an intermediate l_top"]  # fmt: skip
+    below = lambda v: {a.hsk.split("l_")[0]: a for a in v if a.hsk != "full"}  # noqa: E731
+    t, lines, wins = below(top), [], []
+    for c, v in mids.items():
+        m = below(v)
+        common = sorted(set(m) & set(t), key=int)
+        if not common:
+            continue
+        a = statistics.fmean(m[x].mean(metric) for x in common)
+        b = statistics.fmean(t[x].mean(metric) for x in common)
+        wins.append(a > b)
+        lines.append(f"l_top {c} vs top l_top {depth} over layers kept {common}: "
+                     f"{a:.4f} vs {b:.4f}; "
+                     + "; ".join(f"{x}l: {m[x].show(metric)} vs {t[x].show(metric)}"
+                                 for x in common))  # fmt: skip
+    if not wins:
+        return "not enough data", ["no layer count run at both an intermediate and the top l_top"]
+    return ("held" if any(wins) else "not held"), lines
+
+
+def claim_joint(arms: list[Arm], metric: str) -> tuple[str, list[str]]:
+    joint = [a for a in arms if "joint" in a.axis and a.kind == "hsk"]
+    single = [a for a in arms if set(AXES) & set(a.axis) and a.hsk != "full"]
+    lines, wins = [], []
+    for j in joint:
+        near = [a for a in single if j.fraction / 2 <= a.fraction <= j.fraction * 2]
+        if not near:
+            lines.append(f"{j.config} ({j.fraction:.3%} kept): no single-axis arm within 2x")
+            continue
+        best = max(near, key=lambda a: a.mean(metric))
+        wins.append(j.mean(metric) >= best.mean(metric))
+        lines.append(f"{j.config} ({j.fraction:.3%}): {j.show(metric)} vs best single-axis "
+                     f"{best.config} ({best.fraction:.3%}): {best.show(metric)} "
+                     f"({_spread(j, best, metric)})")  # fmt: skip
+    if not wins:
+        return "not enough data", lines or ["needs joint arms and single-axis arms of a "
+                                            "similar HSK fraction (within 2x)"]  # fmt: skip
+    return f"{'held' if all(wins) else 'not held'} ({sum(wins)} of {len(wins)})", lines
+
+
+def claims(arms: list[Arm], metric: str) -> list[tuple[str, str, list[str]]]:
+    tokens = lambda a: int(a.hsk.split("l_")[1].split("t_")[0])  # noqa: E731
+    width = lambda a: float(a.hsk.split("t_")[1].rstrip("h"))  # noqa: E731
+    length = ["attention-no-sep", "attention", "left"]
+    return [
+        ("compressed HSK >= full HSK", *claim_compressed(arms, metric)),
+        ("attention-no-sep > attention > left (length)", *_order(arms, "length", length, metric,
+                                                                 tokens)),
+        ("magnitude > uniform / random (width)",
+         *_order(arms, "width", ["magnitude", "uniform", "random"], metric, width)),
+        ("an intermediate l_top beats the top layer (depth)", *claim_ltop(arms, metric)),
+        ("joint compression beats single-axis at equal budget", *claim_joint(arms, metric)),
+    ]  # fmt: skip
+
+
+# --- plots and the Markdown -------------------------------------------------------------------
+
+
+def plot(arms: list[Arm], metric: str, title: str, png: Path) -> None:
+    """Three panels (depth, length, width): score vs % of HSK kept, one curve per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    full = full_arm(arms)
+    ref = full.fraction if full and full.fraction else 1.0
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    lines = [(full, "full HSK", "-"), (baseline(arms, "pred"), "prediction only", "--"),
+             (baseline(arms, "ce"), "CE only", ":")]  # fmt: skip
+    for ax, axis in zip(axes, AXES, strict=True):
+        curves = _curves(arms, axis)
+        for name, on in curves.items():
+            on = sorted(on, key=lambda a: a.fraction)
+            x = [100 * a.fraction / ref for a in on]
+            ax.errorbar(x, [a.mean(metric) for a in on], [a.std(metric) or 0 for a in on],
+                        marker="o", capsize=3,
+                        label=f"l_top {name}" if axis == "depth" else name)  # fmt: skip
+        for arm, label, style in lines:
+            if arm is not None:
+                ax.axhline(arm.mean(metric), color="gray", linestyle=style, label=label)
+        if not curves:
+            ax.text(0.5, 0.5, "no runs on this axis", ha="center", transform=ax.transAxes)
+        else:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_title(axis)
+        ax.set_xlabel("% of HSK kept" + (" (of the full-HSK arm's)" if full else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel(f"dev {metric}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def _table(arms: list[Arm], metric: str) -> list[str]:
+    others = [m for m in METRICS if m != metric and any(m in a.scores for a in arms)]
+    head = ["config", "kind", "axis", "HSK kept", "n", f"dev {metric}", *others, "train s"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    kinds = {"ce": 0, "pred": 1, "hsk": 2}
+    for a in sorted(arms, key=lambda a: (kinds[a.kind], a.hsk != "full", -a.fraction)):
+        cells = [f"`{a.config}`", a.kind, "+".join(a.axis),
+                 f"{100 * a.fraction:.3g}%" if a.kind == "hsk" else "-", str(a.n),
+                 a.show(metric).rsplit(" (", 1)[0],
+                 *(a.show(m).rsplit(" (", 1)[0] if m in a.scores else "-" for m in others),
+                 f"{statistics.fmean(a.seconds):.0f}"]  # fmt: skip
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def write_report(study: str | Path) -> Path:
+    """Write STUDY/README.md and one PNG per (task, teacher) from STUDY/results.csv.
+
+    Raises:
+        HskError: the study has no results yet.
+    """
+    study = Path(study)
+    groups = load_arms(study)
+    results, builds = results_table(study).rows(), builds_table(study).rows()
+    train_s = sum(float(r["train_seconds"] or 0) for r in results)
+    build_s = sum(float(r["seconds"] or 0) for r in builds)
+    md = [
+        f"# Study `{study.name}`",
+        "",
+        f"Regenerate: `hsktrain report {study}` (from `results.csv`, `builds.csv`). "
+        "Scores are dev-set means over seeds +- their sample standard deviation; n = seeds.",
+        "",
+        f"Wall-clock of the whole study: **{(train_s + build_s) / 3600:.2f} h** "
+        f"({train_s:.0f} s training {len(results)} runs + {build_s:.0f} s fine-tuning, "
+        f"building and deriving {len(builds)} teachers and caches).",
+        "",
+    ]
+    teachers = [r for r in builds if r["how"] == "finetune" and r["dev"]]
+    for r in teachers:
+        md.append(f"- teacher `{r['teacher']}` fine-tuned on {r['task']}: dev "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in json.loads(r["dev"]).items()))  # fmt: skip
+    for (task, teacher), arms in groups.items():
+        metric = metric_of(task)
+        png = study / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', f'{task}-{teacher}')}.png"
+        first = arms[0]
+        plot(arms, metric, f"{task}, teacher {teacher}", png)
+        md += ["", f"## {task}, teacher `{teacher}`", "",
+               f"Student `{_first(results, task, teacher, 'student')}`, epochs "
+               f"{_first(results, task, teacher, 'hsk_epochs')} HSK + "
+               f"{_first(results, task, teacher, 'pred_epochs')} prediction "
+               "(CE-only and prediction-only arms train the same total in their one stage), "
+               f"training rows limit {_first(results, task, teacher, 'limit') or 'none'}, "
+               f"teacher depth {first.teacher_depth}.", "",
+               *_table(arms, metric), "", f"![marginal utility]({png.name})", "",
+               "### The paper's claims here", ""]  # fmt: skip
+        for name, verdict, lines in claims(arms, metric):
+            md.append(f"- **{name}**: {verdict}")
+            md += [f"  - {line}" for line in lines]
+    path = study / "README.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+def _first(rows: list[dict], task: str, teacher: str, key: str) -> str:
+    return next(
+        (
+            r[key]
+            for r in rows
+            if r["task"] == task and r["teacher"] == teacher and r["kind"] == "hsk"
+        ),
+        next((r[key] for r in rows if r["task"] == task), ""),
+    )

@@ -1,0 +1,417 @@
+"""`hsktrain sweep`: a study grid (HSK configs x seeds x tasks), run a piece at a time.
+
+Features (the grid is in grid.py, the tables in results.py, the dry run in estimate.py):
+one largest cache built per (teacher, task, length strategy, width family, l_top),
+the rest cut out of it by `hskcache derive` (a direct build when a cut is not exact); results
+appended to `STUDY/results.csv` one flushed row per run, so a killed sweep loses at most the run
+in progress and a rerun skips every (task, teacher, config, seed) already there.
+Trade-off: every cache of a study uses the same `chunk_rows`, so every arm of a task sees the
+same batches for a seed (only the HSK differs), at the price of fixed-size chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from hskcache.errors import ConfigError, HskError
+from hskcache.selection import default_l_top
+from hskcache.tasks import get_task
+from hsktrain.grid import (
+    Arm,
+    Grid,
+    RunSpec,
+    TaskRef,
+    epochs,
+    expand_grid,
+    resolve_tasks,
+    task_limit,
+)
+from hsktrain.results import (
+    METRICS,
+    Table,
+    builds_table,
+    code_version,
+    now,
+    planned,
+    results_table,
+    split_done,
+)
+
+# --- teachers and caches ----------------------------------------------------------------------
+
+
+@dataclass
+class TeacherRef:
+    path: str | None  # the folder caches are built from (None: not fine-tuned yet)
+    key: str | None  # "name@sha12": the table's teacher column
+    depth: int
+
+
+def base_teacher(grid: Grid) -> str:
+    from hskcache.teacher import default_teacher_path
+
+    return grid.teacher or str(default_teacher_path())
+
+
+def teacher_depth(path: str) -> int:
+    """The teacher's layer count, from its config alone (no weights loaded).
+
+    Raises:
+        TeacherError: not a model folder or name.
+    """
+    from hskcache.errors import TeacherError
+
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(path, trust_remote_code=False).num_hidden_layers
+    except (OSError, ValueError) as e:
+        raise TeacherError(f"teacher {path}: cannot read its config ({e})") from e
+
+
+def teacher_name(path: str, finetuned: bool) -> str:
+    """A short, readable name: the folder's, or its parent's for `model`, `best`, `last`."""
+    p = Path(path)
+    name = p.parent.name if p.name in ("model", "best", "last") else p.name
+    return f"{name}+ft" if finetuned else name
+
+
+def teacher_key(path: str, task: str, name: str) -> str:
+    """`name@sha12`, the sha being the weights' as `hskcache build` records them (a head the
+    checkpoint lacks is seeded as a build seeds it)."""
+    from hskcache.teacher import load_teacher
+
+    num_labels = get_task(task).num_labels
+    sha = load_teacher(path, num_labels, "cpu", "float32", 0).weights_sha256
+    return f"{name}@{sha[:12]}"
+
+
+def finetuned_dir(grid: Grid, task: TaskRef, base: str) -> Path:
+    return grid.work / "teachers" / f"{task.name}-{teacher_name(base, False)}"
+
+
+def resolve_teacher(grid: Grid, task: TaskRef, base: str, ctx: Context | None) -> TeacherRef:
+    """The teacher of a task's caches; with `finetune`, fine-tuned first (once: a finished
+    fine-tune leaves `teacher.json` and is reused). `ctx` None: look only, never train."""
+    depth = teacher_depth(base)
+    if not grid.finetune:
+        return TeacherRef(base, teacher_key(base, task.name, teacher_name(base, False)), depth)
+    folder = finetuned_dir(grid, task, base)
+    if not (folder / "teacher.json").is_file():
+        if ctx is None:
+            return TeacherRef(None, None, depth)
+        _finetune(grid, task, base, folder, ctx)
+    best = str(folder / "best")
+    return TeacherRef(best, teacher_key(best, task.name, teacher_name(base, True)), depth)
+
+
+def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) -> None:
+    from hsktrain.config import finetune_config
+    from hsktrain.train import fit
+
+    shutil.rmtree(folder, ignore_errors=True)  # a fine-tune killed earlier starts over
+    ctx.say(f"fine-tune {teacher_name(base, False)} on {task.name} -> {folder}")
+    cfg = finetune_config(
+        task.folder, str(folder), base, grid.finetune_epochs, grid.finetune_lr,
+        task_limit(grid, task), grid.dev_limit, seed=0, dev_data=task.folder,
+        max_length=task.max_length, device=grid.fit.get("device", "cpu"),
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    result = fit(cfg, show_progress=ctx.show_progress)
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(folder / "last", ignore_errors=True)  # best/ is the teacher
+    key = teacher_key(str(folder / "best"), task.name, teacher_name(base, True))
+    ctx.builds.append({
+        "task": task.name, "teacher": key, "cache": "teacher", "how": "finetune",
+        "source": base, "seconds": seconds, "bytes": _folder_bytes(folder / "best"),
+        "rows": None, "dev": json.dumps(result.metrics), "code_version": ctx.version,
+        "timestamp": now(),
+    })  # fmt: skip
+    (folder / "teacher.json").write_text(json.dumps({"base": base, "dev": result.metrics}))
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+@dataclass(frozen=True)
+class Sel:
+    """A cache's selection, with real strategy names (what `hskcache build` takes)."""
+
+    layers: int
+    tokens: int
+    width: float
+    length: str
+    width_strategy: str
+    l_top: int
+
+    def hsk(self, all_layers: int, all_tokens: int) -> str:
+        if (self.layers, self.tokens, self.width) == (all_layers, all_tokens, 1.0):
+            return "full"
+        return f"{self.layers}l_{self.tokens}t_{self.width:g}h"
+
+    @property
+    def family(self) -> tuple:
+        """Caches one source can be cut into: same token order, same depth map; magnitude dims
+        from a wider magnitude cache, fixed masks (and full width) from a full-width one."""
+        per_token = self.width_strategy == "magnitude" and self.width < 1
+        return (self.length, "magnitude" if per_token else "fixed", self.l_top)
+
+
+def arm_sel(arm: Arm) -> Sel:
+    length = "left" if arm.length == "-" else arm.length
+    wstrat = "magnitude" if arm.width_strategy == "-" else arm.width_strategy
+    return Sel(arm.layers, arm.tokens, arm.width, length, wstrat, arm.l_top)
+
+
+def family_source(members: list[Sel]) -> Sel:
+    """The one cache a family is cut from: the most layers, tokens and width any member keeps
+    (full width for fixed masks: a subset of every mask)."""
+    m0 = members[0]
+    per_token = m0.family[1] == "magnitude"
+    width = max(m.width for m in members) if per_token else 1.0
+    return Sel(
+        max(m.layers for m in members), max(m.tokens for m in members), width,
+        m0.length, "magnitude", m0.l_top,
+    )  # fmt: skip
+
+
+@dataclass
+class Context:
+    """What the runner of one sweep shares: settings, where things go, how to report."""
+
+    grid: Grid
+    teachers: dict[str, TeacherRef]  # by task name
+    runs: list[RunSpec]  # every run of the grid (families are planned over all of them)
+    builds: Table
+    version: str
+    show_progress: bool = True
+    say: Callable[[str], None] = print
+
+    @property
+    def n_student(self) -> int:
+        from hskcache.students import student_shape
+
+        return student_shape(self.grid.student)["num_hidden_layers"]
+
+    def cache_dir(self, task: TaskRef, sel: Sel) -> Path:
+        t = self.teachers[task.name].key.replace("@", "-")
+        hsk = sel.hsk(self.n_student + 1, task.max_length)
+        name = f"{hsk}-{sel.length}-{sel.width_strategy}-l_top{sel.l_top}"
+        return self.grid.work / "caches" / t / task.name / name
+
+    def run_dir(self, run: RunSpec) -> Path:
+        t = self.teachers[run.task.name].key.replace("@", "-")
+        name = run.config.replace("/", "-")
+        return self.grid.work / "runs" / t / run.task.name / name / f"seed{run.seed}"
+
+    def cache_for(self, run: RunSpec) -> Path:
+        """The run's cache, built (its family's source first) or cut out when missing. The
+        CE-only and prediction-only arms read the task's smallest cache: rows, labels and
+        logits are the same in every cache of a task, and so are the batches."""
+        task = run.task
+        sels = [arm_sel(r.arm) for r in self.runs if r.task == task and r.arm.kind == "hsk"]
+        if run.arm.kind != "hsk":
+            l_top = default_l_top(self.teachers[task.name].depth)
+            fallback = Sel(1, 1, 0.1, "left", "magnitude", l_top)
+            sel = min(sels, key=lambda s: (s.layers * s.tokens * s.width, str(s)), default=fallback)
+        else:
+            sel = arm_sel(run.arm)
+        source = family_source([s for s in sels if s.family == sel.family] or [sel])
+        src_dir = self._build(task, source)
+        if sel == source:
+            return src_dir
+        return self._derive(task, src_dir, sel)
+
+    def _complete(self, path: Path) -> bool:
+        from hskcache.reader import open_cache
+
+        try:
+            open_cache(str(path))
+            return True
+        except HskError:
+            return False
+
+    def _build(self, task: TaskRef, sel: Sel, note: str = "") -> Path:
+        from hskcache.build import build_cache
+        from hskcache.config import BuildConfig
+
+        out = self.cache_dir(task, sel)
+        if self._complete(out):
+            return out
+        teacher = self.teachers[task.name]
+        cfg = BuildConfig(
+            data=task.folder, out=str(out), split="train",
+            hsk=sel.hsk(self.n_student + 1, task.max_length), length=sel.length,
+            width_strategy=sel.width_strategy, l_top=sel.l_top, student_layers=self.n_student,
+            student=[self.grid.student], teacher=teacher.path, max_length=task.max_length,
+            limit=task_limit(self.grid, task), chunk_rows=self.grid.chunk_rows,
+            device=self.grid.fit.get("device", "cpu"),
+        )  # fmt: skip
+        self.say(f"build {out}")
+        t0 = time.perf_counter()
+        build_cache(cfg, self.show_progress)
+        self._record(task, out, "build" + note, teacher.path, time.perf_counter() - t0)
+        return out
+
+    def _derive(self, task: TaskRef, src: Path, sel: Sel) -> Path:
+        """Cut `sel` out of `src` (hskcache derive); a direct build where the cut is not exact.
+        The one place to change how a smaller cache is made."""
+        from hskcache.derive import DeriveConfig, derive_cache
+
+        out = self.cache_dir(task, sel)
+        if self._complete(out):
+            return out
+        cfg = DeriveConfig(
+            src=str(src), out=str(out), hsk=sel.hsk(self.n_student + 1, task.max_length),
+            length=sel.length, width_strategy=sel.width_strategy, l_top=sel.l_top,
+            chunk_rows=self.grid.chunk_rows,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        try:
+            derive_cache(cfg, self.show_progress)
+        except ConfigError as e:  # not an exact cut of the source: run the teacher
+            self.say(f"derive refused ({e}); building {out} directly")
+            return self._build(task, sel, " (not derivable)")
+        self._record(task, out, "derive", str(src), time.perf_counter() - t0)
+        return out
+
+    def _record(self, task: TaskRef, out: Path, how: str, source: str, seconds: float) -> None:
+        from hskcache.reader import open_cache
+
+        m = open_cache(str(out)).manifest
+        self.builds.append({
+            "task": task.name, "teacher": self.teachers[task.name].key, "cache": out.name,
+            "how": how, "source": source, "seconds": seconds,
+            "bytes": sum(o["bytes"] for o in (m["objects"] or {}).values()),
+            "rows": m["counts"]["num_examples"], "dev": None, "code_version": self.version,
+            "timestamp": now(),
+        })  # fmt: skip
+
+
+# --- running ----------------------------------------------------------------------------------
+
+Runner = Callable[[RunSpec, Context], dict]
+
+
+def train_run(run: RunSpec, ctx: Context) -> dict:
+    """Train one run with `hsktrain fit` from its cache; return the row's measured fields."""
+    from hskcache.reader import open_cache
+    from hsktrain.config import FitConfig
+    from hsktrain.train import fit
+
+    grid, arm = ctx.grid, run.arm
+    cache = ctx.cache_for(run)
+    out = ctx.run_dir(run)
+    shutil.rmtree(out, ignore_errors=True)  # a run killed earlier starts over
+    h, p = epochs(grid, run)
+    options = dict(grid.fit)
+    if arm.kind == "ce" and grid.ce_lr is not None:
+        options["pred_lr"] = grid.ce_lr
+    cfg = FitConfig(
+        out=str(out), cache=str(cache), student=grid.student,
+        mode="two-stage" if arm.kind == "hsk" else arm.kind,
+        hsk_epochs=h if arm.kind == "hsk" else None, pred_epochs=p, seed=run.seed,
+        dev_data=run.task.folder, dev_limit=grid.dev_limit, **options,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    result = fit(cfg, show_progress=ctx.show_progress)
+    seconds = time.perf_counter() - t0
+    stage, epoch = best_epoch(out / "metrics.jsonl", run.task.name)
+    if not grid.keep_checkpoints:  # metrics.jsonl and config.json stay
+        for sub in ("best", "last"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    m = open_cache(str(cache)).manifest
+    hsk = arm.kind == "hsk"
+    return {
+        "metrics": result.metrics,
+        "best_stage": stage,
+        "best_epoch": epoch,
+        "train_seconds": seconds,
+        "hsk_fraction": m["stats"]["hsk_fraction"] if hsk else 0.0,
+        "cache_bytes": sum(o["bytes"] for o in (m["objects"] or {}).values()) if hsk else None,
+    }
+
+
+def best_epoch(log: Path, task: str) -> tuple[str | None, int | None]:
+    """(stage, 1-based epoch in it) of the best dev score, chosen as `fit` chooses: the first
+    epoch with the highest main metric, HSK-stage epochs excluded."""
+    from hsktrain.metrics import main_metric
+
+    metric = "pearson" if task == "stsb" else main_metric(task)
+    best = (None, None, None)
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        r = json.loads(line)
+        if "dev" in r and r["stage"] != "hsk" and (best[0] is None or r["dev"][metric] > best[0]):
+            best = (r["dev"][metric], r["stage"], r["epoch"] + 1)
+    return best[1], best[2]
+
+
+@dataclass
+class Sweep:
+    """A resolved study: its runs, which are done, and the context that runs the rest."""
+
+    grid: Grid
+    tasks: list[TaskRef]
+    runs: list[RunSpec]
+    done: list[RunSpec]
+    pending: list[RunSpec]
+    ctx: Context
+
+
+def plan_sweep(grid: Grid, train: bool, show_progress: bool = True, say=print) -> Sweep:
+    """Resolve tasks and teachers (fine-tuning them when `train`), expand the grid, and split
+    the runs into done and pending by the results table.
+
+    Raises:
+        HskError: a bad grid, a missing task or teacher, a table of other settings.
+    """
+    tasks = resolve_tasks(grid)
+    base = base_teacher(grid)
+    runs = expand_grid(grid, tasks, teacher_depth(base))
+    ctx = Context(grid, {}, runs, builds_table(grid.study), code_version(), show_progress, say)
+    for task in tasks:
+        ctx.teachers[task.name] = resolve_teacher(grid, task, base, ctx if train else None)
+    keys = {name: t.key for name, t in ctx.teachers.items()}
+    done, pending = split_done(grid, runs, keys, results_table(grid.study).rows())
+    return Sweep(grid, tasks, runs, done, pending, ctx)
+
+
+def run_sweep(grid: Grid, runner: Runner | None = None, show_progress: bool = True, say=print):
+    """Run every pending run of the grid, appending one row to results.csv after each.
+
+    Args:
+        grid: the study.
+        runner: trains one run and returns its measured fields (`train_run`; tests inject a
+            fake): metrics, best_stage, best_epoch, train_seconds, hsk_fraction, cache_bytes.
+        show_progress: progress bars of builds and fits.
+        say: where one line per run goes.
+
+    Returns:
+        The Sweep (its `pending` were run in this call).
+    """
+    sweep = plan_sweep(grid, True, show_progress, say)
+    table = results_table(grid.study)
+    say(f"{len(sweep.runs)} runs in the grid, {len(sweep.done)} already in {table.path}")
+    for i, run in enumerate(sweep.pending, 1):
+        say(f"[{i}/{len(sweep.pending)}] {run.task.name} {run.config} seed {run.seed}")
+        got = (runner or train_run)(run, sweep.ctx)
+        teacher = sweep.ctx.teachers[run.task.name]
+        row = planned(grid, run) | {
+            "teacher": teacher.key,
+            "teacher_depth": teacher.depth,
+            **{f"dev_{k}": v for k, v in got["metrics"].items() if k in METRICS},
+            **{k: got.get(k) for k in ("best_stage", "best_epoch", "train_seconds",
+                                        "hsk_fraction", "cache_bytes")},
+            "code_version": sweep.ctx.version,
+            "timestamp": now(),
+        }  # fmt: skip
+        table.append(row)
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in got["metrics"].items())
+        say(f"  dev {scores or '-'} ({got.get('train_seconds') or 0:.0f} s)")
+    return sweep

@@ -1,0 +1,317 @@
+"""`hsktrain sweep` and `hsktrain report`: grid expansion, resume, the report, one real sweep."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from dataclasses import replace
+
+import pytest
+
+from conftest import make_bert, write_sst2
+from hskcache.errors import ConfigError
+from hskcache.reader import open_cache
+from hsktrain.estimate import dry_run
+from hsktrain.grid import Grid, TaskRef, expand_grid, load_grid, parse_flags, resolve_tasks
+from hsktrain.results import results_table
+from hsktrain.study import write_report
+from hsktrain.sweep import plan_sweep, run_sweep
+
+SST2 = TaskRef("sst2", "SST-2", 64)
+
+
+def test_expand_grid_lists_every_run_once_seed_major():
+    grid = Grid(
+        study="s", tasks=["SST-2"], seeds=[0, 1], configs=["full", "1l_10t_0.1h"],
+        depth_layers=[1, 5], depth_l_top=[4, 6], length_tokens=[10, "all"],
+        length_strategies=["left", "attention"], width_fractions=[0.1, 1.0],
+        width_strategies=["uniform"],
+    )  # fmt: skip
+    runs = [(r.task.name, r.config, r.arm.axis, r.seed) for r in expand_grid(grid, [SST2], 6)]
+    one_seed = [
+        ("ce", "baseline"),
+        ("pred", "baseline"),
+        # depth 5 at the default l_top 4, K = all and p = 1 are all the full HSK: one arm
+        ("full/-/-/l_top4", "config+depth+length+width"),
+        ("1l_10t_0.1h/attention-no-sep/magnitude/l_top4", "config"),
+        ("1l_64t_1h/-/-/l_top4", "depth"),
+        ("1l_64t_1h/-/-/l_top6", "depth"),
+        ("full/-/-/l_top6", "depth"),
+        ("5l_10t_1h/left/-/l_top4", "length"),
+        ("5l_10t_1h/attention/-/l_top4", "length"),
+        ("5l_64t_0.1h/-/uniform/l_top4", "width"),
+    ]
+    assert runs == [("sst2", c, a, s) for s in (0, 1) for c, a in one_seed]
+
+
+def test_expansion_refuses_arms_a_cache_cannot_hold():
+    grid = Grid(study="s", tasks=["SST-2"], configs=["6l_10t_0.1h"], depth_layers=[7])
+    with pytest.raises(ConfigError) as e:
+        expand_grid(grid, [SST2], 6)
+    assert str(e.value) == (
+        "depth.layers 7: a 4-layer student has 5 hidden states; '6l_10t_0.1h' keeps 6 layers; "
+        "the student has 5 states"
+    )
+    # l_top 3 over 4 student layers: round(2 * 3 / 4) = round(3 * 3 / 4) = 2
+    low = Grid(study="s", tasks=["SST-2"], configs=[], depth_layers=[1, 3], depth_l_top=[3])
+    with pytest.raises(ConfigError) as e:
+        expand_grid(low, [SST2], 6)
+    assert str(e.value) == (
+        "l_top 3: student states 2 and 3 both map to teacher state 2 (3l_64t_1h); use a larger "
+        "l_top or fewer layers"
+    )
+
+
+def test_grid_file_reports_every_problem_at_once(tmp_path):
+    toml = tmp_path / "study.toml"
+    toml.write_text(
+        'study = "s"\ntasks = ["SST-2"]\nseeds = "0"\nbogus = 1\n'
+        '[depth]\nlayers = [1]\nltop = [2]\n[fit]\nmode = "ce"\nlrr = 1\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_grid(str(toml), {})
+    assert str(e.value) == (
+        f"{toml}: unknown key 'bogus'; unknown key 'depth.ltop'; seeds = '0' is not list[int]"
+    )
+    toml.write_text(
+        'study = "s"\ntasks = ["SST-2"]\nconfigs = ["1l"]\nbaselines = ["kd"]\n'
+        '[width]\nfractions = [0.1, 2.0]\n[length]\ntokens = [0, "all"]\n'
+        '[fit]\nmode = "ce"\nlrr = 1\nwarmup = 2.0\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_grid(str(toml), {"hsk_epochs": 0})
+    assert str(e.value) == (
+        f"{toml}: hsk_epochs must be >= 1; baseline 'kd' is not one of ('ce', 'pred'); "
+        "bad HSK config '1l'; expected 'full' or '<layers>l_<tokens>t_<width>h' such as "
+        "'1l_10t_0.1h'; length.tokens 0 must be a count >= 1 or 'all'; width.fractions 2.0 "
+        "must be in (0, 1]; fit.mode is set by the sweep itself; unknown key 'fit.lrr'"
+    )
+    with pytest.raises(ConfigError, match=r"--seeds: 'x' is not an integer; --width-fractions: "):
+        parse_flags({"seeds": "0,x", "width_fractions": "0.1,p"})
+    with pytest.raises(ConfigError, match=r"^missing 'study' \(--study\)$"):
+        load_grid(None, {"tasks": ["SST-2"]})
+
+
+def test_tasks_resolve_under_glue_or_fail_naming_the_fix(tmp_path):
+    write_sst2(tmp_path / "glue" / "SST-2")
+    grid = Grid(study="s", tasks=["SST-2"], glue=str(tmp_path / "glue"))
+    assert resolve_tasks(grid) == [TaskRef("sst2", str(tmp_path / "glue" / "SST-2"), 64)]
+    missing = Grid(study="s", tasks=["MRPC", str(tmp_path)], glue=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError) as e:
+        resolve_tasks(missing)
+    assert str(e.value) == (
+        f"task 'MRPC': GLUE folder {tmp_path / 'nowhere'} not found; pass --glue DIR or give "
+        f"the task's folder path; task '{tmp_path}': {tmp_path} has no train.tsv (a GLUE task "
+        "folder expected)"
+    )
+
+
+def fake_grid(tmp_path, teacher, **kw) -> Grid:
+    data = write_sst2(tmp_path / "SST-2")
+    values = dict(study=str(tmp_path / "study"), tasks=[str(data)], teacher=str(teacher),
+                  student="tiny", configs=["1l_2t_0.5h"], baselines=["ce"], seeds=[0, 1],
+                  hsk_epochs=1, pred_epochs=1)  # fmt: skip
+    return Grid(**{**values, **kw})
+
+
+def test_rerun_skips_every_finished_run(tmp_path, tiny_bert):
+    grid = fake_grid(tmp_path, tiny_bert)
+    calls = []
+
+    def runner(run, ctx):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed in the middle of the 4th run
+        calls.append((run.config, run.seed))
+        score = 0.5 + len(calls) / 10
+        return {"metrics": {"accuracy": score}, "best_stage": "pred", "best_epoch": 1,
+                "train_seconds": 1.0, "hsk_fraction": 0.1, "cache_bytes": 100}  # fmt: skip
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(grid, runner, show_progress=False, say=lambda _: None)
+    table = results_table(grid.study)
+    assert [(r["config"], r["seed"], r["dev_accuracy"]) for r in table.rows()] == [
+        ("ce", "0", "0.6"),
+        ("1l_2t_0.5h/attention-no-sep/magnitude/l_top1", "0", "0.7"),
+        ("ce", "1", "0.8"),
+    ]
+    with table.path.open("a") as f:  # a kill in the middle of writing a row
+        f.write("sst2,tiny_bert")
+    calls.clear()
+    sweep = run_sweep(grid, runner, show_progress=False, say=lambda _: None)
+    assert calls == [("1l_2t_0.5h/attention-no-sep/magnitude/l_top1", 1)]
+    assert len(sweep.done) == 3
+    rows = table.rows()
+    assert [(r["config"], r["seed"]) for r in rows][-1] == (calls[0][0], "1")
+    assert len(rows) == 4 and rows[0]["teacher"].startswith("tiny_bert")
+    assert "@" in rows[0]["teacher"]
+
+    other = fake_grid(tmp_path, tiny_bert, pred_epochs=2)
+    want = (
+        r"^4 finished run\(s\) in results.csv used other settings, e.g. sst2 ce seed 0: "
+        r"pred_epochs 2 \(this grid: 3\)"
+    )
+    with pytest.raises(ConfigError, match=want):
+        run_sweep(other, runner, show_progress=False, say=lambda _: None)
+
+
+def fake_rows() -> list[dict]:
+    """Two seeds per arm; scores chosen so means and stds are easy to check by hand."""
+    arms = [
+        # config, kind, axis, hsk, length, width, l_top, fraction, (seed 0, seed 1)
+        ("ce", "ce", "baseline", "", "", "", "", 0.0, (0.80, 0.82)),
+        ("pred", "pred", "baseline", "", "", "", "", 0.0, (0.81, 0.83)),
+        ("full/-/-/l_top4", "hsk", "config+depth+length+width", "full", "-", "-", 4, 0.7,
+         (0.84, 0.86)),
+        ("1l_10t_0.1h/a/m/l_top4", "hsk", "config", "1l_10t_0.1h", "attention-no-sep",
+         "magnitude", 4, 0.002, (0.85, 0.87)),
+        ("5l_1t_1h/left/-/l_top4", "hsk", "length", "5l_1t_1h", "left", "-", 4, 0.02,
+         (0.70, 0.72)),
+        ("5l_1t_1h/attention/-/l_top4", "hsk", "length", "5l_1t_1h", "attention", "-", 4,
+         0.02, (0.75, 0.77)),
+        ("5l_1t_1h/ans/-/l_top4", "hsk", "length", "5l_1t_1h", "attention-no-sep", "-", 4,
+         0.02, (0.78, 0.80)),
+        ("5l_64t_0.1h/-/uniform/l_top4", "hsk", "width", "5l_64t_0.1h", "-", "uniform", 4,
+         0.07, (0.79, 0.81)),
+        ("5l_64t_0.1h/-/magnitude/l_top4", "hsk", "width", "5l_64t_0.1h", "-", "magnitude", 4,
+         0.07, (0.83, 0.84)),
+    ]  # fmt: skip
+    rows = []
+    for config, kind, axis, hsk, length, width, l_top, frac, scores in arms:
+        for seed, score in enumerate(scores):
+            rows.append({
+                "task": "sst2", "teacher": "t@abc", "teacher_depth": 6, "student": "tinybert4",
+                "config": config, "kind": kind, "axis": axis, "hsk": hsk, "length": length,
+                "width_strategy": width, "l_top": l_top, "hsk_fraction": frac, "seed": seed,
+                "hsk_epochs": 3 if kind == "hsk" else 0, "pred_epochs": 3 if kind == "hsk" else 6,
+                "dev_accuracy": score, "best_stage": "pred", "best_epoch": 2,
+                "train_seconds": 100.0, "cache_bytes": 10,
+            })  # fmt: skip
+    return rows
+
+
+def test_report_tables_claims_and_plots_from_a_fake_table(tmp_path):
+    study = tmp_path / "study"
+    table = results_table(study)
+    for row in fake_rows():
+        table.append(row)
+    md = write_report(study).read_text()
+    std = statistics.stdev([0.80, 0.82])  # 0.0141
+    assert f"| `ce` | ce | baseline | - | 2 | 0.8100 +- {std:.4f} | 100 |" in md
+    full = "| `full/-/-/l_top4` | hsk | config+depth+length+width | 70% | 2 | 0.8500 +- 0.0141 |"
+    assert full in md
+    # width: magnitude 0.835 +- 0.0071 (0.83, 0.84)
+    assert "5l_64t_0.1h/-/magnitude/l_top4` | hsk | width | 7% | 2 | 0.8350 +- 0.0071 |" in md
+    assert "Wall-clock of the whole study: **0.50 h** (1800 s training 18 runs" in md
+    assert "- **compressed HSK >= full HSK**: held (1 of 1 compressed arms)" in md
+    assert (
+        "1l_10t_0.1h/a/m/l_top4: 0.8600 +- 0.0141 (n=2) vs full 0.8500 +- 0.0141 (n=2): >= "
+        "(difference inside the seeds' spread (0.0141))" in md
+    )
+    assert "- **attention-no-sep > attention > left (length)**: held" in md
+    assert "attention-no-sep: mean over [1] = 0.7900" in md
+    assert "- **magnitude > uniform / random (width)**: held (random missing)" in md
+    assert "- **an intermediate l_top beats the top layer (depth)**: not enough data" in md
+    assert "- **joint compression beats single-axis at equal budget**: not enough data" in md
+    png = study / "sst2-t-abc.png"
+    assert png.stat().st_size > 10_000 and "![marginal utility](sst2-t-abc.png)" in md
+
+
+def test_a_real_tiny_sweep_writes_rows_and_skips_them_on_rerun(tmp_path, tiny_bert):
+    grid = fake_grid(
+        tmp_path, tiny_bert, baselines=["pred"], seeds=[0], chunk_rows=8,
+        fit={"max_length": 16, "batch_size": 8, "buffer_chunks": 2},
+    )  # fmt: skip
+    run_sweep(grid, show_progress=False, say=lambda _: None)
+    rows = results_table(grid.study).rows()
+    assert [(r["kind"], r["hsk_epochs"], r["pred_epochs"]) for r in rows] == [
+        ("pred", "0", "2"),
+        ("hsk", "1", "1"),
+    ]
+    hsk = rows[1]
+    assert 0 < float(hsk["hsk_fraction"]) < 1 and int(hsk["cache_bytes"]) > 0
+    assert 0 <= float(hsk["dev_accuracy"]) <= 1 and hsk["best_stage"] == "pred"
+    assert float(hsk["train_seconds"]) > 0 and hsk["code_version"]
+    with open(grid.work.parent / "builds.csv") as f:
+        builds = list(csv.DictReader(f))
+    assert [b["how"] for b in builds] == ["build"]  # pred reads the one cache there is
+    run_dirs = list((grid.work / "runs").rglob("metrics.jsonl"))
+    assert len(run_dirs) == 2 and not any((p.parent / "best").exists() for p in run_dirs)
+    again = run_sweep(grid, show_progress=False, say=lambda _: None)
+    assert again.pending == [] and len(results_table(grid.study).rows()) == 2
+
+    # a second seed: estimated from the table's own seconds per epoch, nothing timed
+    lines = []
+    plan = dry_run(replace(grid, seeds=[0, 1]), measure=False, say=lines.append)
+    per_epoch = statistics.median(float(r["train_seconds"]) / 2 for r in rows)
+    assert plan["pending"] == 2 and plan["seconds"] == pytest.approx(2 * 2 * per_epoch)
+    assert lines[0] == "4 runs: 2 done, 2 to run"
+    assert any("median of 2 finished runs in results.csv" in x for x in lines)
+    assert "  sst2   pred" in lines[1] and lines[1].endswith("seeds 0* 1")
+
+
+def test_cli_refuses_a_bad_grid_and_an_empty_study_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from hsktrain.cli import app
+
+    toml = tmp_path / "s.toml"
+    toml.write_text('study = "s"\ntasks = ["SST-2"]\nseeds = [0]\n')
+    r = CliRunner().invoke(app, ["sweep", "--config", str(toml), "--seeds", "0,x", "--dry-run"])
+    assert r.exit_code == 1 and r.output.strip() == "error: --seeds: 'x' is not an integer"
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 1
+    assert " ".join(r.output.split()) == (
+        f"error: {tmp_path}: no results.csv rows; run `hsktrain sweep` with this study folder first"
+    )
+
+
+def test_finetuned_teacher_is_trained_once_and_reused(tmp_path, tiny_bert):
+    grid = fake_grid(
+        tmp_path, tiny_bert, finetune=True, finetune_epochs=1, seeds=[0], fit={"max_length": 16}
+    )
+
+    def runner(run, ctx):
+        return {"metrics": {"accuracy": 0.5}, "train_seconds": 1.0}
+
+    first = run_sweep(grid, runner, show_progress=False, say=lambda _: None)
+    second = run_sweep(grid, runner, show_progress=False, say=lambda _: None)
+    builds = list(csv.DictReader((tmp_path / "study" / "builds.csv").open()))
+    assert [b["how"] for b in builds] == ["finetune"]  # the fake runner builds no cache
+    key = first.ctx.teachers["sst2"].key
+    assert key.startswith(f"{tiny_bert.name}+ft@") and builds[0]["teacher"] == key
+    assert second.ctx.teachers["sst2"].key == key and second.pending == []
+    assert (grid.work / "teachers" / f"sst2-{tiny_bert.name}" / "best" / "config.json").is_file()
+
+
+def test_dry_run_times_a_few_steps_when_the_table_is_empty(tmp_path, tiny_bert):
+    grid = fake_grid(tmp_path, tiny_bert, seeds=[0], fit={"max_length": 16, "batch_size": 4})
+    lines = []
+    plan = dry_run(grid, measure=True, say=lines.append)
+    assert plan["pending"] == 2 and plan["seconds"] > 0
+    assert any("ms/step measured here, batch 4" in x for x in lines)
+    assert any("1 build(s), 0 fine-tune epoch(s) at" in x for x in lines)
+    assert not (tmp_path / "study" / "results.csv").exists()
+
+
+def test_smaller_caches_are_cut_out_of_each_familys_largest(tmp_path):
+    # 4 teacher layers: l_top 3 pairs the tiny student's 3 states with 3 distinct teacher states
+    teacher = make_bert(tmp_path / "teacher", layers=4)
+    grid = fake_grid(
+        tmp_path, teacher, seeds=[0], baselines=[], configs=["full", "1l_2t_0.5h", "2l_4t_0.5h"],
+        width_fractions=[0.5], width_strategies=["uniform"], chunk_rows=8,
+        fit={"max_length": 16},
+    )  # fmt: skip
+    sweep = plan_sweep(grid, train=True, show_progress=False, say=lambda _: None)
+    caches = {r.config: sweep.ctx.cache_for(r) for r in sweep.runs}
+    builds = list(csv.DictReader((tmp_path / "study" / "builds.csv").open()))
+    assert [(b["how"], b["cache"]) for b in builds] == [
+        ("build", "full-left-magnitude-l_top3"),
+        ("build", "2l_4t_0.5h-attention-no-sep-magnitude-l_top3"),
+        ("derive", "1l_2t_0.5h-attention-no-sep-magnitude-l_top3"),
+        ("derive", "3l_16t_0.5h-left-uniform-l_top3"),
+    ]
+    small = open_cache(str(caches["1l_2t_0.5h/attention-no-sep/magnitude/l_top3"])).manifest
+    assert small["derived_from"]["selection"] == "2l_4t_0.5h"
+    uniform = open_cache(str(caches["3l_16t_0.5h/-/uniform/l_top3"])).manifest
+    assert uniform["selection"]["width_strategy"] == "uniform"
+    assert uniform["derived_from"]["selection"] == "full"
