@@ -26,11 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import save
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from hskcache.errors import CacheError, ConfigError, TeacherError
+from hskcache.hub import hub_reachable
+from hskcache.manifest import Assets, ManifestView, StudentInit
 from hskcache.objects import check_object, read_object
 from hskcache.students import (
     PRESETS,
@@ -39,6 +42,7 @@ from hskcache.students import (
     student_config,
     student_shape,
 )
+from hskcache.teacher import tokenizer_sha256
 
 PREFIX = "assets"
 WEIGHTS = "model.safetensors"
@@ -61,9 +65,8 @@ def teacher_folder(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    # lazy: the hub client only for a teacher named by hub id
     from huggingface_hub import snapshot_download
-
-    from hskcache.hub import hub_reachable
 
     try:
         return Path(snapshot_download(name, local_files_only=not hub_reachable()))
@@ -109,6 +112,7 @@ def make_kit(
         ConfigError: an unknown or unselectable `--student`, two shapes with one name.
         TeacherError: the tokenizer does not survive `save_pretrained` unchanged.
     """
+    # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoConfig
 
     folder = teacher_folder(teacher_name)
@@ -167,9 +171,8 @@ def make_kit(
 
 def _tokenizer_files(tokenizer, sha: str, where: str) -> dict[str, bytes]:
     """The tokenizer as `save_pretrained` writes it, checked to load back identical."""
+    # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoTokenizer
-
-    from hskcache.teacher import tokenizer_sha256
 
     with tempfile.TemporaryDirectory(prefix="hskcache-tok-") as tmp:
         tokenizer.save_pretrained(tmp)
@@ -191,7 +194,7 @@ def _student_files(teacher_config, state, shape: dict, num_labels: int):
     its own `--seed` and loads them over it, which is exactly what selecting from the teacher
     folder gives (a head the teacher lacks stays the seeded one).
     """
-    from safetensors.torch import save
+    # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoModelForSequenceClassification
 
     config = student_config(teacher_config, shape, num_labels)
@@ -227,7 +230,7 @@ def read_asset(cache, key: str) -> bytes:
         CacheError: the object is missing or not what the build recorded.
     """
     data = read_object(cache.group.store, key)
-    want = (cache.manifest["objects"] or {}).get(key)
+    want = (cache.manifest["objects"] or {}).get(key)  # JSON records, as check_object takes
     problem = check_object(key, data, want) if want else f"object '{key}' is not in the table"
     if problem:
         raise CacheError(f"{cache.url}: {problem}; pull or rebuild the cache")
@@ -249,39 +252,39 @@ def materialise(cache, files: dict[str, str], dest: Path | None = None) -> Path:
     return dest
 
 
-def stored_student(cache, shape: dict) -> tuple[str, dict] | None:
+def stored_student(cache, shape: dict) -> tuple[str, StudentInit] | None:
     """(name, entry) of the stored init with exactly this shape, or None."""
-    for name, entry in cache.manifest["assets"]["students"].items():
-        if entry["shape"] == shape:
+    for name, entry in cache.info.assets.students.items():
+        if entry.shape == shape:
             return name, entry
     return None
 
 
-def describe_students(section: dict) -> str:
+def describe_students(section: Assets) -> str:
     """'tiny (2L-16H)', comma separated, or 'none'."""
     return (
         ", ".join(
-            f"{n} ({e['shape']['num_hidden_layers']}L-{e['shape']['hidden_size']}H)"
-            for n, e in section["students"].items()
+            f"{n} ({e.shape['num_hidden_layers']}L-{e.shape['hidden_size']}H)"
+            for n, e in section.students.items()
         )
         or "none"
     )
 
 
-def students_line(manifest: dict) -> str:
+def students_line(info: ManifestView) -> str:
     """What the build output says about stored student inits, and why there is none."""
-    section = manifest["assets"]
-    if section["students"]:
+    section = info.assets
+    if section.students:
         return f"student inits: {describe_students(section)}"
-    depth = manifest["selection"]["student_layers"]
+    depth = info.selection.student_layers
     name = default_student(depth)
-    t = manifest["teacher"]
+    t = info.teacher
     why = (
         f"no preset is {depth} layers deep"
         if name is None
         else f"the default '{name}' ({PRESETS[name]['num_hidden_layers']}L-"
         f"{PRESETS[name]['hidden_size']}H) cannot be selected from this "
-        f"{t['num_hidden_layers']}L-{t['hidden_size']}H teacher"
+        f"{t.num_hidden_layers}L-{t.hidden_size}H teacher"
     )
     return (
         f"no student init stored ({why}): add --student NAME_OR_JSON, or fit with "
@@ -295,7 +298,7 @@ def export_teacher(cache, dest: Path) -> Path:
     Raises:
         CacheError: the cache was built without --bundle-teacher, or `dest` is not empty.
     """
-    bundle = cache.manifest["assets"]["teacher"]
+    bundle = cache.info.assets.teacher
     if bundle is None:
         raise CacheError(
             f"{cache.url}: this cache bundles no teacher (built without --bundle-teacher); "

@@ -7,57 +7,31 @@ batch is trimmed to its longest row before the forward (dynamic padding).
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from hskcache import __version__
 from hskcache.assets import asset_keys, make_kit, write_kit
+from hskcache.codec import encode_values
 from hskcache.config import BuildConfig
 from hskcache.data import Columns, Examples, load_split
-from hskcache.errors import HskError
 from hskcache.layout import default_chunk_rows, layer_key, plan_arrays
 from hskcache.lock import BuildLock, LockHeldError, local_path
 from hskcache.manifest import FORMAT_VERSION, compute_identity
 from hskcache.progress import progress_bar
 from hskcache.targets import Plan, plan_selection, teacher_targets
 from hskcache.teacher import ClsScoreProbe, Teacher, check_max_length, load_teacher
-from hskcache.writer import ShardWriter, finish, open_for_build, shard_done, stored_keys
-
-
-@dataclass
-class Encoded:
-    input_ids: np.ndarray  # (N, T) int32
-    token_type_ids: np.ndarray  # (N, T) int8
-    lengths: np.ndarray  # (N,) int32
-
-
-def tokenize(tokenizer, ex: Examples, max_length: int) -> Encoded:
-    """Tokenize every row once, padded to `max_length` (the cache's fixed row shape).
-
-    Pairs are truncated longest-first. Tokenizers without segment ids (MPNet, RoBERTa) get
-    zeros, so every cache has the same arrays.
-    """
-    enc = tokenizer(
-        ex.texts,
-        ex.pairs,
-        truncation=True,
-        max_length=max_length,
-        padding="max_length",
-        return_tensors="np",
-        return_token_type_ids=True,
-    )
-    ids = enc["input_ids"].astype(np.int32)
-    tt = enc.get("token_type_ids")
-    tt = np.zeros_like(ids, dtype=np.int8) if tt is None else tt.astype(np.int8)
-    return Encoded(ids, tt, enc["attention_mask"].sum(axis=1).astype(np.int32))
+from hskcache.tokenize import Encoded, tokenize
+from hskcache.writer import ShardWriter, disk_full, finish, open_for_build, shard_done, stored_keys
 
 
 def make_manifest(
@@ -129,36 +103,18 @@ def make_manifest(
             "num_chunks": math.ceil(n / chunk_rows),
             "num_shards": math.ceil(n / shard_rows),
         },
-        "build": {"batch_size": cfg.batch_size, "device": cfg.device, "dtype": cfg.dtype},
+        "build": {
+            "batch_size": cfg.batch_size,
+            "device": cfg.device,
+            "dtype": cfg.dtype,
+            "amp": cfg.amp,
+        },
         "stats": None,
         "objects": None,
         "assets": assets,
     }
     m["identity"] = compute_identity(m)
     return m
-
-
-def encode_values(values: torch.Tensor, value_dtype: str) -> dict[str, np.ndarray]:
-    """(B, K, W) float values -> stored arrays: `values` (and `scales` for int8)."""
-    if value_dtype == "float16":
-        return {"values": values.to(torch.float16).numpy()}
-    if value_dtype == "bfloat16":
-        return {"values": values.to(torch.bfloat16).view(torch.uint16).numpy()}
-    # int8 quantises the float16-rounded values, so `hskcache derive` cuts an int8 cache out of
-    # a float16 one that is byte-identical to this; the extra rounding is measured in README.md.
-    values = values.to(torch.float16)
-    if torch.isinf(values).any():
-        raise HskError(
-            "a hidden-state value exceeds float16's range (65504), which int8 caches are "
-            "quantised from; use --value-dtype bfloat16"
-        )
-    values = values.float()
-    scale = values.abs().amax(dim=-1) / 127.0  # (B, K) per-token symmetric scale
-    q = torch.where(scale[..., None] > 0, values / scale[..., None].clamp(min=1e-30), 0.0)
-    return {
-        "values": q.round().clamp(-127, 127).to(torch.int8).numpy(),
-        "scales": scale.to(torch.float32).numpy(),
-    }
 
 
 def compute_batch(
@@ -217,8 +173,13 @@ def build_cache(
     """
     cfg.validate()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    with _held_lock(cfg.out, cfg.break_lock, rank, world) as lock:
-        return _build(cfg, lock, rank, world, show_progress, timings)
+    try:
+        with _held_lock(cfg.out, cfg.break_lock, rank, world) as lock:
+            return _build(cfg, lock, rank, world, show_progress, timings)
+    except OSError as e:  # creating arrays, writing the kit, finishing: all resumable
+        if e.errno != errno.ENOSPC:
+            raise
+        raise disk_full(cfg.out) from e
 
 
 def _build(
@@ -232,10 +193,12 @@ def _build(
     columns = Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column)
     ex = load_split(cfg.data, cfg.task, cfg.split, columns, cfg.limit)
     num_labels = 1 if ex.label_names is None else len(ex.label_names)
-    teacher = load_teacher(cfg.teacher, num_labels, cfg.device, cfg.dtype, cfg.seed)
+    teacher = load_teacher(cfg.teacher, num_labels, cfg.device, cfg.dtype, cfg.seed, cfg.amp)
     max_length = cfg.max_length or ex.task.max_length
     check_max_length(teacher, max_length)
-    plan = plan_selection(cfg, teacher.config, max_length)
+    plan = plan_selection(
+        cfg.selection, teacher.config.num_hidden_layers, teacher.config.hidden_size, max_length
+    )
     specs = plan_arrays(
         max_length,
         num_labels,
@@ -326,7 +289,6 @@ def _held_lock(out: str, break_lock: bool, rank: int, world: int) -> Iterator[Bu
             refused = e
     if world > 1:
         _init_distributed()
-        import torch.distributed as dist
 
         box = [lock.token if lock is not None else None]
         dist.broadcast_object_list(box, src=0)
@@ -344,8 +306,6 @@ def _held_lock(out: str, break_lock: bool, rank: int, world: int) -> Iterator[Bu
 
 
 def _init_distributed() -> None:
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         dist.init_process_group("gloo")
 
@@ -355,7 +315,6 @@ def _open_distributed(root, manifest, specs, chunk_rows, shard_rows, overwrite, 
     root = str(root)
     if world == 1:
         return open_for_build(root, manifest, specs, chunk_rows, shard_rows, overwrite)
-    import torch.distributed as dist
 
     _init_distributed()
     group = (
@@ -374,8 +333,6 @@ def _open_distributed(root, manifest, specs, chunk_rows, shard_rows, overwrite, 
 
 def _barrier(world: int) -> None:
     if world > 1:
-        import torch.distributed as dist
-
         dist.barrier()
 
 

@@ -16,7 +16,9 @@ from pathlib import PurePosixPath
 from hskcache.errors import CacheError, ConfigError
 from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY
 from hskcache.objects import ROOT_KEY
-from hskcache.transfer import locate
+from hskcache.reader import open_cache
+from hskcache.storage import locate
+from hskcache.tasks import get_task
 
 # Arrays every cache has: their metadata without a root above marks a partial copy.
 COMMON_ARRAYS = ("input_ids", "token_type_ids", "lengths", "labels", "logits", "n_valid")
@@ -138,8 +140,6 @@ def _equal(field: str) -> Callable[[dict, str], bool]:
 
 
 def _task(m: dict, v: str) -> bool:
-    from hskcache.tasks import get_task
-
     with suppress(ConfigError):  # a table file's own task name is compared as given
         v = get_task(v).name
     return _get(m, "data.task") == v
@@ -194,9 +194,7 @@ def match(caches: list[dict], spec: str) -> list[dict]:
         filters = parse_filters(spec)
         keep = lambda m: all(FILTERS[k](m, v) for k, v in filters.items())  # noqa: E731
     else:
-        from hskcache.reader import open_cache
-
-        identity = open_cache(spec, require_complete=False).manifest["identity"]
+        identity = open_cache(spec, require_complete=False).info.identity
         keep = lambda m: m.get("identity") == identity  # noqa: E731
     return [c for c in caches if c["status"] == "complete" and keep(c["manifest"])]
 

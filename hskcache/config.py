@@ -17,7 +17,9 @@ from typing import TypeVar
 
 from hskcache.errors import ConfigError
 from hskcache.layout import COMPRESSORS, VALUE_DTYPES
-from hskcache.selection import SCORE_LAYERS, parse_hsk
+from hskcache.precision import amp_problem
+from hskcache.selection import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
+from hskcache.teacher import check_device
 
 T = TypeVar("T")
 
@@ -94,17 +96,21 @@ def _type_name(hint) -> str:
 
 @dataclass
 class BuildConfig:
-    """Everything `hskcache build` needs. See `hskcache build --help` for each field."""
+    """Everything `hskcache build` needs. See `hskcache build --help` for each field.
+
+    The selection settings are flat fields (one TOML key and one flag each) with the defaults
+    of `SelectionConfig`; `selection` gathers them.
+    """
 
     data: str
     out: str
     task: str | None = None
     split: str = "train"
-    hsk: str = "1l_10t_0.1h"
-    length: str = "attention-no-sep"
-    width_strategy: str = "magnitude"
-    score_layer: str = "producing"
-    student_layers: int = 4
+    hsk: str = SELECTION_DEFAULTS.hsk
+    length: str = SELECTION_DEFAULTS.length
+    width_strategy: str = SELECTION_DEFAULTS.width_strategy
+    score_layer: str = SELECTION_DEFAULTS.score_layer
+    student_layers: int = SELECTION_DEFAULTS.student_layers
     # student inits stored in the cache (presets or JSON shapes); empty: the preset this deep
     student: list[str] = field(default_factory=list)
     bundle_teacher: bool = False  # also store the whole teacher inside the cache
@@ -116,6 +122,7 @@ class BuildConfig:
     batch_size: int = 32
     device: str = "cpu"
     dtype: str = "float32"
+    amp: str = "none"  # autocast of the teacher's forward: none | bf16 | fp16 (CUDA)
     value_dtype: str = "float16"
     compressor: str = "none"
     chunk_rows: int | None = None
@@ -127,11 +134,25 @@ class BuildConfig:
     overwrite: bool = False
     break_lock: bool = False  # take the cache's lock from another build (it must be dead)
 
+    @property
+    def selection(self) -> SelectionConfig:
+        """The selection settings of this build."""
+        return SelectionConfig(
+            self.hsk,
+            self.length,
+            self.width_strategy,
+            self.score_layer,
+            self.student_layers,
+            self.l_top,
+            list(self.teacher_layers),
+            self.seed,
+        )
+
     def validate(self) -> None:
         """Raise one ConfigError naming every bad setting."""
         problems = []
         try:
-            parse_hsk(self.hsk, self.length, self.width_strategy, self.seed)
+            self.selection.parse()
         except ConfigError as e:
             problems.append(str(e))
         checks = [
@@ -147,10 +168,10 @@ class BuildConfig:
             (self.device == "cpu" or self.device.startswith("cuda"), "device must be cpu|cuda"),
         ]
         problems += [msg for ok, msg in checks if not ok]
+        if amp := amp_problem(self.amp, self.device):
+            problems.append(amp)
         problems += _out_problems(self.out)
         if self.device == "cpu" or self.device.startswith("cuda"):
-            from hskcache.teacher import check_device
-
             try:
                 check_device(self.device)
             except ConfigError as e:
@@ -164,6 +185,11 @@ def _out_problems(out: str) -> list[str]:
     if "://" in out:
         return []  # object storage: the store itself reports what it refuses
     path = Path(out).expanduser()
+    if path.is_symlink():  # one rule: --overwrite never deletes through (or next to) a link
+        return [
+            f"out {out} is a symbolic link (to {os.readlink(path)}); pass the folder itself "
+            "as --out"
+        ]
     if path.exists() and not path.is_dir():
         return [f"out {out} is a file; --out must be a folder (new, or a cache to resume)"]
     existing = next(p for p in (path, *path.absolute().parents) if p.exists())

@@ -237,6 +237,7 @@ def _from_table(path: Path, spec: TaskSpec, columns: Columns, split: str) -> Exa
     if path.suffix == ".tsv" and spec.name != "custom":
         rows, header = _read_tsv(path, spec.has_header)
         return _from_rows(rows, header, spec, columns, str(path), split)
+    # lazy: pyarrow only for csv/jsonl/parquet inputs (GLUE TSVs are read without it)
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
@@ -275,6 +276,7 @@ def _named_columns(spec: TaskSpec) -> TaskSpec:
 
 
 def _from_hub(name: str, spec: TaskSpec, columns: Columns, split: str) -> Examples:
+    # lazy: `datasets` takes about a second to import; only hub inputs need it
     import datasets
 
     repo = "nyu-mll/glue" if name == "glue" else name

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -24,15 +23,16 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from hskcache import __version__
-from hskcache.build import cache_stats, encode_values
+from hskcache.build import cache_stats
+from hskcache.codec import decode_values, encode_values
 from hskcache.errors import CacheError, ConfigError
 from hskcache.layout import COMPRESSORS, VALUE_DTYPES, default_chunk_rows, layer_key
 from hskcache.lock import BuildLock, local_path
-from hskcache.manifest import compute_identity
+from hskcache.manifest import ManifestView, compute_identity
 from hskcache.objects import read_object
 from hskcache.progress import progress_bar
-from hskcache.reader import Cache, decode_values, open_cache, specs_for
-from hskcache.selection import SCORE_LAYERS
+from hskcache.reader import Cache, open_cache, specs_for
+from hskcache.selection import SCORE_LAYERS, SelectionConfig
 from hskcache.targets import Plan, plan_selection
 from hskcache.writer import ShardWriter, finish, open_for_build, shard_done, stored_keys
 
@@ -92,53 +92,52 @@ class Cut:
     requantise: bool  # float16 -> int8
 
 
-def selection_of(src: dict, cfg: DeriveConfig) -> SimpleNamespace:
+def selection_of(src: ManifestView, cfg: DeriveConfig) -> SelectionConfig:
     """The selection settings of the derived cache: the flags given, the source's otherwise."""
-    sel = src["selection"]
+    sel = src.selection
     explicit_depth = cfg.l_top is not None or bool(cfg.teacher_layers)
-    return SimpleNamespace(
+    return SelectionConfig(
         hsk=cfg.hsk,
-        length=cfg.length or sel["length"],
-        width_strategy=cfg.width_strategy or sel["width_strategy"],
-        seed=sel["seed"],  # it also seeded a missing head: the logits are the source's
+        length=cfg.length or sel.length,
+        width_strategy=cfg.width_strategy or sel.width_strategy,
+        seed=sel.seed,  # it also seeded a missing head: the logits are the source's
         # the source's: its student inits (assets) are for that depth
-        student_layers=sel["student_layers"],
-        l_top=cfg.l_top if explicit_depth else sel["l_top"],
+        student_layers=sel.student_layers,
+        l_top=cfg.l_top if explicit_depth else sel.l_top,
         teacher_layers=list(cfg.teacher_layers)
         if explicit_depth
-        else list(sel["teacher_layers"] or []),
-        score_layer=cfg.score_layer or sel["score_layer"],
+        else list(sel.teacher_layers or []),
+        score_layer=cfg.score_layer or sel.score_layer,
     )
 
 
-def plan_cut(src: dict, cfg: DeriveConfig) -> tuple[Plan, SimpleNamespace, Cut]:
+def plan_cut(src: ManifestView, cfg: DeriveConfig) -> tuple[Plan, SelectionConfig, Cut]:
     """Resolve the derived selection and check it can be cut exactly from `src`.
 
     Raises:
         ConfigError: one line naming the first thing the source cannot provide exactly.
     """
     sel = selection_of(src, cfg)
-    t = src["teacher"]
-    shape = SimpleNamespace(num_hidden_layers=t["num_hidden_layers"], hidden_size=t["hidden_size"])
-    plan = plan_selection(sel, shape, src["max_length"])
-    have = src["selection"]
+    t = src.teacher
+    plan = plan_selection(sel, t.num_hidden_layers, t.hidden_size, src.max_length)
+    have = src.selection
 
     def why(reason: str, fix: str) -> ConfigError:
         return ConfigError(f"cannot derive '{plan.hsk.name}': {reason}; {fix}")
 
     rebuild = "build it with the teacher instead"
 
-    if plan.hsk.length != have["length"]:
+    if plan.hsk.length != have.length:
         raise why(
-            f"the source's tokens were picked by '{have['length']}', not '{plan.hsk.length}'",
-            f"keep --length {have['length']} or {rebuild}",
+            f"the source's tokens were picked by '{have.length}', not '{plan.hsk.length}'",
+            f"keep --length {have.length} or {rebuild}",
         )
-    if plan.tokens > have["tokens_kept"]:
+    if plan.tokens > have.tokens_kept:
         raise why(
-            f"{plan.tokens} tokens asked but the source stores {have['tokens_kept']} per example",
-            f"ask for at most {have['tokens_kept']} or {rebuild}",
+            f"{plan.tokens} tokens asked but the source stores {have.tokens_kept} per example",
+            f"ask for at most {have.tokens_kept} or {rebuild}",
         )
-    stored = {la["teacher"]: la for la in src["layers"]}
+    stored = {la.teacher: la for la in src.layers}
     for la in plan.layers:
         got = stored.get(la["teacher"])
         if got is None:
@@ -147,21 +146,21 @@ def plan_cut(src: dict, cfg: DeriveConfig) -> tuple[Plan, SimpleNamespace, Cut]:
                 f"in the source, which stores {sorted(stored)}",
                 f"pick layers among those (--l-top/--teacher-layers) or {rebuild}",
             )
-        if got["score_attention"] != la["score_attention"]:
+        if got.score_attention != la["score_attention"]:
             raise why(
                 f"hidden state {la['teacher']}'s tokens were scored by attention layer "
-                f"{got['score_attention']}, not {la['score_attention']}",
-                f"keep --score-layer {have['score_layer']} or {rebuild}",
+                f"{got.score_attention}, not {la['score_attention']}",
+                f"keep --score-layer {have.score_layer} or {rebuild}",
             )
     width = _width_cut(src, plan, why, rebuild)
-    dtypes = (src["storage"]["value_dtype"], cfg.value_dtype or src["storage"]["value_dtype"])
+    dtypes = (src.storage.value_dtype, cfg.value_dtype or src.storage.value_dtype)
     if dtypes[0] != dtypes[1] and dtypes not in DTYPE_CUTS:
         raise why(
             f"{dtypes[0]} values cannot be converted to {dtypes[1]} exactly (only float16 -> "
             "int8 can)",
             f"keep --value-dtype {dtypes[0]} or {rebuild}",
         )
-    same_dims = isinstance(width, slice) and width.stop == have["width_kept"]
+    same_dims = isinstance(width, slice) and width.stop == have.width_kept
     # A magnitude prefix keeps each token's largest |value|, hence its int8 scale.
     if dtypes == ("int8", "int8") and not (same_dims or plan.per_token_dims):
         raise why(
@@ -178,11 +177,11 @@ def plan_cut(src: dict, cfg: DeriveConfig) -> tuple[Plan, SimpleNamespace, Cut]:
     return plan, sel, cut
 
 
-def _width_cut(src: dict, plan: Plan, why, rebuild: str) -> slice | np.ndarray:
+def _width_cut(src: ManifestView, plan: Plan, why, rebuild: str) -> slice | np.ndarray:
     """Columns of the source's values that make the derived width."""
-    h = src["teacher"]["hidden_size"]
-    have_w = src["selection"]["width_kept"]
-    src_dims = src["width_dims"]
+    h = src.teacher.hidden_size
+    have_w = src.selection.width_kept
+    src_dims = src.width_dims
     if src_dims is None and have_w == h:
         src_dims = list(range(h))  # full width: every dim, in order
     # Magnitude dims come from one stable sort of |value| (ties to the lower dim) cut at k, so
@@ -192,7 +191,7 @@ def _width_cut(src: dict, plan: Plan, why, rebuild: str) -> slice | np.ndarray:
             what = (
                 "every dim"
                 if have_w == h
-                else f"a fixed '{src['selection']['width_strategy']}' mask"
+                else f"a fixed '{src.selection.width_strategy}' mask"
             )
             raise why(
                 f"magnitude width needs dims stored largest |value| first, the source keeps "
@@ -227,18 +226,18 @@ def _width_cut(src: dict, plan: Plan, why, rebuild: str) -> slice | np.ndarray:
 
 
 def derived_manifest(
-    src: Cache, cfg: DeriveConfig, plan: Plan, sel: SimpleNamespace, chunk_rows: int
+    src: Cache, cfg: DeriveConfig, plan: Plan, sel: SelectionConfig, chunk_rows: int
 ) -> dict:
     """The source's manifest with the derived selection and storage, and its parent named.
 
     Teacher, tokenizer, data, max length, build settings and any other section (assets) are
     the source's: the values were computed by that teacher with those settings.
     """
-    m = src.manifest
-    n = m["counts"]["num_examples"]
+    m = src.info
+    n = m.counts.num_examples
     shard_rows = chunk_rows * cfg.chunks_per_shard
     out = {
-        **m,
+        **src.manifest,
         "tool_version": __version__,
         "status": "building",
         "selection": {
@@ -253,8 +252,8 @@ def derived_manifest(
         "layers": plan.layers,
         "width_dims": None if plan.width_dims is None else plan.width_dims.tolist(),
         "storage": {
-            "value_dtype": cfg.value_dtype or m["storage"]["value_dtype"],
-            "compressor": cfg.compressor or m["storage"]["compressor"],
+            "value_dtype": cfg.value_dtype or m.storage.value_dtype,
+            "compressor": cfg.compressor or m.storage.compressor,
             "chunk_rows": chunk_rows,
             "shard_rows": shard_rows,
         },
@@ -266,9 +265,9 @@ def derived_manifest(
         "stats": None,
         "objects": None,
         "derived_from": {
-            "identity": m["identity"],
+            "identity": m.identity,
             "source": src.url,
-            "selection": m["selection"]["name"],
+            "selection": m.selection.name,
         },
     }
     out["identity"] = compute_identity(out)
@@ -304,7 +303,7 @@ def copy_assets(src: Cache, group) -> list[str]:
     """Copy every `assets/` object of the source byte for byte (tokenizer, student init, ...),
     whatever the manifest's `assets` section names; return their keys."""
     proto = default_buffer_prototype()
-    keys = sorted(k for k in src.manifest["objects"] or {} if k.startswith(ASSET_PREFIX))
+    keys = sorted(k for k in src.info.objects or {} if k.startswith(ASSET_PREFIX))
     for key in keys:
         data = read_object(src.group.store, key)
         if data is None:
@@ -343,8 +342,8 @@ def derive_cache(cfg: DeriveConfig, show_progress: bool = True) -> Path | str:
     cfg.validate()
     check_locations(cfg.src, cfg.out)
     src = open_cache(cfg.src)
-    plan, sel, cut = plan_cut(src.manifest, cfg)
-    specs = specs_for(derived_manifest(src, cfg, plan, sel, 1))
+    plan, sel, cut = plan_cut(src.info, cfg)
+    specs = specs_for(ManifestView.from_dict(derived_manifest(src, cfg, plan, sel, 1)))
     chunk_rows = cfg.chunk_rows or default_chunk_rows(specs, src.num_examples)  # as build does
     manifest = derived_manifest(src, cfg, plan, sel, chunk_rows)
     lock = BuildLock.acquire(cfg.out, cfg.break_lock)

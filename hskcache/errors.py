@@ -32,15 +32,6 @@ class CacheIncompleteError(CacheError):
     """The cache was never marked complete (a killed or running build)."""
 
 
-class ChecksumError(CacheError):
-    """A chunk's stored crc32c does not match its bytes."""
-
-    def __init__(self, array: str, chunk: int, detail: str = ""):
-        self.array, self.chunk = array, chunk
-        msg = f"array '{array}' chunk {chunk} is damaged"
-        super().__init__(f"{msg}: {detail}" if detail else msg)
-
-
 class CacheMismatchError(CacheError):
     """A cache was built for something other than what is asked of it."""
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
+from hskcache.manifest import ManifestView
 from hskcache.reader import Cache
 
 
 def describe(cache: Cache) -> dict:
     """A JSON-ready summary: manifest highlights plus every array's shape and bytes on disk."""
-    m = cache.manifest
+    info = cache.info
     arrays = []
     for name, spec in cache.specs.items():
         arr = cache.group[name]
@@ -20,65 +23,65 @@ def describe(cache: Cache) -> dict:
                 "bytes": int(arr.nbytes_stored()),
             }
         )
-    sel, t, d = m["selection"], m["teacher"], m["data"]
+    sel, t, d = info.selection, info.teacher, info.data
     return {
         "path": cache.url,
-        "status": m["status"],
-        "identity": m["identity"],
-        "teacher": f"{t['name']} ({t['model_type']}, {t['num_hidden_layers']} layers, "
-        f"hidden {t['hidden_size']}, sha256 {t['weights_sha256'][:12]})",
-        "teacher_head_initialised": t["head_initialised"],
-        "data": f"{d['task']} {d['split']} from {d['source']} ({d['num_examples']} examples, "
-        f"fingerprint {d['fingerprint'][:12]})",
-        "max_length": m["max_length"],
+        "status": info.status,
+        "identity": info.identity,
+        "teacher": f"{t.name} ({t.model_type}, {t.num_hidden_layers} layers, "
+        f"hidden {t.hidden_size}, sha256 {t.weights_sha256[:12]})",
+        "teacher_head_initialised": t.head_initialised,
+        "data": f"{d.task} {d.split} from {d.source} ({d.num_examples} examples, "
+        f"fingerprint {d.fingerprint[:12]})",
+        "max_length": info.max_length,
         "selection": {
-            "config": sel["name"],
-            "length": sel["length"],
-            "width_strategy": sel["width_strategy"],
-            "tokens_kept": sel["tokens_kept"],
-            "width_kept": f"{sel['width_kept']}/{t['hidden_size']}",
+            "config": sel.name,
+            "length": sel.length,
+            "width_strategy": sel.width_strategy,
+            "tokens_kept": sel.tokens_kept,
+            "width_kept": f"{sel.width_kept}/{t.hidden_size}",
             "layers": [
-                f"student {la['student']} <- teacher {la['teacher']}"
+                f"student {la.student} <- teacher {la.teacher}"
                 + (
-                    f" (scored by attention {la['score_attention']})"
-                    if la["score_attention"] is not None
+                    f" (scored by attention {la.score_attention})"
+                    if la.score_attention is not None
                     else ""
                 )
-                for la in m["layers"]
+                for la in info.layers
             ],
         },
-        "storage": m["storage"],
-        "counts": m["counts"],
+        "storage": asdict(info.storage),
+        "counts": asdict(info.counts),
         "arrays": arrays,
         "total_bytes": sum(a["bytes"] for a in arrays),
-        "stats": m["stats"],
-        "kit": describe_kit(m),
+        "stats": None if info.stats is None else asdict(info.stats),
+        "kit": describe_kit(info),
     }
 
 
-def describe_kit(m: dict) -> dict:
+def describe_kit(info: ManifestView) -> dict:
     """The training kit the cache carries: tokenizer, student inits, bundled teacher.
 
     Sizes come from the objects table, so they are known once the build has finished.
     """
-    section, objects = m["assets"], m["objects"] or {}
-    size = lambda keys: sum(objects.get(k, {}).get("bytes", 0) for k in keys)  # noqa: E731
-    bundle = section["teacher"]
+    section, objects = info.assets, info.objects or {}
+    size = lambda keys: sum(objects[k].bytes for k in keys if k in objects)  # noqa: E731
+    bundle = section.teacher
     return {
         "tokenizer": {
-            "class": m["tokenizer"]["class"],
-            "sha256": m["tokenizer"]["sha256"],
-            "files": sorted(section["tokenizer"]),
+            "class": info.tokenizer.class_name,
+            "sha256": info.tokenizer.sha256,
+            "files": sorted(section.tokenizer),
         },
         "students": [
             {
                 "name": name,
-                "shape": e["shape"],
-                "teacher_layers": e["teacher_layers"],
-                "bytes": size(e["files"].values()),
-                "sha256": e["sha256"],
+                "shape": dict(e.shape),
+                "teacher_layers": list(e.teacher_layers),
+                "bytes": size(e.files.values()),
+                "sha256": e.sha256,
             }
-            for name, e in section["students"].items()
+            for name, e in section.students.items()
         ],
         "teacher_bundled": bundle is not None,
         "teacher_bytes": size(bundle.values()) if bundle else 0,

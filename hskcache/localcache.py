@@ -4,7 +4,8 @@ A remote cache (s3://, gs://, ...) is read shard by shard: the first read of a s
 the whole object, checks it against the size and sha256 the manifest's `objects` table recorded
 at build time, and writes it under `DIR/<cache>/<key>` through a temp file and a rename. From
 then on the shard is a local file, read exactly as a local cache is (memory maps, or zarr's
-decode for compressed caches), so a second epoch reads nothing remote.
+decode for compressed caches), so a second epoch reads nothing remote. A local file is hashed
+once per process, on its first use: a copy altered after download is downloaded again.
 
 `<cache>` is the cache's identity plus a digest of its objects table: the identity alone names
 what was distilled, not how it is stored (chunking, dtype, compression), and two caches with one
@@ -31,6 +32,8 @@ from hskcache.errors import CacheError, ConfigError
 
 ENV_DIR = "HSKCACHE_LOCAL_CACHE"
 DEFAULT_SIZE = 10 * 2**30  # 10 GiB
+# (local file, sha256) pairs this process has hashed: a local copy is checked once per process
+_CHECKED: set[tuple[str, str]] = set()
 _UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
@@ -102,7 +105,7 @@ class ShardCache:
             raise CacheError(f"object '{key}' is not in the cache's objects table")
         path = self.dir / key
         try:
-            if path.stat().st_size == want["bytes"]:
+            if path.stat().st_size == want["bytes"] and self._sound(path, want["sha256"]):
                 os.utime(path)  # mtime = last use, for LRU across processes
                 return path
         except FileNotFoundError:
@@ -120,8 +123,20 @@ class ShardCache:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)  # whole or absent, whoever else reads this folder
+        _CHECKED.add((str(path), want["sha256"]))
         self.evict(keep={path, *keep})
         return path
+
+    @staticmethod
+    def _sound(path: Path, sha256: str) -> bool:
+        """True when the local file hashes to `sha256`: checked on its first use in this
+        process (a copy altered after download is then downloaded again), trusted after."""
+        if (str(path), sha256) in _CHECKED:
+            return True
+        if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+            return False
+        _CHECKED.add((str(path), sha256))
+        return True
 
     def evict(self, keep: Iterable[Path] = ()) -> None:
         """Delete least recently used shards until the folder's shards fit in the limit."""

@@ -147,8 +147,12 @@ class BuildLock:
                 fd = os.open(path / LOCK_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+            except OSError:  # a full disk: an empty lock would read as held by "?" forever
+                (path / LOCK_KEY).unlink(missing_ok=True)
+                raise
             return True
         fs, key = fsspec.core.url_to_fs(self.key_url)
         if fs.exists(key):

@@ -1,12 +1,15 @@
 """The cache manifest: a JSON document in the group attributes, checked against the schema.
 
-`schemas/cache.schema.json` documents every field; this module validates, hashes and compares.
+`schemas/cache.schema.json` documents every field; this module validates, hashes and compares
+the dict, and turns a validated one into `ManifestView`, the typed view readers use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
@@ -81,3 +84,228 @@ def check_same(expected: dict, found: dict, ignore: tuple[str, ...], hint: str) 
     diff = first_difference(strip(expected), strip(found))
     if diff:
         raise CacheMismatchError(*diff, hint=hint)
+
+
+# --- typed, read-only view ---------------------------------------------------------------------
+# The manifest stays a JSON dict (it is written, hashed and compared field by field); readers go
+# through this view so a misspelt field is an AttributeError at the line that reads it and an
+# editor can list what a manifest holds. It is built only from a schema-valid manifest, so every
+# required field is there and the view does no checking of its own.
+
+
+class FrozenMap(Mapping):
+    """A read-only mapping that, unlike `types.MappingProxyType`, pickles and deep-copies (a
+    `Cache` may be sent to another process)."""
+
+    def __init__(self, items: Mapping) -> None:
+        self._items = dict(items)
+
+    def __getitem__(self, key):
+        return self._items[key]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._items!r})"
+
+
+def _frozen(d: Mapping | None) -> FrozenMap | None:
+    return None if d is None else FrozenMap(d)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    name: str
+    weights_sha256: str
+    model_type: str
+    num_hidden_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_labels: int
+    head_initialised: bool  # True: the checkpoint had no classifier; logits are a seeded head's
+    config: Mapping  # the teacher's config.json
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    name: str
+    sha256: str
+    class_name: str  # "class" in the manifest
+    pad_token_id: int
+    sep_token_id: int
+
+
+@dataclass(frozen=True)
+class Data:
+    source: str
+    task: str
+    split: str
+    fingerprint: str
+    num_examples: int
+    limit: int | None
+    label_names: tuple[str, ...] | None  # None for regression
+    regression: bool
+    pair: bool
+
+
+@dataclass(frozen=True)
+class Selection:
+    name: str  # e.g. "1l_10t_0.1h" or "full"
+    layers: int | None
+    tokens: int | None
+    width: float
+    length: str
+    width_strategy: str
+    seed: int
+    l_top: int
+    student_layers: int
+    score_layer: str
+    teacher_layers: tuple[int, ...] | None
+    tokens_kept: int  # K: positions stored per example
+    width_kept: int  # W: dims stored per token
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One distilled layer: student layer `student` learns teacher hidden state `teacher`."""
+
+    student: int
+    teacher: int
+    score_attention: int | None
+
+
+@dataclass(frozen=True)
+class Storage:
+    value_dtype: str  # float16, bfloat16 (stored as uint16 bits) or int8 (+ a scale per token)
+    compressor: str
+    chunk_rows: int
+    shard_rows: int
+
+
+@dataclass(frozen=True)
+class Counts:
+    num_examples: int
+    num_chunks: int
+    num_shards: int
+
+
+@dataclass(frozen=True)
+class Build:
+    batch_size: int
+    device: str
+    dtype: str
+    amp: str
+
+
+@dataclass(frozen=True)
+class Stats:
+    hsk_fraction: float
+    bytes_per_example: float
+    full_fp16_bytes_per_example: float
+    mean_length: float
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StudentInit:
+    shape: Mapping  # num_hidden_layers, hidden_size, num_attention_heads
+    teacher_layers: tuple[int, ...]
+    files: Mapping[str, str]  # file name -> store key under assets/
+    sha256: str  # of model.safetensors
+
+
+@dataclass(frozen=True)
+class Assets:
+    tokenizer: Mapping[str, str]  # file name -> store key
+    teacher_config: str
+    students: Mapping[str, StudentInit]
+    teacher: Mapping[str, str] | None  # the bundled teacher folder, or None
+
+
+@dataclass(frozen=True)
+class DerivedFrom:
+    identity: str
+    source: str
+    selection: str
+
+
+@dataclass(frozen=True)
+class ManifestView:
+    """A schema-valid manifest as typed, read-only attributes (`Cache.info`)."""
+
+    format_version: int
+    tool_version: str
+    status: str
+    identity: str
+    teacher: Teacher
+    tokenizer: Tokenizer
+    data: Data
+    max_length: int
+    selection: Selection
+    layers: tuple[Layer, ...]
+    width_dims: tuple[int, ...] | None  # fixed dims; None when per token or full width
+    storage: Storage
+    counts: Counts
+    build: Build
+    stats: Stats | None  # None until the build completes
+    objects: Mapping[str, StoredObject] | None  # None until the build completes
+    assets: Assets
+    derived_from: DerivedFrom | None
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @classmethod
+    def from_dict(cls, m: Mapping) -> ManifestView:
+        """The view of a manifest that already passed `validate_manifest`."""
+        t, tok, d, s, a = m["teacher"], m["tokenizer"], m["data"], m["selection"], m["assets"]
+        tuple_or_none = lambda xs: None if xs is None else tuple(xs)  # noqa: E731
+        return cls(
+            format_version=m["format_version"],
+            tool_version=m["tool_version"],
+            status=m["status"],
+            identity=m["identity"],
+            teacher=Teacher(**{**t, "config": _frozen(t["config"])}),
+            tokenizer=Tokenizer(
+                tok["name"], tok["sha256"], tok["class"], tok["pad_token_id"], tok["sep_token_id"]
+            ),
+            data=Data(**{**d, "label_names": tuple_or_none(d["label_names"])}),
+            max_length=m["max_length"],
+            selection=Selection(**{**s, "teacher_layers": tuple_or_none(s["teacher_layers"])}),
+            layers=tuple(Layer(**la) for la in m["layers"]),
+            width_dims=tuple_or_none(m["width_dims"]),
+            storage=Storage(**m["storage"]),
+            counts=Counts(**m["counts"]),
+            build=Build(**m["build"]),
+            stats=None if m["stats"] is None else Stats(**m["stats"]),
+            objects=None
+            if m["objects"] is None
+            else FrozenMap({k: StoredObject(**o) for k, o in m["objects"].items()}),
+            assets=Assets(
+                tokenizer=_frozen(a["tokenizer"]),
+                teacher_config=a["teacher_config"],
+                students=FrozenMap(
+                    {
+                        name: StudentInit(
+                            _frozen(e["shape"]),
+                            tuple(e["teacher_layers"]),
+                            _frozen(e["files"]),
+                            e["sha256"],
+                        )
+                        for name, e in a["students"].items()
+                    }
+                ),
+                teacher=_frozen(a["teacher"]),
+            ),
+            derived_from=DerivedFrom(**m["derived_from"]) if "derived_from" in m else None,
+        )

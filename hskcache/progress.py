@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 
@@ -56,8 +59,6 @@ def bytes_bar(label: str, total: int, enabled: bool = True) -> Iterator[Callable
     if not enabled:
         yield lambda n: None
         return
-    from rich.console import Console
-    from rich.progress import DownloadColumn, TransferSpeedColumn
 
     columns = [
         TextColumn("[bold]{task.description}"),

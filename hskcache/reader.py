@@ -22,28 +22,27 @@ import zarr
 from hskcache.errors import CacheError, CacheIncompleteError
 from hskcache.layout import ArraySpec, layer_key, plan_arrays, shard_key
 from hskcache.localcache import DEFAULT_SIZE, ShardCache, default_dir, parse_size
-from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY, validate_manifest
+from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY, Layer, ManifestView, validate_manifest
 from hskcache.objects import read_object
+from hskcache.rowcheck import chunk_problems
 
 _EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written
 CRC_BYTES = 4
 
 
-def specs_for(manifest: dict) -> list[ArraySpec]:
+def specs_for(info: ManifestView) -> list[ArraySpec]:
     """The arrays a cache with this manifest must hold."""
-    sel, data = manifest["selection"], manifest["data"]
-    per_token = (
-        manifest["width_dims"] is None and sel["width_kept"] < manifest["teacher"]["hidden_size"]
-    )
-    num_labels = 1 if data["regression"] else len(data["label_names"] or [0])
+    sel, data = info.selection, info.data
+    per_token = info.width_dims is None and sel.width_kept < info.teacher.hidden_size
+    num_labels = 1 if data.regression else len(data.label_names or [0])
     return plan_arrays(
-        manifest["max_length"],
+        info.max_length,
         num_labels,
-        data["regression"],
-        [la["teacher"] for la in manifest["layers"]],
-        sel["tokens_kept"],
-        sel["width_kept"],
-        manifest["storage"]["value_dtype"],
+        data.regression,
+        [la.teacher for la in info.layers],
+        sel.tokens_kept,
+        sel.width_kept,
+        info.storage.value_dtype,
         per_token,
     )
 
@@ -68,47 +67,73 @@ class Cache:
         """Objects this process downloaded from the remote cache (0 for a local cache)."""
         return 0 if self.local is None else self.local.remote_fetches
 
+    @cached_property
+    def info(self) -> ManifestView:
+        """The manifest as typed, read-only attributes (`manifest` stays the JSON dict)."""
+        return ManifestView.from_dict(self.manifest)
+
     @property
     def num_examples(self) -> int:
-        return self.manifest["counts"]["num_examples"]
+        return self.info.counts.num_examples
 
     @property
     def chunk_rows(self) -> int:
-        return self.manifest["storage"]["chunk_rows"]
+        return self.info.storage.chunk_rows
 
     @property
     def num_chunks(self) -> int:
-        return self.manifest["counts"]["num_chunks"]
+        return self.info.counts.num_chunks
 
     @property
-    def layers(self) -> list[dict]:
-        return self.manifest["layers"]
+    def layers(self) -> tuple[Layer, ...]:
+        return self.info.layers
 
     @cached_property
     def specs(self) -> dict[str, ArraySpec]:
-        return {s.name: s for s in specs_for(self.manifest)}
+        return {s.name: s for s in specs_for(self.info)}
 
     @cached_property
     def memory_mapped(self) -> bool:
         """True when chunks are read straight from mapped shard files (local or local copy)."""
         local = _local_root(self.url) is not None or self.local is not None
-        return local and self.manifest["storage"]["compressor"] == "none"
+        return local and self.info.storage.compressor == "none"
 
     def chunk_bounds(self, i: int) -> tuple[int, int]:
         lo = i * self.chunk_rows
         return lo, min(self.num_examples, lo + self.chunk_rows)
 
-    def read_chunk(self, i: int, fields: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Every (or the named) array's rows of chunk i, as fresh numpy arrays."""
+    def read_chunk(
+        self, i: int, fields: list[str] | None = None, check: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Every (or the named) array's rows of chunk i, as fresh numpy arrays.
+
+        `check`: refuse values no build writes (an id past the vocabulary, a position outside
+        its row), so a damaged cache read unverified fails here, naming array and chunk.
+
+        Raises:
+            CacheError: the first impossible value's array and chunk.
+        """
+        rows = self._read_chunk(i, fields)
+        problems = chunk_problems(self.manifest, rows) if check else []
+        if problems:
+            raise CacheError(
+                f"{self.url}: {problems[0].replace(':', f' chunk {i}:', 1)} (damaged); run "
+                f"`hskcache verify {self.url}`"
+            )
+        return rows
+
+    def _read_chunk(self, i: int, fields: list[str] | None = None) -> dict[str, np.ndarray]:
         if not 0 <= i < self.num_chunks:
             raise IndexError(f"chunk {i} out of range 0..{self.num_chunks - 1}")
         lo, hi = self.chunk_bounds(i)
         names = fields or list(self.specs)
         if self.local is not None:
-            try:
-                return self._read_local_copy(names, i)
-            except FileNotFoundError:  # another process evicted a shard after our check
-                return self._read_local_copy(names, i)
+            for _ in range(8):  # another process evicted a shard after our check: again
+                try:
+                    return self._read_local_copy(names, i)
+                except FileNotFoundError:
+                    continue
+            return self._read_local_copy(names, i)
         if self.memory_mapped:
             root = _local_root(self.url)
             return {n: np.array(self._mapped_chunk(n, i, root)[: hi - lo]) for n in names}
@@ -117,7 +142,7 @@ class Cache:
     def _read_local_copy(self, names: list[str], i: int) -> dict[str, np.ndarray]:
         """Chunk i of a remote cache, from local copies of its shards (downloaded if absent)."""
         lo, hi = self.chunk_bounds(i)
-        shard = i // (self.manifest["storage"]["shard_rows"] // self.chunk_rows)
+        shard = i // (self.info.storage.shard_rows // self.chunk_rows)
         keep: set[Path] = set()  # this read's shards: never evicted to make room for another
         for n in names:
             keep.add(self.local.path(shard_key(self.specs[n], shard), keep))
@@ -133,7 +158,7 @@ class Cache:
         are fetched (and checked) like shards, and never evicted."""
         arrays = self.__dict__.setdefault("_local_arrays", {})
         if name not in arrays:
-            for key in sorted(k for k in self.manifest["objects"] if k.endswith("zarr.json")):
+            for key in sorted(k for k in self.info.objects if k.endswith("zarr.json")):
                 self.local.path(key)
             arrays[name] = zarr.open_array(self.local.dir / name, mode="r")
         return arrays[name]
@@ -167,7 +192,7 @@ class Cache:
         pass over a 10x larger cache would hold 10x the memory; per-read maps keep it flat.
         """
         spec = self.specs[name]
-        per_shard = self.manifest["storage"]["shard_rows"] // self.chunk_rows
+        per_shard = self.info.storage.shard_rows // self.chunk_rows
         shard, inner = divmod(i, per_shard)
         path = root / shard_key(spec, shard)
         index = self._indexes.get(str(path))
@@ -224,22 +249,23 @@ def open_cache(
         raise CacheError(f"{url}: cannot open as a zarr group ({e})") from e
     check_format_version(manifest, url)
     validate_manifest(manifest, url)
-    if require_complete and manifest["status"] != "complete":
+    cache = Cache(url, group, manifest)
+    info = cache.info  # built only now, so the view never sees a manifest that broke the schema
+    if require_complete and not info.complete:
         raise CacheIncompleteError(
-            f"{url}: cache is incomplete (status '{manifest['status']}'); rerun the same "
+            f"{url}: cache is incomplete (status '{info.status}'); rerun the same "
             "`hskcache build` command to finish it"
         )
     size = DEFAULT_SIZE if local_cache_size is None else parse_size(local_cache_size)
-    local = None
-    if root is None and manifest["status"] == "complete" and manifest.get("objects"):
-        local = ShardCache(
+    if root is None and info.complete and info.objects:
+        cache.local = ShardCache(
             Path(local_cache).expanduser() if local_cache else default_dir(),
             size,
-            manifest["identity"],
-            manifest["objects"],
+            info.identity,
+            manifest["objects"],  # the JSON table: its digest names the local folder
             lambda key: read_object(group.store, key),
         )
-    return Cache(url, group, manifest, local)
+    return cache
 
 
 def check_format_version(manifest: dict, url: str) -> None:
@@ -256,15 +282,3 @@ def check_format_version(manifest: dict, url: str) -> None:
             f"reads format {FORMAT_VERSION}: rebuild it by rerunning its `hskcache build` "
             "command with --overwrite"
         )
-
-
-def decode_values(manifest: dict, values: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
-    """Stored HSK values -> float32, whatever the storage dtype."""
-    kind = manifest["storage"]["value_dtype"]
-    if kind == "float16":
-        return values.astype(np.float32)
-    if kind == "bfloat16":  # bf16 bits are the top half of a float32
-        return (values.astype(np.uint32) << 16).view(np.float32)
-    if scales is None:
-        raise CacheError("int8 values need their per-token scales")
-    return values.astype(np.float32) * scales[..., None]

@@ -11,7 +11,7 @@ so any smaller config is a prefix of a larger one (what `hskcache derive` relies
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -44,6 +44,36 @@ class HskConfig:
 
     def to_dict(self) -> dict:
         return {"name": self.name, **asdict(self)}
+
+
+@dataclass
+class SelectionConfig:
+    """The selection settings of a build, a derive or an online fit, in one place.
+
+    `plan_selection` resolves it against a teacher's shape. The command configs (`BuildConfig`,
+    `FitConfig`) keep these as flat fields, so a TOML key, a CLI flag and a dataclass field stay
+    one-to-one (unknown keys and `--help` need no nesting rules), and build this from them.
+    """
+
+    hsk: str = "1l_10t_0.1h"
+    length: str = "attention-no-sep"
+    width_strategy: str = "magnitude"
+    score_layer: str = "producing"
+    student_layers: int = 4
+    l_top: int | None = None  # teacher hidden state paired with the student's top layer
+    teacher_layers: list[int] = field(default_factory=list)  # explicit pairs instead of l_top
+    seed: int = 0  # for the random width mask
+
+    def parse(self) -> HskConfig:
+        """The HSK name parsed with its strategies.
+
+        Raises:
+            ConfigError: as `parse_hsk`.
+        """
+        return parse_hsk(self.hsk, self.length, self.width_strategy, self.seed)
+
+
+SELECTION_DEFAULTS = SelectionConfig()
 
 
 def parse_hsk(

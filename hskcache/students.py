@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from hskcache.errors import ConfigError
@@ -155,8 +156,6 @@ def select_weights(
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """A model folder's weights from safetensors (no pickle), merged across shards."""
-    from safetensors.torch import load_file
-
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:
         raise ConfigError(f"{path}: no *.safetensors weights to select from")

@@ -12,10 +12,10 @@ import torch
 from hskcache.errors import ConfigError
 from hskcache.selection import (
     HskConfig,
+    SelectionConfig,
     depth_pairs,
     fixed_width_dims,
     gather_tokens,
-    parse_hsk,
     scoring_attention_layer,
     select_tokens,
     select_width_magnitude,
@@ -37,16 +37,24 @@ class Plan:
     l_top: int
 
 
-def plan_selection(cfg, teacher_config, max_length: int) -> Plan:
-    """Resolve an HSK config against the teacher's shape and the max length.
+def plan_selection(
+    sel: SelectionConfig, n_teacher: int, hidden_size: int, max_length: int
+) -> Plan:
+    """Resolve a selection against the teacher's shape and the max length.
 
-    `cfg` is any config with the selection fields of `BuildConfig` (hsk, length,
-    width_strategy, seed, student_layers, l_top, teacher_layers, score_layer).
+    Args:
+        sel: the selection settings (of a build, a derive or an online fit).
+        n_teacher: the teacher's transformer layers (hidden states 0..n_teacher).
+        hidden_size: the teacher's hidden width.
+        max_length: tokens per example.
+
+    Raises:
+        ConfigError: a selection the teacher or the max length cannot provide.
     """
-    hsk = parse_hsk(cfg.hsk, cfg.length, cfg.width_strategy, cfg.seed)
-    n_teacher, h = teacher_config.num_hidden_layers, teacher_config.hidden_size
+    hsk = sel.parse()
+    h = hidden_size
     pairs = depth_pairs(
-        cfg.student_layers, n_teacher, hsk.layers, cfg.l_top, cfg.teacher_layers or None
+        sel.student_layers, n_teacher, hsk.layers, sel.l_top, sel.teacher_layers or None
     )
     all_tokens = hsk.tokens is None
     tokens = max_length if all_tokens else hsk.tokens
@@ -63,7 +71,7 @@ def plan_selection(cfg, teacher_config, max_length: int) -> Plan:
             "student": s,
             "teacher": t,
             "score_attention": scoring_attention_layer(
-                t, s, cfg.student_layers, n_teacher, cfg.score_layer
+                t, s, sel.student_layers, n_teacher, sel.score_layer
             )
             if scored
             else None,
@@ -76,7 +84,7 @@ def plan_selection(cfg, teacher_config, max_length: int) -> Plan:
     if not full_width and hsk.width_strategy != "magnitude":
         fixed = fixed_width_dims(h, hsk.width, hsk.width_strategy, hsk.seed)
     per_token = not full_width and hsk.width_strategy == "magnitude"
-    l_top = cfg.l_top or max(t for _, t in pairs)
+    l_top = sel.l_top or max(t for _, t in pairs)
     return Plan(hsk, layers, tokens, width, fixed, per_token, l_top)
 
 

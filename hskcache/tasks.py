@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hskcache.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -65,7 +67,5 @@ def get_task(name: str) -> TaskSpec:
     """Look up a GLUE task by its short or folder name, case-insensitively."""
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in TASKS:
-        from hskcache.errors import ConfigError
-
         raise ConfigError(f"unknown task '{name}'; known: {', '.join(TASKS)}")
     return TASKS[key]

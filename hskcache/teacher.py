@@ -22,6 +22,7 @@ from torch import nn
 
 from hskcache.errors import ConfigError, TeacherError
 from hskcache.hub import hub_reachable
+from hskcache.precision import amp_problem, autocast
 
 # Families whose self-attention exposes Q/K projections the probe knows how to read.
 BERT_LIKE = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
@@ -74,6 +75,7 @@ def refuse_custom_code(config: dict, where: str) -> None:
     Raises:
         TeacherError: naming what was found.
     """
+    # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import CONFIG_MAPPING
 
     if "auto_map" in config:
@@ -127,6 +129,7 @@ class Teacher:
     weights_sha256: str
     tokenizer_sha256: str
     head_initialised: bool  # True: the classifier is random, the checkpoint is not task-tuned
+    amp: str = "none"  # autocast of the forward (`--amp`): none | bf16 | fp16
 
     @property
     def config(self):
@@ -143,6 +146,7 @@ def load_teacher(
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
+    amp: str = "none",
 ) -> Teacher:
     """Load a sequence-classification teacher in eval mode with fast (sdpa) attention.
 
@@ -152,17 +156,21 @@ def load_teacher(
         device: `cpu` or `cuda`.
         dtype: compute dtype, one of DTYPES.
         seed: seeds a classifier head that the checkpoint lacks, so rebuilds are identical.
+        amp: autocast of every forward (`none`, `bf16`, `fp16`), weights staying in `dtype`.
 
     Raises:
         TeacherError: not a model folder, unsupported family, custom code, pickle-only
             weights, wrong label count, a name neither on disk nor reachable.
         ConfigError: unknown dtype, a CUDA device where torch sees none.
     """
+    # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype '{dtype}'; use one of {list(DTYPES)}")
     check_device(device)
+    if problem := amp_problem(amp, device):
+        raise ConfigError(problem)
     src = str(default_teacher_path() if name_or_path is None else name_or_path)
     path = Path(src).expanduser()
     # A name that is no folder: the hub when it answers, else only the local HF cache, so a
@@ -212,7 +220,7 @@ def load_teacher(
     model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(src, use_fast=True, trust_remote_code=False, **local_only)
     return Teacher(
-        model, tok, src, state_dict_sha256(model), tokenizer_sha256(tok), head_initialised
+        model, tok, src, state_dict_sha256(model), tokenizer_sha256(tok), head_initialised, amp
     )
 
 
@@ -294,7 +302,8 @@ def teacher_forward(
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if token_type_ids is not None and accepts(teacher.model, "token_type_ids"):
         kwargs["token_type_ids"] = token_type_ids
-    with torch.inference_mode():
+    device = str(input_ids.device)
+    with torch.inference_mode(), autocast(device, teacher.amp):
         out = teacher.model(**kwargs, output_hidden_states=True)
         scores = (
             {}

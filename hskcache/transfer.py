@@ -12,7 +12,6 @@ copy and a build, never write one place at the same time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -22,75 +21,24 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-import fsspec
-from fsspec import AbstractFileSystem
-from fsspec.implementations.local import LocalFileSystem
-
+from hskcache import storage
 from hskcache.errors import CacheError, HskError
 from hskcache.lock import LOCK_KEY, BuildLock
-from hskcache.manifest import MANIFEST_KEY, compute_identity
+from hskcache.manifest import MANIFEST_KEY, ManifestView, compute_identity
 from hskcache.objects import ROOT_KEY
 from hskcache.progress import bytes_bar
 from hskcache.reader import open_cache
+from hskcache.storage import (
+    Location,
+    digest,
+    locate,
+    object_blocks,
+    short_error,
+    store_md5,
+)
+from hskcache.verify import verify_cache
 
-BLOCK = 8 * 2**20  # streaming read size: bounded memory whatever the object's size
-# Objects up to this size move in one request from memory (shards are ~16 MiB by default); larger
-# ones (a bundled teacher) stream through a file. s3fs uploads anything under 100 MiB in one
-# PutObject, so these get an ETag that is their MD5.
-INLINE_BYTES = 32 * 2**20
 PARTIAL = ".partial"  # suffix of local temp files; leftovers of a killed run are removed
-
-
-@dataclass
-class Location:
-    """A cache's place: the user's URL, its filesystem and the root path inside it."""
-
-    url: str
-    fs: AbstractFileSystem
-    root: str
-
-    @property
-    def local(self) -> bool:
-        return isinstance(self.fs, LocalFileSystem)
-
-    def path(self, key: str) -> str:
-        return f"{self.root.rstrip('/')}/{key}"
-
-    def child(self, name: str) -> Location:
-        return Location(f"{self.url.rstrip('/')}/{name}", self.fs, self.path(name))
-
-    def listing(self) -> dict[str, dict]:
-        """{key relative to the root: fsspec info} for every object under the root."""
-        try:
-            found = self.fs.find(self.root, detail=True)
-        except FileNotFoundError:
-            return {}
-        except Exception as e:  # a missing bucket, refused credentials, no server
-            raise HskError(f"{self.url}: cannot list ({_short(e)})") from e
-        prefix = self.root.rstrip("/") + "/"
-        return {p[len(prefix) :]: info for p, info in found.items() if p.startswith(prefix)}
-
-
-def locate(url: str) -> Location:
-    """The filesystem behind a local path or fsspec URL, with fresh (uncached) listings.
-
-    Raises:
-        HskError: the URL's protocol is unknown, or needs a package that is not installed.
-    """
-    try:
-        fs, root = fsspec.url_to_fs(url, skip_instance_cache=True)
-    except ImportError as e:
-        protocol = url.split("://", 1)[0]
-        raise HskError(
-            f"{url}: the '{protocol}' protocol needs a package that is not installed ({e}); "
-            "install it (`pip install 'hskcache[s3]'` for s3://)"
-        ) from e
-    except ValueError as e:
-        raise HskError(
-            f"{url}: unknown storage protocol ({e}); give a local path or an fsspec URL "
-            "(s3://, gs://, file://, memory://)"
-        ) from e
-    return Location(url, fs, root)
 
 
 @dataclass
@@ -111,40 +59,13 @@ class _Source:
     loc: Location
     root_bytes: bytes
     manifest: dict
+    info: ManifestView  # the same manifest, typed
     md5: dict[str, str] = field(default_factory=dict)  # local sources only: for ETag checks
 
     @property
     def table(self) -> dict[str, dict]:
+        """The objects table as JSON records: compared as-is with a destination's."""
         return self.manifest["objects"]
-
-
-def _digest(blocks: Iterator[bytes], advance: Callable[[int], None] = lambda n: None):
-    """(sha256 hex, md5 hex, bytes) of a stream, passing each block on to `advance`."""
-    sha, md5, n = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
-    for block in blocks:
-        sha.update(block)
-        md5.update(block)
-        n += len(block)
-        advance(len(block))
-    return sha.hexdigest(), md5.hexdigest(), n
-
-
-def _blocks(fs: AbstractFileSystem, path: str, size: int) -> Iterator[bytes]:
-    """The bytes of one object: one request when small or local-cheap, else streamed."""
-    if size <= INLINE_BYTES and not isinstance(fs, LocalFileSystem):
-        yield fs.cat_file(path)
-        return
-    with fs.open(path, "rb", block_size=BLOCK) as f:
-        while block := f.read(BLOCK):
-            yield block
-
-
-def _store_md5(info: dict) -> str | None:
-    """The MD5 a store reports for an object, when it reports one (S3 single-part ETag)."""
-    etag = str(info.get("ETag") or info.get("etag") or "").strip('"').lower()
-    if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
-        return etag
-    return None
 
 
 def _mismatch(where: str, key: str, want: dict, sha: str, n: int) -> str | None:
@@ -156,11 +77,6 @@ def _mismatch(where: str, key: str, want: dict, sha: str, n: int) -> str | None:
             "with another)"
         )
     return None
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
 
 
 def open_source(url: str) -> _Source:
@@ -175,17 +91,17 @@ def open_source(url: str) -> _Source:
     except FileNotFoundError:
         root_bytes = None
     except Exception as e:
-        raise HskError(f"{url}: cannot read ({_short(e)})") from e
+        raise HskError(f"{url}: cannot read ({short_error(e)})") from e
     cache = open_cache(url)  # refuses no cache, another format, a bad manifest, incomplete
     manifest = json.loads(root_bytes)["attributes"][MANIFEST_KEY] if root_bytes else None
     if manifest != cache.manifest:
         raise CacheError(f"{url}: the cache changed while being opened; retry")
-    if compute_identity(manifest) != manifest["identity"]:
+    if compute_identity(manifest) != cache.info.identity:
         raise CacheError(
             f"{url}: manifest identity does not match its teacher/data/selection fields; run "
             "`hskcache verify` on it"
         )
-    return _Source(loc, root_bytes, manifest)
+    return _Source(loc, root_bytes, manifest, cache.info)
 
 
 def check_local_source(src: _Source) -> None:
@@ -199,7 +115,7 @@ def check_local_source(src: _Source) -> None:
     if not loc.local:
         return
     with ThreadPoolExecutor(4) as pool:
-        jobs = {k: pool.submit(_digest, _blocks(loc.fs, loc.path(k), 0)) for k in src.table}
+        jobs = {k: pool.submit(digest, object_blocks(loc.fs, loc.path(k), 0)) for k in src.table}
     for key, job in jobs.items():
         try:
             sha, md5, n = job.result()
@@ -232,7 +148,7 @@ class Transfer:
             raise HskError(f"--jobs {jobs}: must be >= 1")
         self.src, self.dst, self.jobs, self.overwrite = src, dst, jobs, overwrite
         self.break_lock = break_lock
-        self.report = Report(src.loc.url, dst.url, src.manifest["identity"])
+        self.report = Report(src.loc.url, dst.url, src.info.identity)
 
     # --- destination ------------------------------------------------------------------
 
@@ -259,7 +175,7 @@ class Transfer:
                 )
             same = (
                 found.get("status") == "complete"
-                and found.get("identity") == self.src.manifest["identity"]
+                and found.get("identity") == self.src.info.identity
                 and found.get("objects") == table
             )
             if same and not self.overwrite:
@@ -296,10 +212,10 @@ class Transfer:
         want = self.src.table[key]
         if info is None or info.get("size") != want["bytes"]:
             return False
-        md5 = _store_md5(info)
+        md5 = store_md5(info)
         if md5 and md5 == self.src.md5.get(key):
             return True
-        sha, _, n = _digest(_blocks(self.dst.fs, self.dst.path(key), want["bytes"]))
+        sha, _, n = digest(object_blocks(self.dst.fs, self.dst.path(key), want["bytes"]))
         return _mismatch("", key, want, sha, n) is None
 
     # --- one object ---------------------------------------------------------------------
@@ -311,10 +227,10 @@ class Transfer:
         try:
             if dst.local:
                 self._to_local(key, want, advance)
-            elif want["bytes"] <= INLINE_BYTES or not src.local:
+            elif want["bytes"] <= storage.INLINE_BYTES or not src.local:
                 self._to_remote(key, want, advance)
             else:  # a large local object streams from its file
-                sha, md5, n = _digest(_blocks(src.fs, src_path, want["bytes"]))
+                sha, md5, n = digest(object_blocks(src.fs, src_path, want["bytes"]))
                 self._check_source(key, want, sha, n)
                 dst.fs.put_file(src_path, dst_path)
                 advance(n)
@@ -323,12 +239,12 @@ class Transfer:
             raise
         except FileNotFoundError as e:
             raise CacheError(
-                f"{src.url}: object '{key}' is missing ({_short(e)}); nothing was marked "
+                f"{src.url}: object '{key}' is missing ({short_error(e)}); nothing was marked "
                 f"complete at {dst.url}"
             ) from e
         except Exception as e:  # network, permissions, a full disk: the rerun resumes
             raise HskError(
-                f"copying object '{key}' from {src.url} to {dst.url} failed ({_short(e)}); "
+                f"copying object '{key}' from {src.url} to {dst.url} failed ({short_error(e)}); "
                 "rerun the same command to resume"
             ) from e
 
@@ -351,7 +267,7 @@ class Transfer:
                     out.write(block)
                     advance(len(block))
 
-                sha, _, n = _digest(_tee(self.src, key, want["bytes"], write))
+                sha, _, n = digest(_tee(self.src, key, want["bytes"], write))
             self._check_source(key, want, sha, n)
             os.replace(tmp, path)
         finally:
@@ -361,16 +277,16 @@ class Transfer:
     def _to_remote(self, key: str, want: dict, advance: Callable[[int], None]) -> None:
         """Upload from memory (small) or through a local temp file (a large remote source)."""
         src = self.src.loc
-        if want["bytes"] <= INLINE_BYTES:
-            data = b"".join(_blocks(src.fs, src.path(key), want["bytes"]))
-            sha, md5, n = _digest(iter([data]))
+        if want["bytes"] <= storage.INLINE_BYTES:
+            data = b"".join(object_blocks(src.fs, src.path(key), want["bytes"]))
+            sha, md5, n = digest(iter([data]))
             self._check_source(key, want, sha, n)
             self.dst.fs.pipe_file(self.dst.path(key), data)
         else:
             with tempfile.TemporaryDirectory() as tmpdir:
                 tmp = os.path.join(tmpdir, "object")
                 with open(tmp, "wb") as out:
-                    sha, md5, n = _digest(_tee(self.src, key, want["bytes"], out.write))
+                    sha, md5, n = digest(_tee(self.src, key, want["bytes"], out.write))
                 self._check_source(key, want, sha, n)
                 self.dst.fs.put_file(tmp, self.dst.path(key))
         advance(n)
@@ -394,9 +310,9 @@ class Transfer:
                 f"{self.dst.url}: object '{key}' has {info.get('size')} bytes after upload, "
                 f"{want['bytes']} were sent; rerun the same command"
             )
-        remote_md5 = _store_md5(info)
+        remote_md5 = store_md5(info)
         if remote_md5 and remote_md5 != md5:  # an ETag that is not an MD5 (SSE-KMS): read back
-            sha, _, n = _digest(_blocks(self.dst.fs, path, want["bytes"]))
+            sha, _, n = digest(object_blocks(self.dst.fs, path, want["bytes"]))
             if _mismatch("", key, want, sha, n):
                 raise HskError(
                     f"{self.dst.url}: object '{key}' differs from what was uploaded; rerun the "
@@ -455,7 +371,7 @@ class Transfer:
 
 
 def _tee(src: _Source, key: str, size: int, sink: Callable[[bytes], object]) -> Iterator[bytes]:
-    for block in _blocks(src.loc.fs, src.loc.path(key), size):
+    for block in object_blocks(src.loc.fs, src.loc.path(key), size):
         sink(block)
         yield block
 
@@ -494,7 +410,7 @@ def push(
     dst = locate(url)  # an unusable URL fails before the source is read
     src = open_source(local)
     if by_identity:
-        dst = dst.child(src.manifest["identity"])
+        dst = dst.child(src.info.identity)
     return Transfer(src, dst, jobs, overwrite, break_lock).run("push", show_progress)
 
 
@@ -512,8 +428,6 @@ def pull(
         CacheError: the source is no complete cache, an object does not match the manifest
             (named), the destination holds another cache, or the copy fails `verify`.
     """
-    from hskcache.verify import verify_cache
-
     dst = locate(local)
     src = open_source(url)
     report = Transfer(src, dst, jobs, overwrite, break_lock).run("pull", show_progress)

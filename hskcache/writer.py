@@ -12,10 +12,12 @@ turns `complete` last, in one atomic rewrite of the group's `zarr.json`.
 from __future__ import annotations
 
 import errno
+import os
 import queue
-import shutil
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -26,7 +28,7 @@ from zarr.core.sync import sync
 from hskcache.errors import CacheError, HskError
 from hskcache.layout import ArraySpec, shard_key
 from hskcache.lock import LOCK_KEY, BuildLock, local_path
-from hskcache.manifest import MANIFEST_KEY, check_same, validate_manifest
+from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY, check_same, validate_manifest
 from hskcache.objects import data_keys, object_table
 
 RESUME_HINT = (
@@ -58,12 +60,20 @@ def open_for_build(
     content = _content(url)
     found = _existing_manifest(url) if content else None
     if content and found is None:  # never resume into, or delete, what we did not write
+        if "zarr.json" in _listing(url):
+            raise CacheError(
+                f"{url}: its zarr.json holds no readable hskcache manifest (edited or damaged); "
+                "--overwrite only replaces what it can tell is a cache: remove the folder "
+                "yourself or choose another --out"
+            )
         raise CacheError(
             f"{url}: exists and is not an hskcache cache (--overwrite only replaces "
             "caches); choose another --out"
         )
+    if content and not overwrite:
+        _check_found(url, found)
     if content and overwrite:
-        _delete(url, content)
+        _delete(url)
         content = []
     root = local_path(url)
     if content:
@@ -71,6 +81,7 @@ def open_for_build(
             manifest, found, ignore=("status", "stats", "identity", "objects"), hint=RESUME_HINT
         )
         if found["status"] == "complete":
+            _check_sizes(url, found["objects"])
             return None
         if root is not None:
             for tmp in root.rglob("*.partial"):  # leftovers of local writes cut short by a kill
@@ -121,20 +132,121 @@ def _content(url: str) -> list[str]:
     return sorted(k for k in fs.find(path) if k != lock)
 
 
-def _delete(url: str, content: list[str]) -> None:
-    """Delete a cache for --overwrite, all but the lock (which the caller holds)."""
+def _check_found(url: str, found: object) -> None:
+    """Refuse, deleting nothing, a manifest that was edited or damaged (it no longer matches
+    the schema), before any of its fields is compared or trusted.
+
+    Raises:
+        CacheError: one line saying how to rebuild.
+    """
+    if isinstance(found, dict) and found.get("format_version") != FORMAT_VERSION:
+        return  # another format: refused by the comparison, which names both versions
+    try:
+        if not isinstance(found, dict):
+            raise CacheError(f"{url}: it is a {type(found).__name__}, not an object")
+        validate_manifest(found, url)
+    except CacheError as e:
+        raise CacheError(
+            f"{url}: its manifest (zarr.json) was edited or is damaged "
+            f"({str(e).removeprefix(f'{url}: ')}); "
+            "pass --overwrite to rebuild the cache (only its own objects are deleted) or "
+            "choose another --out"
+        ) from e
+
+
+def _listing(url: str) -> dict[str, int]:
+    """Every stored key under `url` (relative, '/'-separated) with its size in bytes: one
+    listing, also on object storage. Local symlinks are listed, never followed."""
+    root = local_path(url)
+    if root is not None:
+        found = {}
+        for folder, dirs, names in os.walk(root):
+            rel = Path(folder).relative_to(root)
+            for name in names + [d for d in dirs if (Path(folder) / d).is_symlink()]:
+                key = (rel / name).as_posix()
+                found[key] = (Path(folder) / name).lstat().st_size
+        return found
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()
+    base = path.rstrip("/") + "/"
+    info = fs.find(path, detail=True) if fs.exists(path) else {}
+    return {k[len(base) :]: int(v.get("size") or 0) for k, v in info.items() if k.startswith(base)}
+
+
+def own_keys(keys: Iterable[str]) -> set[str]:
+    """The keys a cache owns among `keys`: zarr metadata of the group and its nodes, chunk
+    keys of its arrays (`ARRAY/c/<digits>/...`), the `assets/` kit, zarr's `*.partial` temp
+    files beside them, and the lock. Anything else is a user's file, never deleted."""
+    keys = set(keys)
+    nodes = {k.rpartition("/")[0] for k in keys if k.rpartition("/")[2] == "zarr.json"}
+
+    def in_node(folder: str) -> bool:  # the folder and every folder above it hold a zarr.json
+        parts = folder.split("/") if folder else []
+        return all("/".join(parts[:i]) in nodes for i in range(len(parts) + 1))
+
+    own = {LOCK_KEY} & keys
+    for key in keys:
+        folder, _, name = key.rpartition("/")
+        parts = folder.split("/") if folder else []
+        if name.endswith(".partial"):
+            stem = name.split(".")[0]  # zarr writes KEY through KEY-without-suffix.UUID.partial
+            name = "zarr.json" if stem == "zarr" else stem
+        if parts[:1] == ["assets"] or (name == "zarr.json" and in_node(folder)):
+            own.add(key)
+        elif "c" in parts:
+            i = parts.index("c")
+            array = "/".join(parts[:i])
+            tail = [*parts[i + 1 :], name]
+            if array in nodes and in_node(array) and all(p.isdigit() for p in tail):
+                own.add(key)
+    return own
+
+
+def _delete(url: str) -> None:
+    """Delete a cache's own objects for --overwrite, all but the lock (which the caller holds).
+
+    Files that are not the cache's own (a user's notes inside the folder) are kept, and said.
+    """
+    listing = _listing(url)
+    own = own_keys(listing) - {LOCK_KEY}
+    kept = sorted(set(listing) - own - {LOCK_KEY})
     root = local_path(url)
     if root is None:
-        fs, _ = fsspec.core.url_to_fs(url)
-        fs.rm(content)
+        fs, path = fsspec.core.url_to_fs(url)
+        if own:
+            fs.rm([f"{path.rstrip('/')}/{k}" for k in sorted(own)])
         fs.invalidate_cache()
-        return
-    for name in content:
-        p = root / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
+    else:
+        for key in own:
+            (root / key).unlink(missing_ok=True)
+        for folder, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+            if Path(folder) != root and not any(Path(folder).iterdir()):
+                Path(folder).rmdir()  # emptied by the deletion (never a user's file in it)
+    if kept:
+        more = f" and {len(kept) - 3} more" if len(kept) > 3 else ""
+        print(
+            f"hskcache: {url}: --overwrite kept {len(kept)} file(s) that are not the cache's "
+            f"own: {', '.join(kept[:3])}{more}",
+            file=sys.stderr,
+        )
+
+
+def _check_sizes(url: str, objects: dict[str, dict]) -> None:
+    """A complete cache found again: check every recorded object is there with its recorded
+    size (one listing, no reads). Bytes are checked by `hskcache verify`.
+
+    Raises:
+        CacheError: the first missing or resized object, saying how to verify and rebuild.
+    """
+    sizes = _listing(url)
+    for key, want in sorted(objects.items()):
+        got = sizes.get(key)
+        if got != want["bytes"]:
+            what = "is missing" if got is None else f"has {got} bytes, not {want['bytes']}"
+            raise CacheError(
+                f"{url}: the cache is complete but object '{key}' {what}; run `hskcache "
+                f"verify {url}` to see all damage, then rebuild with --overwrite"
+            )
 
 
 def _existing_manifest(url: str) -> dict | None:
@@ -199,11 +311,16 @@ class ShardWriter:
         if e is None:
             return
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise HskError(
-                f"{self.root}: disk full; finished shards are kept, free space and rerun the "
-                "same command to resume"
-            ) from e
+            raise disk_full(self.root) from e
         raise e
+
+
+def disk_full(root: str) -> HskError:
+    """The one line for a full disk at any moment of a build: what is written stays."""
+    return HskError(
+        f"{root}: disk full; finished shards are kept, free space and rerun the same command "
+        "to resume"
+    )
 
 
 def finish(

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hskcache.codec import decode_values
 from hskcache.layout import layer_key
-from hskcache.reader import decode_values
 from hskcache.selection import scatter_width
 from hskcache.targets import LayerTargets, Plan, teacher_targets
 from hskcache.teacher import accepts

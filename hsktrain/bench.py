@@ -1,5 +1,5 @@
 """`hsktrain bench`: online vs offline KD step time, reader stall, build throughput, cache size,
-and `fit`'s peak memory, all measured in one process and one run (DESIGN.md section 7).
+and `fit`'s peak memory, all measured in one process and one run (README: `hsktrain bench`).
 
 Step times are medians after warm-up, on identical shapes: every synthetic row is exactly `seq`
 tokens, so the three step kinds see the same batch shapes. The BERT-base-shaped teachers carry
@@ -23,7 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hskcache.build import build_cache
+from hskcache.config import BuildConfig
+from hskcache.data import load_split
 from hskcache.errors import ConfigError
+from hskcache.inspect import describe
+from hskcache.reader import open_cache
+from hskcache.teacher import default_teacher_path, load_teacher
+from hskcache.tokenize import tokenize
+from hsktrain.config import FitConfig
+from hsktrain.prepare import prepare
+from hsktrain.step import Distiller, make_optimizer, make_scaler, train_step
+from hsktrain.students import student_shape
 
 TEACHERS = {  # random-weight teacher shapes; None = the real MiniLM-L6 package
     "bert-base": {
@@ -56,7 +67,7 @@ PRESETS = {
     "minilm": Preset("minilm", "tinybert4", 64, 32),
     "tiny": Preset("tiny", "tiny", 16, 4),
 }
-TARGETS = {  # name: (comparison, bound), from DESIGN.md section 7 / the bench issue
+TARGETS = {  # name: (comparison, bound): the targets README's `hsktrain bench` lists
     "offline_over_bare": ("<=", 1.05),
     "stall_fraction": ("<=", 0.02),
     "efficiency": (">=", 0.95),
@@ -90,9 +101,8 @@ class BenchConfig:
 
 def make_teacher(kind: str, folder: Path, seed: int = 0) -> tuple[str, bool]:
     """A teacher folder for `kind`; returns (path, random_weights)."""
+    # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from hskcache.teacher import default_teacher_path
 
     if TEACHERS[kind] is None:
         return str(default_teacher_path()), False
@@ -109,9 +119,8 @@ def make_teacher(kind: str, folder: Path, seed: int = 0) -> tuple[str, bool]:
 
 def synthetic_sst2(folder: Path, rows: int, seq: int, seed: int = 0) -> str:
     """SST-2-format rows of random vocabulary words, each longer than `seq` tokens."""
+    # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoTokenizer
-
-    from hskcache.teacher import default_teacher_path
 
     tok = AutoTokenizer.from_pretrained(default_teacher_path(), trust_remote_code=False)
     vocab = tok.get_vocab()
@@ -132,10 +141,6 @@ def bare_forward_timer(
     """Load the teacher and tokenize the build's rows once; return a function that times one
     pass of the teacher alone (sdpa, no hidden states) over the build's batches after the
     first, a warm-up that the build's timing skips too."""
-    from hskcache.build import tokenize
-    from hskcache.data import load_split
-    from hskcache.teacher import load_teacher
-
     teacher = load_teacher(teacher_path, 2, device)
     enc = tokenize(teacher.tokenizer, load_split(data, "sst2", "train", limit=rows), seq)
     ids = torch.from_numpy(enc.input_ids).long()
@@ -160,8 +165,6 @@ def bare_forward_timer(
 def time_steps(run, stage: str, fit_cfg, warmup: int, steps: int) -> tuple[list, list]:
     """Per-step (total, batch-ready) seconds of `steps` steps after `warmup` steps: `fit`'s own
     `train_step`, so the bench times exactly the update the training loop makes."""
-    from hsktrain.step import Distiller, make_optimizer, make_scaler, train_step
-
     net = Distiller(run.model, run.proj, run.teacher_width, run.regression)
     opt = make_optimizer(net, 5e-5, 0.01)
     scaler = make_scaler(fit_cfg.device, fit_cfg.amp)
@@ -233,9 +236,6 @@ def rss_probe(work: Path, rows: int) -> dict:
     The probe caches hold the full HSK of a tiny random teacher at seq 128 (about 25 KB a row,
     so the 10x cache is ~0.5 GB) because only the reader's memory is in question here.
     """
-    from hskcache.build import build_cache
-    from hskcache.config import BuildConfig
-
     teacher, _ = make_teacher("tiny", work / "rss-teacher")
     data = synthetic_sst2(work / "rss-data", rows * 10, 128)
     out = {}
@@ -265,14 +265,6 @@ def rss_probe(work: Path, rows: int) -> dict:
 
 def run_bench(cfg: BenchConfig) -> dict:
     """Run every measurement of a preset; return the figures and their targets."""
-    from hskcache.build import build_cache
-    from hskcache.config import BuildConfig
-    from hskcache.inspect import describe
-    from hskcache.reader import open_cache
-    from hsktrain.config import FitConfig
-    from hsktrain.students import student_shape
-    from hsktrain.train import prepare
-
     cfg.validate()
     p = PRESETS[cfg.preset]
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="hskbench-"))
@@ -307,7 +299,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     forward_after = forward_pass()
     forward_s = (forward_before + forward_after) / 2
     opened = open_cache(cache)
-    stats = opened.manifest["stats"]
+    stats = opened.info.stats
     by_array = {a["name"]: a["bytes"] / n for a in describe(opened)["arrays"]}
 
     common = dict(
@@ -368,13 +360,13 @@ def run_bench(cfg: BenchConfig) -> dict:
         "ceiling": step["online"] / step["bare"],
         "build_rows_per_s": timings["rows"] / timings["seconds"],
         "forward_rows_per_s": (n - p.batch) / forward_s,
-        "cache_bytes_per_example": stats["bytes_per_example"],
-        "full_fp16_bytes_per_example": stats["full_fp16_bytes_per_example"],
+        "cache_bytes_per_example": stats.bytes_per_example,
+        "full_fp16_bytes_per_example": stats.full_fp16_bytes_per_example,
         "cache_bytes_by_array": by_array,
     }
     result["efficiency"] = result["speedup"] / result["ceiling"]
     result["build_over_forward"] = result["build_rows_per_s"] / result["forward_rows_per_s"]
-    result["size_ratio"] = stats["full_fp16_bytes_per_example"] / stats["bytes_per_example"]
+    result["size_ratio"] = stats.full_fp16_bytes_per_example / stats.bytes_per_example
     if cfg.rss:
         result["rss"] = rss_probe(work, cfg.rss_rows)
         result["rss_growth"] = result["rss"]["growth"]

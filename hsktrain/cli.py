@@ -1,4 +1,8 @@
-"""`hsktrain`: fine-tune teachers, train students from caches, evaluate. Thin: parse and call."""
+"""`hsktrain`: fine-tune teachers, train students from caches, evaluate. Thin: parse and call.
+
+Shared options are declared in `hskcache.options` (the same flag means the same thing in both
+CLIs); the work is imported inside each command so that `--help` does not load torch.
+"""
 
 from __future__ import annotations
 
@@ -9,58 +13,59 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from hskcache.cli import main as common_options
-from hskcache.cli import quiet_transformers, run_guarded
+from hskcache import options as o
+from hskcache.cliutil import (
+    config_defaults,
+    console,
+    given,
+    main,
+    metrics_table,
+    quiet_transformers,
+    run_guarded,
+    say,
+    shows_defaults,
+)
 
 app = typer.Typer(
     help="Train BERT-style students from HSK caches with no teacher in memory.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.callback()(common_options)
-console = Console()
+app.callback()(main)
 Opt = typer.Option
-
-
-def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
-    names = sorted({k for m in rows.values() for k in m})
-    table = Table(*(["model"] + names), title=title)
-    for label, m in rows.items():
-        table.add_row(label, *(f"{m[k]:.4f}" if k in m else "-" for k in names))
-    return table
+EVAL_SPLIT = "dev"
+L_TOP = "2/3 of the teacher's depth"
 
 
 @app.command()
 def finetune(
-    data: Annotated[str, Opt(help="Training data: GLUE folder, table file or hub name.")],
+    data: o.Data,
     out: Annotated[str, Opt(help="Run folder; the best dev checkpoint lands in OUT/best.")] = None,
     model: Annotated[
         str, Opt(help="Model folder or hub name (default: the MiniLM-L6 package).")
     ] = None,
-    task: Annotated[str, Opt(help="GLUE task; inferred from a GLUE folder's name.")] = None,
+    task: o.Task = None,
     dev_data: Annotated[str, Opt(help="Where the dev split lives (default: --data).")] = None,
-    limit: Annotated[int, Opt(help="Use the first N training rows.")] = None,
+    limit: o.Limit = None,
     dev_limit: Annotated[int, Opt(help="Use the first N dev rows.")] = None,
-    max_length: Annotated[int, Opt(help="Token limit (default per task).")] = None,
+    max_length: o.MaxLength = None,
     epochs: Annotated[int, Opt(help="Epochs.")] = 3,
     lr: Annotated[float, Opt(help="Peak learning rate.")] = 5e-5,
     batch_size: Annotated[int, Opt(help="Batch size.")] = 32,
     warmup: Annotated[float, Opt(help="Warmup fraction of the steps.")] = 0.1,
-    seed: Annotated[int, Opt(help="Seed.")] = 0,
-    device: Annotated[str, Opt(help="cpu or cuda.")] = "cpu",
-    amp: Annotated[str, Opt(help="Autocast: none | bf16 | fp16 (CUDA).")] = "none",
-    quiet: Annotated[bool, Opt(help="No progress bar.")] = False,
+    seed: o.Seed = 0,
+    device: o.Device = "cpu",
+    amp: o.Amp = "none",
+    quiet: o.Quiet = False,
 ):
     """Fine-tune a teacher on a task with cross-entropy; keep the best dev checkpoint."""
-    # imports inside the commands keep `--help` fast (torch and transformers load in seconds)
-    from hskcache.teacher import default_teacher_path
-    from hsktrain.config import finetune_config
-    from hsktrain.train import fit
 
     def body():
+        from hskcache.teacher import default_teacher_path
+        from hsktrain.config import finetune_config
+        from hsktrain.train import fit
+
         quiet_transformers()
         cfg = finetune_config(
             data,
@@ -82,45 +87,58 @@ def finetune(
         result = fit(cfg, show_progress=not quiet)
         if result.rank == 0:
             title = f"best dev checkpoint: {result.best}"
-            console.print(_metrics_table(title, {"teacher": result.metrics}))
+            console.print(metrics_table(title, {"teacher": result.metrics}))
 
     run_guarded(body)
 
 
-@app.command("fit")
+def _fit_defaults() -> dict:
+    from hsktrain.config import DEFAULTS, FitConfig
+
+    return config_defaults(
+        FitConfig,
+        **DEFAULTS,
+        hsk_epochs="the paper's per task",
+        init_from="the cache's teacher",
+        l_top=L_TOP,
+        max_length="the cache's, else the task's",
+        local_cache="$HSKCACHE_LOCAL_CACHE or ~/.cache/hskcache",
+        local_cache_size="10GiB",
+    )
+
+
+@app.command("fit", cls=shows_defaults(_fit_defaults))
 def fit_cmd(
+    ctx: typer.Context,
     out: Annotated[str, Opt(help="Run folder: best/, last/, metrics.jsonl, config.json.")] = None,
     cache: Annotated[str, Opt(help="Cache to train from (offline: no teacher).")] = None,
     online_teacher: Annotated[
         str, Opt(help="Teacher folder run live every step (the baseline); needs --data.")
     ] = None,
-    data: Annotated[str, Opt(help="Training rows for --online-teacher or --mode ce.")] = None,
-    task: Annotated[str, Opt(help="GLUE task of --data.")] = None,
-    limit: Annotated[int, Opt(help="First N training rows of --data.")] = None,
+    data: o.Data = None,
+    task: o.Task = None,
+    split: o.Split = None,
+    limit: o.Limit = None,
     dev_data: Annotated[
         str,
-        Opt(
-            help="GLUE folder / file with the dev split: evaluated "
-            "each epoch, best checkpoint kept."
-        ),
+        Opt(help="GLUE folder / file with the dev split: evaluated each epoch, best kept."),
     ] = None,
+    dev_split: Annotated[str, Opt(help="Split of --dev-data to evaluate.")] = None,
     dev_limit: Annotated[int, Opt(help="First N dev rows.")] = None,
+    max_length: o.MaxLength = None,
     student: Annotated[str, Opt(help="Student preset: tinybert4, tinybert6, mini, tiny.")] = None,
     init: Annotated[
         str, Opt(help="select (from the teacher's weights) | random | pretrained.")
     ] = None,
     init_from: Annotated[
         str,
-        Opt(
-            help="Teacher to select from (default: the cache's), or "
-            "the student checkpoint for --init pretrained."
-        ),
+        Opt(help="Teacher to select from, or the student checkpoint for --init pretrained."),
     ] = None,
     proj_init: Annotated[
         str, Opt(help="Projection init: select (student dim i -> teacher dim i) | random.")
     ] = None,
     mode: Annotated[str, Opt(help="two-stage (paper) | joint | hsk | pred | ce.")] = None,
-    hsk_epochs: Annotated[int, Opt(help="Stage-1 epochs (default: the paper's per task).")] = None,
+    hsk_epochs: Annotated[int, Opt(help="Stage-1 epochs.")] = None,
     pred_epochs: Annotated[int, Opt(help="Stage-2 (or joint / ce) epochs.")] = None,
     hsk_lr: Annotated[float, Opt(help="Stage-1 learning rate.")] = None,
     pred_lr: Annotated[float, Opt(help="Stage-2 learning rate.")] = None,
@@ -129,62 +147,54 @@ def fit_cmd(
     ] = None,
     temperature: Annotated[float, Opt(help="Soft CE temperature.")] = None,
     hard_weight: Annotated[float, Opt(help="Weight of hard-label CE in stage 2.")] = None,
+    hsk_weight: Annotated[float, Opt(help="Weight of the HSK loss in --mode joint.")] = None,
     kept_only: Annotated[
-        bool, Opt(help="HSK loss on kept dims only (default: unkept dims are 0-targets).")
+        bool, Opt(help="HSK loss on kept dims only (otherwise unkept dims are 0-targets).")
     ] = None,
     warmup: Annotated[float, Opt(help="Warmup fraction per stage.")] = None,
-    seed: Annotated[int, Opt(help="Seed.")] = None,
-    device: Annotated[str, Opt(help="cpu or cuda (under torchrun: each rank's own GPU).")] = None,
-    amp: Annotated[str, Opt(help="Autocast of the forward: none | bf16 | fp16 (CUDA).")] = None,
+    weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = None,
+    max_grad_norm: Annotated[float, Opt(help="Clip gradients to this norm.")] = None,
+    seed: o.Seed = None,
+    device: o.Device = None,
+    amp: o.Amp = None,
     max_steps: Annotated[int, Opt(help="Stop and save after N steps.")] = None,
     save_every: Annotated[int, Opt(help="Save last/ every N steps too.")] = None,
     resume: Annotated[bool, Opt(help="Continue from OUT/last exactly.")] = None,
     verify: Annotated[bool, Opt(help="Verify every cache checksum first.")] = None,
     local_cache: Annotated[
-        str,
-        Opt(
-            help="Folder of the local shard copy a remote --cache is read through "
-            "(default: $HSKCACHE_LOCAL_CACHE or ~/.cache/hskcache)."
-        ),
+        str, Opt(help="Folder of the local shard copy a remote --cache is read through.")
     ] = None,
     local_cache_size: Annotated[
-        str, Opt(help="Bytes the local shard copy may hold, e.g. 10GB or 10GiB (default 10GiB).")
+        str, Opt(help="Bytes the local shard copy may hold, e.g. 10GB or 10GiB.")
     ] = None,
-    hsk: Annotated[str, Opt(help="Online selection config (offline: the cache's).")] = None,
+    buffer_chunks: Annotated[int, Opt(help="Chunks shuffled together in the reader.")] = None,
+    chunk_rows: Annotated[
+        int, Opt(help="Rows per in-memory chunk of --data / --dev-data rows.")
+    ] = None,
+    hsk: o.Hsk = None,
+    length: o.Length = None,
+    width_strategy: o.WidthStrategy = None,
+    score_layer: o.ScoreLayer = None,
+    l_top: o.LTop = None,
+    teacher_layers: o.TeacherLayers = None,
     batch_threshold: Annotated[
         bool, Opt(help="Online: the paper's per-batch magnitude threshold.")
     ] = None,
-    split: Annotated[str, Opt(help="Training split of --data.")] = None,
-    dev_split: Annotated[str, Opt(help="Split of --dev-data to evaluate.")] = None,
-    max_length: Annotated[
-        int,
-        Opt(help="Token limit; must equal the cache's (default: the cache's, else the task's)."),
-    ] = None,
-    hsk_weight: Annotated[float, Opt(help="Weight of the HSK loss in --mode joint.")] = None,
-    weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = None,
-    max_grad_norm: Annotated[float, Opt(help="Clip gradients to this norm.")] = None,
-    buffer_chunks: Annotated[int, Opt(help="Chunks shuffled together in the reader.")] = None,
-    chunk_rows: Annotated[
-        int, Opt(help="Rows per in-memory chunk of --data / --dev-data rows (default 256).")
-    ] = None,
-    length: Annotated[
-        str, Opt(help="Online token selection: left | attention | attention-no-sep.")
-    ] = None,
-    width_strategy: Annotated[str, Opt(help="Online width: magnitude | random | uniform.")] = None,
-    score_layer: Annotated[str, Opt(help="Online scoring layer: producing | uniform.")] = None,
-    l_top: Annotated[int, Opt(help="Online: teacher state for the student's top layer.")] = None,
-    teacher_layers: Annotated[list[int], Opt(help="Online: explicit teacher states.")] = None,
-    config: Annotated[Path, Opt(help="TOML file with any of these options.")] = None,
-    quiet: Annotated[bool, Opt(help="No progress bar.")] = False,
+    config: o.Config = None,
+    quiet: o.Quiet = False,
 ):
-    """Train a student: from a cache with no teacher in memory, or online as the baseline."""
-    flags = {k: v for k, v in locals().items() if k not in ("config", "quiet")}
-    flags["teacher_layers"] = teacher_layers or None
-    from hskcache.config import merge_file
-    from hsktrain.config import FitConfig
-    from hsktrain.train import fit
+    """Train a student: from a cache with no teacher in memory, or online as the baseline.
+
+    --data rows train an online (--online-teacher) or --mode ce run; the selection options
+    (--hsk ... --teacher-layers) apply online only, a cache's selection is fixed.
+    """
+    flags = given(ctx, "config", "quiet")
 
     def body():
+        from hskcache.config import merge_file
+        from hsktrain.config import FitConfig
+        from hsktrain.train import fit
+
         quiet_transformers()
         cfg = merge_file(FitConfig, str(config) if config else None, flags)
         result = fit(cfg, show_progress=not quiet)
@@ -192,51 +202,54 @@ def fit_cmd(
             return
         if result.metrics:
             title = f"best dev checkpoint: {result.best}"
-            console.print(_metrics_table(title, {"student": result.metrics}))
+            console.print(metrics_table(title, {"student": result.metrics}))
         wrote = ", ".join(str(p) for p in (result.best, result.last) if p is not None)
-        note = f" ({result.note})" if result.note else ""
-        console.print(f"done: wrote {wrote}{note}", soft_wrap=True, highlight=False)
+        say(f"done: wrote {wrote}" + (f" ({result.note})" if result.note else ""))
 
     run_guarded(body)
 
 
-@app.command("eval")
+@app.command(
+    "eval",
+    cls=shows_defaults(lambda: {"split": EVAL_SPLIT, "max_length": "the run's, else the task's"}),
+)
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="Model folder (e.g. RUN/best).")],
-    data: Annotated[str, Opt(help="GLUE folder, table file or hub name.")],
-    task: Annotated[str, Opt(help="GLUE task; inferred from a GLUE folder's name.")] = None,
-    split: Annotated[str, Opt(help="dev or test (test needs labels).")] = "dev",
-    limit: Annotated[int, Opt(help="First N rows.")] = None,
-    max_length: Annotated[
-        int, Opt(help="Token limit (default: the run's, else the task's).")
-    ] = None,
+    data: o.Data,
+    task: o.Task = None,
+    split: o.Split = None,
+    limit: o.Limit = None,
+    max_length: o.MaxLength = None,
     batch_size: Annotated[int, Opt(help="Batch size.")] = 128,
-    device: Annotated[str, Opt(help="cpu or cuda.")] = "cpu",
-    text_column: Annotated[str, Opt(help="Text column of a table file.")] = None,
-    text_pair_column: Annotated[str, Opt(help="Second-text column (sentence pairs).")] = None,
-    label_column: Annotated[str, Opt(help="Label column of a table file.")] = None,
-    as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
+    device: o.Device = "cpu",
+    text_column: o.TextColumn = None,
+    text_pair_column: o.TextPairColumn = None,
+    label_column: o.LabelColumn = None,
+    as_json: o.AsJson = False,
 ):
     """Evaluate a checkpoint on a split: accuracy, F1, Matthews or Pearson/Spearman."""
-    from hskcache.data import Columns
-    from hsktrain.evaluate import evaluate_checkpoint
 
     def body():
+        from hskcache.data import Columns
+        from hskcache.errors import ConfigError
+        from hsktrain.evaluate import evaluate_checkpoint
+
+        if split is not None and Path(data).is_file():
+            raise ConfigError(
+                f"--split {split}: {data} is a table file, one split already; drop --split"
+            )
         quiet_transformers()
         columns = Columns(text_column, text_pair_column, label_column)
         return evaluate_checkpoint(
-            model, data, task, split, limit, max_length, batch_size, device, columns
+            model, data, task, split or EVAL_SPLIT, limit, max_length, batch_size, device, columns
         )
 
     result = run_guarded(body)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        console.print(
-            _metrics_table(
-                f"{result['task']} {split} ({result['examples']} rows)", {model: result["metrics"]}
-            )
-        )
+        title = f"{result['task']} {result['split']} ({result['examples']} rows)"
+        console.print(metrics_table(title, {model: result["metrics"]}))
 
 
 @app.command()
@@ -251,8 +264,8 @@ def bench(
     ] = "bert-base-tinybert4",
     steps: Annotated[int, Opt(help="Timed steps per mode (median).")] = 20,
     warmup: Annotated[int, Opt(help="Untimed warm-up steps per mode.")] = 3,
-    hsk: Annotated[str, Opt(help="Selection cached and computed online.")] = "1l_10t_0.1h",
-    device: Annotated[str, Opt(help="cpu or cuda.")] = "cpu",
+    hsk: o.Hsk = "1l_10t_0.1h",
+    device: o.Device = "cpu",
     rss: Annotated[
         bool, Opt(help="Also measure fit's peak RSS on a cache and one 10x larger.")
     ] = True,
@@ -262,7 +275,7 @@ def bench(
     ] = None,
     results: Annotated[Path, Opt(help="Write a markdown results file here.")] = None,
     plot: Annotated[Path, Opt(help="Write a PNG of step times here (with --results).")] = None,
-    as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
+    as_json: o.AsJson = False,
     remote: Annotated[
         bool,
         Opt(
@@ -272,15 +285,14 @@ def bench(
     ] = False,
 ):
     """Measure online vs offline KD step time, reader stall, build throughput, cache size."""
-    from hsktrain.bench import BenchConfig, dumps, run_bench
-    from hsktrain.report import write_results
 
     def body():
+        from hsktrain.bench import PRESETS, BenchConfig, run_bench
+
         quiet_transformers()
         work = workdir or (tempfile.mkdtemp(prefix="hskbench-") if remote else None)
         result = run_bench(BenchConfig(preset, steps, warmup, hsk, device, rss, rss_rows, work))
         if remote:
-            from hsktrain.bench import PRESETS
             from hsktrain.remote_bench import remote_stall
 
             p = PRESETS[preset]
@@ -290,24 +302,15 @@ def bench(
         return result
 
     result = run_guarded(body)
+    from hsktrain.bench import dumps
+    from hsktrain.report import targets_table, write_results
+
     if results is not None:
-        command = "hsktrain " + " ".join(sys.argv[1:])
-        write_results(result, results, plot, command)
+        write_results(result, results, plot, "hsktrain " + " ".join(sys.argv[1:]))
     if as_json:
         print(dumps(result))
-        return
-    table = Table(
-        "target",
-        "value",
-        "bound",
-        "met",
-        title=f"bench {preset} "
-        f"(step ms: bare {result['step_ms']['bare']:.1f}, offline "
-        f"{result['step_ms']['offline']:.1f}, online {result['step_ms']['online']:.1f})",
-    )
-    for k, v in result["targets"].items():
-        table.add_row(k, f"{v['value']:.3f}", v["target"], "yes" if v["met"] else "[red]no")
-    console.print(table)
+    else:
+        console.print(targets_table(result))
 
 
 _NOT_GRID = ("config", "dry_run", "measure", "quiet")  # sweep's options that are not grid keys
@@ -315,7 +318,8 @@ _NOT_GRID = ("config", "dry_run", "measure", "quiet")  # sweep's options that ar
 
 @app.command()
 def sweep(
-    config: Annotated[Path, Opt(help="Study TOML file (flags override its keys).")] = None,
+    ctx: typer.Context,
+    config: o.Config = None,
     study: Annotated[str, Opt(help="Study folder: results.csv, builds.csv, report.")] = None,
     tasks: Annotated[str, Opt(help="Comma list: GLUE folders, or names under --glue.")] = None,
     glue: Annotated[str, Opt(help="Where task names are looked up.")] = None,
@@ -327,7 +331,7 @@ def sweep(
     seeds: Annotated[str, Opt(help="Comma list of seeds.")] = None,
     hsk_epochs: Annotated[int, Opt(help="HSK-stage epochs (default: the paper's).")] = None,
     pred_epochs: Annotated[int, Opt(help="Prediction-stage epochs.")] = None,
-    limit: Annotated[int, Opt(help="Training rows per task.")] = None,
+    limit: o.Limit = None,
     dev_limit: Annotated[int, Opt(help="Dev rows per task.")] = None,
     baselines: Annotated[str, Opt(help="Comma list of ce, pred.")] = None,
     configs: Annotated[str, Opt(help="Comma list of HSK configs (full, 1l_10t_0.1h).")] = None,
@@ -344,16 +348,16 @@ def sweep(
     measure: Annotated[
         bool, Opt(help="--dry-run: time a few student steps here when the table has none.")
     ] = True,
-    quiet: Annotated[bool, Opt(help="No progress bars.")] = False,
+    quiet: o.Quiet = False,
 ):
     """Run a study grid; results accumulate in STUDY/results.csv, finished runs are skipped."""
-    flags = {k: v for k, v in locals().items() if k not in _NOT_GRID}
-    from hsktrain.grid import load_grid, parse_flags
+    flags = given(ctx, *_NOT_GRID)
 
     def body():
+        from hsktrain.grid import load_grid, parse_flags
+
         quiet_transformers()
         grid = load_grid(str(config) if config else None, parse_flags(flags))
-        say = lambda line: console.print(line, soft_wrap=True, highlight=False, markup=False)  # noqa: E731
         if dry_run:
             from hsktrain.estimate import dry_run as plan
 

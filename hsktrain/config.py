@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
 from hskcache.errors import ConfigError
-from hskcache.selection import SCORE_LAYERS, parse_hsk
+from hskcache.localcache import parse_size
+from hskcache.lock import local_path
+from hskcache.precision import amp_problem
+from hskcache.selection import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
 from hskcache.teacher import check_device
 from hsktrain.students import INITS, student_shape
 
@@ -31,14 +34,13 @@ DEFAULTS = {
     "split": "train",
     "dev_split": "dev",
     "chunk_rows": 256,
-    "hsk": "1l_10t_0.1h",
-    "length": "attention-no-sep",
-    "width_strategy": "magnitude",
-    "score_layer": "producing",
+    "hsk": SELECTION_DEFAULTS.hsk,
+    "length": SELECTION_DEFAULTS.length,
+    "width_strategy": SELECTION_DEFAULTS.width_strategy,
+    "score_layer": SELECTION_DEFAULTS.score_layer,
 }
 ONLINE_ONLY = ("hsk", "length", "width_strategy", "score_layer", "l_top", "teacher_layers")
 DATA_ONLY = ("data", "task", "split", "limit")
-AMPS = ("none", "bf16", "fp16")
 
 
 def flag(name: str) -> str:
@@ -50,6 +52,8 @@ class FitConfig:
     """`hsktrain fit`: a student from a cache (offline), a live teacher (online) or labels (ce).
 
     `batch_size` is the global batch: under torchrun each of W processes takes batch_size / W.
+    The online selection settings are flat fields (one TOML key and one flag each, None when
+    not given); `online_selection` gathers them into a `SelectionConfig`.
     """
 
     out: str | None = None
@@ -100,6 +104,19 @@ class FitConfig:
     l_top: int | None = None
     teacher_layers: list[int] = field(default_factory=list)
     batch_threshold: bool = False  # the paper's per-batch magnitude threshold (online only)
+
+    def online_selection(self, student_layers: int) -> SelectionConfig:
+        """The online selection for a student this deep (call on a `resolved` config)."""
+        return SelectionConfig(
+            self.hsk,
+            self.length,
+            self.width_strategy,
+            self.score_layer,
+            student_layers,
+            self.l_top,
+            list(self.teacher_layers),
+            self.seed,
+        )
 
     def resolved(self) -> FitConfig:
         """A copy with every option that was not given set to its default (after `validate`)."""
@@ -163,10 +180,8 @@ class FitConfig:
             p.append("temperature must be > 0")
         if not 0 <= self.warmup < 1:
             p.append(f"--warmup is a fraction of the steps, in [0, 1) (got {self.warmup})")
-        if self.amp not in AMPS:
-            p.append(f"--amp must be one of {AMPS}")
-        elif self.amp == "fp16" and not self.device.startswith("cuda"):
-            p.append("--amp fp16 needs --device cuda; on CPU use --amp bf16 or none")
+        if amp := amp_problem(self.amp, self.device):
+            p.append(amp)
         try:
             check_device(self.device)
         except ConfigError as e:
@@ -175,7 +190,7 @@ class FitConfig:
         if self.online_teacher is not None:
             r = self.resolved()
             try:
-                parse_hsk(r.hsk, r.length, r.width_strategy, self.seed)
+                r.online_selection(SELECTION_DEFAULTS.student_layers).parse()
             except ConfigError as e:
                 p.append(str(e))
         if p:
@@ -184,9 +199,6 @@ class FitConfig:
 
 def _local_cache_problems(cfg: FitConfig) -> list[str]:
     """The local shard copy applies to a remote --cache only (a local one is read in place)."""
-    from hskcache.localcache import parse_size
-    from hskcache.lock import local_path
-
     given = [k for k in ("local_cache", "local_cache_size") if getattr(cfg, k) is not None]
     if given and (cfg.cache is None or local_path(cfg.cache) is not None):
         return [

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass
@@ -51,7 +52,6 @@ class World:
         """DDP around `net` when there are several ranks; `net` itself otherwise."""
         if self.world == 1:
             return net
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.local_rank] if torch.device(device).type == "cuda" else None
         # find_unused_parameters: the HSK stage leaves the classifier, the pooler and the layers

@@ -18,6 +18,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from hskcache.build import build_cache
+from hskcache.cliutil import quiet_transformers
+from hskcache.config import BuildConfig
+from hskcache.data import load_split
+from hskcache.errors import HskError
+from hskcache.reader import open_cache
+from hskcache.teacher import default_teacher_path
+from hsktrain.config import FitConfig
+from hsktrain.evaluate import evaluate_checkpoint
+from hsktrain.train import fit
+
 ROWS = int(os.environ.get("DEMO_ROWS", 4000))
 OUT = Path(os.environ.get("DEMO_OUT", "runs/demo"))
 console = Console()
@@ -28,8 +39,6 @@ def find_data() -> str:
     for root in (os.environ.get("GLUE"), "../shared/data/glue"):
         if root and (Path(root) / "SST-2" / "train.tsv").is_file():
             return str(Path(root) / "SST-2")
-    from hskcache.data import load_split
-    from hskcache.errors import HskError
 
     try:
         load_split("glue", "sst2", "dev", limit=1)
@@ -62,20 +71,11 @@ def step_seconds(out: Path) -> float:
 
 
 def main() -> None:
-    from hskcache.build import build_cache
-    from hskcache.cli import quiet_transformers
-    from hskcache.config import BuildConfig
-    from hskcache.reader import open_cache
-    from hsktrain.config import FitConfig
-    from hsktrain.evaluate import evaluate_checkpoint
-    from hsktrain.train import fit
-
     quiet_transformers()
     data = find_data()
     task = None if data != "glue" else "sst2"
     console.print(f"data: {data} (first {ROWS} training rows, full dev split); out: {OUT}")
     teacher_dir = OUT / "teacher"
-    from hskcache.teacher import default_teacher_path
 
     _, t_teacher = timed(
         "1/5 fine-tune the MiniLM-L6 teacher (CE, 2 epochs)",
@@ -111,7 +111,7 @@ def main() -> None:
             )
         ),
     )
-    stats = open_cache(cache).manifest["stats"]
+    stats = open_cache(cache).info.stats
     student = dict(student="tinybert4", init="select", init_from=teacher, dev_data=data)
     _, t_ce = timed(
         "3/5 CE-only student (selected from the teacher, labels only)",
@@ -178,9 +178,9 @@ def main() -> None:
         table.add_row(name, f"{r['metrics']['accuracy']:.4f}", f"{t:.0f} s")
     console.print(table)
     console.print(
-        f"cache: built in {t_build:.0f} s, {stats['bytes_per_example']:.0f} B/example "
-        f"vs {stats['full_fp16_bytes_per_example']:,.0f} B for the full fp16 HSK "
-        f"({stats['hsk_fraction']:.3%} of its values)"
+        f"cache: built in {t_build:.0f} s, {stats.bytes_per_example:.0f} B/example "
+        f"vs {stats.full_fp16_bytes_per_example:,.0f} B for the full fp16 HSK "
+        f"({stats.hsk_fraction:.3%} of its values)"
     )
     console.print(
         f"KD step (stage 1, batch 32): online {probes['online'] * 1e3:.0f} ms, "

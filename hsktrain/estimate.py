@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import statistics
+import tempfile
 from pathlib import Path
 
+from hskcache.build import build_cache
+from hskcache.config import BuildConfig
+from hskcache.data import load_split
+from hskcache.students import student_shape
+from hsktrain.config import FitConfig
 from hsktrain.grid import Grid, RunSpec, TaskRef, epochs, task_limit
 from hsktrain.results import builds_table, results_table
 from hsktrain.sweep import Context, arm_sel, base_teacher, family_source, plan_sweep
+from hsktrain.train import fit
 
 
 def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
@@ -65,15 +73,11 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
 
 
 def _row_counts(grid: Grid, task: TaskRef) -> tuple[int, int]:
-    from hskcache.data import load_split
-
     n_train = len(load_split(task.folder, None, "train", limit=task_limit(grid, task)))
     return n_train, len(load_split(task.folder, None, "dev", limit=grid.dev_limit))
 
 
 def _epoch_seconds(grid, task, rows, n_train, n_dev, measure) -> tuple[float | None, str]:
-    import statistics
-
     mine = [r for r in rows if r["task"] == task.name and r["student"] == grid.student]
     per = [float(r["train_seconds"]) / (int(r["hsk_epochs"]) + int(r["pred_epochs"]))
            for r in mine if r["train_seconds"]]  # fmt: skip
@@ -90,11 +94,6 @@ def _epoch_seconds(grid, task, rows, n_train, n_dev, measure) -> tuple[float | N
 def measure_step(grid: Grid, task: TaskRef, steps: int = 6) -> float:
     """Seconds per CE step of the student on the task's first rows, timed on this machine
     (steps after the first two, which warm up)."""
-    import tempfile
-
-    from hsktrain.config import FitConfig
-    from hsktrain.train import fit
-
     options = {k: v for k, v in grid.fit.items() if k not in ("hsk_lr", "pred_lr", "verify")}
     with tempfile.TemporaryDirectory(prefix="hsksweep-") as tmp:
         cfg = FitConfig(
@@ -134,11 +133,6 @@ def _teacher_rate(grid: Grid, task: TaskRef, measure: bool) -> tuple[float | Non
         return rate, f"{len(rows)} earlier build(s) in builds.csv"
     if not measure:
         return None, "no earlier build, and measuring was turned off"
-    import tempfile
-
-    from hskcache.build import build_cache
-    from hskcache.config import BuildConfig
-    from hskcache.students import student_shape
 
     timings: dict = {}
     with tempfile.TemporaryDirectory(prefix="hsksweep-") as tmp:

@@ -66,6 +66,7 @@ def evaluate_checkpoint(
         ConfigError: batch size, limit, max length or device out of range.
         DataFormatError: the data cannot be read as asked.
     """
+    # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(model_dir)

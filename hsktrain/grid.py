@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from hskcache.config import _matches as matches  # one type rule for every config file
 from hskcache.errors import ConfigError
 from hskcache.selection import (
     LENGTH_STRATEGIES,
@@ -20,8 +21,9 @@ from hskcache.selection import (
     depth_pairs,
     parse_hsk,
 )
+from hskcache.students import student_shape
 from hskcache.tasks import get_task
-from hsktrain.config import PAPER_HSK_EPOCHS
+from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig
 
 BASELINES = ("ce", "pred")
 TABLES = ("depth", "length", "width")  # TOML tables whose keys become `<table>_<key>` fields
@@ -112,8 +114,6 @@ def _dotted(key: str) -> str:
 
 
 def _matches(v, hint) -> bool:
-    from hskcache.config import _matches as matches  # one type rule for every config file
-
     if typing.get_origin(hint) is dict:
         return isinstance(v, dict) and all(matches(x, typing.get_args(hint)[1]) for x in v.values())
     return matches(v, hint)
@@ -155,7 +155,6 @@ def grid_problems(g: Grid) -> list[str]:
         for s in g.width_strategies
         if s not in WIDTH_STRATEGIES
     ]
-    from hsktrain.config import FitConfig
 
     names = {f.name for f in fields(FitConfig)}
     bad = [f"fit.{k} is set by the sweep itself" for k in g.fit if k in SWEEP_SETS]
@@ -239,8 +238,6 @@ def expand_grid(grid: Grid, tasks: list[TaskRef], n_teacher: int) -> list[RunSpe
         ConfigError: layer counts above the student's, l_top outside the teacher, two student
             layers on one teacher state; all named.
     """
-    from hskcache.students import student_shape
-
     n_student = student_shape(grid.student)["num_hidden_layers"]
     all_layers, l_top0 = n_student + 1, default_l_top(n_teacher)
     p = [f"depth.layers {n}: a {n_student}-layer student has {all_layers} hidden states"

@@ -12,6 +12,7 @@ is an upper bound for a real bucket on a fast network, and a lower bound for a s
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import tempfile
@@ -23,6 +24,9 @@ from pathlib import Path
 import torch
 
 from hskcache.errors import ConfigError
+from hsktrain.config import FitConfig
+from hsktrain.prepare import prepare
+from hsktrain.step import Distiller, make_optimizer, make_scaler, train_step
 
 WARM_STALL_TARGET = 0.02
 
@@ -44,7 +48,6 @@ def loopback_s3() -> Iterator[str]:
             f"bench --remote needs s3fs and moto[server] ({e.name} is missing); "
             "pip install 's3fs' 'moto[server]' or the project's dev extra"
         ) from e
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -86,9 +89,6 @@ def remote_stall(cache: Path, fit_common: dict, work: Path | None = None) -> dic
     """
     import s3fs
 
-    from hsktrain.config import FitConfig
-    from hsktrain.train import prepare
-
     work = Path(work or tempfile.mkdtemp(prefix="hskbench-remote-"))
     with loopback_s3() as bucket:
         url = f"{bucket}/cache"
@@ -126,8 +126,6 @@ def remote_stall(cache: Path, fit_common: dict, work: Path | None = None) -> dic
 
 def _time_epoch(run, cfg, epoch: int) -> tuple[float, float, int]:
     """(mean stall, mean step, remote fetches) of one whole epoch of `fit`'s train_step."""
-    from hsktrain.step import Distiller, make_optimizer, make_scaler, train_step
-
     net = Distiller(run.model, run.proj, run.teacher_width, run.regression)
     opt = make_optimizer(net, 5e-5, 0.01)
     scaler = make_scaler(cfg.device, cfg.amp)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.table import Table
+
 
 def write_results(result: dict, md: Path, png: Path | None, command: str) -> None:
     """A markdown results file (and a bar plot of step times) from one bench run."""
@@ -123,3 +125,20 @@ def plot(result: dict, png: Path) -> None:
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
     plt.close(fig)
+
+
+def targets_table(result: dict):
+    """`hsktrain bench`'s terminal report: step times in the title, then each target."""
+
+    ms = result["step_ms"]
+    table = Table(
+        "target",
+        "value",
+        "bound",
+        "met",
+        title=f"bench {result['preset']} (step ms: bare {ms['bare']:.1f}, offline "
+        f"{ms['offline']:.1f}, online {ms['online']:.1f})",
+    )
+    for k, v in result["targets"].items():
+        table.add_row(k, f"{v['value']:.3f}", v["target"], "yes" if v["met"] else "[red]no")
+    return table

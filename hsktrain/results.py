@@ -9,6 +9,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hskcache import __version__
 from hskcache.errors import ConfigError, HskError
 from hsktrain.grid import Grid, RunSpec, epochs, task_limit
 
@@ -29,8 +30,6 @@ BUDGET = ("student", "hsk_epochs", "pred_epochs", "limit")  # a finished row mus
 
 def code_version() -> str:
     """`git` short hash of this checkout, `-dirty` with uncommitted changes; else the version."""
-    from hskcache import __version__
-
     root = Path(__file__).resolve().parents[1]
     try:
         git = lambda *a: subprocess.run(  # noqa: E731

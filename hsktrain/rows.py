@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hskcache.build import tokenize
 from hskcache.data import Columns, Examples, load_split
+from hskcache.tokenize import tokenize
 from hsktrain.loader import ArraySource
 
 

@@ -8,7 +8,6 @@ check, backward (through a GradScaler for fp16), clipping, optimizer step.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -16,10 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hskcache.errors import HskError
+from hskcache.precision import autocast
 from hsktrain.batch import Batch
 from hsktrain.losses import hsk_layer_loss, prediction_loss
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(HskError):
@@ -83,13 +81,6 @@ def lr_schedule(step: int, warmup_steps: int, peak: float) -> float:
     if warmup_steps <= 0:
         return peak
     return peak * min(1.0, (step + 1) / warmup_steps)
-
-
-def autocast(device: str, amp: str):
-    """Mixed precision for the forward: bf16 / fp16 autocast, or nothing (`none`)."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp])
 
 
 def make_scaler(device: str, amp: str) -> torch.amp.GradScaler:

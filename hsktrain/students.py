@@ -12,8 +12,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load
 from torch import nn
 
+from hskcache import assets
+from hskcache.assets import materialise
 from hskcache.errors import ConfigError
 from hskcache.students import (  # noqa: F401 (re-exported: the names `fit` and tests import)
     PRESETS,
@@ -25,6 +28,7 @@ from hskcache.students import (  # noqa: F401 (re-exported: the names `fit` and 
     student_config,
     student_shape,
 )
+from hskcache.teacher import check_model_folder
 
 INITS = ("select", "random", "pretrained")
 
@@ -43,7 +47,6 @@ def build_student(init: str, source: str, shape: str | dict | None, num_labels: 
     Returns:
         (model, info) where info records the init for the run's config.
     """
-
     if init not in INITS:
         raise ConfigError(f"unknown init '{init}'; use one of {INITS}")
     with torch.random.fork_rng():  # seeded init that leaves the caller's RNG alone
@@ -52,9 +55,8 @@ def build_student(init: str, source: str, shape: str | dict | None, num_labels: 
 
 
 def _build(init: str, source: str, shape, num_labels: int):
+    # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    from hskcache.teacher import check_model_folder
 
     if Path(source).is_dir():  # refuse custom code and pickle-only weights with one line
         check_model_folder(Path(source))
@@ -89,11 +91,9 @@ def student_from_cache(cache, init: str, shape: str | dict, num_labels: int, see
         ConfigError: the cache holds no init for this shape and no teacher to select it from.
         CacheError: a stored object is missing or altered.
     """
-    from hskcache import assets
-
-    section = cache.manifest["assets"]
+    section = cache.info.assets
     if init == "select" and assets.stored_student(cache, student_shape(shape)) is None:
-        if section["teacher"] is None:
+        if section.teacher is None:
             raise ConfigError(
                 f"{cache.url}: the cache holds no init for student '{shape}' (it holds: "
                 f"{assets.describe_students(section)}); rebuild it with `hskcache build "
@@ -101,7 +101,7 @@ def student_from_cache(cache, init: str, shape: str | dict, num_labels: int, see
                 "--init-from TEACHER_DIR, or use --init random"
             )
         with tempfile.TemporaryDirectory(prefix="hsk-teacher-") as tmp:  # read, then dropped
-            folder = assets.materialise(cache, section["teacher"], Path(tmp))
+            folder = assets.materialise(cache, section.teacher, Path(tmp))
             model, info = build_student("select", str(folder), shape, num_labels, seed)
         return model, {**info, "source": f"{cache.url} (bundled teacher)"}
     with torch.random.fork_rng():  # seeded as build_student seeds, the caller's RNG untouched
@@ -110,26 +110,24 @@ def student_from_cache(cache, init: str, shape: str | dict, num_labels: int, see
 
 
 def _from_cache(cache, init: str, shape, num_labels: int):
-    from safetensors.torch import load
+    # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoModelForSequenceClassification
 
-    from hskcache import assets
-
-    section = cache.manifest["assets"]
+    section = cache.info.assets
     info = {"init": init, "source": f"{cache.url} (stored {init} init)", "shape": shape}
     if init == "random":
-        teacher_config = _stored_config(cache, section["teacher_config"])
+        teacher_config = _stored_config(cache, section.teacher_config)
         config = student_config(teacher_config, shape, num_labels)
         return AutoModelForSequenceClassification.from_config(config), info
     name, entry = assets.stored_student(cache, student_shape(shape))
-    config = _stored_config(cache, entry["files"]["config.json"])
+    config = _stored_config(cache, entry.files["config.json"])
     if config.num_labels != num_labels:
         raise ConfigError(
             f"{cache.url}: stored student '{name}' has {config.num_labels} labels, the "
             f"cache's task {num_labels}; rebuild the cache"
         )
     model = AutoModelForSequenceClassification.from_config(config)
-    state = load(assets.read_asset(cache, entry["files"]["model.safetensors"]))
+    state = load(assets.read_asset(cache, entry.files["model.safetensors"]))
     unknown = sorted(set(state) - set(model.state_dict()))
     if unknown:
         raise ConfigError(
@@ -137,14 +135,13 @@ def _from_cache(cache, init: str, shape, num_labels: int):
             f"model lacks ({unknown[:3]}); rebuild the cache"
         )
     model.load_state_dict(state, strict=False)  # the rest keeps the seeded init
-    return model, {**info, "stored": name, "teacher_layers": entry["teacher_layers"]}
+    return model, {**info, "stored": name, "teacher_layers": list(entry.teacher_layers)}
 
 
 def _stored_config(cache, key: str):
     """A config.json the cache stores, loaded as transformers loads a folder's."""
+    # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoConfig
-
-    from hskcache.assets import materialise
 
     with tempfile.TemporaryDirectory(prefix="hsk-config-") as tmp:
         folder = materialise(cache, {"config.json": key}, Path(tmp))

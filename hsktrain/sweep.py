@@ -18,9 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hskcache.errors import ConfigError, HskError
+from hskcache.build import build_cache
+from hskcache.config import BuildConfig
+from hskcache.derive import DeriveConfig, derive_cache
+from hskcache.errors import ConfigError, HskError, TeacherError
+from hskcache.reader import open_cache
 from hskcache.selection import default_l_top
+from hskcache.students import student_shape
 from hskcache.tasks import get_task
+from hskcache.teacher import default_teacher_path, load_teacher
+from hsktrain.config import FitConfig, finetune_config
 from hsktrain.grid import (
     Arm,
     Grid,
@@ -31,6 +38,7 @@ from hsktrain.grid import (
     resolve_tasks,
     task_limit,
 )
+from hsktrain.metrics import main_metric
 from hsktrain.results import (
     METRICS,
     Table,
@@ -41,6 +49,7 @@ from hsktrain.results import (
     results_table,
     split_done,
 )
+from hsktrain.train import fit
 
 # --- teachers and caches ----------------------------------------------------------------------
 
@@ -53,8 +62,6 @@ class TeacherRef:
 
 
 def base_teacher(grid: Grid) -> str:
-    from hskcache.teacher import default_teacher_path
-
     return grid.teacher or str(default_teacher_path())
 
 
@@ -64,9 +71,8 @@ def teacher_depth(path: str) -> int:
     Raises:
         TeacherError: not a model folder or name.
     """
-    from hskcache.errors import TeacherError
-
     try:
+        # lazy: transformers takes seconds to import; commands that load no model skip it
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(path, trust_remote_code=False).num_hidden_layers
@@ -84,8 +90,6 @@ def teacher_name(path: str, finetuned: bool) -> str:
 def teacher_key(path: str, task: str, name: str) -> str:
     """`name@sha12`, the sha being the weights' as `hskcache build` records them (a head the
     checkpoint lacks is seeded as a build seeds it)."""
-    from hskcache.teacher import load_teacher
-
     num_labels = get_task(task).num_labels
     sha = load_teacher(path, num_labels, "cpu", "float32", 0).weights_sha256
     return f"{name}@{sha[:12]}"
@@ -111,9 +115,6 @@ def resolve_teacher(grid: Grid, task: TaskRef, base: str, ctx: Context | None) -
 
 
 def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) -> None:
-    from hsktrain.config import finetune_config
-    from hsktrain.train import fit
-
     shutil.rmtree(folder, ignore_errors=True)  # a fine-tune killed earlier starts over
     ctx.say(f"fine-tune {teacher_name(base, False)} on {task.name} -> {folder}")
     cfg = finetune_config(
@@ -195,8 +196,6 @@ class Context:
 
     @property
     def n_student(self) -> int:
-        from hskcache.students import student_shape
-
         return student_shape(self.grid.student)["num_hidden_layers"]
 
     def cache_dir(self, task: TaskRef, sel: Sel) -> Path:
@@ -229,8 +228,6 @@ class Context:
         return self._derive(task, src_dir, sel)
 
     def _complete(self, path: Path) -> bool:
-        from hskcache.reader import open_cache
-
         try:
             open_cache(str(path))
             return True
@@ -238,9 +235,6 @@ class Context:
             return False
 
     def _build(self, task: TaskRef, sel: Sel, note: str = "") -> Path:
-        from hskcache.build import build_cache
-        from hskcache.config import BuildConfig
-
         out = self.cache_dir(task, sel)
         if self._complete(out):
             return out
@@ -262,8 +256,6 @@ class Context:
     def _derive(self, task: TaskRef, src: Path, sel: Sel) -> Path:
         """Cut `sel` out of `src` (hskcache derive); a direct build where the cut is not exact.
         The one place to change how a smaller cache is made."""
-        from hskcache.derive import DeriveConfig, derive_cache
-
         out = self.cache_dir(task, sel)
         if self._complete(out):
             return out
@@ -282,14 +274,12 @@ class Context:
         return out
 
     def _record(self, task: TaskRef, out: Path, how: str, source: str, seconds: float) -> None:
-        from hskcache.reader import open_cache
-
-        m = open_cache(str(out)).manifest
+        m = open_cache(str(out)).info
         self.builds.append({
             "task": task.name, "teacher": self.teachers[task.name].key, "cache": out.name,
             "how": how, "source": source, "seconds": seconds,
-            "bytes": sum(o["bytes"] for o in (m["objects"] or {}).values()),
-            "rows": m["counts"]["num_examples"], "dev": None, "code_version": self.version,
+            "bytes": sum(o.bytes for o in (m.objects or {}).values()),
+            "rows": m.counts.num_examples, "dev": None, "code_version": self.version,
             "timestamp": now(),
         })  # fmt: skip
 
@@ -301,10 +291,6 @@ Runner = Callable[[RunSpec, Context], dict]
 
 def train_run(run: RunSpec, ctx: Context) -> dict:
     """Train one run with `hsktrain fit` from its cache; return the row's measured fields."""
-    from hskcache.reader import open_cache
-    from hsktrain.config import FitConfig
-    from hsktrain.train import fit
-
     grid, arm = ctx.grid, run.arm
     cache = ctx.cache_for(run)
     out = ctx.run_dir(run)
@@ -326,23 +312,21 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
     if not grid.keep_checkpoints:  # metrics.jsonl and config.json stay
         for sub in ("best", "last"):
             shutil.rmtree(out / sub, ignore_errors=True)
-    m = open_cache(str(cache)).manifest
+    m = open_cache(str(cache)).info
     hsk = arm.kind == "hsk"
     return {
         "metrics": result.metrics,
         "best_stage": stage,
         "best_epoch": epoch,
         "train_seconds": seconds,
-        "hsk_fraction": m["stats"]["hsk_fraction"] if hsk else 0.0,
-        "cache_bytes": sum(o["bytes"] for o in (m["objects"] or {}).values()) if hsk else None,
+        "hsk_fraction": m.stats.hsk_fraction if hsk else 0.0,
+        "cache_bytes": sum(o.bytes for o in (m.objects or {}).values()) if hsk else None,
     }
 
 
 def best_epoch(log: Path, task: str) -> tuple[str | None, int | None]:
     """(stage, 1-based epoch in it) of the best dev score, chosen as `fit` chooses: the first
     epoch with the highest main metric, HSK-stage epochs excluded."""
-    from hsktrain.metrics import main_metric
-
     metric = "pearson" if task == "stsb" else main_metric(task)
     best = (None, None, None)
     for line in log.read_text().splitlines() if log.is_file() else []:

@@ -13,14 +13,16 @@ import torch
 import zarr
 from transformers import AutoModelForSequenceClassification
 
-from hskcache.build import build_cache, compute_batch, tokenize
+from hskcache.build import build_cache, compute_batch
+from hskcache.codec import decode_values
 from hskcache.config import BuildConfig
 from hskcache.data import load_split
-from hskcache.errors import CacheError, CacheIncompleteError, CacheMismatchError
+from hskcache.errors import CacheError, CacheIncompleteError, CacheMismatchError, HskError
 from hskcache.manifest import MANIFEST_KEY
-from hskcache.reader import decode_values, open_cache
+from hskcache.reader import open_cache
 from hskcache.targets import plan_selection
 from hskcache.teacher import ClsScoreProbe, load_teacher
+from hskcache.tokenize import tokenize
 from hskcache.verify import verify_cache
 
 
@@ -48,7 +50,8 @@ def reference(cfg: BuildConfig) -> dict[str, np.ndarray]:
     """What the builder computes, batch by batch, without the store in between."""
     ex = load_split(cfg.data, cfg.task, cfg.split, limit=cfg.limit)
     teacher = load_teacher(cfg.teacher, 2)
-    plan = plan_selection(cfg, teacher.config, cfg.max_length)
+    t = teacher.config
+    plan = plan_selection(cfg.selection, t.num_hidden_layers, t.hidden_size, cfg.max_length)
     enc = tokenize(teacher.tokenizer, ex, cfg.max_length)
     probe = ClsScoreProbe(teacher.model, {la["score_attention"] for la in plan.layers} - {None})
     shard = cfg.chunk_rows * cfg.chunks_per_shard
@@ -83,7 +86,7 @@ def test_values_are_the_teachers_hidden_states(tmp_path, sst2_dir, tiny_bert):
     cfg = make_cfg(sst2_dir, tmp_path / "c", tiny_bert, hsk="1l_5t_0.5h")
     cache = open_cache(build_cache(cfg, show_progress=False))
     (layer,) = cache.layers
-    f = cache.layer_fields(layer["teacher"])
+    f = cache.layer_fields(layer.teacher)
     data = cache.read(0, cache.num_examples)
     values = decode_values(cache.manifest, data[f["values"]], None)
     eager = AutoModelForSequenceClassification.from_pretrained(
@@ -97,7 +100,7 @@ def test_values_are_the_teachers_hidden_states(tmp_path, sst2_dir, tiny_bert):
         with torch.no_grad():
             out = eager(input_ids=ids, output_hidden_states=True, output_attentions=True)
         # mean over heads of log-softmax orders tokens like the mean pre-softmax score
-        logp = out.attentions[layer["score_attention"]][0, :, 0, :].log().mean(0)
+        logp = out.attentions[layer.score_attention][0, :, 0, :].log().mean(0)
         logp[ids[0] == sep] = -float("inf")
         k = int(data["n_valid"][i])
         pos = data[f["positions"]][i]
@@ -105,7 +108,7 @@ def test_values_are_the_teachers_hidden_states(tmp_path, sst2_dir, tiny_bert):
         assert (
             pos[:k].tolist() == torch.sort(logp, descending=True, stable=True).indices[:k].tolist()
         )
-        h = out.hidden_states[layer["teacher"]][0, pos[:k].astype(np.int64)]  # (k, H)
+        h = out.hidden_states[layer.teacher][0, pos[:k].astype(np.int64)]  # (k, H)
         dims = data[f["dims"]][i, :k].astype(np.int64)
         torch.testing.assert_close(
             torch.from_numpy(values[i, :k]),
@@ -257,7 +260,7 @@ def test_mpnet_pairs_never_select_separators(tmp_path, mrpc_dir, tiny_mpnet):
     sep = cache.manifest["tokenizer"]["sep_token_id"]
     assert (d["input_ids"] == sep).sum(axis=1).min() == 3  # <s> A </s></s> B </s>
     for la in cache.layers:
-        pos = d[f"layers/h{la['teacher']}/positions"].astype(np.int64)
+        pos = d[f"layers/h{la.teacher}/positions"].astype(np.int64)
         picked = np.take_along_axis(d["input_ids"], np.maximum(pos, 0), axis=1)
         assert not ((picked == sep) & (pos >= 0)).any()
         assert not (pos == 0).all(axis=1).any()
@@ -369,3 +372,24 @@ def test_overwrite_never_deletes_a_non_cache(tmp_path, sst2_dir, tiny_bert):
     with pytest.raises(CacheError, match="not an hskcache cache"):
         build_cache(make_cfg(sst2_dir, precious, tiny_bert, overwrite=True), show_progress=False)
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_autocast_build_records_amp_and_stays_close(tmp_path, sst2_dir, tiny_bert):
+    """`--amp bf16` runs the teacher under autocast (CPU here): values move by bf16 rounding
+    only, the manifest records it, and resuming with another --amp is refused."""
+    plain = open_cache(build_cache(make_cfg(sst2_dir, tmp_path / "a", tiny_bert), False))
+    amp = open_cache(build_cache(make_cfg(sst2_dir, tmp_path / "b", tiny_bert, amp="bf16"), False))
+    assert amp.manifest["build"]["amp"] == "bf16" and plain.manifest["build"]["amp"] == "none"
+    a, b = plain.read(0, 26), amp.read(0, 26)
+    assert (a["layers/h1/positions"] != b["layers/h1/positions"]).mean() < 0.25
+    same = a["layers/h1/positions"] == b["layers/h1/positions"]
+    va = a["layers/h1/values"].astype(np.float32)
+    vb = b["layers/h1/values"].astype(np.float32)
+    rows = same.all(axis=1)
+    assert rows.any()
+    np.testing.assert_allclose(va[rows], vb[rows], atol=0.1, rtol=0.05)
+    assert not np.array_equal(va, vb)  # autocast really ran in bf16
+    with pytest.raises(CacheMismatchError, match="'build.amp'"):
+        build_cache(make_cfg(sst2_dir, tmp_path / "b", tiny_bert), show_progress=False)
+    with pytest.raises(HskError, match="--amp fp16 needs --device cuda"):
+        build_cache(make_cfg(sst2_dir, tmp_path / "c", tiny_bert, amp="fp16"), False)

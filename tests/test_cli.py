@@ -109,3 +109,93 @@ def test_eval_takes_table_columns(tmp_path, sst2_dir, tiny_bert):
     glue = json.loads(r.output)
     assert custom["task"] == "custom" and custom["examples"] == len(SENTENCES)
     assert custom["metrics"] == glue["metrics"]
+
+
+def wide_help(app_, *args) -> str:
+    """A command's --help, wide enough that no default is folded over two lines."""
+    r = runner.invoke(app_, [*args, "--help"], env={"COLUMNS": "240", "TERMINAL_WIDTH": "240"})
+    assert r.exit_code == 0, r.output
+    return " ".join(r.output.split())
+
+
+def test_help_shows_real_defaults():
+    """Options default to None (so TOML can fill them) but --help shows the config's default."""
+    from hsktrain.cli import app as train_app
+
+    build = wide_help(app, "build")
+    assert "[default: 1l_10t_0.1h]" in build and "[default: attention-no-sep]" in build
+    assert "[default: 2/3 of the teacher's depth]" in build  # what None means, in words
+    fit = wide_help(train_app, "fit")
+    assert "[default: tinybert4]" in fit and "[default: 5e-05]" in fit
+    assert "[default: verify]" in fit and "[default: no-kept-only]" in fit  # bool flags too
+    assert "[default: train]" in fit  # a default that FitConfig resolves after validation
+    derive = wide_help(app, "derive")
+    assert "[default: the source's]" in derive and "[default: 1l_10t_0.1h]" not in derive
+    assert "[default: dev]" in wide_help(train_app, "eval")
+
+
+def test_help_leaves_parsing_defaults_alone():
+    """The defaults shown in --help are put back: an option the user leaves out stays None."""
+    import typer.main
+
+    from hsktrain.cli import app as train_app
+
+    command = typer.main.get_command(train_app).commands["fit"]
+    ctx = command.make_context("fit", ["--out", "x"])
+    command.get_help(ctx)
+    defaults = {p.name: p.default for p in command.params}
+    assert defaults["student"] is None and defaults["hsk_lr"] is None
+    assert defaults["verify"] is None
+
+
+def test_shared_options_have_one_help_text():
+    """A flag both CLIs take means the same thing: the same help in every command."""
+    import typer.main
+
+    from hsktrain.cli import app as train_app
+
+    shared = {
+        "data", "task", "split", "limit", "text_column", "text_pair_column", "label_column",
+        "max_length", "hsk", "length", "width_strategy", "score_layer", "student_layers",
+        "l_top", "teacher_layers", "seed", "device", "dtype", "quiet", "config",
+    }  # fmt: skip
+    helps: dict[str, set[str]] = {}
+    seen: dict[str, int] = {}
+    for cli in (app, train_app):
+        for name, command in typer.main.get_command(cli).commands.items():
+            if name == "sweep":
+                continue  # its --config is a study file, its options grid axes
+            for p in command.params:
+                if p.name in shared:
+                    helps.setdefault(p.name, set()).add(p.help)
+                    seen[p.name] = seen.get(p.name, 0) + 1
+    assert {k: v for k, v in helps.items() if len(v) > 1} == {}
+    assert seen["hsk"] >= 4 and seen["data"] >= 4 and seen["device"] >= 4
+
+
+def test_flag_overrides_file_and_file_fills_the_rest(tmp_path, sst2_dir, tiny_bert):
+    """A flag given beats the TOML file; a flag left out (default shown in --help) does not."""
+    toml = tmp_path / "b.toml"
+    toml.write_text(
+        f'data = "{sst2_dir}"\nteacher = "{tiny_bert}"\nhsk = "1l_2t_0.5h"\nlength = "left"\n'
+        "max_length = 16\nlimit = 5\n"
+    )
+    out = tmp_path / "c"
+    args = ["build", "--config", str(toml), "--out", str(out), "--hsk", "1l_3t_0.5h", "--quiet"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    selection = open_cache(out).manifest["selection"]
+    assert selection["name"] == "1l_3t_0.5h" and selection["length"] == "left"
+
+
+def test_eval_split_with_a_table_file_is_refused(tmp_path, sst2_dir, tiny_bert):
+    """A table file is one split: --split there would be silently ignored, so it is an error."""
+    from hsktrain.cli import app as train_app
+
+    table = sst2_dir / "dev.tsv"
+    args = ["eval", str(tiny_bert), "--data", str(table), "--split", "test"]
+    r = runner.invoke(train_app, args)
+    assert r.exit_code == 1
+    assert r.output.strip() == (
+        f"error: --split test: {table} is a table file, one split already; drop --split"
+    )

@@ -24,6 +24,7 @@ from hskcache.errors import (
 )
 from hsktrain.cli import app
 from hsktrain.config import FitConfig
+from hsktrain.prepare import prepare
 from hsktrain.step import (
     Distiller,
     NonFiniteLossError,
@@ -32,7 +33,7 @@ from hsktrain.step import (
     make_scaler,
     train_step,
 )
-from hsktrain.train import fit, prepare
+from hsktrain.train import fit
 
 HSK = "1l_4t_0.25h"
 

@@ -4,8 +4,9 @@ import numpy as np
 
 from conftest import require_glue
 from hskcache.build import build_cache
+from hskcache.codec import decode_values
 from hskcache.config import BuildConfig
-from hskcache.reader import decode_values, open_cache
+from hskcache.reader import open_cache
 from hskcache.verify import verify_cache
 
 

@@ -1,13 +1,12 @@
 """Every selection strategy on hand-made tensors, with exact expected indices."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from hskcache.errors import ConfigError
 from hskcache.selection import (
     PAD_POSITION,
+    SelectionConfig,
     default_l_top,
     depth_pairs,
     fixed_width_dims,
@@ -169,7 +168,7 @@ def test_width_count_per_strategy():
 @pytest.mark.parametrize("strategy", ["uniform", "random", "magnitude"])
 def test_planned_width_matches_the_selected_dims(strategy):
     """The manifest's width_kept, the arrays' width and the dims selected are one number."""
-    cfg = SimpleNamespace(
+    cfg = SelectionConfig(
         hsk="1l_4t_0.3h",
         length="left",
         width_strategy=strategy,
@@ -179,7 +178,7 @@ def test_planned_width_matches_the_selected_dims(strategy):
         teacher_layers=[],
         score_layer="producing",
     )
-    plan = plan_selection(cfg, SimpleNamespace(num_hidden_layers=2, hidden_size=32), 16)
+    plan = plan_selection(cfg, 2, 32, 16)
     assert plan.width == (9 if strategy == "uniform" else 10)
     if strategy != "magnitude":
         assert len(plan.width_dims) == plan.width

@@ -299,10 +299,10 @@ def test_damaged_local_copy_is_repaired_by_overwrite(tmp_path, caches, s3_bucket
 
 def test_large_objects_stream_through_files(tmp_path, caches, s3_bucket, monkeypatch):
     """Objects above INLINE_BYTES (a bundled teacher) stream in blocks, whichever way."""
-    from hskcache import transfer
+    from hskcache import storage
 
-    monkeypatch.setattr(transfer, "INLINE_BYTES", 600)
-    monkeypatch.setattr(transfer, "BLOCK", 256)
+    monkeypatch.setattr(storage, "INLINE_BYTES", 600)
+    monkeypatch.setattr(storage, "BLOCK", 256)
     sizes = [o["bytes"] for o in table(caches["c1"]).values()]
     assert min(sizes) <= 600 < max(sizes)  # both paths taken
     url = f"{s3_bucket}/c1"

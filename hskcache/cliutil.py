@@ -1,0 +1,246 @@
+"""What both CLIs share: the --debug switch, errors as one red line, the flags a user gave,
+real defaults in --help, and the tables the commands print.
+
+Nothing heavy is imported at module level (no torch, transformers or zarr): `--help` stays
+fast. Functions that need them import them where they run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperCommand
+
+from hskcache.errors import HskError
+
+console = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+
+def main(debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False):
+    """The options every command of both CLIs takes before its name."""
+    _state["debug"] = debug
+
+
+def quiet_transformers() -> None:
+    """Keep third-party load reports and progress bars out of our output."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def run_guarded(fn, *args, **kwargs):
+    """Run a command body; an HskError becomes one red line and exit code 1 (unless --debug)."""
+    try:
+        return fn(*args, **kwargs)
+    except HskError as e:
+        if _state["debug"]:
+            raise
+        # escape: a message naming `list[int]` must not lose `[int]` as rich markup
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def say(line: str) -> None:
+    """Print a line as it is (no markup, highlighting or wrapping)."""
+    console.print(line, soft_wrap=True, highlight=False, markup=False)
+
+
+def given(ctx: typer.Context, *skip: str) -> dict:
+    """The options the user typed (or set through the environment), by parameter name.
+
+    An option left out is absent, whatever its signature default, so a TOML file's value
+    (`merge_file`) or the config's own default applies; `--no-verify` is given, as False.
+    """
+    # by name: typer carries its own copy of click, whose ParameterSource is another enum
+    typed = ("COMMANDLINE", "ENVIRONMENT")
+    return {
+        k: v
+        for k, v in ctx.params.items()
+        if k not in skip and getattr(ctx.get_parameter_source(k), "name", None) in typed
+    }
+
+
+def config_defaults(cls, **described: str) -> dict[str, object]:
+    """A config dataclass's field defaults, for --help; `described` names what None means."""
+    plain = {
+        f.name: f.default
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING and f.default is not None
+    }
+    return {**plain, **described}
+
+
+def shows_defaults(defaults: Callable[[], dict[str, object]]) -> type[TyperCommand]:
+    """A command class whose --help shows `defaults()` for its options.
+
+    The options default to None in the signature so that a TOML file can fill what the user
+    did not type (`given`); the real defaults are swapped in only while the help is drawn, and
+    put back, so parsing never sees them. `defaults` runs only then: it may import the config
+    dataclass (and torch, about a second) without slowing `--help` of the CLI or any command.
+    """
+
+    class Command(TyperCommand):
+        def format_help(self, ctx, formatter) -> None:
+            shown = defaults()
+            params = [p for p in self.params if p.name in shown and p.default is None]
+            for p in params:
+                p.default = shown[p.name]
+            try:
+                super().format_help(ctx, formatter)
+            finally:
+                for p in params:
+                    p.default = None
+
+    return Command
+
+
+def metrics_table(title: str, rows: dict[str, dict]) -> Table:
+    """One row of metrics per model, a column per metric name."""
+    names = sorted({k for m in rows.values() for k in m})
+    table = Table(*(["model"] + names), title=title)
+    for label, m in rows.items():
+        table.add_row(label, *(f"{m[k]:.4f}" if k in m else "-" for k in names))
+    return table
+
+
+def print_inspect(info: dict) -> None:
+    """`hskcache inspect`: the manifest in words, then one line per array."""
+    head = Table.grid(padding=(0, 2))
+    head.add_column(no_wrap=True)
+    head.add_column(overflow="fold")
+    status = info["status"]
+    colour = "green" if status == "complete" else "yellow"
+    sel, storage = info["selection"], info["storage"]
+    untrained = "  [yellow](untrained head)[/yellow]" if info["teacher_head_initialised"] else ""
+    rows = [
+        ("path", info["path"]),
+        ("status", f"[{colour}]{status}[/{colour}]"),
+        ("teacher", info["teacher"] + untrained),
+        ("data", info["data"]),
+        ("max length", str(info["max_length"])),
+        (
+            "selection",
+            f"{sel['config']}: {sel['tokens_kept']} tokens ({sel['length']}), width "
+            f"{sel['width_kept']} ({sel['width_strategy']})",
+        ),
+        ("layers", "; ".join(sel["layers"])),
+        (
+            "storage",
+            f"{storage['value_dtype']}, compressor {storage['compressor']}, "
+            f"{storage['chunk_rows']} rows/chunk, {info['counts']['num_chunks']} chunks in "
+            f"{info['counts']['num_shards']} shards",
+        ),
+        ("identity", info["identity"]),
+        *_kit_rows(info["kit"]),
+    ]
+    if info["stats"]:
+        s = info["stats"]
+        full = s["full_fp16_bytes_per_example"]
+        rows.append(
+            (
+                "size",
+                f"{info['total_bytes']:,} B = {s['bytes_per_example']:.0f} B/example; full fp16"
+                f" HSK {full:,.0f} B/example ({full / s['bytes_per_example']:.0f}x)",
+            )
+        )
+        rows.append(
+            (
+                "HSK kept",
+                f"{s['hsk_fraction']:.4%} of all hidden-state values "
+                f"(mean length {s['mean_length']:.1f} tokens)",
+            )
+        )
+    for k, v in rows:
+        head.add_row(f"[bold]{k}[/bold]", v)
+    console.print(head)
+    table = Table("array", "shape", "dtype", "rows/chunk", "bytes")
+    for a in info["arrays"]:
+        table.add_row(
+            a["name"], str(tuple(a["shape"])), a["dtype"], str(a["chunk_rows"]), f"{a['bytes']:,}"
+        )
+    console.print(table)
+
+
+def _kit_rows(kit: dict) -> list[tuple[str, str]]:
+    """inspect's lines on what the cache carries for training without the teacher."""
+    tok = kit["tokenizer"]
+    students = "; ".join(
+        f"{s['name']} ({s['shape']['num_hidden_layers']}L-{s['shape']['hidden_size']}H, "
+        f"teacher layers {s['teacher_layers']}, {s['bytes']:,} B)"
+        for s in kit["students"]
+    )
+    teacher = (
+        f"bundled ({kit['teacher_bytes']:,} B; hskcache export-teacher CACHE DIR)"
+        if kit["teacher_bundled"]
+        else "not bundled (build --bundle-teacher)"
+    )
+    return [
+        ("tokenizer", f"{tok['class']} (sha256 {tok['sha256'][:12]}), {', '.join(tok['files'])}"),
+        ("students", students or "none stored (build --student NAME)"),
+        ("teacher kit", teacher),
+    ]
+
+
+def print_caches(caches: list[dict], url: str, match: str | None) -> None:
+    """`hskcache ls`: one row per cache found under `url`."""
+    from rich import box
+    from rich.filesize import decimal
+
+    if not caches:
+        say(f"no caches under {url}" + (f" match '{match}'" if match else ""))
+        return
+    short = lambda s: (s or "?")[:8]  # noqa: E731
+    base = url.rstrip("/") + "/"
+    # About 130 columns show every row on one line; narrower terminals fold the long cells.
+    table = Table(title=f"{len(caches)} cache(s) under {url}", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("cache", overflow="fold")
+    table.add_column("identity", no_wrap=True, min_width=12)
+    for col in ("teacher", "data", "split", "selection", "rows", "size"):
+        right = col in ("rows", "size")
+        table.add_column(col, overflow="fold", justify="right" if right else "left")
+    table.add_column("status", no_wrap=True)
+    for c in caches:
+        colour = {"complete": "green", "building": "yellow", "partial": "yellow"}.get(
+            c["status"], "red"
+        )
+        name = c["teacher"]["name"]
+        table.add_row(
+            escape(c["url"].removeprefix(base) or "."),
+            (c["identity"] or "?")[:12],
+            f"{Path(name).name} {short(c['teacher']['weights_sha256'])}" if name else "?",
+            f"{c['data']['task'] or '?'} {short(c['data']['fingerprint'])}",
+            c["data"]["split"] or "?",
+            c["selection"] or "?",
+            f"{c['rows']:,}" if c["rows"] is not None else "?",
+            decimal(c["bytes"]),
+            f"[{colour}]{c['status']}[/{colour}]",
+        )
+    console.print(table)
+
+
+def print_transfer(report, verb: str) -> None:
+    """`push` / `pull`: what was copied, or that the destination already held the cache."""
+    if report.already_there:
+        console.print(
+            f"[green]already there[/green] {report.destination}: it holds this cache "
+            f"(identity {report.identity[:12]}); nothing to copy",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    console.print(
+        f"[green]complete[/green] {report.destination}  ({verb} {report.copied} objects, "
+        f"{report.bytes_copied:,} B; {report.skipped} already there and verified)",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,231 @@
+"""What a fit runs on, resolved once: rows (a cache, or raw data tokenized here), the student
+and its projection, the targets (read from the cache, computed by a live teacher, or labels
+only), the stages and the dev rows. `hsktrain fit` calls `prepare`; `hsktrain bench` times the
+same `Run`.
+
+Offline runs never load the teacher: the tokenizer and student init come from the cache's kit
+(or `--init-from`), checked against the cache's tokenizer hash and max length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hskcache.assets import materialise
+from hskcache.errors import CacheError, CacheMismatchError, TeacherError
+from hskcache.manifest import ManifestView
+from hskcache.reader import Cache, open_cache
+from hskcache.targets import plan_selection
+from hskcache.teacher import (
+    ClsScoreProbe,
+    check_max_length,
+    default_teacher_path,
+    load_teacher,
+    tokenizer_sha256,
+)
+from hskcache.verify import require_sound
+from hsktrain import batch as batches
+from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig
+from hsktrain.loader import ChunkShuffleLoader
+from hsktrain.rows import encode_split
+from hsktrain.students import build_student, make_projection, student_from_cache
+
+
+@dataclass
+class Stage:
+    name: str  # hsk | pred | joint | ce
+    epochs: int
+    lr: float
+
+
+@dataclass
+class Run:
+    """Everything a fit needs, resolved once."""
+
+    model: nn.Module
+    proj: nn.Module
+    tokenizer: object
+    loader: ChunkShuffleLoader
+    make_batch: object  # rows -> Batch
+    stages: list[Stage]
+    task: str
+    regression: bool
+    dev: object | None  # ArraySource of dev rows
+    teacher_width: int
+    record: dict  # resolved config + provenance written into every output
+
+
+def stages_for(cfg: FitConfig, task: str) -> list[Stage]:
+    hsk_epochs = PAPER_HSK_EPOCHS.get(task, 10) if cfg.hsk_epochs is None else cfg.hsk_epochs
+    return {
+        "two-stage": [
+            Stage("hsk", hsk_epochs, cfg.hsk_lr),
+            Stage("pred", cfg.pred_epochs, cfg.pred_lr),
+        ],
+        "joint": [Stage("joint", cfg.pred_epochs, cfg.pred_lr)],
+        "hsk": [Stage("hsk", hsk_epochs, cfg.hsk_lr)],
+        "pred": [Stage("pred", cfg.pred_epochs, cfg.pred_lr)],
+        "ce": [Stage("ce", cfg.pred_epochs, cfg.pred_lr)],
+    }[cfg.mode]
+
+
+def prepare(cfg: FitConfig) -> Run:
+    """Open the rows, check they fit the student, build student, projection and targets."""
+
+    # 1. where rows come from: a cache (offline, or its labels for `ce`) or raw data
+    info = None  # the cache's manifest, typed
+    if cfg.cache is not None:
+        if cfg.verify:
+            require_sound(cfg.cache, cfg.local_cache, cfg.local_cache_size)
+        # a remote cache is read through a local copy of its shards: later epochs stay local
+        cache = open_cache(cfg.cache, True, cfg.local_cache, cfg.local_cache_size)
+        info = cache.info
+        init_from = cfg.init_from  # None: tokenizer and student init come from the cache's kit
+    else:
+        init_from = cfg.init_from or cfg.online_teacher or str(default_teacher_path())
+    tokenizer = _tokenizer(cache if init_from is None else init_from)
+    if info is not None:
+        source, max_length = cache, info.max_length
+        task, regression, label_names = info.data.task, info.data.regression, info.data.label_names
+        _check_cache(cfg, info, tokenizer, init_from or f"stored in {cfg.cache}")
+    else:
+        source, ex, max_length = encode_split(
+            cfg.data, cfg.task, cfg.split, cfg.limit, tokenizer, cfg.max_length, cfg.chunk_rows
+        )
+        task, regression, label_names = ex.task.name, ex.label_names is None, ex.label_names
+    num_labels = 1 if regression else len(label_names)
+
+    # 2. the student, and the layers it distils into
+    if init_from is None:  # no teacher needed: the init (or its config) is in the cache
+        model, init_info = student_from_cache(cache, cfg.init, cfg.student, num_labels, cfg.seed)
+    else:
+        model, init_info = build_student(cfg.init, init_from, cfg.student, num_labels, cfg.seed)
+    model.to(cfg.device)
+    n_student = model.config.num_hidden_layers
+    if (
+        info is not None
+        and cfg.mode in ("two-stage", "joint", "hsk")
+        and info.selection.student_layers != n_student
+    ):
+        raise CacheMismatchError(
+            "selection.student_layers",
+            n_student,
+            info.selection.student_layers,
+            "rebuild the cache with --student-layers matching the student",
+        )
+
+    # 3. targets: read from the cache, computed live by the teacher, or none (labels only)
+    teacher_width = info.teacher.hidden_size if info else model.config.hidden_size
+    if info is not None:
+        make = lambda rows: batches.from_cache(  # noqa: E731
+            rows, cache.manifest, cfg.device, regression
+        )
+    elif cfg.online_teacher is not None:
+        make, teacher_width = _online(cfg, num_labels, max_length, n_student, regression)
+    else:
+        make = lambda rows: batches.inputs(rows, cfg.device, regression)  # noqa: E731
+    with torch.random.fork_rng():  # the same projection however the targets are made
+        torch.manual_seed(cfg.seed + 1)
+        proj = make_projection(model.config.hidden_size, teacher_width, cfg.proj_init)
+    dev = None
+    if cfg.dev_data is not None:
+        dev, _, _ = encode_split(
+            cfg.dev_data, task, cfg.dev_split, cfg.dev_limit, tokenizer, max_length, cfg.chunk_rows
+        )
+    loader = ChunkShuffleLoader(source, cfg.batch_size, cfg.seed, cfg.buffer_chunks)
+    record = {
+        "config": dataclasses.asdict(cfg),
+        "student_init": init_info,
+        "task": task,
+        "max_length": max_length,
+        "cache_identity": info.identity if info else None,
+    }
+    return Run(
+        model,
+        proj.to(cfg.device),
+        tokenizer,
+        loader,
+        make,
+        stages_for(cfg, task),
+        task,
+        regression,
+        dev,
+        teacher_width,
+        record,
+    )
+
+
+def _tokenizer(source):
+    """The student's tokenizer: its init source's (a folder or name), or the one a cache
+    carries (a `Cache`, whose tokenizer files are written to a temp dir first); or one clear
+    error."""
+    # lazy: transformers takes seconds to import; commands that load no model skip it
+    from transformers import AutoTokenizer
+
+    if isinstance(source, Cache):
+        folder = materialise(source, source.info.assets.tokenizer)
+        try:
+            return AutoTokenizer.from_pretrained(folder, use_fast=True, trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise CacheError(
+                f"{source.url}: its stored tokenizer does not load "
+                f"({str(e).splitlines()[0]}); pull or rebuild the cache"
+            ) from e
+    folder = Path(source)
+    if folder.exists() and not (folder / "config.json").is_file():
+        raise TeacherError(
+            f"{folder}: not a model folder (no config.json); pass a teacher or "
+            "checkpoint folder to --init-from"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise TeacherError(f"{source}: cannot load its tokenizer ({str(e).splitlines()[0]})") from e
+
+
+def _check_cache(cfg: FitConfig, info: ManifestView, tokenizer, init_from: str) -> None:
+    """Refuse a cache built for another tokenizer or max length than this run's."""
+    if cfg.max_length is not None and cfg.max_length != info.max_length:
+        raise CacheMismatchError(
+            "max_length",
+            cfg.max_length,
+            info.max_length,
+            "rebuild the cache with this --max-length",
+        )
+    found = tokenizer_sha256(tokenizer)
+    if found != info.tokenizer.sha256:
+        raise CacheMismatchError(
+            "tokenizer.sha256",
+            found[:12],
+            info.tokenizer.sha256[:12],
+            f"the student's tokenizer ({init_from}) is not the one the cache was built with",
+        )
+
+
+def _online(cfg: FitConfig, num_labels: int, max_length: int, n_student: int, regression: bool):
+    """Load the live teacher and return (rows -> Batch, teacher width) for online KD."""
+    teacher = load_teacher(
+        cfg.online_teacher, num_labels, cfg.device, "float32", cfg.seed, cfg.amp
+    )
+    check_max_length(teacher, max_length)
+    sel = cfg.online_selection(n_student)
+    threshold = None
+    if cfg.batch_threshold:  # select full width; the threshold prunes per batch
+        h = sel.parse()
+        threshold = h.width
+        sel.hsk = "full" if h.layers is None else f"{h.layers}l_{h.tokens}t_1h"
+    plan = plan_selection(
+        sel, teacher.config.num_hidden_layers, teacher.config.hidden_size, max_length
+    )
+    scorers = {la["score_attention"] for la in plan.layers} - {None}
+    probe = ClsScoreProbe(teacher.model, scorers) if scorers else None
+
+    def make(rows):
+        return batches.from_teacher(rows, teacher, probe, plan, cfg.device, regression, threshold)
+
+    return make, teacher.config.hidden_size
