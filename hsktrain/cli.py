@@ -125,6 +125,9 @@ def fit_cmd(
     ] = None,
     dev_split: Annotated[str, Opt(help="Split of --dev-data to evaluate.")] = None,
     dev_limit: Annotated[int, Opt(help="First N dev rows.")] = None,
+    text_column: o.TextColumn = None,
+    text_pair_column: o.TextPairColumn = None,
+    label_column: o.LabelColumn = None,
     max_length: o.MaxLength = None,
     student: Annotated[str, Opt(help="Student preset: tinybert4, tinybert6, mini, tiny.")] = None,
     init: Annotated[

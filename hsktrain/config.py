@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
+from hskcache.data import Columns
 from hskcache.errors import ConfigError
 from hskcache.localcache import parse_size
 from hskcache.lock import local_path
@@ -41,6 +42,7 @@ DEFAULTS = {
 }
 ONLINE_ONLY = ("hsk", "length", "width_strategy", "score_layer", "l_top", "teacher_layers")
 DATA_ONLY = ("data", "task", "split", "limit")
+COLUMNS = ("text_column", "text_pair_column", "label_column")
 
 
 def flag(name: str) -> str:
@@ -66,6 +68,10 @@ class FitConfig:
     dev_data: str | None = None  # GLUE folder or file holding the dev split
     dev_split: str | None = None  # default "dev"
     dev_limit: int | None = None
+    # columns of a table file (--data and --dev-data), as `hskcache build` takes them
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
     max_length: int | None = None
     student: str = "tinybert4"
     init: str = "select"
@@ -122,6 +128,11 @@ class FitConfig:
         """A copy with every option that was not given set to its default (after `validate`)."""
         return replace(self, **{k: v for k, v in DEFAULTS.items() if getattr(self, k) is None})
 
+    @property
+    def columns(self) -> Columns:
+        """The table columns of --data and --dev-data."""
+        return Columns(self.text_column, self.text_pair_column, self.label_column)
+
     def validate(self) -> None:
         """Refuse bad or inapplicable settings, every problem in one message.
 
@@ -153,6 +164,9 @@ class FitConfig:
         given = [k for k in ("dev_split", "dev_limit") if getattr(self, k) is not None]
         if self.dev_data is None and given:
             p.append(f"{', '.join(map(flag, given))} needs --dev-data")
+        given = [k for k in COLUMNS if getattr(self, k) is not None]
+        if self.data is None and self.dev_data is None and given:
+            p.append(f"{', '.join(map(flag, given))}: name columns of --data or --dev-data")
         if self.mode not in MODES:
             p.append(f"mode must be one of {MODES}")
         elif self.hsk_epochs is not None and self.mode not in ("two-stage", "hsk"):

@@ -21,6 +21,7 @@ from hskcache.errors import CacheError, CacheMismatchError, TeacherError
 from hskcache.manifest import ManifestView
 from hskcache.reader import Cache, open_cache
 from hskcache.targets import plan_selection
+from hskcache.tasks import TASKS
 from hskcache.teacher import (
     ClsScoreProbe,
     check_max_length,
@@ -95,7 +96,14 @@ def prepare(cfg: FitConfig) -> Run:
         _check_cache(cfg, info, tokenizer, init_from or f"stored in {cfg.cache}")
     else:
         source, ex, max_length = encode_split(
-            cfg.data, cfg.task, cfg.split, cfg.limit, tokenizer, cfg.max_length, cfg.chunk_rows
+            cfg.data,
+            cfg.task,
+            cfg.split,
+            cfg.limit,
+            tokenizer,
+            cfg.max_length,
+            cfg.chunk_rows,
+            cfg.columns,
         )
         task, regression, label_names = ex.task.name, ex.label_names is None, ex.label_names
     num_labels = 1 if regression else len(label_names)
@@ -135,7 +143,14 @@ def prepare(cfg: FitConfig) -> Run:
     dev = None
     if cfg.dev_data is not None:
         dev, _, _ = encode_split(
-            cfg.dev_data, task, cfg.dev_split, cfg.dev_limit, tokenizer, max_length, cfg.chunk_rows
+            cfg.dev_data,
+            task if task in TASKS else None,  # a table's rows ("custom") name no GLUE task
+            cfg.dev_split,
+            cfg.dev_limit,
+            tokenizer,
+            max_length,
+            cfg.chunk_rows,
+            cfg.columns,
         )
     loader = ChunkShuffleLoader(source, cfg.batch_size, cfg.seed, cfg.buffer_chunks)
     record = {

@@ -650,3 +650,29 @@ def test_amp_bf16_autocast_runs_on_cpu(world, tmp_path):
     b = [x for _, x in step_losses(tmp_path / "bf16")]
     assert a != b  # bf16 rounding shows: the forward did run under autocast
     np.testing.assert_allclose(b, a, rtol=5e-2)
+
+
+def test_fit_reads_table_columns_like_build(tmp_path):
+    """`--text-column/--label-column` name a table's columns for --data and --dev-data."""
+    from conftest import SENTENCES
+
+    teacher = make_bert(tmp_path / "t")
+    table = tmp_path / "reviews.tsv"
+    table.write_text("review\tstars\n" + "".join(f"{s}\t{y}\n" for s, y in SENTENCES))
+    cfg = FitConfig(
+        out=str(tmp_path / "run"),
+        mode="ce",
+        data=str(table),
+        dev_data=str(table),
+        text_column="review",
+        label_column="stars",
+        init_from=str(teacher),
+        student="tiny",
+        pred_epochs=1,
+    )
+    result = fit(cfg, show_progress=False)
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0 and result.best is not None
+    with pytest.raises(HskError, match="no column 'text'"):
+        fit(replace(cfg, out=str(tmp_path / "run2"), text_column=None), show_progress=False)
+    with pytest.raises(ConfigError, match="--text-column: name columns of --data or --dev-data"):
+        fit(FitConfig(out=str(tmp_path / "r3"), cache="c", text_column="x"), show_progress=False)
