@@ -26,7 +26,7 @@ from hskcache.tokenize import tokenize
 from hskcache.verify import verify_cache
 
 
-def make_cfg(data: Path, out: Path, teacher: Path, **kw) -> BuildConfig:
+def make_cfg(data: Path, out: str | Path, teacher: Path, **kw) -> BuildConfig:
     base = dict(
         data=str(data),
         out=str(out),

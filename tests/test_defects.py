@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import zarr
 import zarr.storage._local as zlocal
+from test_build import files, make_cfg
 from typer.testing import CliRunner
 
 from hskcache import localcache
@@ -24,26 +25,6 @@ from hskcache.errors import CacheError, CacheIncompleteError, ConfigError, HskEr
 from hskcache.localcache import ShardCache
 from hskcache.reader import open_cache
 from hskcache.verify import verify_cache
-
-
-def make_cfg(data: Path, out: str | Path, teacher: Path, **kw) -> BuildConfig:
-    base = dict(
-        data=str(data),
-        out=str(out),
-        teacher=str(teacher),
-        hsk="1l_4t_0.25h",
-        max_length=16,
-        chunk_rows=4,
-        chunks_per_shard=2,
-        batch_size=3,
-    )
-    return BuildConfig(**{**base, **kw})
-
-
-def files(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

@@ -11,39 +11,18 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr.core.array as za
+from test_build import files, make_cfg
 
 from hskcache.build import build_cache
-from hskcache.config import BuildConfig
 from hskcache.errors import CacheError, CacheIncompleteError, ConfigError
 from hskcache.localcache import ShardCache, parse_size
 from hskcache.lock import LOCK_KEY, BuildLock, LockHeldError
 from hskcache.reader import open_cache
 from hskcache.verify import verify_cache
-
-
-def make_cfg(data: Path, out: str | Path, teacher: Path, **kw) -> BuildConfig:
-    base = dict(
-        data=str(data),
-        out=str(out),
-        teacher=str(teacher),
-        hsk="1l_4t_0.25h",
-        max_length=16,
-        chunk_rows=4,
-        chunks_per_shard=2,
-        batch_size=3,
-    )
-    return BuildConfig(**{**base, **kw})
-
-
-def files(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 def s3fs_():
