@@ -32,30 +32,31 @@ WARM_STALL_TARGET = 0.02
 
 
 @contextmanager
-def loopback_s3() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 with one bucket; yields the bucket's s3:// URL.
+def loopback_s3_server() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1; yields its endpoint URL (the tests' fixture uses it too).
 
-    The AWS_* variables it sets (and restores after) point s3fs at it.
+    The AWS_* variables it sets (and restores after) point s3fs, in this process and in any
+    subprocess started meanwhile, at it.
 
     Raises:
-        ConfigError: moto[server] is not installed.
+        ConfigError: s3fs or moto[server] is not installed.
     """
     try:
         import s3fs
         from moto.server import ThreadedMotoServer
     except ImportError as e:
         raise ConfigError(
-            f"bench --remote needs s3fs and moto[server] ({e.name} is missing); "
+            f"a loopback S3 server needs s3fs and moto[server] ({e.name} is missing); "
             "pip install 's3fs' 'moto[server]' or the project's dev extra"
         ) from e
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     env = {
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": f"http://{host}:{port}",
     }
@@ -65,8 +66,7 @@ def loopback_s3() -> Iterator[str]:
     # the way in and out, so no instance outlives the server it points at
     s3fs.S3FileSystem.clear_instance_cache()
     try:
-        s3fs.S3FileSystem(skip_instance_cache=True).mkdir("hskbench")
-        yield "s3://hskbench"
+        yield env["AWS_ENDPOINT_URL"]
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
         server.stop()
@@ -75,6 +75,16 @@ def loopback_s3() -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def loopback_s3() -> Iterator[str]:
+    """`loopback_s3_server` with one bucket; yields the bucket's s3:// URL."""
+    import s3fs  # present: loopback_s3_server checked
+
+    with loopback_s3_server():
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir("hskbench")
+        yield "s3://hskbench"
 
 
 def remote_stall(cache: Path, fit_common: dict, work: Path | None = None) -> dict:
