@@ -28,10 +28,29 @@ from hskcache.layout import default_chunk_rows, layer_key, plan_arrays
 from hskcache.lock import BuildLock, LockHeldError, local_path
 from hskcache.manifest import FORMAT_VERSION, compute_identity
 from hskcache.progress import progress_bar
+from hskcache.selection import SelectionConfig
 from hskcache.targets import Plan, plan_selection, teacher_targets
 from hskcache.teacher import ClsScoreProbe, Teacher, check_max_length, load_teacher
 from hskcache.tokenize import Encoded, tokenize
 from hskcache.writer import ShardWriter, disk_full, finish, open_for_build, shard_done, stored_keys
+
+
+def selection_fields(plan: Plan, sel: SelectionConfig) -> dict:
+    """The manifest's `selection`, `layers` and `width_dims`: one writer for build and derive,
+    so a derived cache's manifest equals a direct build's."""
+    return {
+        "selection": {
+            **plan.hsk.to_dict(),
+            "l_top": plan.l_top,
+            "student_layers": sel.student_layers,
+            "score_layer": sel.score_layer,
+            "teacher_layers": list(sel.teacher_layers) or None,
+            "tokens_kept": plan.tokens,
+            "width_kept": plan.width,
+        },
+        "layers": plan.layers,
+        "width_dims": None if plan.width_dims is None else plan.width_dims.tolist(),
+    }
 
 
 def make_manifest(
@@ -81,17 +100,7 @@ def make_manifest(
             "pair": ex.pairs is not None,
         },
         "max_length": max_length,
-        "selection": {
-            **plan.hsk.to_dict(),
-            "l_top": plan.l_top,
-            "student_layers": cfg.student_layers,
-            "score_layer": cfg.score_layer,
-            "teacher_layers": list(cfg.teacher_layers) or None,
-            "tokens_kept": plan.tokens,
-            "width_kept": plan.width,
-        },
-        "layers": plan.layers,
-        "width_dims": None if plan.width_dims is None else plan.width_dims.tolist(),
+        **selection_fields(plan, cfg.selection),
         "storage": {
             "value_dtype": cfg.value_dtype,
             "compressor": cfg.compressor,

@@ -23,7 +23,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from hskcache import __version__
-from hskcache.build import cache_stats
+from hskcache.build import cache_stats, selection_fields
 from hskcache.codec import decode_values, encode_values
 from hskcache.errors import CacheError, ConfigError
 from hskcache.layout import COMPRESSORS, VALUE_DTYPES, default_chunk_rows, layer_key
@@ -240,17 +240,7 @@ def derived_manifest(
         **src.manifest,
         "tool_version": __version__,
         "status": "building",
-        "selection": {
-            **plan.hsk.to_dict(),
-            "l_top": plan.l_top,
-            "student_layers": sel.student_layers,
-            "score_layer": sel.score_layer,
-            "teacher_layers": list(sel.teacher_layers) or None,
-            "tokens_kept": plan.tokens,
-            "width_kept": plan.width,
-        },
-        "layers": plan.layers,
-        "width_dims": None if plan.width_dims is None else plan.width_dims.tolist(),
+        **selection_fields(plan, sel),
         "storage": {
             "value_dtype": cfg.value_dtype or m.storage.value_dtype,
             "compressor": cfg.compressor or m.storage.compressor,
