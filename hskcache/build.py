@@ -1,8 +1,10 @@
 """`hskcache build`: run the teacher once over a split and write the selected HSK to a cache.
 
 Batches never straddle a shard (shard s covers rows [s*S, (s+1)*S)), so every value depends only
-on its shard's rows and a resumed build recomputes exactly the bytes a straight one writes. Each
-batch is trimmed to its longest row before the forward (dynamic padding).
+on its shard's rows and a resumed build recomputes exactly the bytes a straight one writes. By
+default the teacher sees each shard's rows longest first (`teacher_order`), so a batch holds rows
+of similar length; each batch is trimmed to its longest row before the forward (dynamic padding)
+and its rows are written back at their own indices.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch.distributed as dist
 
 from hskcache import __version__
 from hskcache.assets import asset_keys, make_kit, write_kit
-from hskcache.codec import encode_values
+from hskcache.codec import dim_planes, encode_dims, encode_values, ids_dtype
 from hskcache.config import BuildConfig
 from hskcache.data import Columns, Examples, load_split
 from hskcache.layout import default_chunk_rows, layer_key, plan_arrays
@@ -106,6 +108,7 @@ def make_manifest(
             "compressor": cfg.compressor,
             "chunk_rows": chunk_rows,
             "shard_rows": shard_rows,
+            "ids_dtype": ids_dtype(len(teacher.tokenizer)),
         },
         "counts": {
             "num_examples": n,
@@ -114,6 +117,7 @@ def make_manifest(
         },
         "build": {
             "batch_size": cfg.batch_size,
+            "batch_order": cfg.batch_order,
             "device": cfg.device,
             "dtype": cfg.dtype,
             "amp": cfg.amp,
@@ -145,7 +149,7 @@ def compute_batch(
     mask = (torch.arange(T, device=device)[None, :] < lengths[:, None]).long()
     t = teacher_targets(teacher, probe, plan, ids, mask, tt)
     out = {
-        "input_ids": enc.input_ids[lo:hi],
+        "input_ids": enc.input_ids[lo:hi].astype(ids_dtype(len(teacher.tokenizer))),
         "token_type_ids": enc.token_type_ids[lo:hi],
         "lengths": enc.lengths[lo:hi],
         "labels": labels[lo:hi],
@@ -155,10 +159,31 @@ def compute_batch(
     for layer in t.layers:
         key = layer_key(layer.teacher)
         out[f"{key}/positions"] = layer.positions.to(torch.int16).numpy()
-        if layer.dims is not None and layer.dims.dim() > 1:
-            out[f"{key}/dims"] = layer.dims.to(torch.int16).numpy()
+        if layer.dims is not None and layer.dims.dim() > 1:  # magnitude: ascending, as gaps
+            h = teacher.config.hidden_size
+            out |= {f"{key}/{k}": v for k, v in encode_dims(layer.dims.numpy(), h).items()}
         out |= {f"{key}/{k}": v for k, v in encode_values(layer.values, value_dtype).items()}
     return out
+
+
+def teacher_order(lengths: np.ndarray, batch_order: str) -> np.ndarray:
+    """The order in which a shard's rows go through the teacher, cut into batches of
+    consecutive rows.
+
+    `length`: longest first (ties in data order), so each batch holds rows of similar length and
+    trimming it to its longest row leaves little padding; longest first also makes the first
+    batch the largest, so a batch size too big for the device fails at once. `data`: the rows'
+    own order. Either way a pure function of the shard's lengths, so a resumed build repeats it.
+    """
+    if batch_order == "data":
+        return np.arange(len(lengths))
+    return np.argsort(-lengths.astype(np.int64), kind="stable")
+
+
+def scatter_back(parts: list[dict[str, np.ndarray]], order: np.ndarray) -> dict[str, np.ndarray]:
+    """Join a shard's batches (computed in `order`) and put every row back at its own index."""
+    inverse = np.argsort(order)  # row i of the shard was computed at position inverse[i]
+    return {k: np.concatenate([p[k] for p in parts])[inverse] for k in parts[0]}
 
 
 def build_cache(
@@ -206,7 +231,11 @@ def _build(
     max_length = cfg.max_length or ex.task.max_length
     check_max_length(teacher, max_length)
     plan = plan_selection(
-        cfg.selection, teacher.config.num_hidden_layers, teacher.config.hidden_size, max_length
+        cfg.selection,
+        teacher.config.num_hidden_layers,
+        teacher.config.hidden_size,
+        max_length,
+        cfg.value_dtype,  # magnitude width ranks |value| as stored
     )
     specs = plan_arrays(
         max_length,
@@ -217,6 +246,8 @@ def _build(
         plan.width,
         cfg.value_dtype,
         plan.per_token_dims,
+        ids_dtype(len(teacher.tokenizer)),
+        dim_planes(teacher.config.hidden_size),
     )
     chunk_rows = cfg.chunk_rows or default_chunk_rows(specs, len(ex))
     shard_rows = chunk_rows * cfg.chunks_per_shard
@@ -258,18 +289,23 @@ def _build(
         ) as advance:
             for s in todo:
                 lo, hi = rows(s)
+                # the shard's rows in teacher order; batches are consecutive rows of it
+                order = teacher_order(enc.lengths[lo:hi], cfg.batch_order)
+                ids, tt, lens = enc.input_ids, enc.token_type_ids, enc.lengths
+                shard = Encoded(ids[lo:hi][order], tt[lo:hi][order], lens[lo:hi][order])
+                labels = ex.labels[lo:hi][order]
                 parts = []
-                for b in range(lo, hi, cfg.batch_size):
-                    e = min(hi, b + cfg.batch_size)
+                for b in range(0, hi - lo, cfg.batch_size):
+                    e = min(hi - lo, b + cfg.batch_size)
                     parts.append(
                         compute_batch(
-                            teacher, probe, plan, enc, ex.labels, b, e, cfg.value_dtype, cfg.device
+                            teacher, probe, plan, shard, labels, b, e, cfg.value_dtype, cfg.device
                         )
                     )
                     if timings is not None and "t0" not in timings:
                         timings.update(t0=time.perf_counter(), skip=e - b)
                     advance(e - b)
-                writer.put(lo, {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+                writer.put(lo, scatter_back(parts, order))
     finally:
         writer.close()
         if probe is not None:

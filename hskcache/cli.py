@@ -82,6 +82,16 @@ def build(
     teacher: Annotated[str, Opt(help="Teacher model folder or hub name.")] = None,
     max_length: o.MaxLength = None,
     batch_size: Annotated[int, Opt(help="Teacher batch size.")] = None,
+    batch_order: Annotated[
+        str,
+        Opt(
+            help="length: the teacher runs each shard's rows longest first, so batches hold "
+            "similar lengths and carry little padding (faster on real text; the rows are stored "
+            "in their own order). data: batches of consecutive rows, as a plain transformers "
+            "loop runs them; values differ from length only by float rounding; use it to "
+            "reproduce a cache built before length batching or the same batches elsewhere."
+        ),
+    ] = None,
     device: o.Device = None,
     dtype: o.Dtype = None,
     amp: o.Amp = None,

@@ -153,6 +153,14 @@ def print_inspect(info: dict) -> None:
                 f" HSK {full:,.0f} B/example ({full / s['bytes_per_example']:.0f}x)",
             )
         )
+        floor = info["floor_bytes_per_example"]
+        rows.append(
+            (
+                "vs floor",
+                f"{s['bytes_per_example'] / floor:.2f}x the kept values in fp16 ({floor:,.0f} "
+                "B/example)",
+            )
+        )
         rows.append(
             (
                 "HSK kept",

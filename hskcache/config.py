@@ -22,6 +22,7 @@ from hskcache.selection import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
 from hskcache.teacher import check_device
 
 T = TypeVar("T")
+BATCH_ORDERS = ("length", "data")  # `hskcache build --batch-order`
 
 
 def merge_file(cls: type[T], path: str | None, flags: dict) -> T:
@@ -120,6 +121,7 @@ class BuildConfig:
     teacher: str | None = None
     max_length: int | None = None
     batch_size: int = 32
+    batch_order: str = "length"  # teacher batches: each shard's rows longest first, or "data"
     device: str = "cpu"
     dtype: str = "float32"
     amp: str = "none"  # autocast of the teacher's forward: none | bf16 | fp16 (CUDA)
@@ -161,6 +163,7 @@ class BuildConfig:
             (self.compressor in COMPRESSORS, f"compressor must be one of {COMPRESSORS}"),
             (self.student_layers >= 1, "student_layers must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.batch_order in BATCH_ORDERS, f"batch_order must be one of {list(BATCH_ORDERS)}"),
             (self.chunk_rows is None or self.chunk_rows >= 1, "chunk_rows must be >= 1"),
             (self.chunks_per_shard >= 1, "chunks_per_shard must be >= 1"),
             (self.limit is None or self.limit >= 1, "limit must be >= 1"),

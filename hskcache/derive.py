@@ -1,12 +1,14 @@
 """`hskcache derive`: cut a smaller cache out of a larger one, with no teacher.
 
-A cache stores tokens best first and magnitude dims largest first, and keys each distilled layer
-by its teacher hidden state, so fewer layers (a subset), fewer tokens (a prefix), a narrower
-magnitude width (a prefix) or a narrower fixed mask (a subset of columns) are exact cuts of what
-is stored. The derived cache is the one a direct build of the same config writes: the same
-identity, arrays and bytes, given the same row batches in the build (the parent's batch size,
-device, dtype and shard boundaries; they are recorded in the manifest's `build`). Whatever cannot
-be cut exactly is refused with the reason, before anything is written.
+A cache stores tokens best first and keys each distilled layer by its teacher hidden state, so
+fewer layers (a subset), fewer tokens (a prefix) or a narrower fixed mask (a subset of columns)
+are exact cuts of what is stored. A build ranks magnitude dims by |value| as stored (float16 or
+bfloat16, ties to the lower dim), so a narrower magnitude width is the same ranking rerun on the
+stored values of a wider magnitude cache or of a full-width one. The derived cache is the one
+a direct build of the same config writes: the same identity, arrays and bytes, given the same
+row batches in the build (the parent's batch size, batch order, device, dtype and shard
+boundaries; they are recorded in the manifest's `build` and `storage`). Whatever cannot be
+cut exactly is refused with the reason, before anything is written.
 
 Writes go through the builder's writer (whole shards, resumable, `complete` last); the source is
 read through `open_cache`, so any URL the reader opens can be a source.
@@ -24,7 +26,7 @@ from zarr.core.sync import sync
 
 from hskcache import __version__
 from hskcache.build import cache_stats, selection_fields
-from hskcache.codec import decode_values, encode_values
+from hskcache.codec import decode_dims, decode_values, encode_dims, encode_values
 from hskcache.errors import CacheError, ConfigError
 from hskcache.layout import COMPRESSORS, VALUE_DTYPES, default_chunk_rows, layer_key
 from hskcache.lock import BuildLock, local_path
@@ -32,7 +34,7 @@ from hskcache.manifest import ManifestView, compute_identity
 from hskcache.objects import read_object
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache, open_cache, specs_for
-from hskcache.selection import SCORE_LAYERS, SelectionConfig
+from hskcache.selection import SCORE_LAYERS, SelectionConfig, top_k_ascending
 from hskcache.targets import Plan, plan_selection
 from hskcache.writer import ShardWriter, finish, open_for_build, shard_done, stored_keys
 
@@ -86,8 +88,9 @@ class Cut:
     """How each stored array of the source becomes the derived one."""
 
     tokens: int  # K: a prefix of the source's positions
-    width: slice | np.ndarray  # columns of the source's values: a prefix or a fixed-mask subset
-    per_token_dims: bool  # magnitude: dims cut like the values
+    width: slice | np.ndarray  # columns of the source's values: all, or a fixed-mask subset
+    per_token_dims: bool  # magnitude: dims stored per token
+    rank: int | None  # magnitude: keep this many of the stored dims, re-ranked by |value|
     layers: list[int]  # teacher hidden states kept
     requantise: bool  # float16 -> int8
 
@@ -152,7 +155,7 @@ def plan_cut(src: ManifestView, cfg: DeriveConfig) -> tuple[Plan, SelectionConfi
                 f"{got.score_attention}, not {la['score_attention']}",
                 f"keep --score-layer {have.score_layer} or {rebuild}",
             )
-    width = _width_cut(src, plan, why, rebuild)
+    width, rank = _width_cut(src, plan, why, rebuild)
     dtypes = (src.storage.value_dtype, cfg.value_dtype or src.storage.value_dtype)
     if dtypes[0] != dtypes[1] and dtypes not in DTYPE_CUTS:
         raise why(
@@ -160,9 +163,14 @@ def plan_cut(src: ManifestView, cfg: DeriveConfig) -> tuple[Plan, SelectionConfi
             "int8 can)",
             f"keep --value-dtype {dtypes[0]} or {rebuild}",
         )
-    same_dims = isinstance(width, slice) and width.stop == have.width_kept
-    # A magnitude prefix keeps each token's largest |value|, hence its int8 scale.
-    if dtypes == ("int8", "int8") and not (same_dims or plan.per_token_dims):
+    same_dims = isinstance(width, slice) and width.stop == have.width_kept and rank is None
+    if dtypes == ("int8", "int8") and not same_dims and plan.per_token_dims:
+        raise why(
+            "a narrower magnitude width is ranked by |value| in float16, which int8 values "
+            "no longer hold",
+            f"derive it from the float16 cache or {rebuild}",
+        )
+    if dtypes == ("int8", "int8") and not same_dims:
         raise why(
             "int8 scales are per token over the kept dims, so a narrower fixed mask changes them",
             f"derive from a float16 cache or {rebuild}",
@@ -171,39 +179,39 @@ def plan_cut(src: ManifestView, cfg: DeriveConfig) -> tuple[Plan, SelectionConfi
         plan.tokens,
         width,
         plan.per_token_dims,
+        rank,
         [la["teacher"] for la in plan.layers],
         dtypes[0] != dtypes[1],
     )
     return plan, sel, cut
 
 
-def _width_cut(src: ManifestView, plan: Plan, why, rebuild: str) -> slice | np.ndarray:
-    """Columns of the source's values that make the derived width."""
+def _width_cut(
+    src: ManifestView, plan: Plan, why, rebuild: str
+) -> tuple[slice | np.ndarray, int | None]:
+    """Columns of the source's values that make the derived width, and for a narrower magnitude
+    width how many of them to keep by |value| (None: the columns as they are)."""
     h = src.teacher.hidden_size
     have_w = src.selection.width_kept
     src_dims = src.width_dims
-    if src_dims is None and have_w == h:
+    full = src_dims is None and have_w == h
+    if full:
         src_dims = list(range(h))  # full width: every dim, in order
-    # Magnitude dims come from one stable sort of |value| (ties to the lower dim) cut at k, so
-    # the dims of any smaller k are a prefix of them.
+    # A build ranks |value| rounded to the storage dtype, ties to the lower dim: a total order,
+    # so the top k of the stored top W (or of every dim) are the top k of the teacher's state.
     if plan.per_token_dims:
-        if src_dims is not None:
-            what = (
-                "every dim"
-                if have_w == h
-                else f"a fixed '{src.selection.width_strategy}' mask"
-            )
+        if src_dims is not None and not full:
             raise why(
-                f"magnitude width needs dims stored largest |value| first, the source keeps "
-                f"{what} (values that tie after float16 rounding lose their order)",
-                f"derive from a wider magnitude cache or {rebuild}",
+                "magnitude width needs every token's largest |values|, the source keeps a fixed "
+                f"'{src.selection.width_strategy}' mask",
+                f"derive from a magnitude or full-width cache or {rebuild}",
             )
         if plan.width > have_w:
             raise why(
                 f"{plan.width} dims asked but the source keeps {have_w} per token",
                 f"ask for at most {have_w / h:g} of the width or {rebuild}",
             )
-        return slice(0, plan.width)
+        return slice(0, have_w), None if plan.width == have_w else plan.width
     want = list(range(h)) if plan.width_dims is None else plan.width_dims.tolist()
     if src_dims is None:
         raise why(
@@ -221,8 +229,8 @@ def _width_cut(src: ManifestView, plan: Plan, why, rebuild: str) -> slice | np.n
         )
     index = np.array([where[d] for d in want], dtype=np.int64)
     if np.array_equal(index, np.arange(len(index))):
-        return slice(0, len(index))
-    return index
+        return slice(0, len(index)), None
+    return index, None
 
 
 def derived_manifest(
@@ -246,6 +254,7 @@ def derived_manifest(
             "compressor": cfg.compressor or m.storage.compressor,
             "chunk_rows": chunk_rows,
             "shard_rows": shard_rows,
+            "ids_dtype": m.storage.ids_dtype,  # the same tokenizer's ids
         },
         "counts": {
             "num_examples": n,
@@ -271,14 +280,25 @@ def cut_rows(src: Cache, cut: Cut, lo: int, hi: int) -> dict[str, np.ndarray]:
     a = src.read(lo, hi, wanted)
     out = {k: a[k] for k in copied}
     out["n_valid"] = np.minimum(a["n_valid"], cut.tokens).astype(np.int16)
-    K = cut.tokens
+    K, h = cut.tokens, src.info.teacher.hidden_size
     for t in cut.layers:
         f = src.layer_fields(t)
         key = layer_key(t)
         out[f"{key}/positions"] = a[f["positions"]][:, :K]
         values = a[f["values"]][:, :K][..., cut.width]  # (n, K, W)
         if cut.per_token_dims:
-            out[f"{key}/dims"] = a[f["dims"]][:, :K][..., cut.width]
+            if "dims" in f:  # (n, K, W) ascending
+                high = a[f["dims_hi"]][:, :K] if "dims_hi" in f else None
+                dims = decode_dims(a[f["dims"]][:, :K], high)
+            else:  # a full-width source: every dim, in order
+                dims = np.broadcast_to(np.arange(h), values.shape)
+            if cut.rank is not None:  # rank the stored values as a build ranks the teacher's
+                dense = torch.from_numpy(decode_values(src.manifest, values, None))
+                kind = src.info.storage.value_dtype
+                idx = top_k_ascending(dense, cut.rank, kind).numpy()  # (n, K, w)
+                values = np.take_along_axis(values, idx, -1)
+                dims = np.take_along_axis(dims, idx, -1)
+            out |= {f"{key}/{k}": v for k, v in encode_dims(dims, h).items()}
         if cut.requantise:  # decode exactly (float16 -> float32), quantise as a build does
             dense = torch.from_numpy(decode_values(src.manifest, values, None))
             out |= {f"{key}/{k}": v for k, v in encode_values(dense, "int8").items()}

@@ -55,8 +55,16 @@ def describe(cache: Cache) -> dict:
         "arrays": arrays,
         "total_bytes": sum(a["bytes"] for a in arrays),
         "stats": None if info.stats is None else asdict(info.stats),
+        "floor_bytes_per_example": None if info.stats is None else floor_bytes(info),
         "kit": describe_kit(info),
     }
+
+
+def floor_bytes(info: ManifestView) -> float:
+    """The size floor of a cache, per example: its kept HSK values at 2 bytes each (fp16), with
+    no ids, dims, padding or format around them. A cache is measured against it (`inspect`)."""
+    s = info.stats
+    return s.hsk_fraction * s.full_fp16_bytes_per_example  # kept values * 2 / examples
 
 
 def describe_kit(info: ManifestView) -> dict:

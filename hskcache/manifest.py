@@ -18,7 +18,10 @@ from hskcache.errors import CacheError, CacheMismatchError
 MANIFEST_KEY = "hskcache"
 # 2: the manifest records every object's sha256 (`objects`).
 # 3: the cache carries its training kit (`assets`: tokenizer, teacher config, student inits).
-FORMAT_VERSION = 3
+# 4: compact arrays: token ids uint16 while the vocabulary fits (`storage.ids_dtype`), small
+#    integer arrays zstd-compressed, magnitude dims as ascending gap bytes with their values in
+#    that order (ranked by |value| as stored); `build.batch_order`.
+FORMAT_VERSION = 4
 # The schema ships inside the package (a wheel has no top-level schemas/ folder); it is a copy of
 # schemas/cache.schema.json, kept byte-identical by tests/test_wheel.py.
 SCHEMA_RESOURCE = "cache.schema.json"
@@ -181,9 +184,10 @@ class Layer:
 @dataclass(frozen=True)
 class Storage:
     value_dtype: str  # float16, bfloat16 (stored as uint16 bits) or int8 (+ a scale per token)
-    compressor: str
+    compressor: str  # of the values (and other float arrays); small integer arrays are zstd
     chunk_rows: int
     shard_rows: int
+    ids_dtype: str  # token ids: uint16 while the vocabulary fits, else int32
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ class Counts:
 @dataclass(frozen=True)
 class Build:
     batch_size: int
+    batch_order: str
     device: str
     dtype: str
     amp: str

@@ -72,7 +72,13 @@ Amp = Annotated[
 ValueDtype = Annotated[
     str, typer.Option(help="Stored HSK values: float16 | bfloat16 | int8 (per-token scale).")
 ]
-Compressor = Annotated[str, typer.Option(help="none (reads stay cheap) | zstd.")]
+Compressor = Annotated[
+    str,
+    typer.Option(
+        help="Of the values and logits: none (memory-mapped reads) | zstd. Token ids, "
+        "positions, counts, dims and int8 scales are zstd always."
+    ),
+]
 ChunkRows = Annotated[int, typer.Option(help="Examples per chunk.")]
 ChunksPerShard = Annotated[int, typer.Option(help="Chunks per shard file.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace a cache built with other settings.")]

@@ -1,13 +1,15 @@
 """Open a cache and read it chunk by chunk: the API `hsktrain` uses.
 
-A local cache without compression is read by memory-mapping each shard file at the offsets its
-shard index gives (zarr v3 sharding spec: the index sits at the end, one little-endian
-(offset, nbytes) uint64 pair per inner chunk, then a crc32c; each inner chunk is the raw
-C-order array followed by its own 4-byte crc32c). That skips zarr's decode path entirely;
-the build tests check it against zarr's own reads. Compressed caches go through zarr chunk
-reads, which check every crc32c. A remote cache (any fsspec URL) is read through a bounded local
-copy of its shards (`hskcache.localcache`): each shard is downloaded once, checked against the
-manifest's sha256, and then read exactly as a local cache is.
+A local cache is read straight from its shard files at the offsets each shard index gives
+(zarr v3 sharding spec: the index sits at the end, one little-endian (offset, nbytes) uint64
+pair per inner chunk, then a crc32c; each inner chunk is the encoded C-order array followed by
+its own 4-byte crc32c). A raw chunk (the values, unless `--compressor zstd`) is memory-mapped;
+a zstd one (token ids, positions, dims gaps: small) is read, checked against its crc32c and
+decompressed. That skips zarr's decode path entirely; the build tests check it against zarr's
+own reads. A remote cache (any fsspec URL) is read through a bounded local copy of its shards
+(`hskcache.localcache`): each shard is downloaded once, checked against the manifest's sha256,
+and then read exactly as a local cache is. Only a cache that is neither (an unfinished remote
+build, opened by `verify`) goes through zarr chunk reads.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
+from numcodecs import Zstd
 
+from hskcache.codec import dim_planes
 from hskcache.errors import CacheError, CacheIncompleteError
 from hskcache.layout import ArraySpec, layer_key, plan_arrays, shard_key
 from hskcache.localcache import DEFAULT_SIZE, ShardCache, default_dir, parse_size
@@ -44,6 +49,8 @@ def specs_for(info: ManifestView) -> list[ArraySpec]:
         sel.width_kept,
         info.storage.value_dtype,
         per_token,
+        info.storage.ids_dtype,
+        dim_planes(info.teacher.hidden_size),
     )
 
 
@@ -93,10 +100,14 @@ class Cache:
         return {s.name: s for s in specs_for(self.info)}
 
     @cached_property
+    def direct(self) -> bool:
+        """True when chunks are read straight from shard files (local or local copy)."""
+        return _local_root(self.url) is not None or self.local is not None
+
+    @cached_property
     def memory_mapped(self) -> bool:
-        """True when chunks are read straight from mapped shard files (local or local copy)."""
-        local = _local_root(self.url) is not None or self.local is not None
-        return local and self.info.storage.compressor == "none"
+        """True when the values are memory-mapped from the shard files (read directly, raw)."""
+        return self.direct and self.info.storage.compressor == "none"
 
     def chunk_bounds(self, i: int) -> tuple[int, int]:
         lo = i * self.chunk_rows
@@ -134,9 +145,9 @@ class Cache:
                 except FileNotFoundError:
                     continue
             return self._read_local_copy(names, i)
-        if self.memory_mapped:
-            root = _local_root(self.url)
-            return {n: np.array(self._mapped_chunk(n, i, root)[: hi - lo]) for n in names}
+        if self.direct:
+            root = self._root
+            return {n: np.array(self._direct_chunk(n, i, root)[: hi - lo]) for n in names}
         return {n: self.group[n][lo:hi] for n in names}
 
     def _read_local_copy(self, names: list[str], i: int) -> dict[str, np.ndarray]:
@@ -146,22 +157,7 @@ class Cache:
         keep: set[Path] = set()  # this read's shards: never evicted to make room for another
         for n in names:
             keep.add(self.local.path(shard_key(self.specs[n], shard), keep))
-        if self.memory_mapped:
-            return {n: np.array(self._mapped_chunk(n, i, self.local.dir)[: hi - lo]) for n in names}
-        rows = {n: self._local_array(n)[lo:hi] for n in names}
-        if not all(p.is_file() for p in keep):  # zarr reads a vanished shard as zeros: retry
-            raise FileNotFoundError("a shard was evicted during the read")
-        return rows
-
-    def _local_array(self, name: str) -> zarr.Array:
-        """An array of the local copy, read by zarr (compressed caches); its metadata objects
-        are fetched (and checked) like shards, and never evicted."""
-        arrays = self.__dict__.setdefault("_local_arrays", {})
-        if name not in arrays:
-            for key in sorted(k for k in self.info.objects if k.endswith("zarr.json")):
-                self.local.path(key)
-            arrays[name] = zarr.open_array(self.local.dir / name, mode="r")
-        return arrays[name]
+        return {n: np.array(self._direct_chunk(n, i, self.local.dir)[: hi - lo]) for n in names}
 
     def read(self, lo: int, hi: int, fields: list[str] | None = None) -> dict[str, np.ndarray]:
         """Rows [lo, hi) of every (or the named) array, assembled from whole chunks."""
@@ -171,25 +167,37 @@ class Cache:
         return {k: np.concatenate([p[k] for p in parts])[lo - off : hi - off] for k in parts[0]}
 
     def layer_fields(self, teacher_hidden: int) -> dict[str, str]:
-        """Array names of one distilled layer: positions, values (+ scales, dims)."""
+        """Array names of one distilled layer: positions, values (+ scales, dims, dims_hi)."""
         key = layer_key(teacher_hidden)
         return {
             f: f"{key}/{f}"
-            for f in ("positions", "values", "scales", "dims")
+            for f in ("positions", "values", "scales", "dims", "dims_hi")
             if f"{key}/{f}" in self.specs
         }
 
-    # --- memory-mapped path --------------------------------------------------------------
+    # --- direct path: shard files read at their index's offsets --------------------------
 
     @cached_property
     def _indexes(self) -> dict[str, np.ndarray]:
         return {}  # shard file -> its (chunks, 2) index; 16 bytes a chunk
 
-    def _mapped_chunk(self, name: str, i: int, root: Path) -> np.ndarray:
-        """One chunk, mapped for just this read and unmapped after the caller's copy.
+    @cached_property
+    def _root(self) -> Path | None:
+        return _local_root(self.url)  # parsed once: pathlib costs ~0.4 ms a read otherwise
+
+    @cached_property
+    def _zstd(self) -> Zstd:
+        return Zstd()  # one per cache: building one costs more than decoding a small chunk
+
+    def _direct_chunk(self, name: str, i: int, root: Path) -> np.ndarray:
+        """One chunk: a raw one mapped for just this read and unmapped after the caller's copy,
+        a zstd one read whole, checked against its crc32c and decompressed.
 
         A mapping kept open would count every page ever touched in the process's RSS, so a
         pass over a 10x larger cache would hold 10x the memory; per-read maps keep it flat.
+
+        Raises:
+            CacheError: a missing shard, a chunk of the wrong size or checksum.
         """
         spec = self.specs[name]
         per_shard = self.info.storage.shard_rows // self.chunk_rows
@@ -208,12 +216,26 @@ class Cache:
         offset, nbytes = index[inner]
         shape = (self.chunk_rows, *spec.row_shape)
         want = int(np.prod(shape)) * np.dtype(spec.dtype).itemsize
+        dtype = np.dtype(spec.dtype).newbyteorder("<")
+        if spec.compressed or self.info.storage.compressor == "zstd":
+            if offset == _EMPTY:
+                raise CacheError(f"{path}: chunk {inner} is missing; run `hskcache verify`")
+            with path.open("rb") as f:
+                f.seek(int(offset))
+                data = f.read(int(nbytes))
+            crc = np.uint32(google_crc32c.value(data[:-CRC_BYTES])).tobytes()
+            raw = self._zstd.decode(data[:-CRC_BYTES]) if crc == data[-CRC_BYTES:] else b""
+            if len(raw) != want:
+                raise CacheError(
+                    f"{path}: chunk {inner} fails its checksum or decodes to {len(raw)} bytes, "
+                    f"expected {want}; run `hskcache verify`"
+                )
+            return np.frombuffer(raw, dtype=dtype).reshape(shape)
         if offset == _EMPTY or int(nbytes) != want + CRC_BYTES:
             raise CacheError(
                 f"{path}: chunk {inner} has {int(nbytes)} bytes, expected "
                 f"{want + CRC_BYTES}; run `hskcache verify`"
             )
-        dtype = np.dtype(spec.dtype).newbyteorder("<")
         return np.memmap(path, dtype=dtype, mode="r", offset=int(offset), shape=shape)
 
 

@@ -14,6 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from hskcache.codec import dim_planes
+
 
 @lru_cache(maxsize=8)
 def _vocab_sizes(model_type: str, config_json: str) -> tuple[int | None, int]:
@@ -52,14 +54,13 @@ def chunk_problems(manifest: Mapping, rows: Mapping[str, np.ndarray]) -> list[st
     for name, data in rows.items():
         if name.endswith("/positions"):
             lo, hi = -1, max_length - 1
-        elif name.endswith("/dims"):
-            lo, hi = 0, t["hidden_size"] - 1
         elif name in bounds:
             lo, hi = bounds[name]
         else:
             continue
         if data.size and (int(data.min()) < lo or int(data.max()) > hi):
             problems.append(f"array '{name}': values outside {lo}..{hi}")
+    problems += dims_problems(rows, t["hidden_size"])
     regression = manifest["data"]["regression"]
     if "labels" in rows and regression and not np.isfinite(rows["labels"]).all():
         problems.append("array 'labels': a label is not a finite number")
@@ -73,4 +74,25 @@ def chunk_problems(manifest: Mapping, rows: Mapping[str, np.ndarray]) -> list[st
             inside = (pos >= 0) & (pos < lengths[:, None])
             if ((real & ~inside) | (~real & (pos != -1))).any():
                 problems.append(f"array '{name}': positions outside their rows")
+    return problems
+
+
+def dims_problems(rows: Mapping[str, np.ndarray], hidden: int) -> list[str]:
+    """Magnitude dims (stored as gap bytes) must decode to ascending dims inside 0..h-1: every
+    gap but the first >= 1, and their sum (the last dim) < h. Checked on the bytes, without
+    decoding (a chunk's cumsum would cost more than its read)."""
+    problems = []
+    for name in (n for n in rows if n.endswith("/dims")):
+        low, high = rows[name], rows.get(f"{name}_hi")
+        if high is None and dim_planes(hidden) == 2:
+            continue  # the high bytes were not read: nothing to decode
+        if not low.size:
+            continue
+        zero = low[..., 1:] == 0
+        last = low.sum(axis=-1, dtype=np.int64)
+        if high is not None:
+            zero &= high[..., 1:] == 0
+            last += high.sum(axis=-1, dtype=np.int64) << 8
+        if zero.any() or int(last.max()) >= hidden:
+            problems.append(f"array '{name}': dims not ascending inside 0..{hidden - 1}")
     return problems

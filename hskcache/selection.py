@@ -4,8 +4,9 @@ Pure functions on tensors, shared by `hskcache build` and the online trainer, so
 online distillation select exactly the same targets. Paper: Liu et al., ACL 2021, section 3.
 
 Indices: hidden state 0 is the embedding output; a teacher with L layers has L+1 hidden states.
-Tokens are returned in descending score order and magnitude dims in descending |value| order,
-so any smaller config is a prefix of a larger one (what `hskcache derive` relies on).
+Tokens are returned in descending score order, so fewer tokens are a prefix of more; magnitude
+dims in ascending dim order, ranked by |value| as stored (float16 or bfloat16), so a narrower
+width is re-ranked exactly from a wider one's stored values (what `hskcache derive` relies on).
 """
 
 from __future__ import annotations
@@ -267,13 +268,31 @@ def fixed_width_dims(hidden_size: int, fraction: float, strategy: str, seed: int
     raise ConfigError(f"'{strategy}' is not a fixed width strategy")
 
 
-def select_width_magnitude(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+# The float each storage dtype keeps: magnitude ranks |value| *after* this rounding, so a cache's
+# stored values alone re-rank exactly (`hskcache derive` cuts a narrower width from them).
+# int8 caches are quantised from float16-rounded values, so they rank as float16 does.
+RANK_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.float16}
+
+
+def top_k_ascending(x: torch.Tensor, k: int, value_dtype: str = "float16") -> torch.Tensor:
+    """Indices of the k largest |x rounded to `value_dtype`'s float| along the last axis, ties
+    to the lower index, returned in ascending index order: (..., n) -> (..., k) int64."""
+    key = x.to(RANK_DTYPES[value_dtype]).float().abs()  # exact in float32: a stable sort key
+    top = torch.sort(key, dim=-1, descending=True, stable=True).indices[..., :k]
+    return top.sort(dim=-1).values
+
+
+def select_width_magnitude(
+    x: torch.Tensor, k: int, value_dtype: str = "float16"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k dims by |value| per token: (..., H) -> values (..., k), dims (..., k).
 
     The paper thresholds |value| over a whole training batch; a cache needs a fixed shape, so
-    we keep exactly k per token (ties to the lower dim), largest first.
+    we keep exactly k per token. The rank uses the value as the cache stores it (`value_dtype`;
+    ties to the lower dim) and dims come back in ascending order, the order a cache stores them
+    in (as gaps); a narrower width is then re-ranked from the stored values alone.
     """
-    dims = torch.sort(x.abs(), dim=-1, descending=True, stable=True).indices[..., :k]
+    dims = top_k_ascending(x, k, value_dtype)
     return torch.gather(x, -1, dims), dims
 
 

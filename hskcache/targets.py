@@ -35,10 +35,15 @@ class Plan:
     width_dims: torch.Tensor | None  # fixed dims (random/uniform), None otherwise
     per_token_dims: bool  # magnitude: dims stored per token
     l_top: int
+    value_dtype: str = "float16"  # storage dtype: magnitude ranks |value| rounded to it
 
 
 def plan_selection(
-    sel: SelectionConfig, n_teacher: int, hidden_size: int, max_length: int
+    sel: SelectionConfig,
+    n_teacher: int,
+    hidden_size: int,
+    max_length: int,
+    value_dtype: str = "float16",
 ) -> Plan:
     """Resolve a selection against the teacher's shape and the max length.
 
@@ -47,6 +52,8 @@ def plan_selection(
         n_teacher: the teacher's transformer layers (hidden states 0..n_teacher).
         hidden_size: the teacher's hidden width.
         max_length: tokens per example.
+        value_dtype: the storage dtype (a build's; float16 for an online fit): magnitude width
+            ranks |value| after rounding to it, so stored values re-rank exactly.
 
     Raises:
         ConfigError: a selection the teacher or the max length cannot provide.
@@ -85,7 +92,7 @@ def plan_selection(
         fixed = fixed_width_dims(h, hsk.width, hsk.width_strategy, hsk.seed)
     per_token = not full_width and hsk.width_strategy == "magnitude"
     l_top = sel.l_top or max(t for _, t in pairs)
-    return Plan(hsk, layers, tokens, width, fixed, per_token, l_top)
+    return Plan(hsk, layers, tokens, width, fixed, per_token, l_top, value_dtype)
 
 
 @dataclass
@@ -127,7 +134,7 @@ def teacher_targets(
         x = gather_tokens(hidden[layer["teacher"]].float().cpu(), positions)  # (B, K, H)
         dims = plan.width_dims
         if plan.per_token_dims:
-            x, dims = select_width_magnitude(x, plan.width)  # (B, K, W) each
+            x, dims = select_width_magnitude(x, plan.width, plan.value_dtype)  # (B, K, W) each
         elif dims is not None:
             x = x[..., dims]
         layers.append(LayerTargets(layer["student"], layer["teacher"], positions, x, dims))

@@ -5,7 +5,8 @@ array's presence, shape and dtype; every object against the size and sha256 the 
 recorded at build time (catches a missing shard, and a shard swapped with another one, which
 still passes its own checksums); every chunk's crc32c (read through zarr, which checks both the
 chunk and the shard-index checksums); and the cross-array invariants a reader relies on
-(lengths <= max length, n_valid <= K, selected positions inside each row).
+(lengths <= max length, n_valid <= K, selected positions inside each row, magnitude dims
+ascending inside the teacher's width).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hskcache.manifest import ManifestView, compute_identity
 from hskcache.objects import check_object, data_keys, read_object
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache, open_cache, specs_for
+from hskcache.rowcheck import dims_problems
 
 
 def verify_cache(
@@ -137,16 +139,18 @@ def _check_chunks(cache: Cache, specs, show_progress: bool, local: ShardCache | 
 
 def _check_invariants(cache: Cache) -> list[str]:
     info, problems = cache.info, []
-    K = info.selection.tokens_kept
+    K, hidden = info.selection.tokens_kept, info.teacher.hidden_size
     for i in range(cache.num_chunks):
         fields = ["lengths", "n_valid"] + [f"{layer_key(x.teacher)}/positions" for x in info.layers]
-        c = cache.read_chunk(i, fields, check=False)  # every problem listed, not the first
+        dims = [n for n in cache.specs if n.endswith(("/dims", "/dims_hi"))]
+        c = cache.read_chunk(i, fields + dims, check=False)  # every problem listed, not the first
         lengths, n_valid = c["lengths"], c["n_valid"].astype(np.int64)
         if (lengths < 1).any() or (lengths > info.max_length).any():
             problems.append(f"array 'lengths' chunk {i}: values outside 1..{info.max_length}")
         if (n_valid < 0).any() or (n_valid > K).any() or (n_valid > lengths).any():
             problems.append(f"array 'n_valid' chunk {i}: values outside 0..min(K, length)")
         slot = np.arange(K)[None, :]
+        problems += [p.replace(":", f" chunk {i}:", 1) for p in dims_problems(c, hidden)]
         for f in fields[2:]:
             pos = c[f].astype(np.int64)
             real = slot < n_valid[:, None]

@@ -89,7 +89,7 @@ def open_for_build(
         group = zarr.open_group(_zarr_url(url), mode="r+")
     else:  # mode "a" creates the group without clearing the folder (which holds the lock)
         group = zarr.open_group(_zarr_url(url), mode="a", attributes={MANIFEST_KEY: manifest})
-    compressors = [ZstdCodec(level=3)] if manifest["storage"]["compressor"] == "zstd" else []
+    zstd_all = manifest["storage"]["compressor"] == "zstd"
     n = manifest["counts"]["num_examples"]
     present = stored_keys(group)
     for spec in specs:
@@ -101,10 +101,16 @@ def open_for_build(
             dtype=spec.dtype,
             chunks=(chunk_rows, *spec.row_shape),
             shards=(shard_rows, *spec.row_shape),
-            compressors=[*compressors, Crc32cCodec()],
+            compressors=[*_zstd(zstd_all or spec.compressed), Crc32cCodec()],
             fill_value=0,
         )
     return group
+
+
+def _zstd(on: bool) -> list[ZstdCodec]:
+    """zstd level 3: on the small integer arrays (ids, dims gaps) levels up to 19 saved under
+    3% more on real SST-2 data, at many times the write time."""
+    return [ZstdCodec(level=3)] if on else []
 
 
 # Shards of all-zero rows (segment ids of single sentences) must still be written: resume reads

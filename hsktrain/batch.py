@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hskcache.codec import decode_values
+from hskcache.codec import decode_dims, decode_values
 from hskcache.layout import layer_key
 from hskcache.selection import scatter_width
 from hskcache.targets import LayerTargets, Plan, teacher_targets
@@ -63,16 +63,15 @@ def from_cache(rows: dict[str, np.ndarray], manifest: dict, device: str, regress
     for la in manifest["layers"]:
         key = layer_key(la["teacher"])
         values = decode_values(manifest, rows[f"{key}/values"], rows.get(f"{key}/scales"))
-        dims = rows.get(f"{key}/dims")
+        dims = rows.get(f"{key}/dims")  # gap bytes -> (B, K, W) ascending dims, one cumsum
+        dims = decode_dims(dims, rows.get(f"{key}/dims_hi")) if dims is not None else None
         b.layers.append(
             LayerTargets(
                 la["student"],
                 la["teacher"],
                 to_device(torch.from_numpy(rows[f"{key}/positions"].astype(np.int64)), device),
                 to_device(torch.from_numpy(values), device),
-                to_device(torch.from_numpy(dims.astype(np.int64)), device)
-                if dims is not None
-                else fixed,
+                to_device(torch.from_numpy(dims), device) if dims is not None else fixed,
             )
         )
     return b

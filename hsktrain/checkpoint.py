@@ -24,7 +24,7 @@ from hsktrain.config import flag
 from hsktrain.ddp import World
 
 # What `--resume` refuses to change: each decides what the saved moments and position mean.
-RESUME_FIELDS = ("student", "batch_size", "seed", "mode")
+RESUME_FIELDS = ("student", "batch_size", "seed", "mode", "group_by_length")
 
 
 def rng_state(rank: int) -> dict[str, torch.Tensor]:
@@ -186,10 +186,13 @@ def resume_point(out: Path, cfg, w: World) -> tuple[dict, dict]:
             "(train a new run into another --out)"
         )
     for name in RESUME_FIELDS:
-        if saved["config"][name] != getattr(cfg, name):
+        # a run saved before group_by_length existed had it off
+        was, now = saved["config"].get(name, False), getattr(cfg, name)
+        if was != now:
+            shown = _setting(name, now) if isinstance(now, bool) else now
             raise ConfigError(
-                f"--resume: {out} was started with {flag(name)} {saved['config'][name]}, not "
-                f"{getattr(cfg, name)}; resume with the same value or use another --out"
+                f"--resume: {out} was started with {_setting(name, was)}, not {shown}; resume "
+                "with the same value or use another --out"
             )
     if saved.get("world_size", 1) != w.world:
         raise ConfigError(
@@ -201,6 +204,13 @@ def resume_point(out: Path, cfg, w: World) -> tuple[dict, dict]:
             f"--resume: {out} is already at step {state['step']}; raise --max-steps (or drop it)"
         )
     return state, saved
+
+
+def _setting(name: str, value) -> str:
+    """A setting as its flag: `--seed 0`; a switch as `--group-by-length` / `--no-group-...`."""
+    if isinstance(value, bool):
+        return flag(name) if value else "--no-" + flag(name)[2:]
+    return f"{flag(name)} {value}"
 
 
 def same_cache(saved: dict, record: dict) -> None:

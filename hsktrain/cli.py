@@ -171,6 +171,15 @@ def fit_cmd(
         str, Opt(help="Bytes the local shard copy may hold, e.g. 10GB or 10GiB.")
     ] = None,
     buffer_chunks: Annotated[int, Opt(help="Chunks shuffled together in the reader.")] = None,
+    group_by_length: Annotated[
+        bool,
+        Opt(
+            help="Batch rows of similar length together inside each reader buffer, so dynamic "
+            "padding trims more. Use it when row lengths vary and step time matters (a batch "
+            "costs its longest row); batches are less random, so check the dev score. Same "
+            "seed, same batches; resumable."
+        ),
+    ] = None,
     chunk_rows: Annotated[
         int, Opt(help="Rows per in-memory chunk of --data / --dev-data rows.")
     ] = None,
@@ -257,12 +266,13 @@ def eval_cmd(
 
 @app.command()
 def bench(
+    ctx: typer.Context,
     preset: Annotated[
         str,
         Opt(
             help="bert-base-tinybert4 (seq 128, random-weight 12L-768 "
-            "teacher), bert-base-tinybert4-64, minilm (real teacher, "
-            "seq 64), tiny."
+            "teacher), mpnet-tinybert4 (the real 12L-768 MPNet of `make mpnet`, seq 128), "
+            "bert-base-tinybert4-64, minilm (real teacher, seq 64), tiny."
         ),
     ] = "bert-base-tinybert4",
     steps: Annotated[int, Opt(help="Timed steps per mode (median).")] = 20,
@@ -286,12 +296,56 @@ def bench(
             "bench starts), cold and warm through the local shard copy."
         ),
     ] = False,
+    e2e: Annotated[
+        bool,
+        Opt(
+            help="Whole runs on real data instead: a complete online fit vs hskcache build + "
+            "a complete offline fit, dev scores, amortised speedup for N students."
+        ),
+    ] = False,
+    build: Annotated[
+        bool,
+        Opt(
+            help="hskcache build's throughput on real rows instead: rows/s of a bare teacher "
+            "forward in data order, of one over length-sorted batches, and of the build "
+            "(length-aware), on --data (default: MRPC and SST-2 under $GLUE or "
+            "../shared/data/glue), --teacher (default MiniLM-L6), --limit rows (default 500)."
+        ),
+    ] = False,
+    data: o.Data = None,  # --e2e / --build (--e2e default: MRPC under $GLUE, else the hub)
+    task: o.Task = None,
+    teacher: Annotated[
+        str,
+        Opt(help="--e2e / --build: teacher (default MiniLM-L6); --e2e fine-tunes it first."),
+    ] = None,
+    finetune: Annotated[
+        bool,
+        Opt(
+            "--finetune/--no-finetune",
+            help="--e2e: fine-tune --teacher on the task first, untimed (default: yes).",
+        ),
+    ] = None,
+    finetune_epochs: Annotated[int, Opt(help="--e2e: teacher fine-tune epochs [3].")] = None,
+    hsk_epochs: Annotated[int, Opt(help="--e2e: HSK-stage epochs of both fits [2].")] = None,
+    pred_epochs: Annotated[int, Opt(help="--e2e: prediction epochs of both fits [2].")] = None,
+    limit: o.Limit = None,  # --e2e / --build: training rows
+    dev_limit: Annotated[int, Opt(help="--e2e: first N dev rows.")] = None,
+    student: Annotated[str, Opt(help="--e2e: student preset [tinybert4].")] = None,
+    seed: o.Seed = None,  # --e2e: both fits and the fine-tune (default 0)
 ):
-    """Measure online vs offline KD step time, reader stall, build throughput, cache size."""
+    """Measure online vs offline KD step time, reader stall, build throughput, cache size
+    (--e2e: whole online vs offline runs on real data)."""
+    flags = given(ctx)
+    if build:
+        return _bench_build(flags, results, as_json)
+    if e2e:
+        return _bench_e2e(flags, hsk, device, workdir, results, plot, as_json)
 
     def body():
         from hsktrain.bench import PRESETS, BenchConfig, run_bench
+        from hsktrain.e2e_bench import check_flags
 
+        check_flags(False, flags)
         quiet_transformers()
         work = workdir or (tempfile.mkdtemp(prefix="hskbench-") if remote else None)
         result = run_bench(BenchConfig(preset, steps, warmup, hsk, device, rss, rss_rows, work))
@@ -314,6 +368,52 @@ def bench(
         print(dumps(result))
     else:
         console.print(targets_table(result))
+
+
+def _bench_build(flags: dict, results: Path | None, as_json: bool) -> None:
+    """`hsktrain bench --build`: run, write the results file, print."""
+
+    def body():
+        from hsktrain.build_bench import build_bench_config, run_build_bench
+
+        cfg = build_bench_config(flags)
+        quiet_transformers()
+        return run_build_bench(cfg)
+
+    result = run_guarded(body)
+    from hsktrain.bench import dumps
+    from hsktrain.build_bench import build_table, write_build_results
+
+    if results is not None:
+        write_build_results(result, results, "hsktrain " + " ".join(sys.argv[1:]))
+    if as_json:
+        print(dumps(result))
+    else:
+        console.print(build_table(result))
+
+
+def _bench_e2e(flags: dict, hsk, device, workdir, results, plot, as_json) -> None:
+    """`hsktrain bench --e2e`: run, write the results file and plot, print."""
+
+    def body():
+        from hsktrain.e2e_bench import E2E_ONLY, E2EConfig, check_flags, run_e2e
+
+        check_flags(True, flags)
+        quiet_transformers()
+        given_e2e = {k: v for k, v in flags.items() if k in E2E_ONLY}
+        cfg = E2EConfig(**given_e2e, hsk=hsk, device=device, workdir=workdir)
+        return run_e2e(cfg, lambda line: print(line, file=sys.stderr, flush=True))
+
+    result = run_guarded(body)
+    from hsktrain.bench import dumps
+    from hsktrain.e2e_report import e2e_table, write_e2e_results
+
+    if results is not None:
+        write_e2e_results(result, results, plot, "hsktrain " + " ".join(sys.argv[1:]))
+    if as_json:
+        print(dumps(result))
+    else:
+        console.print(e2e_table(result))
 
 
 _NOT_GRID = ("config", "dry_run", "measure", "quiet")  # sweep's options that are not grid keys

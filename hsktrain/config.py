@@ -94,6 +94,7 @@ class FitConfig:
     device: str = "cpu"
     amp: str = "none"  # autocast dtype of the forward: none | bf16 | fp16 (CUDA, loss-scaled)
     buffer_chunks: int = 4
+    group_by_length: bool = False  # batch rows of similar length together inside each buffer
     chunk_rows: int | None = None  # rows of in-memory data (online / ce) per chunk; default 256
     eval_batch_size: int = 128
     save_every: int | None = None

@@ -152,7 +152,9 @@ def prepare(cfg: FitConfig) -> Run:
             cfg.chunk_rows,
             cfg.columns,
         )
-    loader = ChunkShuffleLoader(source, cfg.batch_size, cfg.seed, cfg.buffer_chunks)
+    loader = ChunkShuffleLoader(
+        source, cfg.batch_size, cfg.seed, cfg.buffer_chunks, group_by_length=cfg.group_by_length
+    )
     record = {
         "config": dataclasses.asdict(cfg),
         "student_init": init_info,

@@ -13,8 +13,8 @@ import torch
 import zarr
 from transformers import AutoModelForSequenceClassification
 
-from hskcache.build import build_cache, compute_batch
-from hskcache.codec import decode_values
+from hskcache.build import build_cache, compute_batch, scatter_back, teacher_order
+from hskcache.codec import decode_dims, decode_values
 from hskcache.config import BuildConfig
 from hskcache.data import load_split
 from hskcache.errors import CacheError, CacheIncompleteError, CacheMismatchError, HskError
@@ -22,7 +22,7 @@ from hskcache.manifest import MANIFEST_KEY
 from hskcache.reader import open_cache
 from hskcache.targets import plan_selection
 from hskcache.teacher import ClsScoreProbe, load_teacher
-from hskcache.tokenize import tokenize
+from hskcache.tokenize import Encoded, tokenize
 from hskcache.verify import verify_cache
 
 
@@ -51,23 +51,35 @@ def reference(cfg: BuildConfig) -> dict[str, np.ndarray]:
     ex = load_split(cfg.data, cfg.task, cfg.split, limit=cfg.limit)
     teacher = load_teacher(cfg.teacher, 2)
     t = teacher.config
-    plan = plan_selection(cfg.selection, t.num_hidden_layers, t.hidden_size, cfg.max_length)
+    plan = plan_selection(
+        cfg.selection, t.num_hidden_layers, t.hidden_size, cfg.max_length, cfg.value_dtype
+    )
     enc = tokenize(teacher.tokenizer, ex, cfg.max_length)
     probe = ClsScoreProbe(teacher.model, {la["score_attention"] for la in plan.layers} - {None})
     shard = cfg.chunk_rows * cfg.chunks_per_shard
-    parts = []
+    rows: dict[int, dict] = {}  # row index -> its arrays
     for lo in range(0, len(ex), shard):
-        for b in range(lo, min(len(ex), lo + shard), cfg.batch_size):
-            e = min(len(ex), lo + shard, b + cfg.batch_size)
-            parts.append(
-                compute_batch(teacher, probe, plan, enc, ex.labels, b, e, cfg.value_dtype, "cpu")
+        hi = min(len(ex), lo + shard)
+        # each shard's rows in the teacher's order, batches of consecutive ones
+        order = lo + teacher_order(enc.lengths[lo:hi], cfg.batch_order)
+        for b in range(0, len(order), cfg.batch_size):
+            idx = order[b : b + cfg.batch_size]
+            sub = Encoded(enc.input_ids[idx], enc.token_type_ids[idx], enc.lengths[idx])
+            part = compute_batch(
+                teacher, probe, plan, sub, ex.labels[idx], 0, len(idx), cfg.value_dtype, "cpu"
             )
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            rows |= {int(r): {k: v[j] for k, v in part.items()} for j, r in enumerate(idx)}
+    return {k: np.stack([rows[i][k] for i in range(len(ex))]) for k in rows[0]}
 
 
-@pytest.mark.parametrize("value_dtype", ["float16", "bfloat16", "int8"])
-def test_round_trip_exact(tmp_path, sst2_dir, tiny_bert, value_dtype):
-    cfg = make_cfg(sst2_dir, tmp_path / "c", tiny_bert, value_dtype=value_dtype)
+@pytest.mark.parametrize(
+    "value_dtype,batch_order",
+    [("float16", "length"), ("bfloat16", "length"), ("int8", "length"), ("float16", "data")],
+)
+def test_round_trip_exact(tmp_path, sst2_dir, tiny_bert, value_dtype, batch_order):
+    cfg = make_cfg(
+        sst2_dir, tmp_path / "c", tiny_bert, value_dtype=value_dtype, batch_order=batch_order
+    )
     cache = open_cache(build_cache(cfg, show_progress=False))
     assert cache.memory_mapped
     want = reference(cfg)
@@ -109,14 +121,20 @@ def test_values_are_the_teachers_hidden_states(tmp_path, sst2_dir, tiny_bert):
             pos[:k].tolist() == torch.sort(logp, descending=True, stable=True).indices[:k].tolist()
         )
         h = out.hidden_states[layer.teacher][0, pos[:k].astype(np.int64)]  # (k, H)
-        dims = data[f["dims"]][i, :k].astype(np.int64)
+        dims = decode_dims(data[f["dims"]][i, :k], None)  # 32 wide: one byte plane
         torch.testing.assert_close(
             torch.from_numpy(values[i, :k]),
             torch.gather(h, 1, torch.from_numpy(dims)),
             rtol=2e-3,
             atol=2e-3,
         )
-        assert (np.diff(np.abs(values[i, :k]), axis=-1) <= 1e-3).all()  # largest |v| first
+        assert (np.diff(dims, axis=-1) > 0).all()  # ascending dims
+        # ... and they are the 16 largest |values| of each token (no kept one is smaller than
+        # an unkept one, up to fp16 rounding)
+        kept = torch.zeros_like(h, dtype=torch.bool).scatter(1, torch.from_numpy(dims), True)
+        mags = h.abs()
+        smallest_kept = mags.masked_fill(~kept, float("inf")).amin(1)
+        assert (smallest_kept >= mags.masked_fill(kept, 0).amax(1) - 1e-3).all()
 
 
 KILL_SCRIPT = """
@@ -136,10 +154,11 @@ build_cache(BuildConfig(**json.loads(sys.argv[1])), show_progress=False)
 """
 
 
-def test_kill_then_resume_is_byte_identical(tmp_path, sst2_dir, tiny_bert):
-    straight = make_cfg(sst2_dir, tmp_path / "straight", tiny_bert)
+@pytest.mark.parametrize("batch_order", ["length", "data"])
+def test_kill_then_resume_is_byte_identical(tmp_path, sst2_dir, tiny_bert, batch_order):
+    straight = make_cfg(sst2_dir, tmp_path / "straight", tiny_bert, batch_order=batch_order)
     build_cache(straight, show_progress=False)
-    killed = make_cfg(sst2_dir, tmp_path / "killed", tiny_bert)
+    killed = make_cfg(sst2_dir, tmp_path / "killed", tiny_bert, batch_order=batch_order)
     n_arrays = 9  # 6 common + positions, values, dims
     proc = subprocess.run(
         [sys.executable, "-c", KILL_SCRIPT, json.dumps(killed.__dict__), str(n_arrays * 2 + 4)],
@@ -157,6 +176,83 @@ def test_kill_then_resume_is_byte_identical(tmp_path, sst2_dir, tiny_bert):
     build_cache(killed, show_progress=False)
     assert files(root) == files(Path(straight.out))
     assert verify_cache(str(root)) == []
+
+
+def test_teacher_order_is_longest_first_and_scatters_back():
+    lengths = np.array([3, 7, 3, 9, 7, 1], dtype=np.int32)
+    order = teacher_order(lengths, "length")
+    assert order.tolist() == [3, 1, 4, 0, 2, 5]  # longest first, ties in data order
+    assert teacher_order(lengths, "data").tolist() == [0, 1, 2, 3, 4, 5]
+    # batches of 2 in length order, each row's "result" its own length times 10
+    parts = [{"x": lengths[order[b : b + 2]] * 10} for b in range(0, 6, 2)]
+    assert scatter_back(parts, order)["x"].tolist() == (lengths * 10).tolist()
+    padded = lambda o: sum(lengths[o[b : b + 2]].max() * 2 for b in range(0, 6, 2))  # noqa: E731
+    assert padded(order) < padded(np.arange(6))  # 38 tokens through the teacher, not 44
+
+
+# Stored float16 values of a length-ordered build against a data-ordered one: the same hidden
+# states from other batch shapes, so they differ by float32 rounding, which can move a value
+# across a float16 rounding boundary: one float16 step (2**-10 of the value) at most.
+FP16_STEP = 2.0**-10
+
+
+def test_length_order_matches_data_order_to_rounding(tmp_path, sst2_dir, tiny_bert):
+    """Length batching changes only the float rounding: positions and dims equal except where
+    two candidates tie within rounding, values within one float16 step, logits to 1e-5."""
+    kw = dict(hsk="1l_5t_0.5h", chunk_rows=8, batch_size=4)
+    by_len = open_cache(build_cache(make_cfg(sst2_dir, tmp_path / "a", tiny_bert, **kw), False))
+    by_data = make_cfg(sst2_dir, tmp_path / "b", tiny_bert, batch_order="data", **kw)
+    by_data = open_cache(build_cache(by_data, False))
+    assert by_len.manifest["build"]["batch_order"] == "length"
+    a, b = by_len.read(0, by_len.num_examples), by_data.read(0, by_data.num_examples)
+    for k in ("input_ids", "token_type_ids", "lengths", "labels", "n_valid"):
+        assert np.array_equal(a[k], b[k]), k  # rows written back in their own order
+    np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-5, atol=1e-5)
+    (layer,) = by_len.layers
+    pos = by_len.layer_fields(layer.teacher)["positions"]
+    pa, pb = a[pos], b[pos]
+    scores = _cls_scores(tiny_bert, a["input_ids"], a["lengths"], layer.score_attention)
+    for i, j in zip(*np.nonzero(pa != pb), strict=True):  # only near ties may swap places
+        assert abs(scores[i][pa[i, j]] - scores[i][pb[i, j]]) < 1e-4, (i, j)
+    tok = (pa == pb) & (pa >= 0)  # the same token kept by both
+    va, vb = _dense(by_len, a, layer), _dense(by_data, b, layer)  # (N, K, H), NaN: not kept
+    both = ~np.isnan(va) & ~np.isnan(vb) & tok[..., None]
+    step = FP16_STEP * np.fmax(np.abs(va), np.abs(vb)) + 1e-7
+    assert (np.abs(va - vb)[both] <= step[both]).all()
+    same_dims = (np.isnan(va) == np.isnan(vb)).all(-1)[tok]
+    assert same_dims.mean() > 0.95  # near ties are rare: the comparison has teeth
+    # a dim kept by one build only tied (within rounding) with one kept by the other only, so
+    # each token's kept magnitudes, largest first, still agree
+    mag = lambda v: -np.sort(-np.nan_to_num(np.abs(v[tok])), axis=-1)  # noqa: E731
+    ma, mb = mag(va), mag(vb)
+    assert (np.abs(ma - mb) <= FP16_STEP * np.maximum(ma, mb) + 1e-7).all()
+    with pytest.raises(CacheMismatchError, match="'build.batch_order'"):
+        build_cache(make_cfg(sst2_dir, tmp_path / "b", tiny_bert, **kw), show_progress=False)
+
+
+def _dense(cache, data: dict, layer) -> np.ndarray:
+    """(N, K, H) float32: each kept token's stored values at their dims, NaN elsewhere; the
+    same for any order the format stores a token's dims in."""
+    f = cache.layer_fields(layer.teacher)
+    values = decode_values(cache.manifest, data[f["values"]], None)
+    dims = decode_dims(data[f["dims"]], data[f["dims_hi"]] if "dims_hi" in f else None)
+    out = np.full((*dims.shape[:-1], cache.info.teacher.hidden_size), np.nan, np.float32)
+    np.put_along_axis(out, dims.astype(np.int64), values, axis=-1)
+    return out
+
+
+def _cls_scores(teacher: Path, ids: np.ndarray, lengths: np.ndarray, layer: int) -> list:
+    """Per row, each token's head-averaged log attention from [CLS] in `layer` (eager, one row
+    at a time): the pre-softmax ranking the build uses, up to a per-row constant."""
+    eager = AutoModelForSequenceClassification.from_pretrained(
+        teacher, attn_implementation="eager", trust_remote_code=False
+    ).eval()
+    out = []
+    for row, n in zip(ids, lengths, strict=True):
+        with torch.no_grad():
+            att = eager(torch.from_numpy(row[None, :n]).long(), output_attentions=True).attentions
+        out.append(att[layer][0, :, 0, :].log().mean(0).numpy())
+    return out
 
 
 def test_flipped_byte_is_named(tmp_path, sst2_dir, tiny_bert):
@@ -197,8 +293,8 @@ def test_swapped_shards_and_edited_counts_are_named(tmp_path, sst2_dir, tiny_ber
 def test_cache_of_an_older_format_is_refused(tmp_path, sst2_dir, tiny_bert):
     root = build_cache(make_cfg(sst2_dir, tmp_path / "c", tiny_bert), show_progress=False)
     group = zarr.open_group(root, mode="r+")
-    group.attrs[MANIFEST_KEY] = {**group.attrs[MANIFEST_KEY], "format_version": 1}
-    with pytest.raises(CacheError, match="format version 1 .* reads format 3: rebuild it"):
+    group.attrs[MANIFEST_KEY] = {**group.attrs[MANIFEST_KEY], "format_version": 3}
+    with pytest.raises(CacheError, match="format version 3 .* reads format 4: rebuild it"):
         open_cache(root)
 
 

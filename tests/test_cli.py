@@ -67,6 +67,7 @@ def test_config_file(tmp_path, sst2_dir, tiny_bert):
         (["--text-column", "txt"], "no column 'txt'"),
         (["--hsk", "1l_40t_0.1h"], "keeps 40 tokens but max length is 16"),
         (["--value-dtype", "fp8"], "value_dtype must be one of"),
+        (["--batch-order", "sorted"], "batch_order must be one of ['length', 'data']"),
     ],
 )
 def test_bad_input_one_line(tmp_path, sst2_dir, tiny_bert, extra, message):

@@ -104,7 +104,7 @@ PARENT = "3l_8t_0.5h"  # magnitude, 16 of 32 dims, float16
     ("hsk", "kw"),
     [
         ("3l_4t_0.5h", {}),  # fewer tokens: a prefix, n_valid clipped
-        ("3l_8t_0.25h", {}),  # less magnitude width: a prefix of dims
+        ("3l_8t_0.25h", {}),  # less magnitude width: re-ranked from the stored fp16 values
         ("2l_8t_0.5h", {}),  # fewer layers: the top two (teacher states 2, 3)
         ("1l_3t_0.1h", {}),  # all three at once
         ("3l_8t_0.5h", {"value_dtype": "int8"}),  # float16 -> int8
@@ -140,9 +140,15 @@ def test_depth_cut_keeps_the_top_student_layers(kit):
         # depth settings default to the source's (here l_top 4: states 0, 2, 4), or are given
         ("3l_8t_0.5h", {"l_top": 4}, "2l_4t_0.5h", {}),
         ("2l_8t_0.5h", {"teacher_layers": [2, 3]}, "1l_8t_0.5h", {"teacher_layers": [3]}),
-        # int8 -> int8: a magnitude prefix keeps each token's largest |value|, hence its scale
-        ("3l_8t_0.5h", {"value_dtype": "int8"}, "1l_4t_0.25h", {"value_dtype": "int8"}),
+        # int8 -> int8 at the same width: the same tokens' values and scales
+        ("3l_8t_0.5h", {"value_dtype": "int8"}, "1l_4t_0.5h", {"value_dtype": "int8"}),
         ("3l_8t_0.5h", {"value_dtype": "bfloat16"}, "2l_2t_0.5h", {"value_dtype": "bfloat16"}),
+        # a narrower magnitude width re-ranks the stored values as a build ranks the teacher's:
+        # |value| in the storage dtype, ties to the lower dim; from bf16, and from every dim
+        ("3l_8t_0.5h", {"value_dtype": "bfloat16"}, "2l_4t_0.25h", {"value_dtype": "bfloat16"}),
+        ("3l_8t_1h", {}, "3l_8t_0.25h", {}),
+        ("3l_8t_1h", {}, "1l_6t_0.5h", {"value_dtype": "int8"}),
+        ("3l_8t_1h", {"value_dtype": "bfloat16"}, "2l_8t_0.25h", {"value_dtype": "bfloat16"}),
     ],
 )
 def test_fixed_masks_full_and_other_dtypes(kit, parent, pkw, hsk, kw):
@@ -294,13 +300,31 @@ REFUSALS = [
         f"source keeps 16 magnitude dims per token; {REBUILD}",
     ),
     (
-        "3l_8t_1h",
-        {},
-        "3l_8t_0.25h",
+        "2l_8t_0.5h",
+        {"width_strategy": "uniform"},
+        "2l_8t_0.25h",
         {"width_strategy": "magnitude"},
-        "cannot derive '3l_8t_0.25h': magnitude width needs dims stored largest |value| "
-        "first, the source keeps every dim (values that tie after float16 rounding lose their "
-        f"order); derive from a wider magnitude cache or {REBUILD}",
+        "cannot derive '2l_8t_0.25h': magnitude width needs every token's largest |values|, the "
+        "source keeps a fixed 'uniform' mask; derive from a magnitude or full-width cache or "
+        f"{REBUILD}",
+    ),
+    (
+        PARENT,
+        {"value_dtype": "int8"},
+        "1l_4t_0.25h",
+        {},
+        "cannot derive '1l_4t_0.25h': a narrower magnitude width is ranked by |value| in "
+        "float16, which int8 values no longer hold; derive it from the float16 cache or "
+        f"{REBUILD}",
+    ),
+    (
+        "3l_8t_1h",
+        {"value_dtype": "int8"},
+        "3l_8t_0.25h",
+        {},
+        "cannot derive '3l_8t_0.25h': a narrower magnitude width is ranked by |value| in "
+        "float16, which int8 values no longer hold; derive it from the float16 cache or "
+        f"{REBUILD}",
     ),
     (
         # 0, 2, ..., 30 kept; 0.3 needs 0, 3, 7, 10, 13, 17, 20, 23, 27: six are odd

@@ -126,13 +126,14 @@ def test_gather_zeroes_padding():
     assert out.tolist() == [[[4, 5], [0, 1]], [[8, 9], [0, 0]]]
 
 
-def test_magnitude_width_top_k_descending():
-    x = torch.tensor([[[0.1, -3.0, 2.0, 0.5, -2.0]]])
+def test_magnitude_width_top_k_in_ascending_dims():
+    x = torch.tensor([[[0.1, 2.0, -3.0, 0.5, -2.0]]])
     v, d = select_width_magnitude(x, 3)
-    assert d.tolist() == [[[1, 2, 4]]]  # |-3| > |2| = |-2| (tie -> lower dim first)
-    assert v.tolist() == [[[-3.0, 2.0, -2.0]]]
+    assert d.tolist() == [[[1, 2, 4]]]  # the 3 largest |value|, stored in dim order
+    assert v.tolist() == [[[2.0, -3.0, -2.0]]]
     dense = scatter_width(v, d, 5)
-    assert dense.tolist() == [[[0.0, -3.0, 2.0, 0.0, -2.0]]]
+    assert dense.tolist() == [[[0.0, 2.0, -3.0, 0.0, -2.0]]]
+    assert select_width_magnitude(torch.tensor([1.0, -1.0, 1.0]), 2)[1].tolist() == [0, 1]
 
 
 # The official code's uniform mask: dims round(i / p) for i in 0 .. int(h * p) - 1.
