@@ -48,6 +48,7 @@ from hskcache.reader import Cache, open_cache
 from hskcache.teacher import load_teacher
 from hskcache.tokenize import tokenize
 from hsktrain.bench import data_order_batches, forward_timer, machine
+from hsktrain.report import targets_markdown
 
 TARGETS = {  # name: (comparison, bound)
     "build_over_data_forward": (">=", 1.5),
@@ -340,12 +341,7 @@ def build_results_markdown(result: dict, command: str) -> str:
     lines += [f"| {name} | " + " | ".join(f(t) for t in result["tasks"]) + " |" for name, f in rows]
     lines += [
         "",
-        "| target | value | bound | met |",
-        "|---|---|---|---|",
-        *[
-            f"| {k} | {v['value']:.3f} | {v['target']} | {'yes' if v['met'] else '**no**'} |"
-            for k, v in result["targets"].items()
-        ],
+        *targets_markdown(result["targets"]),
         "",
         *_misses(result),
     ]

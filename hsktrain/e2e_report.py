@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.table import Table
 
 from hsktrain.e2e_bench import amortised_speedup
-from hsktrain.report import load_line
+from hsktrain.report import load_line, targets_markdown
 
 
 def write_e2e_results(result: dict, md: Path, png: Path | None, command: str) -> None:
@@ -76,12 +76,7 @@ def write_e2e_results(result: dict, md: Path, png: Path | None, command: str) ->
         "",
         "The targets below judge the wall-clock figures.",
         "",
-        "| target | value | bound | met |",
-        "|---|---|---|---|",
-        *[
-            f"| {k} | {v['value']:.3f} | {v['target']} | {'yes' if v['met'] else '**no**'} |"
-            for k, v in result["targets"].items()
-        ],
+        *targets_markdown(result["targets"]),
         "",
         *_shortfalls(result),
     ]

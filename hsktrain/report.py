@@ -53,12 +53,7 @@ def write_results(result: dict, md: Path, png: Path | None, command: str) -> Non
         "|---|---|",
         *[f"| {a} | {b} |" for a, b in rows],
         "",
-        "| target | value | bound | met |",
-        "|---|---|---|---|",
-        *[
-            f"| {k} | {v['value']:.3f} | {v['target']} | {'yes' if v['met'] else '**no**'} |"
-            for k, v in result["targets"].items()
-        ],
+        *targets_markdown(result["targets"]),
         "",
     ]
     lines += shortfalls(result)
@@ -67,6 +62,18 @@ def write_results(result: dict, md: Path, png: Path | None, command: str) -> Non
         plot(result, png)
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines))
+
+
+def targets_markdown(targets: dict) -> list[str]:
+    """The Markdown table of every target (value, bound, met) that all results files end with."""
+    return [
+        "| target | value | bound | met |",
+        "|---|---|---|---|",
+        *[
+            f"| {k} | {v['value']:.3f} | {v['target']} | {'yes' if v['met'] else '**no**'} |"
+            for k, v in targets.items()
+        ],
+    ]
 
 
 def load_line(load: dict) -> str:
