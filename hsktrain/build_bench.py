@@ -371,7 +371,7 @@ def _misses(result: dict) -> list[str]:
 
 
 def write_build_results(result: dict, md: Path, command: str) -> None:
-    """Write `build_results_markdown` to `md` (S's `make bench` pipeline can call this)."""
+    """Write `build_results_markdown` to `md` (`hsktrain bench --build --results`)."""
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(build_results_markdown(result, command))
 
