@@ -154,6 +154,23 @@ def write_mrpc(folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def fit_world(tmp_path_factory, tiny_bert) -> dict:
+    """One tiny cache the fit, DDP and grouped-batch tests read (48 SST-2-style rows,
+    `1l_4t_0.25h`, 6 chunks of 8 rows: 3 for each of two DDP ranks), built once per session.
+    Tests that break a cache copy it first."""
+    from hskcache.build import build_cache  # lazy: conftest stays cheap for tests without it
+    from hskcache.config import BuildConfig
+
+    root = tmp_path_factory.mktemp("fit-world")
+    data = write_sst2(root / "SST-2", 48)
+    cfg = BuildConfig(
+        data=str(data), out=str(root / "cache"), teacher=str(tiny_bert), hsk="1l_4t_0.25h",
+        max_length=16, chunk_rows=8, student_layers=2,
+    )  # fmt: skip
+    return {"data": data, "cache": build_cache(cfg, show_progress=False), "teacher": tiny_bert}
+
+
 @pytest.fixture
 def sst2_dir(tmp_path) -> Path:
     return write_sst2(tmp_path / "SST-2")

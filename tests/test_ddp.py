@@ -17,9 +17,6 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from conftest import write_sst2
-from hskcache.build import build_cache
-from hskcache.config import BuildConfig
 from hsktrain.config import FitConfig
 from hsktrain.train import fit
 
@@ -33,22 +30,8 @@ RTOL = 0.03
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory, tiny_bert) -> str:
-    root = tmp_path_factory.mktemp("ddp")
-    data = write_sst2(root / "SST-2", 48)
-    built = build_cache(
-        BuildConfig(
-            data=str(data),
-            out=str(root / "cache"),
-            teacher=str(tiny_bert),
-            hsk="1l_4t_0.25h",
-            max_length=16,
-            chunk_rows=8,  # 6 chunks: 3 for each rank
-            student_layers=2,
-        ),
-        show_progress=False,
-    )
-    return str(built)
+def cache(fit_world) -> str:
+    return str(fit_world["cache"])  # 6 chunks: 3 for each rank
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:

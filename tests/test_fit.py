@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import make_bert, write_sst2
+from conftest import make_bert
 from hskcache.build import build_cache
 from hskcache.config import BuildConfig
 from hskcache.errors import (
@@ -39,22 +39,8 @@ HSK = "1l_4t_0.25h"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_bert):
-    root = tmp_path_factory.mktemp("fit")
-    data = write_sst2(root / "SST-2", 48)
-    cache = build_cache(
-        BuildConfig(
-            data=str(data),
-            out=str(root / "cache"),
-            teacher=str(tiny_bert),
-            hsk=HSK,
-            max_length=16,
-            chunk_rows=8,
-            student_layers=2,
-        ),
-        show_progress=False,
-    )
-    return {"root": root, "data": data, "cache": cache, "teacher": tiny_bert}
+def world(fit_world) -> dict:
+    return fit_world
 
 
 def step_losses(out: Path) -> list[tuple[str, float]]:

@@ -14,9 +14,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_sst2
-from hskcache.build import build_cache
-from hskcache.config import BuildConfig
 from hskcache.errors import ConfigError
 from hsktrain.cli import app
 from hsktrain.config import FitConfig
@@ -157,22 +154,8 @@ def test_sweep_passes_it_through_fit_options(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_bert):
-    root = tmp_path_factory.mktemp("grouped")
-    data = write_sst2(root / "SST-2", 48)
-    cache = build_cache(
-        BuildConfig(
-            data=str(data),
-            out=str(root / "cache"),
-            teacher=str(tiny_bert),
-            hsk="1l_4t_0.25h",
-            max_length=16,
-            chunk_rows=8,
-            student_layers=2,
-        ),
-        show_progress=False,
-    )
-    return {"data": data, "cache": cache}
+def world(fit_world) -> dict:
+    return fit_world
 
 
 def cfg(world, out: Path, **kw) -> FitConfig:
