@@ -12,7 +12,15 @@ from conftest import make_bert, write_sst2
 from hskcache.errors import ConfigError
 from hskcache.reader import open_cache
 from hsktrain.estimate import dry_run
-from hsktrain.grid import Grid, TaskRef, expand_grid, load_grid, parse_flags, resolve_tasks
+from hsktrain.grid import (
+    Grid,
+    TaskRef,
+    expand_grid,
+    load_grid,
+    parse_flags,
+    resolve_tasks,
+    task_limit,
+)
 from hsktrain.results import results_table
 from hsktrain.study import write_report
 from hsktrain.sweep import plan_sweep, run_sweep
@@ -104,6 +112,17 @@ def test_tasks_resolve_under_glue_or_fail_naming_the_fix(tmp_path):
         f"the task's folder path; task '{tmp_path}': {tmp_path} has no train.tsv (a GLUE task "
         "folder expected)"
     )
+
+
+def test_limits_may_name_a_task_left_out_but_not_a_typo(tmp_path):
+    """`--tasks MRPC` narrows a study file that also limits sst2: the limit just waits."""
+    write_sst2(tmp_path / "glue" / "SST-2")
+    glue = str(tmp_path / "glue")
+    narrowed = Grid(study="s", tasks=["SST-2"], glue=glue, limits={"sst2": 8, "mrpc": 4})
+    assert task_limit(narrowed, resolve_tasks(narrowed)[0]) == 8
+    for key in ("SST-2", "sst"):  # the long name would never match a task: refused too
+        with pytest.raises(ConfigError, match=rf"^limits\.{key}: not a task's short name "):
+            resolve_tasks(Grid(study="s", tasks=["SST-2"], glue=glue, limits={key: 8}))
 
 
 def fake_grid(tmp_path, teacher, **kw) -> Grid:
