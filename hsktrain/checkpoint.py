@@ -23,8 +23,9 @@ from hskcache.errors import ConfigError
 from hsktrain.config import flag
 from hsktrain.ddp import World
 
-# What `--resume` refuses to change: each decides what the saved moments and position mean.
-RESUME_FIELDS = ("student", "batch_size", "seed", "mode", "group_by_length")
+# What `--resume` refuses to change: each decides what the saved moments and position mean
+# (`buffer_chunks` and `group_by_length` decide which rows the saved position has seen).
+RESUME_FIELDS = ("student", "batch_size", "seed", "mode", "buffer_chunks", "group_by_length")
 
 
 def rng_state(rank: int) -> dict[str, torch.Tensor]:

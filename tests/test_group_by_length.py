@@ -180,12 +180,16 @@ def test_fit_resumed_mid_epoch_equals_uninterrupted(world, tmp_path):
     assert losses(tmp_path / "c") != losses(tmp_path / "a")  # the option reaches the loader
 
 
-def test_resume_refuses_switching_it(world, tmp_path):
+def test_resume_refuses_switching_it_or_the_buffer(world, tmp_path):
     out = tmp_path / "r"
     fit(cfg(world, out, max_steps=2), show_progress=False)
     message = "was started with --group-by-length, not --no-group-by-length; resume with the same"
     with pytest.raises(ConfigError, match=message):
         fit(cfg(world, out, resume=True, group_by_length=False), show_progress=False)
+    # the buffer decides which rows a position has seen, grouped or not
+    message = "was started with --buffer-chunks 2, not 3; resume with the same value"
+    with pytest.raises(ConfigError, match=message):
+        fit(cfg(world, out, resume=True, buffer_chunks=3), show_progress=False)
     assert len(losses(out)) == 2
 
 
