@@ -48,6 +48,7 @@ from hskcache.reader import Cache, open_cache
 from hskcache.teacher import load_teacher
 from hskcache.tokenize import tokenize
 from hsktrain.bench import data_order_batches, forward_timer, machine
+from hsktrain.glue import find_task_data
 from hsktrain.report import targets_markdown
 
 TARGETS = {  # name: (comparison, bound)
@@ -106,8 +107,6 @@ def task_folders(cfg: BuildBenchConfig) -> list[tuple[str, str | None]]:
     """(data, task) of each task to time: --data, or MRPC and SST-2 where `--e2e` finds them."""
     if cfg.data is not None:
         return [(cfg.data, cfg.task)]
-    from hsktrain.e2e_bench import find_task_data  # lazy: it imports the training loop
-
     return [find_task_data(t) for t in DEFAULT_TASKS]
 
 

@@ -425,7 +425,10 @@ def sweep(
     config: o.Config = None,
     study: Annotated[str, Opt(help="Study folder: results.csv, builds.csv, report.")] = None,
     tasks: Annotated[str, Opt(help="Comma list: GLUE folders, or names under --glue.")] = None,
-    glue: Annotated[str, Opt(help="Where task names are looked up.")] = None,
+    glue: Annotated[
+        str,
+        Opt(help="Where task names are looked up (default: $GLUE, ../shared/data/glue, the hub)."),
+    ] = None,
     teacher: Annotated[str, Opt(help="Fine-tuned teacher (with --finetune: to fine-tune).")] = None,
     finetune: Annotated[
         bool, Opt("--finetune/--no-finetune", help="Fine-tune the teacher once per task.")

@@ -21,12 +21,12 @@ from rich.table import Table
 from hskcache.build import build_cache
 from hskcache.cliutil import quiet_transformers
 from hskcache.config import BuildConfig
-from hskcache.data import load_split
-from hskcache.errors import HskError
+from hskcache.errors import ConfigError
 from hskcache.reader import open_cache
 from hskcache.teacher import default_teacher_path
 from hsktrain.config import FitConfig
 from hsktrain.evaluate import evaluate_checkpoint
+from hsktrain.glue import find_task_data
 from hsktrain.train import fit
 
 ROWS = int(os.environ.get("DEMO_ROWS", 4000))
@@ -36,20 +36,11 @@ console = Console()
 
 def find_data() -> str:
     """A GLUE SST-2 folder here, else the hub's GLUE (when reachable)."""
-    for root in (os.environ.get("GLUE"), "../shared/data/glue"):
-        if root and (Path(root) / "SST-2" / "train.tsv").is_file():
-            return str(Path(root) / "SST-2")
-
     try:
-        load_split("glue", "sst2", "dev", limit=1)
-    except HskError as e:
-        console.print(
-            f"[red]error:[/red] no GLUE data: set GLUE=/path/to/glue (a folder with "
-            f"SST-2/train.tsv and dev.tsv) or allow access to the Hugging Face hub "
-            f"({e})"
-        )
+        return find_task_data("sst2", "allow access to the Hugging Face hub")[0]
+    except ConfigError as e:
+        console.print(f"[red]error:[/red] {e}")
         sys.exit(1)
-    return "glue"
 
 
 def timed(label: str, fn):

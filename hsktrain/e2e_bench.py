@@ -32,12 +32,13 @@ from pathlib import Path
 from hskcache.build import build_cache
 from hskcache.config import BuildConfig
 from hskcache.data import load_split
-from hskcache.errors import ConfigError, HskError
+from hskcache.errors import ConfigError
 from hskcache.reader import open_cache
 from hskcache.tasks import get_task
 from hskcache.teacher import default_teacher_path
 from hsktrain.bench import machine
 from hsktrain.config import DEFAULTS, FitConfig, finetune_config
+from hsktrain.glue import find_task_data
 from hsktrain.metrics import main_metric
 from hsktrain.students import student_shape
 from hsktrain.train import fit
@@ -126,38 +127,6 @@ def amortised_speedup(online_s: float, build_s: float, offline_s: float, n: int)
     """Speedup of training `n` students from one cache over `n` online runs:
     (n x online) / (build + n x offline)."""
     return n * online_s / (build_s + n * offline_s)
-
-
-def find_task_data(task: str) -> tuple[str, str]:
-    """(data, task) for a GLUE task: its folder under $GLUE or ../shared/data/glue (as
-    `make demo` looks), else the Hugging Face hub's GLUE when reachable.
-
-    Raises:
-        ConfigError: neither has it; says how to point at the data.
-    """
-    spec = get_task(task)
-    for root in (os.environ.get("GLUE"), "../shared/data/glue"):
-        if not root or not Path(root).is_dir():
-            continue
-        for folder in sorted(Path(root).iterdir()):
-            if (folder / "train.tsv").is_file() and _task_of(folder.name) == spec.name:
-                return str(folder), spec.name
-    try:
-        load_split("glue", spec.name, "dev", limit=1)
-    except HskError as e:
-        raise ConfigError(
-            f"no {spec.name} data: no GLUE folder for it under $GLUE or ../shared/data/glue and "
-            f"the Hugging Face hub's GLUE is not reachable ({e}); pass --data GLUE_TASK_FOLDER "
-            "or set GLUE=/path/to/glue"
-        ) from None
-    return "glue", spec.name
-
-
-def _task_of(folder_name: str) -> str | None:
-    try:
-        return get_task(folder_name).name
-    except ConfigError:
-        return None
 
 
 def run_e2e(cfg: E2EConfig, log: Callable[[str], None] = lambda _: None) -> dict:

@@ -73,8 +73,8 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
 
 
 def _row_counts(grid: Grid, task: TaskRef) -> tuple[int, int]:
-    n_train = len(load_split(task.folder, None, "train", limit=task_limit(grid, task)))
-    return n_train, len(load_split(task.folder, None, "dev", limit=grid.dev_limit))
+    n_train = len(load_split(task.folder, task.name, "train", limit=task_limit(grid, task)))
+    return n_train, len(load_split(task.folder, task.name, "dev", limit=grid.dev_limit))
 
 
 def _epoch_seconds(grid, task, rows, n_train, n_dev, measure) -> tuple[float | None, str]:
@@ -97,7 +97,7 @@ def measure_step(grid: Grid, task: TaskRef, steps: int = 6) -> float:
     options = {k: v for k, v in grid.fit.items() if k not in ("hsk_lr", "pred_lr", "verify")}
     with tempfile.TemporaryDirectory(prefix="hsksweep-") as tmp:
         cfg = FitConfig(
-            out=tmp, data=task.folder, mode="ce", student=grid.student,
+            out=tmp, data=task.folder, task=task.name, mode="ce", student=grid.student,
             init_from=base_teacher(grid), limit=options.get("batch_size", 32) * steps,
             max_steps=steps, pred_epochs=1, **options,
         )  # fmt: skip
@@ -137,7 +137,8 @@ def _teacher_rate(grid: Grid, task: TaskRef, measure: bool) -> tuple[float | Non
     timings: dict = {}
     with tempfile.TemporaryDirectory(prefix="hsksweep-") as tmp:
         cfg = BuildConfig(
-            data=task.folder, out=tmp + "/cache", hsk="1l_1t_0.1h", teacher=base_teacher(grid),
+            data=task.folder, task=task.name, out=tmp + "/cache", hsk="1l_1t_0.1h",
+            teacher=base_teacher(grid),
             student_layers=student_shape(grid.student)["num_hidden_layers"],
             student=[grid.student], max_length=task.max_length, limit=96, batch_size=16,
             device=grid.fit.get("device", "cpu"),

@@ -24,6 +24,7 @@ from hskcache.selection import (
 from hskcache.students import student_shape
 from hskcache.tasks import get_task
 from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig
+from hsktrain.glue import find_task_data
 
 BASELINES = ("ce", "pred")
 TABLES = ("depth", "length", "width")  # TOML tables whose keys become `<table>_<key>` fields
@@ -41,7 +42,9 @@ class Grid:
 
     study: str  # folder: results.csv, builds.csv, report; caches and runs under work/
     tasks: list[str]
-    glue: str = "../shared/data/glue"  # where bare task names (MRPC, SST-2) are looked up
+    # where bare task names (MRPC, SST-2) are looked up; None: $GLUE, ../shared/data/glue, then
+    # the Hugging Face hub's GLUE (hsktrain.glue)
+    glue: str | None = None
     teacher: str | None = None  # a fine-tuned folder; with finetune, the model to fine-tune
     finetune: bool = False  # fine-tune `teacher` once per task (kept under work/teachers)
     finetune_epochs: int = 3
@@ -174,7 +177,7 @@ def grid_problems(g: Grid) -> list[str]:
 @dataclass(frozen=True)
 class TaskRef:
     name: str  # the task's short name (mrpc, sst2, ...)
-    folder: str  # GLUE folder with train.tsv and dev.tsv
+    folder: str  # GLUE folder with train.tsv and dev.tsv, or "glue": the hub's
     max_length: int
 
 
@@ -307,31 +310,21 @@ def _shared_states(arm: Arm, n_student: int, n_teacher: int) -> list[str]:
 
 
 def resolve_tasks(grid: Grid) -> list[TaskRef]:
-    """Each task entry as a GLUE folder: a path as given, a bare name under `grid.glue`.
+    """Each task entry as its data: a folder path as given; a bare name under `grid.glue`, or
+    where `hsktrain.glue` finds it (a local folder, else the hub's GLUE) when that is unset.
 
     Raises:
         ConfigError: every missing folder or unknown task, with what to pass instead.
     """
     refs, p = [], []
     for entry in grid.tasks:
-        folder = Path(entry)
-        if not folder.is_dir() and "/" not in entry:
-            if not Path(grid.glue).is_dir():
-                p.append(f"task '{entry}': GLUE folder {grid.glue} not found; pass --glue DIR "
-                         "or give the task's folder path")  # fmt: skip
-                continue
-            folder = Path(grid.glue) / entry
-        if not (folder / "train.tsv").is_file():
-            p.append(f"task '{entry}': {folder} has no train.tsv (a GLUE task folder expected)")
-            continue
         try:
-            spec = get_task(folder.name)
-        except ConfigError:
-            p.append(f"task '{entry}': cannot tell the GLUE task from the folder name "
-                     f"'{folder.name}'; name it as GLUE does (SST-2, MRPC, CoLA, ...)")  # fmt: skip
+            data, name = _task_data(grid, entry)
+        except ConfigError as e:
+            p.append(f"task '{entry}': {e}")
             continue
-        max_length = grid.fit.get("max_length") or spec.max_length
-        refs.append(TaskRef(spec.name, str(folder), max_length))
+        max_length = grid.fit.get("max_length") or get_task(name).max_length
+        refs.append(TaskRef(name, data, max_length))
     names = [r.name for r in refs]
     p += [f"task '{n}' is listed twice" for n in sorted({n for n in names if names.count(n) > 1})]
     p += [f"limits.{k}: not a task's short name (sst2, mrpc, cola, ...)"
@@ -339,6 +332,29 @@ def resolve_tasks(grid: Grid) -> list[TaskRef]:
     if p:
         raise ConfigError("; ".join(p))
     return refs
+
+
+def _task_data(grid: Grid, entry: str) -> tuple[str, str]:
+    """(data, task name) of one `tasks` entry; ConfigError says what is missing."""
+    folder = Path(entry)
+    if not folder.is_dir() and "/" not in entry:  # a bare name
+        if grid.glue is None:
+            return find_task_data(entry, "pass --glue DIR or the task's folder")
+        if not Path(grid.glue).is_dir():
+            raise ConfigError(
+                f"GLUE folder {grid.glue} not found; pass --glue DIR or give the task's folder "
+                "path"
+            )
+        folder = Path(grid.glue) / entry
+    if not (folder / "train.tsv").is_file():
+        raise ConfigError(f"{folder} has no train.tsv (a GLUE task folder expected)")
+    try:
+        return str(folder), get_task(folder.name).name
+    except ConfigError:
+        raise ConfigError(
+            f"cannot tell the GLUE task from the folder name '{folder.name}'; name it as GLUE "
+            "does (SST-2, MRPC, CoLA, ...)"
+        ) from None
 
 
 def _is_task(name: str) -> bool:

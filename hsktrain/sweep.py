@@ -119,7 +119,7 @@ def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) 
     ctx.say(f"fine-tune {teacher_name(base, False)} on {task.name} -> {folder}")
     cfg = finetune_config(
         task.folder, str(folder), base, grid.finetune_epochs, grid.finetune_lr,
-        task_limit(grid, task), grid.dev_limit, seed=0, dev_data=task.folder,
+        task_limit(grid, task), grid.dev_limit, seed=0, task=task.name, dev_data=task.folder,
         max_length=task.max_length, device=grid.fit.get("device", "cpu"),
     )  # fmt: skip
     t0 = time.perf_counter()
@@ -240,7 +240,7 @@ class Context:
             return out
         teacher = self.teachers[task.name]
         cfg = BuildConfig(
-            data=task.folder, out=str(out), split="train",
+            data=task.folder, task=task.name, out=str(out), split="train",
             hsk=sel.hsk(self.n_student + 1, task.max_length), length=sel.length,
             width_strategy=sel.width_strategy, l_top=sel.l_top, student_layers=self.n_student,
             student=[self.grid.student], teacher=teacher.path, max_length=task.max_length,

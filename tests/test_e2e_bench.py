@@ -8,9 +8,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_sst2
 from hskcache.errors import ConfigError
 from hsktrain.cli import app
-from hsktrain.e2e_bench import amortised_speedup, find_task_data
+from hsktrain.demo import find_data
+from hsktrain.e2e_bench import amortised_speedup
+from hsktrain.glue import find_task_data
 
 runner = CliRunner()
 
@@ -84,6 +87,18 @@ def test_no_task_data_is_one_clear_error(tmp_path, monkeypatch):
 def test_task_data_found_under_glue(tmp_path, monkeypatch, mrpc_dir):
     monkeypatch.setenv("GLUE", str(mrpc_dir.parent))
     assert find_task_data("MRPC") == (str(mrpc_dir), "mrpc")
+
+
+def test_the_demo_looks_up_its_data_the_same_way(tmp_path, monkeypatch, capsys):
+    write_sst2(tmp_path / "glue" / "SST-2")
+    monkeypatch.setenv("GLUE", str(tmp_path / "glue"))
+    assert find_data() == str(tmp_path / "glue" / "SST-2")
+    monkeypatch.setenv("GLUE", str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        find_data()
+    assert e.value.code == 1
+    assert "no sst2 data: " in capsys.readouterr().out
 
 
 def test_mpnet_preset_without_the_folder_names_make_mpnet(tmp_path, monkeypatch):

@@ -114,6 +114,18 @@ def test_tasks_resolve_under_glue_or_fail_naming_the_fix(tmp_path):
     )
 
 
+def test_bare_names_without_glue_are_found_as_the_demo_finds_its_data(tmp_path, monkeypatch):
+    """No `glue`: $GLUE, then ../shared/data/glue, then the hub (offline in tests)."""
+    write_sst2(tmp_path / "glue" / "SST-2")
+    monkeypatch.setenv("GLUE", str(tmp_path / "glue"))
+    grid = Grid(study="s", tasks=["SST-2"])
+    assert resolve_tasks(grid) == [TaskRef("sst2", str(tmp_path / "glue" / "SST-2"), 64)]
+    monkeypatch.chdir(tmp_path)  # no ../shared/data/glue from here
+    with pytest.raises(ConfigError, match=r"^task 'MRPC': no mrpc data: no GLUE folder for it "
+                       r"under \$GLUE or .* pass --glue DIR or the task's folder or set GLUE="):
+        resolve_tasks(Grid(study="s", tasks=["MRPC"]))
+
+
 def test_limits_may_name_a_task_left_out_but_not_a_typo(tmp_path):
     """`--tasks MRPC` narrows a study file that also limits sst2: the limit just waits."""
     write_sst2(tmp_path / "glue" / "SST-2")
