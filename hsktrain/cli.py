@@ -447,7 +447,9 @@ def sweep(
     length_tokens: Annotated[str, Opt(help="Length axis: K values (or all), comma list.")] = None,
     length_strategies: Annotated[str, Opt(help="Length axis: strategies, comma list.")] = None,
     width_fractions: Annotated[str, Opt(help="Width axis: fractions p, comma list.")] = None,
-    width_strategies: Annotated[str, Opt(help="Width axis: strategies, comma list.")] = None,
+    width_strategies: Annotated[
+        str, Opt(help="Width axis: strategies, comma list (threshold: per batch, online).")
+    ] = None,
     dry_run: Annotated[
         bool, Opt(help="Print the grid, what is done and an estimated time; train nothing.")
     ] = False,

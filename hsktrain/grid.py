@@ -27,6 +27,10 @@ from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig
 from hsktrain.glue import find_task_data
 
 BASELINES = ("ce", "pred")
+# The width axis's one online strategy: the paper's per-batch magnitude threshold (a cache holds
+# a fixed number of dims per token, so these arms run `fit --online-teacher --batch-threshold`).
+THRESHOLD = "threshold"
+GRID_WIDTH_STRATEGIES = (*WIDTH_STRATEGIES, THRESHOLD)
 TABLES = ("depth", "length", "width")  # TOML tables whose keys become `<table>_<key>` fields
 # FitConfig fields the sweep sets itself: not settable through [fit].
 SWEEP_SETS = (
@@ -154,9 +158,9 @@ def grid_problems(g: Grid) -> list[str]:
         if s not in LENGTH_STRATEGIES
     ]
     p += [
-        f"width.strategies '{s}' is not one of {WIDTH_STRATEGIES}"
+        f"width.strategies '{s}' is not one of {GRID_WIDTH_STRATEGIES}"
         for s in g.width_strategies
-        if s not in WIDTH_STRATEGIES
+        if s not in GRID_WIDTH_STRATEGIES
     ]
 
     names = {f.name for f in fields(FitConfig)}
@@ -195,6 +199,11 @@ class Arm:
     layers: int = 0
     tokens: int = 0
     width: float = 0.0
+
+    @property
+    def online(self) -> bool:
+        """Trained with the teacher live (the per-batch threshold), not from a cache."""
+        return self.width_strategy == THRESHOLD
 
     @property
     def config(self) -> str:

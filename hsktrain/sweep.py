@@ -165,8 +165,11 @@ class Sel:
 
 
 def arm_sel(arm: Arm) -> Sel:
+    """The arm's cache selection. An online (per-batch threshold) arm trains without a cache;
+    its selection is its per-token magnitude twin's, whose cache gives the run's rows and HSK
+    fraction (both keep the same share of values: top-k per token, or over the batch)."""
     length = "left" if arm.length == "-" else arm.length
-    wstrat = "magnitude" if arm.width_strategy == "-" else arm.width_strategy
+    wstrat = "magnitude" if arm.width_strategy == "-" or arm.online else arm.width_strategy
     return Sel(arm.layers, arm.tokens, arm.width, length, wstrat, arm.l_top)
 
 
@@ -290,7 +293,8 @@ Runner = Callable[[RunSpec, Context], dict]
 
 
 def train_run(run: RunSpec, ctx: Context) -> dict:
-    """Train one run with `hsktrain fit` from its cache; return the row's measured fields."""
+    """Train one run with `hsktrain fit` from its cache (an online arm: with its teacher live);
+    return the row's measured fields."""
     grid, arm = ctx.grid, run.arm
     cache = ctx.cache_for(run)
     out = ctx.run_dir(run)
@@ -299,8 +303,19 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
     options = dict(grid.fit)
     if arm.kind == "ce" and grid.ce_lr is not None:
         options["pred_lr"] = grid.ce_lr
+    if arm.online:  # the same rows, chunks and selection as the cache, targets computed live
+        task, sel = run.task, arm_sel(arm)
+        source = dict(
+            online_teacher=ctx.teachers[task.name].path, data=task.folder, task=task.name,
+            limit=task_limit(grid, task), chunk_rows=grid.chunk_rows, hsk=arm.hsk,
+            length=sel.length, width_strategy=sel.width_strategy, l_top=sel.l_top,
+            batch_threshold=True,
+        )  # fmt: skip
+        options.setdefault("max_length", task.max_length)
+    else:
+        source = dict(cache=str(cache))
     cfg = FitConfig(
-        out=str(out), cache=str(cache), student=grid.student,
+        out=str(out), **source, student=grid.student,
         mode="two-stage" if arm.kind == "hsk" else arm.kind,
         hsk_epochs=h if arm.kind == "hsk" else None, pred_epochs=p, seed=run.seed,
         dev_data=run.task.folder, dev_limit=grid.dev_limit, **options,
@@ -320,7 +335,9 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
         "best_epoch": epoch,
         "train_seconds": seconds,
         "hsk_fraction": m.stats.hsk_fraction if hsk else 0.0,
-        "cache_bytes": sum(o.bytes for o in (m.objects or {}).values()) if hsk else None,
+        "cache_bytes": sum(o.bytes for o in (m.objects or {}).values())
+        if hsk and not arm.online
+        else None,
     }
 
 

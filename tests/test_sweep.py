@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from dataclasses import replace
 
@@ -50,6 +51,32 @@ def test_expand_grid_lists_every_run_once_seed_major():
         ("5l_64t_0.1h/-/uniform/l_top4", "width"),
     ]
     assert runs == [("sst2", c, a, s) for s in (0, 1) for c, a in one_seed]
+
+
+def test_per_batch_threshold_arms_train_online_beside_their_per_token_twins(tmp_path):
+    teacher = make_bert(tmp_path / "teacher", layers=4)  # deep enough for every student state
+    grid = fake_grid(
+        tmp_path, teacher, baselines=[], configs=[], seeds=[0], chunk_rows=8,
+        width_fractions=[0.5, 1.0], width_strategies=["magnitude", "threshold"],
+        fit={"max_length": 16, "batch_size": 8, "buffer_chunks": 2},
+    )  # fmt: skip
+    runs = plan_sweep(grid, train=False).runs
+    # p = 1 is the full HSK for both strategies: one arm, run from a cache
+    assert [(r.config, r.arm.online) for r in runs] == [
+        ("3l_16t_0.5h/-/magnitude/l_top3", False),
+        ("full/-/-/l_top3", False),
+        ("3l_16t_0.5h/-/threshold/l_top3", True),
+    ]
+    run_sweep(grid, show_progress=False, say=lambda _: None)
+    rows = {r["width_strategy"]: r for r in results_table(grid.study).rows() if r["hsk"] != "full"}
+    top_k, threshold = rows["magnitude"], rows["threshold"]
+    assert threshold["cache_bytes"] == "" and int(top_k["cache_bytes"]) > 0  # no cache
+    assert threshold["hsk_fraction"] == top_k["hsk_fraction"]  # the same share of values
+    assert 0 <= float(threshold["dev_accuracy"]) <= 1
+    run = next((grid.work / "runs").rglob("3l_16t_0.5h---threshold-l_top3/seed0/config.json"))
+    cfg = json.loads(run.read_text())["config"]
+    assert cfg["batch_threshold"] and cfg["online_teacher"] == str(teacher)
+    assert cfg["cache"] is None and (cfg["hsk"], cfg["chunk_rows"]) == ("3l_16t_0.5h", 8)
 
 
 def test_expansion_refuses_arms_a_cache_cannot_hold():
