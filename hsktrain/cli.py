@@ -359,15 +359,10 @@ def bench(
         return result
 
     result = run_guarded(body)
-    from hsktrain.bench import dumps
     from hsktrain.report import targets_table, write_results
 
-    if results is not None:
-        write_results(result, results, plot, "hsktrain " + " ".join(sys.argv[1:]))
-    if as_json:
-        print(dumps(result))
-    else:
-        console.print(targets_table(result))
+    _emit(result, results and (lambda cmd: write_results(result, results, plot, cmd)),
+          targets_table, as_json)  # fmt: skip
 
 
 def _bench_build(flags: dict, results: Path | None, as_json: bool) -> None:
@@ -381,15 +376,10 @@ def _bench_build(flags: dict, results: Path | None, as_json: bool) -> None:
         return run_build_bench(cfg)
 
     result = run_guarded(body)
-    from hsktrain.bench import dumps
     from hsktrain.build_bench import build_table, write_build_results
 
-    if results is not None:
-        write_build_results(result, results, "hsktrain " + " ".join(sys.argv[1:]))
-    if as_json:
-        print(dumps(result))
-    else:
-        console.print(build_table(result))
+    _emit(result, results and (lambda cmd: write_build_results(result, results, cmd)),
+          build_table, as_json)  # fmt: skip
 
 
 def _bench_e2e(flags: dict, hsk, device, workdir, results, plot, as_json) -> None:
@@ -405,15 +395,23 @@ def _bench_e2e(flags: dict, hsk, device, workdir, results, plot, as_json) -> Non
         return run_e2e(cfg, lambda line: print(line, file=sys.stderr, flush=True))
 
     result = run_guarded(body)
-    from hsktrain.bench import dumps
     from hsktrain.e2e_report import e2e_table, write_e2e_results
 
-    if results is not None:
-        write_e2e_results(result, results, plot, "hsktrain " + " ".join(sys.argv[1:]))
+    _emit(result, results and (lambda cmd: write_e2e_results(result, results, plot, cmd)),
+          e2e_table, as_json)  # fmt: skip
+
+
+def _emit(result: dict, write, table, as_json: bool) -> None:
+    """Every bench mode's ending: `write(command)` its results file (None: no --results), then
+    print the result as JSON or as the mode's `table`."""
+    from hsktrain.bench import dumps
+
+    if write:
+        write("hsktrain " + " ".join(sys.argv[1:]))
     if as_json:
         print(dumps(result))
     else:
-        console.print(e2e_table(result))
+        console.print(table(result))
 
 
 _NOT_GRID = ("config", "dry_run", "measure", "quiet")  # sweep's options that are not grid keys
