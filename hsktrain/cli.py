@@ -482,7 +482,7 @@ def sweep(
 def report(
     study: Annotated[str, typer.Argument(help="Study folder holding results.csv.")],
 ):
-    """Write STUDY/README.md (mean +- std over seeds, the paper's claims) and its plots."""
+    """Write STUDY/README.md (mean +- std over seeds, the claims it checks) and its plots."""
     from hsktrain.study import write_report
 
     path = run_guarded(write_report, study)

@@ -108,4 +108,3 @@ def evaluate_checkpoint(
         "examples": len(ex),
         "metrics": metrics,
     }
-

@@ -351,8 +351,7 @@ def _task_data(grid: Grid, entry: str) -> tuple[str, str]:
             return find_task_data(entry, "pass --glue DIR or the task's folder")
         if not Path(grid.glue).is_dir():
             raise ConfigError(
-                f"GLUE folder {grid.glue} not found; pass --glue DIR or give the task's folder "
-                "path"
+                f"GLUE folder {grid.glue} not found; pass --glue DIR or give the task's folder path"
             )
         folder = Path(grid.glue) / entry
     if not (folder / "train.tsv").is_file():

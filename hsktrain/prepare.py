@@ -226,9 +226,7 @@ def _check_cache(cfg: FitConfig, info: ManifestView, tokenizer, init_from: str) 
 
 def _online(cfg: FitConfig, num_labels: int, max_length: int, n_student: int, regression: bool):
     """Load the live teacher and return (rows -> Batch, teacher width) for online KD."""
-    teacher = load_teacher(
-        cfg.online_teacher, num_labels, cfg.device, "float32", cfg.seed, cfg.amp
-    )
+    teacher = load_teacher(cfg.online_teacher, num_labels, cfg.device, "float32", cfg.seed, cfg.amp)
     check_max_length(teacher, max_length)
     sel = cfg.online_selection(n_student)
     threshold = None

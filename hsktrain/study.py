@@ -1,12 +1,12 @@
 """`hsktrain report STUDY`: a study's results table as Markdown, marginal-utility plots, and the
-paper's claims checked against it.
+claims checked against it: the paper's, and that distillation beats training without a teacher.
 
 Every number is a mean over seeds with its sample standard deviation (n - 1) and n; a claim is
-"held" or "not held" from the means, with the seeds' spread printed beside it so a reader sees
-when a difference is inside the noise, and "not enough data" when the arms it needs are missing.
-The plots follow the paper's marginal-utility figures: dev score against the % of HSK kept (log
-x, relative to the full-HSK arm), one curve per strategy per axis, full HSK, prediction-only and
-CE-only as horizontal lines.
+"held", "partly held" or "not held" from the means, with the seeds' spread printed beside it so
+a reader sees when a difference is inside the noise, and "not enough data" when the arms it needs
+are missing. The plots follow the paper's marginal-utility figures: dev score against the % of
+HSK kept (log x, relative to the full-HSK arm), one curve per strategy per axis, full HSK,
+prediction-only and CE-only as horizontal lines.
 """
 
 from __future__ import annotations
@@ -131,6 +131,23 @@ def claim_compressed(arms: list[Arm], metric: str) -> tuple[str, list[str]]:
     return f"{verdict} ({held} of {len(small)} compressed arms)", lines
 
 
+def claim_beats(arms: list[Arm], metric: str, kind: str) -> tuple[str, list[str]]:
+    """Every distilled arm the study lists by name (prediction-only KD against CE-only, and the
+    `configs`) against the `kind` baseline."""
+    base = baseline(arms, kind)
+    kd = [a for a in arms if "config" in a.axis or (kind == "ce" and a.kind == "pred")]
+    if base is None or not kd:
+        return "not enough data", [f"needs the {kind} baseline and a distilled arm"]
+    lines = [
+        f"{a.config}: {a.show(metric)} vs {kind} {base.show(metric)}: "
+        f"{'>' if a.mean(metric) > base.mean(metric) else '<='} ({_spread(a, base, metric)})"
+        for a in kd
+    ]
+    won = sum(a.mean(metric) > base.mean(metric) for a in kd)
+    verdict = "held" if won == len(kd) else "not held" if not won else "partly held"
+    return f"{verdict} ({won} of {len(kd)} arms)", lines
+
+
 def _curves(arms: list[Arm], axis: str) -> dict[str, list[Arm]]:
     """An axis's arms by curve; arms whose curve field is '-' (every token, full width) join
     every curve, as its 100% point."""
@@ -216,6 +233,8 @@ def claims(arms: list[Arm], metric: str) -> list[tuple[str, str, list[str]]]:
     width = lambda a: float(a.hsk.split("t_")[1].rstrip("h"))  # noqa: E731
     length = ["attention-no-sep", "attention", "left"]
     return [
+        ("distillation beats CE-only", *claim_beats(arms, metric, "ce")),
+        ("HSK adds to prediction-only KD", *claim_beats(arms, metric, "pred")),
         ("compressed HSK >= full HSK", *claim_compressed(arms, metric)),
         ("attention-no-sep > attention > left (length)", *_order(arms, "length", length, metric,
                                                                  tokens)),
@@ -261,7 +280,8 @@ def plot(arms: list[Arm], metric: str, title: str, png: Path) -> None:
         ax.set_title(axis)
         ax.set_xlabel("% of HSK kept" + (" (of the full-HSK arm's)" if full else ""))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     axes[0].set_ylabel(f"dev {metric}")
     fig.suptitle(title)
     fig.tight_layout()
@@ -323,7 +343,7 @@ def write_report(study: str | Path) -> Path:
                f"training rows limit {_first(results, task, teacher, 'limit') or 'none'}, "
                f"teacher depth {first.teacher_depth}.", "",
                *_table(arms, metric), "", f"![marginal utility]({png.name})", "",
-               "### The paper's claims here", ""]  # fmt: skip
+               "### Claims checked here", ""]  # fmt: skip
         for name, verdict, lines in claims(arms, metric):
             md.append(f"- **{name}**: {verdict}")
             md += [f"  - {line}" for line in lines]

@@ -148,8 +148,11 @@ def test_bare_names_without_glue_are_found_as_the_demo_finds_its_data(tmp_path, 
     grid = Grid(study="s", tasks=["SST-2"])
     assert resolve_tasks(grid) == [TaskRef("sst2", str(tmp_path / "glue" / "SST-2"), 64)]
     monkeypatch.chdir(tmp_path)  # no ../shared/data/glue from here
-    with pytest.raises(ConfigError, match=r"^task 'MRPC': no mrpc data: no GLUE folder for it "
-                       r"under \$GLUE or .* pass --glue DIR or the task's folder or set GLUE="):
+    with pytest.raises(
+        ConfigError,
+        match=r"^task 'MRPC': no mrpc data: no GLUE folder for it "
+        r"under \$GLUE or .* pass --glue DIR or the task's folder or set GLUE=",
+    ):
         resolve_tasks(Grid(study="s", tasks=["MRPC"]))
 
 
@@ -260,6 +263,16 @@ def test_report_tables_claims_and_plots_from_a_fake_table(tmp_path):
     # width: magnitude 0.835 +- 0.0071 (0.83, 0.84)
     assert "5l_64t_0.1h/-/magnitude/l_top4` | hsk | width | 7% | 2 | 0.8350 +- 0.0071 |" in md
     assert "Wall-clock of the whole study: **0.50 h** (1800 s training 18 runs" in md
+    assert "- **distillation beats CE-only**: held (3 of 3 arms)" in md
+    assert (
+        "pred: 0.8200 +- 0.0141 (n=2) vs ce 0.8100 +- 0.0141 (n=2): > "
+        "(difference inside the seeds' spread (0.0141))" in md
+    )
+    assert "- **HSK adds to prediction-only KD**: held (2 of 2 arms)" in md
+    assert (
+        "full/-/-/l_top4: 0.8500 +- 0.0141 (n=2) vs pred 0.8200 +- 0.0141 (n=2): > "
+        "(difference outside" in md
+    )
     assert "- **compressed HSK >= full HSK**: held (1 of 1 compressed arms)" in md
     assert (
         "1l_10t_0.1h/a/m/l_top4: 0.8600 +- 0.0141 (n=2) vs full 0.8500 +- 0.0141 (n=2): >= "
