@@ -155,6 +155,9 @@ def fit_cmd(
         bool, Opt(help="HSK loss on kept dims only (otherwise unkept dims are 0-targets).")
     ] = None,
     warmup: Annotated[float, Opt(help="Warmup fraction per stage.")] = None,
+    lr_decay: Annotated[
+        str, Opt(help="After warmup: none (constant lr, the paper's) or linear (to 0 per stage).")
+    ] = None,
     weight_decay: Annotated[float, Opt(help="AdamW weight decay.")] = None,
     max_grad_norm: Annotated[float, Opt(help="Clip gradients to this norm.")] = None,
     seed: o.Seed = None,

@@ -16,6 +16,7 @@ from hskcache.teacher import check_device
 from hsktrain.students import INITS, student_shape
 
 MODES = ("two-stage", "joint", "hsk", "pred", "ce")
+LR_DECAYS = ("none", "linear")  # after warmup: constant (the paper's) or linear to 0 per stage
 # Stage-1 epochs per task in the paper (section 4); other tasks default to 10.
 PAPER_HSK_EPOCHS = {
     "cola": 30,
@@ -89,6 +90,7 @@ class FitConfig:
     kept_only: bool = False
     weight_decay: float = 0.01
     warmup: float = 0.0  # fraction of each stage's steps
+    lr_decay: str = "none"
     max_grad_norm: float | None = None
     seed: int = 0
     device: str = "cpu"
@@ -195,6 +197,8 @@ class FitConfig:
             p.append("temperature must be > 0")
         if not 0 <= self.warmup < 1:
             p.append(f"--warmup is a fraction of the steps, in [0, 1) (got {self.warmup})")
+        if self.lr_decay not in LR_DECAYS:
+            p.append(f"--lr-decay must be one of {LR_DECAYS} (got {self.lr_decay!r})")
         if amp := amp_problem(self.amp, self.device):
             p.append(amp)
         try:

@@ -76,11 +76,15 @@ def make_optimizer(net: nn.Module, lr: float, weight_decay: float) -> torch.opti
     )
 
 
-def lr_schedule(step: int, warmup_steps: int, peak: float) -> float:
-    """The lr of a stage's step number `step` (0-based): linear warmup, then constant (paper)."""
-    if warmup_steps <= 0:
+def lr_schedule(step: int, warmup_steps: int, peak: float, total: int | None = None) -> float:
+    """The lr of a stage's step number `step` (0-based): linear warmup, then constant (the
+    paper's), or with `total` (the stage's steps) linear decay to 0 at step `total`, as
+    transformers' `get_linear_schedule_with_warmup` does."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if total is None:
         return peak
-    return peak * min(1.0, (step + 1) / warmup_steps)
+    return peak * max(0.0, (total - step) / max(1, total - warmup_steps))
 
 
 def make_scaler(device: str, amp: str) -> torch.amp.GradScaler:

@@ -182,6 +182,7 @@ def train_stage(t: Trainer, si: int, opt, state: LoopState, show_progress: bool)
     stage, cfg = t.run.stages[si], t.cfg
     steps = [steps_per_epoch(t.run.loader, si * 1000 + e) for e in range(stage.epochs)]
     warmup_steps = math.ceil(cfg.warmup * sum(steps))
+    total = sum(steps) if cfg.lr_decay == "linear" else None
     first = sum(steps[: state.epoch]) + state.batch
     bar = progress_bar(f"{stage.name} stage", sum(steps), first, show_progress, unit="steps")
     with bar as advance:
@@ -190,7 +191,7 @@ def train_stage(t: Trainer, si: int, opt, state: LoopState, show_progress: bool)
             t.run.model.train()
             rows = t.run.loader.iterate(si * 1000 + epoch, state.batch)
             for i, batch in enumerate(islice(rows, steps[epoch] - state.batch), state.batch):
-                lr = lr_schedule(sum(steps[:epoch]) + i, warmup_steps, stage.lr)
+                lr = lr_schedule(sum(steps[:epoch]) + i, warmup_steps, stage.lr, total)
                 try:
                     b = t.run.make_batch(batch)
                     loss = train_step(

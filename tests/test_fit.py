@@ -345,6 +345,21 @@ def test_warmup_sets_lr_per_step(world, tmp_path):
     assert lr_schedule(0, 0, 1.0) == 1.0 and lr_schedule(1, 4, 1.0) == 0.5
 
 
+def test_linear_decay_falls_to_zero_at_each_stages_end(world, tmp_path):
+    cfg = base(world, tmp_path / "d", cache=str(world["cache"]), warmup=0.25, lr_decay="linear")
+    fit(cfg, show_progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
+    lrs = {s: [r["lr"] for r in rows if "lr" in r and r["stage"] == s] for s in ("hsk", "pred")}
+    # each stage: 2 epochs x 6 batches = 12 steps; ceil(0.25 x 12) = 3 warmup steps rising to
+    # the peak, then (12 - step) / 9 of it: 9/9 at step 3 down to 1/9 at step 11
+    for stage, peak in (("hsk", 5e-5), ("pred", 2e-5)):
+        want = [peak * (i + 1) / 3 for i in range(3)] + [peak * (12 - i) / 9 for i in range(3, 12)]
+        np.testing.assert_allclose(lrs[stage], want, rtol=1e-12)
+    assert lr_schedule(5, 0, 1.0, total=10) == 0.5 and lr_schedule(10, 0, 1.0, total=10) == 0.0
+    with pytest.raises(ConfigError, match="--lr-decay must be one of"):
+        replace(cfg, lr_decay="cosine").validate()
+
+
 def _distiller(world, tmp_path, **kw):
     cfg = base(world, tmp_path / "d", cache=str(world["cache"]), **kw)
     cfg.validate()
