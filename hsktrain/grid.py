@@ -385,6 +385,28 @@ def epochs(grid: Grid, run: RunSpec) -> tuple[int, int]:
     return (h, grid.pred_epochs) if run.arm.kind == "hsk" else (0, h + grid.pred_epochs)
 
 
+# FitConfig fields that shape a run's result, recorded per row: a rerun refuses finished rows
+# trained with other values (a changed [fit], ce_lr, or a changed default of `fit`).
+RECIPE = (
+    "hsk_lr pred_lr temperature hard_weight hsk_weight kept_only weight_decay warmup lr_decay "
+    "max_grad_norm batch_size buffer_chunks group_by_length init proj_init amp max_length"
+).split()
+
+
+def fit_options(grid: Grid, arm: Arm) -> dict:
+    """The `[fit]` options of an arm's runs: the grid's, with `ce_lr` for the CE-only arm."""
+    options = dict(grid.fit)
+    if arm.kind == "ce" and grid.ce_lr is not None:
+        options["pred_lr"] = grid.ce_lr
+    return options
+
+
+def recipe(grid: Grid, arm: Arm) -> str:
+    """`key=value` for every RECIPE field of the arm's runs, defaults included."""
+    values = {f.name: f.default for f in fields(FitConfig)} | fit_options(grid, arm)
+    return " ".join(f"{k}={values[k]}" for k in RECIPE)
+
+
 LIST_FLAGS = {
     "tasks": str, "seeds": int, "baselines": str, "configs": str, "joint": str,
     "depth_layers": int, "depth_l_top": int, "length_tokens": int, "length_strategies": str,

@@ -11,21 +11,22 @@ from pathlib import Path
 
 from hskcache import __version__
 from hskcache.errors import ConfigError, HskError
-from hsktrain.grid import Grid, RunSpec, epochs, task_limit
+from hsktrain.grid import Grid, RunSpec, epochs, recipe, task_limit
 
 METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
 COLUMNS = [
     "task", "teacher", "teacher_depth", "student", "config", "kind", "axis", "hsk", "length",
     "width_strategy", "l_top", "hsk_fraction", "seed", "hsk_epochs", "pred_epochs", "limit",
-    *(f"dev_{m}" for m in METRICS), "best_stage", "best_epoch", "train_seconds", "cache_bytes",
-    "code_version", "timestamp",
+    "recipe", *(f"dev_{m}" for m in METRICS), "best_stage", "best_epoch", "train_seconds",
+    "cache_bytes", "code_version", "timestamp",
 ]  # fmt: skip
 BUILD_COLUMNS = [
     "task", "teacher", "cache", "how", "source", "seconds", "bytes", "rows", "dev",
     "code_version", "timestamp",
 ]  # fmt: skip
 KEY = ("task", "teacher", "config", "seed")
-BUDGET = ("student", "hsk_epochs", "pred_epochs", "limit")  # a finished row must match these
+# a finished row must match these (`recipe`: RECIPE's fit options)
+BUDGET = ("student", "hsk_epochs", "pred_epochs", "limit", "recipe")
 
 
 def code_version() -> str:
@@ -104,7 +105,7 @@ def split_done(
 
     Raises:
         ConfigError: a finished row of the same key was trained with another student, epoch
-            budget or row limit (mixing them would compare unlike runs).
+            budget, row limit or fit recipe (mixing them would compare unlike runs).
     """
     table = {tuple(r[k] for k in KEY): r for r in rows}
     done, pending, p = [], [], []
@@ -114,8 +115,7 @@ def split_done(
             pending.append(run)
             continue
         want = planned(grid, run)
-        diff = [f"{k} {row[k] or '-'} (this grid: {_cell(want[k]) or '-'})"
-                for k in BUDGET if row[k] != _cell(want[k])]  # fmt: skip
+        diff = [_differs(k, row[k], _cell(want[k])) for k in BUDGET if row[k] != _cell(want[k])]
         if diff:
             p.append(f"{run.task.name} {run.config} seed {run.seed}: {', '.join(diff)}")
         done.append(run)
@@ -125,6 +125,16 @@ def split_done(
             "another study folder, or the same settings"
         )
     return done, pending
+
+
+def _differs(key: str, had: str, want: str) -> str:
+    """`pred_epochs 2 (this grid: 3)`; for the recipe only the options that differ."""
+    if key == "recipe":
+        a, b = (dict(kv.split("=", 1) for kv in s.split()) for s in (had, want))
+        changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        had = " ".join(f"{k}={a.get(k, '-')}" for k in changed)
+        want = " ".join(f"{k}={b.get(k, '-')}" for k in changed)
+    return f"{key} {had or '-'} (this grid: {want or '-'})"
 
 
 def planned(grid: Grid, run: RunSpec) -> dict:
@@ -146,4 +156,5 @@ def planned(grid: Grid, run: RunSpec) -> dict:
         "hsk_epochs": h,
         "pred_epochs": pr,
         "limit": task_limit(grid, run.task),
+        "recipe": recipe(grid, a),
     }

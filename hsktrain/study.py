@@ -341,7 +341,7 @@ def write_report(study: str | Path) -> Path:
                f"{_first(results, task, teacher, 'pred_epochs')} prediction "
                "(CE-only and prediction-only arms train the same total in their one stage), "
                f"training rows limit {_first(results, task, teacher, 'limit') or 'none'}, "
-               f"teacher depth {first.teacher_depth}.", "",
+               f"teacher depth {first.teacher_depth}.", "", *_recipes(results, task, teacher), "",
                *_table(arms, metric), "", f"![marginal utility]({png.name})", "",
                "### Claims checked here", ""]  # fmt: skip
         for name, verdict, lines in claims(arms, metric):
@@ -350,6 +350,19 @@ def write_report(study: str | Path) -> Path:
     path = study / "README.md"
     path.write_text("\n".join(md) + "\n")
     return path
+
+
+def _recipes(rows: list[dict], task: str, teacher: str) -> list[str]:
+    """The `fit` options the runs trained with, one line per distinct recipe and its kinds."""
+    kinds: dict[str, list[str]] = {}
+    for r in rows:
+        if (
+            r["task"] == task
+            and r["teacher"] == teacher
+            and r["kind"] not in kinds.get(r["recipe"], [])
+        ):
+            kinds.setdefault(r["recipe"], []).append(r["kind"])
+    return [f"- fit recipe of {', '.join(k)}: `{recipe}`" for recipe, k in kinds.items()]
 
 
 def _first(rows: list[dict], task: str, teacher: str, key: str) -> str:

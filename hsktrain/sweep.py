@@ -35,6 +35,7 @@ from hsktrain.grid import (
     TaskRef,
     epochs,
     expand_grid,
+    fit_options,
     resolve_tasks,
     task_limit,
 )
@@ -300,9 +301,7 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
     out = ctx.run_dir(run)
     shutil.rmtree(out, ignore_errors=True)  # a run killed earlier starts over
     h, p = epochs(grid, run)
-    options = dict(grid.fit)
-    if arm.kind == "ce" and grid.ce_lr is not None:
-        options["pred_lr"] = grid.ce_lr
+    options = fit_options(grid, arm)
     if arm.online:  # the same rows, chunks and selection as the cache, targets computed live
         task, sel = run.task, arm_sel(arm)
         source = dict(

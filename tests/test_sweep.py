@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 
 from conftest import make_bert, write_sst2
 from hskcache.errors import ConfigError
 from hskcache.reader import open_cache
+from hsktrain.config import FitConfig
 from hsktrain.estimate import dry_run
 from hsktrain.grid import (
     Grid,
@@ -175,7 +176,7 @@ def fake_grid(tmp_path, teacher, **kw) -> Grid:
     return Grid(**{**values, **kw})
 
 
-def test_rerun_skips_every_finished_run(tmp_path, tiny_bert):
+def test_rerun_skips_every_finished_run(tmp_path, tiny_bert, monkeypatch):
     grid = fake_grid(tmp_path, tiny_bert)
     calls = []
 
@@ -214,6 +215,24 @@ def test_rerun_skips_every_finished_run(tmp_path, tiny_bert):
     with pytest.raises(ConfigError, match=want):
         run_sweep(other, runner, show_progress=False, say=lambda _: None)
 
+    # the fit recipe is part of the budget: a changed [fit] option, ce_lr or default of `fit`
+    # is named with only the options that differ
+    assert rows[0]["recipe"].split()[:2] == ["hsk_lr=5e-05", "pred_lr=2e-05"]
+    hot = fake_grid(tmp_path, tiny_bert, fit={"temperature": 2.0})
+    with pytest.raises(ConfigError, match=r"e\.g\. sst2 ce seed 0: recipe temperature=1\.0 "
+                       r"\(this grid: temperature=2\.0\)"):  # fmt: skip
+        run_sweep(hot, runner, show_progress=False, say=lambda _: None)
+    with pytest.raises(ConfigError, match=r"recipe pred_lr=2e-05 \(this grid: pred_lr=0\.0001\)"):
+        run_sweep(fake_grid(tmp_path, tiny_bert, ce_lr=1e-4), runner, False, lambda _: None)
+
+    @dataclass
+    class NewDefault(FitConfig):  # a later version of `fit` with another default
+        warmup: float = 0.1
+
+    monkeypatch.setattr("hsktrain.grid.FitConfig", NewDefault)
+    with pytest.raises(ConfigError, match=r"recipe warmup=0\.0 \(this grid: warmup=0\.1\)"):
+        run_sweep(grid, runner, show_progress=False, say=lambda _: None)
+
 
 def fake_rows() -> list[dict]:
     """Two seeds per arm; scores chosen so means and stds are easy to check by hand."""
@@ -244,6 +263,7 @@ def fake_rows() -> list[dict]:
                 "config": config, "kind": kind, "axis": axis, "hsk": hsk, "length": length,
                 "width_strategy": width, "l_top": l_top, "hsk_fraction": frac, "seed": seed,
                 "hsk_epochs": 3 if kind == "hsk" else 0, "pred_epochs": 3 if kind == "hsk" else 6,
+                "recipe": "pred_lr=0.0001" if kind == "ce" else "pred_lr=2e-05",
                 "dev_accuracy": score, "best_stage": "pred", "best_epoch": 2,
                 "train_seconds": 100.0, "cache_bytes": 10,
             })  # fmt: skip
@@ -262,6 +282,7 @@ def test_report_tables_claims_and_plots_from_a_fake_table(tmp_path):
     assert full in md
     # width: magnitude 0.835 +- 0.0071 (0.83, 0.84)
     assert "5l_64t_0.1h/-/magnitude/l_top4` | hsk | width | 7% | 2 | 0.8350 +- 0.0071 |" in md
+    assert "- fit recipe of ce: `pred_lr=0.0001`\n- fit recipe of pred, hsk: `pred_lr=2e-05`" in md
     assert "Wall-clock of the whole study: **0.50 h** (1800 s training 18 runs" in md
     assert "- **distillation beats CE-only**: held (3 of 3 arms)" in md
     assert (
