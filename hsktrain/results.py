@@ -57,10 +57,20 @@ class Table:
             return []
         with self.path.open(newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != self.columns:
+            have = reader.fieldnames or []
+            if have != self.columns:
+                missing = [c for c in self.columns if c not in have]
+                extra = [c for c in have if c not in self.columns]
+                what = (
+                    "; ".join(
+                        [f"lacks {', '.join(missing)}"] * bool(missing)
+                        + [f"has unknown {', '.join(extra)}"] * bool(extra)
+                    )
+                    or "has this version's columns in another order"
+                )
                 raise HskError(
-                    f"{self.path}: columns {reader.fieldnames} are not this version's "
-                    f"{self.columns}; move the file away or use another study folder"
+                    f"{self.path}: {what} (written by another version of hsktrain); move the "
+                    "file away or use another study folder"
                 )
             return list(reader)
 

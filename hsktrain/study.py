@@ -174,7 +174,7 @@ def _order(arms: list[Arm], axis: str, order: list[str], metric: str, size) -> t
              + "; ".join(f"{x}: {points[c][x].show(metric)}" for x in common)
              for c in present]  # fmt: skip
     held = all(avg[a] > avg[b] for a, b in zip(present, present[1:], strict=False))
-    if axis == "width":  # magnitude against the best of the others
+    if axis == "width":  # the first against the best of the others
         held = avg[present[0]] > max(avg[c] for c in present[1:])
     missing = [c for c in order if c not in present]
     note = f" ({', '.join(missing)} missing)" if missing else ""
@@ -240,6 +240,8 @@ def claims(arms: list[Arm], metric: str) -> list[tuple[str, str, list[str]]]:
                                                                  tokens)),
         ("magnitude > uniform / random (width)",
          *_order(arms, "width", ["magnitude", "uniform", "random"], metric, width)),
+        ("per-token top-k (what a cache stores) > the paper's per-batch threshold (width)",
+         *_order(arms, "width", ["magnitude", "threshold"], metric, width)),
         ("an intermediate l_top beats the top layer (depth)", *claim_ltop(arms, metric)),
         ("joint compression beats single-axis at equal budget", *claim_joint(arms, metric)),
     ]  # fmt: skip

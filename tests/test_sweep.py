@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from conftest import make_bert, write_sst2
-from hskcache.errors import ConfigError
+from hskcache.errors import ConfigError, HskError
 from hskcache.reader import open_cache
 from hsktrain.config import FitConfig
 from hsktrain.estimate import dry_run
@@ -254,6 +254,8 @@ def fake_rows() -> list[dict]:
          0.07, (0.79, 0.81)),
         ("5l_64t_0.1h/-/magnitude/l_top4", "hsk", "width", "5l_64t_0.1h", "-", "magnitude", 4,
          0.07, (0.83, 0.84)),
+        ("5l_64t_0.1h/-/threshold/l_top4", "hsk", "width", "5l_64t_0.1h", "-", "threshold", 4,
+         0.07, (0.84, 0.84)),
     ]  # fmt: skip
     rows = []
     for config, kind, axis, hsk, length, width, l_top, frac, scores in arms:
@@ -283,7 +285,7 @@ def test_report_tables_claims_and_plots_from_a_fake_table(tmp_path):
     # width: magnitude 0.835 +- 0.0071 (0.83, 0.84)
     assert "5l_64t_0.1h/-/magnitude/l_top4` | hsk | width | 7% | 2 | 0.8350 +- 0.0071 |" in md
     assert "- fit recipe of ce: `pred_lr=0.0001`\n- fit recipe of pred, hsk: `pred_lr=2e-05`" in md
-    assert "Wall-clock of the whole study: **0.50 h** (1800 s training 18 runs" in md
+    assert "Wall-clock of the whole study: **0.56 h** (2000 s training 20 runs" in md
     assert "- **distillation beats CE-only**: held (3 of 3 arms)" in md
     assert (
         "pred: 0.8200 +- 0.0141 (n=2) vs ce 0.8100 +- 0.0141 (n=2): > "
@@ -302,6 +304,7 @@ def test_report_tables_claims_and_plots_from_a_fake_table(tmp_path):
     assert "- **attention-no-sep > attention > left (length)**: held" in md
     assert "attention-no-sep: mean over [1] = 0.7900" in md
     assert "- **magnitude > uniform / random (width)**: held (random missing)" in md
+    assert "threshold (width)**: not held\n  - magnitude: mean over [0.1] = 0.8350" in md
     assert "- **an intermediate l_top beats the top layer (depth)**: not enough data" in md
     assert "- **joint compression beats single-axis at equal budget**: not enough data" in md
     png = study / "sst2-t-abc.png"
@@ -407,3 +410,15 @@ def test_smaller_caches_are_cut_out_of_each_familys_largest(tmp_path):
     uniform = open_cache(str(caches["3l_16t_0.5h/-/uniform/l_top3"])).manifest
     assert uniform["selection"]["width_strategy"] == "uniform"
     assert uniform["derived_from"]["selection"] == "full"
+
+
+def test_a_table_of_another_version_is_refused_naming_its_columns(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    old = [c for c in results_table(study).columns if c != "recipe"] + ["notes"]
+    (study / "results.csv").write_text(",".join(old) + "\n")
+    want = (
+        r"results\.csv: lacks recipe; has unknown notes \(written by another version of hsktrain\)"
+    )
+    with pytest.raises(HskError, match=want):
+        results_table(study).rows()
