@@ -52,7 +52,10 @@ bench-e2e: install
 
 # The quality study (hours on 2 cores): every sweep resumes from its committed results.csv, so
 # kill it whenever and rerun; each report is regenerated from its table.
-STUDIES := reports/minilm-core reports/minilm-grouped reports/mpnet-core reports/minilm-mrpc-curves
+# The core table first: the others reuse the teachers it fine-tunes.
+RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard)
+STUDIES := reports/minilm-core reports/minilm-grouped $(RECIPES) reports/mpnet-core \
+	reports/minilm-mrpc-curves
 study: install mpnet
 	for s in $(STUDIES); do $(VENV)/bin/hsktrain sweep --config $$s/study.toml || exit 1; done
 	for s in $(STUDIES); do $(VENV)/bin/hsktrain report $$s || exit 1; done
