@@ -35,13 +35,8 @@ from hskcache.errors import CacheError, ConfigError, TeacherError
 from hskcache.hub import hub_reachable
 from hskcache.manifest import Assets, ManifestView, StudentInit
 from hskcache.objects import check_object, read_object
-from hskcache.students import (
-    PRESETS,
-    load_state,
-    select_into,
-    student_config,
-    student_shape,
-)
+from hskcache.shapes import PRESETS, student_shape
+from hskcache.students import load_state, select_into, student_config
 from hskcache.teacher import tokenizer_sha256
 
 PREFIX = "assets"

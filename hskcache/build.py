@@ -26,11 +26,11 @@ from hskcache.assets import asset_keys, make_kit, write_kit
 from hskcache.codec import dim_planes, encode_dims, encode_values, ids_dtype
 from hskcache.config import BuildConfig
 from hskcache.data import Columns, Examples, load_split
+from hskcache.hsk import SelectionConfig
 from hskcache.layout import default_chunk_rows, layer_key, plan_arrays
 from hskcache.lock import BuildLock, LockHeldError, local_path
 from hskcache.manifest import FORMAT_VERSION, compute_identity
 from hskcache.progress import progress_bar
-from hskcache.selection import SelectionConfig
 from hskcache.targets import Plan, plan_selection, teacher_targets
 from hskcache.teacher import ClsScoreProbe, Teacher, check_max_length, load_teacher
 from hskcache.tokenize import Encoded, tokenize

@@ -181,7 +181,7 @@ def verify(cache: o.CacheArg, quiet: o.Quiet = False):
 
 
 def _derive_defaults() -> dict:
-    from hskcache.derive import DeriveConfig
+    from hskcache.config import DeriveConfig
 
     sources = ("length", "width_strategy", "score_layer", "l_top", "compressor")
     return config_defaults(
@@ -219,8 +219,8 @@ def derive(
     flags = given(ctx, "config", "quiet")
 
     def body():
-        from hskcache.config import merge_file
-        from hskcache.derive import DeriveConfig, derive_cache
+        from hskcache.config import DeriveConfig, merge_file
+        from hskcache.derive import derive_cache
         from hskcache.reader import open_cache
 
         cfg = merge_file(DeriveConfig, str(config) if config else None, flags)

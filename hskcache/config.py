@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError
+from hskcache.hsk import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
 from hskcache.layout import COMPRESSORS, VALUE_DTYPES
-from hskcache.precision import amp_problem
-from hskcache.selection import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
-from hskcache.teacher import check_device
 
 T = TypeVar("T")
 BATCH_ORDERS = ("length", "data")  # `hskcache build --batch-order`
@@ -201,3 +200,42 @@ def _out_problems(out: str) -> list[str]:
     if not os.access(existing, os.W_OK | os.X_OK):
         return [f"out {out}: {existing} is not writable; pick another --out"]
     return []
+
+
+@dataclass
+class DeriveConfig:
+    """Everything `hskcache derive` needs; a selection field left None takes the source's."""
+
+    src: str
+    out: str
+    hsk: str
+    length: str | None = None
+    width_strategy: str | None = None
+    score_layer: str | None = None
+    l_top: int | None = None
+    teacher_layers: list[int] = field(default_factory=list)
+    value_dtype: str | None = None
+    compressor: str | None = None
+    chunk_rows: int | None = None
+    chunks_per_shard: int = 8  # as `hskcache build`
+    overwrite: bool = False
+    break_lock: bool = False  # take the lock of a writer that is dead
+
+    def validate(self) -> None:
+        """Raise one ConfigError naming every bad setting."""
+        checks = [
+            (
+                self.score_layer in (None, *SCORE_LAYERS),
+                f"score_layer must be one of {SCORE_LAYERS}",
+            ),
+            (
+                self.value_dtype in (None, *VALUE_DTYPES),
+                f"value_dtype must be one of {list(VALUE_DTYPES)}",
+            ),
+            (self.compressor in (None, *COMPRESSORS), f"compressor must be one of {COMPRESSORS}"),
+            (self.chunk_rows is None or self.chunk_rows >= 1, "chunk_rows must be >= 1"),
+            (self.chunks_per_shard >= 1, "chunks_per_shard must be >= 1"),
+        ]
+        problems = [msg for ok, msg in checks if not ok]
+        if problems:
+            raise ConfigError("; ".join(problems))

@@ -16,7 +16,7 @@ read through `open_cache`, so any URL the reader opens can be a source.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +27,16 @@ from zarr.core.sync import sync
 from hskcache import __version__
 from hskcache.build import cache_stats, selection_fields
 from hskcache.codec import decode_dims, decode_values, encode_dims, encode_values
+from hskcache.config import DeriveConfig
 from hskcache.errors import CacheError, ConfigError
-from hskcache.layout import COMPRESSORS, VALUE_DTYPES, default_chunk_rows, layer_key
+from hskcache.hsk import SelectionConfig
+from hskcache.layout import default_chunk_rows, layer_key
 from hskcache.lock import BuildLock, local_path
 from hskcache.manifest import ManifestView, compute_identity
 from hskcache.objects import read_object
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache, open_cache, specs_for
-from hskcache.selection import SCORE_LAYERS, SelectionConfig, top_k_ascending
+from hskcache.selection import top_k_ascending
 from hskcache.targets import Plan, plan_selection
 from hskcache.writer import ShardWriter, finish, open_for_build, shard_done, stored_keys
 
@@ -42,45 +44,6 @@ ASSET_PREFIX = "assets/"  # objects a cache carries besides its arrays (tokenize
 # Value dtype changes that reproduce a direct build bit for bit: an int8 build quantises the
 # float16-rounded values, so a float16 cache holds everything an int8 one is made from.
 DTYPE_CUTS = {("float16", "int8")}
-
-
-@dataclass
-class DeriveConfig:
-    """Everything `hskcache derive` needs; a selection field left None takes the source's."""
-
-    src: str
-    out: str
-    hsk: str
-    length: str | None = None
-    width_strategy: str | None = None
-    score_layer: str | None = None
-    l_top: int | None = None
-    teacher_layers: list[int] = field(default_factory=list)
-    value_dtype: str | None = None
-    compressor: str | None = None
-    chunk_rows: int | None = None
-    chunks_per_shard: int = 8  # as `hskcache build`
-    overwrite: bool = False
-    break_lock: bool = False  # take the lock of a writer that is dead
-
-    def validate(self) -> None:
-        """Raise one ConfigError naming every bad setting."""
-        checks = [
-            (
-                self.score_layer in (None, *SCORE_LAYERS),
-                f"score_layer must be one of {SCORE_LAYERS}",
-            ),
-            (
-                self.value_dtype in (None, *VALUE_DTYPES),
-                f"value_dtype must be one of {list(VALUE_DTYPES)}",
-            ),
-            (self.compressor in (None, *COMPRESSORS), f"compressor must be one of {COMPRESSORS}"),
-            (self.chunk_rows is None or self.chunk_rows >= 1, "chunk_rows must be >= 1"),
-            (self.chunks_per_shard >= 1, "chunks_per_shard must be >= 1"),
-        ]
-        problems = [msg for ok, msg in checks if not ok]
-        if problems:
-            raise ConfigError("; ".join(problems))
 
 
 @dataclass(frozen=True)

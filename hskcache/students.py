@@ -15,7 +15,6 @@ weights inside the cache, so `hsktrain fit` needs no teacher on the machine.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -24,33 +23,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from hskcache.errors import ConfigError
+from hskcache.shapes import student_shape
 
-PRESETS: dict[str, dict[str, int]] = {
-    "tinybert4": {
-        "num_hidden_layers": 4,
-        "hidden_size": 312,
-        "num_attention_heads": 12,
-        "intermediate_size": 1200,
-    },
-    "tinybert6": {
-        "num_hidden_layers": 6,
-        "hidden_size": 768,
-        "num_attention_heads": 12,
-        "intermediate_size": 3072,
-    },
-    "mini": {
-        "num_hidden_layers": 4,
-        "hidden_size": 128,
-        "num_attention_heads": 4,
-        "intermediate_size": 512,
-    },
-    "tiny": {
-        "num_hidden_layers": 2,
-        "hidden_size": 16,
-        "num_attention_heads": 2,
-        "intermediate_size": 32,
-    },
-}
 # Dimensions laid out as (heads x head_dim): Q/K/V outputs and the attention output's input.
 _HEAD_OUT = re.compile(r"\.(query|key|value|q|k|v)\.(weight|bias)$")
 _HEAD_IN = re.compile(r"\.(attention\.output\.dense|attn\.o)\.weight$")
@@ -67,25 +41,6 @@ def shrink_config(teacher_config, shape: str | dict):
         )
     config = teacher_config.__class__.from_dict({**teacher_config.to_dict(), **shape})
     return config
-
-
-def student_shape(student: str | dict) -> dict:
-    """A preset name, a JSON file of config fields (e.g. {"num_hidden_layers": 3, ...}),
-    or such a dict -> the dict."""
-    if isinstance(student, dict):
-        return student
-    if student in PRESETS:
-        return PRESETS[student]
-    if student.endswith(".json") and Path(student).is_file():
-        shape = json.loads(Path(student).read_text())
-        missing = {"num_hidden_layers", "hidden_size", "num_attention_heads"} - set(shape)
-        if missing:
-            raise ConfigError(f"{student}: student config lacks {sorted(missing)}")
-        return shape
-    raise ConfigError(
-        f"unknown student '{student}'; use a preset ({', '.join(PRESETS)}) or a "
-        "JSON file of config fields"
-    )
 
 
 def layer_subset(n_teacher: int, n_student: int) -> list[int]:

@@ -10,16 +10,13 @@ from dataclasses import dataclass
 import torch
 
 from hskcache.errors import ConfigError
+from hskcache.hsk import HskConfig, SelectionConfig, depth_pairs, width_count
 from hskcache.selection import (
-    HskConfig,
-    SelectionConfig,
-    depth_pairs,
     fixed_width_dims,
     gather_tokens,
     scoring_attention_layer,
     select_tokens,
     select_width_magnitude,
-    width_count,
 )
 from hskcache.teacher import ClsScoreProbe, Teacher, teacher_forward
 

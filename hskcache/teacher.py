@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError, TeacherError
 from hskcache.hub import hub_reachable
-from hskcache.precision import amp_problem, autocast
+from hskcache.precision import autocast
 
 # Families whose self-attention exposes Q/K projections the probe knows how to read.
 BERT_LIKE = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}
@@ -88,29 +89,6 @@ def refuse_custom_code(config: dict, where: str) -> None:
         raise TeacherError(
             f"{where}: model type '{model_type}' is unknown to transformers (custom code?); "
             f"refused: use a BERT-style family ({', '.join(sorted(SUPPORTED))})"
-        )
-
-
-def check_device(device: str) -> None:
-    """Refuse a device torch cannot use here, before any model is loaded.
-
-    Raises:
-        ConfigError: not cpu/cuda[:N], or a CUDA device on a machine where torch sees none.
-    """
-    if device == "cpu":
-        return
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise ConfigError(f"unknown device '{device}'; use cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"device '{device}' asked for, but torch {torch.__version__} sees no CUDA GPU "
-            "here; use --device cpu"
-        )
-    if index and int(index) >= torch.cuda.device_count():
-        raise ConfigError(
-            f"device '{device}' asked for, but torch sees {torch.cuda.device_count()} CUDA "
-            "GPU(s); use a lower index"
         )
 
 

@@ -25,18 +25,18 @@ import numpy as np
 import torch
 
 from hskcache.build import build_cache
-from hskcache.config import BuildConfig
+from hskcache.config import BuildConfig, DeriveConfig
 from hskcache.data import load_split
-from hskcache.derive import DeriveConfig, derive_cache
+from hskcache.derive import derive_cache
 from hskcache.errors import ConfigError, TeacherError
 from hskcache.inspect import describe, floor_bytes
 from hskcache.reader import open_cache
+from hskcache.shapes import student_shape
 from hskcache.teacher import Teacher, accepts, default_teacher_path, load_teacher
 from hskcache.tokenize import Encoded, tokenize
 from hsktrain.config import FitConfig
 from hsktrain.prepare import prepare
 from hsktrain.step import Distiller, make_optimizer, make_scaler, train_step
-from hsktrain.students import student_shape
 
 TEACHERS = {  # random-weight teacher shapes; None = a real pretrained teacher (`real_teacher`)
     "bert-base": {

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
 from hskcache.data import Columns
+from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError
+from hskcache.hsk import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
 from hskcache.localcache import parse_size
 from hskcache.lock import local_path
-from hskcache.precision import amp_problem
-from hskcache.selection import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
-from hskcache.teacher import check_device
-from hsktrain.students import INITS, student_shape
+from hskcache.shapes import student_shape
 
 MODES = ("two-stage", "joint", "hsk", "pred", "ce")
+INITS = ("select", "random", "pretrained")  # the student's weights: hsktrain/students.py
 LR_DECAYS = ("none", "linear")  # after warmup: constant (the paper's) or linear to 0 per stage
 # Stage-1 epochs per task in the paper (section 4); other tasks default to 10.
 PAPER_HSK_EPOCHS = {

@@ -34,13 +34,13 @@ from hskcache.config import BuildConfig
 from hskcache.data import load_split
 from hskcache.errors import ConfigError
 from hskcache.reader import open_cache
+from hskcache.shapes import student_shape
 from hskcache.tasks import get_task
 from hskcache.teacher import default_teacher_path
 from hsktrain.bench import machine
 from hsktrain.config import DEFAULTS, FitConfig, finetune_config
 from hsktrain.glue import find_task_data
 from hsktrain.metrics import main_metric
-from hsktrain.students import student_shape
 from hsktrain.train import fit
 
 NS = (1, 3, 10)  # students per cache in the amortised speedup

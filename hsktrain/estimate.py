@@ -10,7 +10,7 @@ from pathlib import Path
 from hskcache.build import build_cache
 from hskcache.config import BuildConfig
 from hskcache.data import load_split
-from hskcache.students import student_shape
+from hskcache.shapes import student_shape
 from hsktrain.config import FitConfig
 from hsktrain.grid import Grid, RunSpec, TaskRef, epochs, task_limit
 from hsktrain.results import builds_table, results_table

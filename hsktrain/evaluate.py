@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from hskcache.data import Columns
+from hskcache.devices import check_device
 from hskcache.errors import ConfigError, DataFormatError, TeacherError
-from hskcache.teacher import check_device, check_model_folder, check_token_limit
+from hskcache.teacher import check_model_folder, check_token_limit
 from hsktrain.batch import inputs
 from hsktrain.loader import ArraySource, ChunkShuffleLoader
 from hsktrain.metrics import task_metrics

@@ -14,14 +14,8 @@ from pathlib import Path
 
 from hskcache.config import _matches as matches  # one type rule for every config file
 from hskcache.errors import ConfigError
-from hskcache.selection import (
-    LENGTH_STRATEGIES,
-    WIDTH_STRATEGIES,
-    default_l_top,
-    depth_pairs,
-    parse_hsk,
-)
-from hskcache.students import student_shape
+from hskcache.hsk import LENGTH_STRATEGIES, WIDTH_STRATEGIES, default_l_top, depth_pairs, parse_hsk
+from hskcache.shapes import student_shape
 from hskcache.tasks import get_task
 from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig
 from hsktrain.glue import find_task_data

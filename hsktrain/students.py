@@ -18,19 +18,10 @@ from torch import nn
 from hskcache import assets
 from hskcache.assets import materialise
 from hskcache.errors import ConfigError
-from hskcache.students import (  # noqa: F401 (re-exported: the names `fit` and tests import)
-    PRESETS,
-    layer_subset,
-    load_state,
-    select_into,
-    select_weights,
-    shrink_config,
-    student_config,
-    student_shape,
-)
+from hskcache.shapes import student_shape
+from hskcache.students import load_state, select_into, student_config
 from hskcache.teacher import check_model_folder
-
-INITS = ("select", "random", "pretrained")
+from hsktrain.config import INITS
 
 
 def build_student(init: str, source: str, shape: str | dict | None, num_labels: int, seed: int):

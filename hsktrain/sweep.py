@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hskcache.build import build_cache
-from hskcache.config import BuildConfig
-from hskcache.derive import DeriveConfig, derive_cache
+from hskcache.config import BuildConfig, DeriveConfig
+from hskcache.derive import derive_cache
 from hskcache.errors import ConfigError, HskError, TeacherError
+from hskcache.hsk import default_l_top
 from hskcache.reader import open_cache
-from hskcache.selection import default_l_top
-from hskcache.students import student_shape
+from hskcache.shapes import student_shape
 from hskcache.tasks import get_task
 from hskcache.teacher import default_teacher_path, load_teacher
 from hsktrain.config import FitConfig, finetune_config

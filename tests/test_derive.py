@@ -18,8 +18,8 @@ import hskcache.derive as derive_mod
 from conftest import make_bert, write_sst2
 from hskcache.build import build_cache
 from hskcache.cli import app
-from hskcache.config import BuildConfig
-from hskcache.derive import DeriveConfig, derive_cache
+from hskcache.config import BuildConfig, DeriveConfig
+from hskcache.derive import derive_cache
 from hskcache.errors import CacheMismatchError, ConfigError
 from hskcache.manifest import MANIFEST_KEY
 from hskcache.reader import open_cache

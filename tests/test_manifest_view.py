@@ -58,7 +58,8 @@ def test_view_holds_every_field_of_a_real_manifest(built):
 
 
 def test_a_derived_caches_view_names_its_parent(built, tmp_path):
-    from hskcache.derive import DeriveConfig, derive_cache
+    from hskcache.config import DeriveConfig
+    from hskcache.derive import derive_cache
 
     parent = open_cache(built).info
     out = derive_cache(

@@ -4,20 +4,22 @@ import pytest
 import torch
 
 from hskcache.errors import ConfigError
-from hskcache.selection import (
-    PAD_POSITION,
+from hskcache.hsk import (
     SelectionConfig,
     default_l_top,
     depth_pairs,
+    parse_hsk,
+    teacher_layer_for,
+    width_count,
+)
+from hskcache.selection import (
+    PAD_POSITION,
     fixed_width_dims,
     gather_tokens,
-    parse_hsk,
     scatter_width,
     scoring_attention_layer,
     select_tokens,
     select_width_magnitude,
-    teacher_layer_for,
-    width_count,
 )
 from hskcache.targets import plan_selection
 

@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from hskcache.errors import ConfigError
-from hsktrain.students import build_student, layer_subset, load_state, make_projection
+from hskcache.students import layer_subset, load_state
+from hsktrain.students import build_student, make_projection
 
 
 def test_layer_subset():

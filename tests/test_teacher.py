@@ -68,7 +68,8 @@ def test_teacher_errors(tmp_path, tiny_bert):
 def test_custom_code_refused_in_any_config(tmp_path, tiny_bert):
     import shutil
 
-    from hskcache.teacher import check_device, check_model_folder
+    from hskcache.devices import check_device
+    from hskcache.teacher import check_model_folder
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_bert, folder)

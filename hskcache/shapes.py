@@ -1,0 +1,56 @@
+"""Student shapes: the named presets and the other ways to give one (a JSON file of config
+fields, a dict). Kept apart from the weight selection in students.py so the command configs
+that check `--student` (and every `--help`) load without torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hskcache.errors import ConfigError
+
+PRESETS: dict[str, dict[str, int]] = {
+    "tinybert4": {
+        "num_hidden_layers": 4,
+        "hidden_size": 312,
+        "num_attention_heads": 12,
+        "intermediate_size": 1200,
+    },
+    "tinybert6": {
+        "num_hidden_layers": 6,
+        "hidden_size": 768,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
+    "mini": {
+        "num_hidden_layers": 4,
+        "hidden_size": 128,
+        "num_attention_heads": 4,
+        "intermediate_size": 512,
+    },
+    "tiny": {
+        "num_hidden_layers": 2,
+        "hidden_size": 16,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    },
+}
+
+
+def student_shape(student: str | dict) -> dict:
+    """A preset name, a JSON file of config fields (e.g. {"num_hidden_layers": 3, ...}),
+    or such a dict -> the dict."""
+    if isinstance(student, dict):
+        return student
+    if student in PRESETS:
+        return PRESETS[student]
+    if student.endswith(".json") and Path(student).is_file():
+        shape = json.loads(Path(student).read_text())
+        missing = {"num_hidden_layers", "hidden_size", "num_attention_heads"} - set(shape)
+        if missing:
+            raise ConfigError(f"{student}: student config lacks {sorted(missing)}")
+        return shape
+    raise ConfigError(
+        f"unknown student '{student}'; use a preset ({', '.join(PRESETS)}) or a "
+        "JSON file of config fields"
+    )
