@@ -492,5 +492,23 @@ def report(
     console.print(f"wrote {path}", highlight=False)
 
 
+@app.command()
+def compare(
+    studies: Annotated[list[str], typer.Argument(help="Two or more study folders.")],
+    out: Annotated[str, Opt(help="Write the Markdown here (default: print it).")] = None,
+):
+    """Compare studies that train the same arms with other fit recipes: per task and metric,
+    one row per study (labelled by the options that differ from the first), one column per arm,
+    mean +- std over seeds."""
+    from hsktrain.study import compare as compare_studies
+
+    md = run_guarded(compare_studies, studies)
+    if out:
+        Path(out).write_text(md)
+        console.print(f"wrote {out}", highlight=False)
+    else:
+        print(md, end="")
+
+
 if __name__ == "__main__":
     sys.exit(app())

@@ -291,12 +291,16 @@ def plot(arms: list[Arm], metric: str, title: str, png: Path) -> None:
     plt.close(fig)
 
 
+def _arm_order(a: Arm) -> tuple:
+    """CE-only, prediction-only, full HSK, then the rest by HSK kept, most first."""
+    return ({"ce": 0, "pred": 1, "hsk": 2}[a.kind], a.hsk != "full", -a.fraction)
+
+
 def _table(arms: list[Arm], metric: str) -> list[str]:
     others = [m for m in METRICS if m != metric and any(m in a.scores for a in arms)]
     head = ["config", "kind", "axis", "HSK kept", "n", f"dev {metric}", *others, "train s"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    kinds = {"ce": 0, "pred": 1, "hsk": 2}
-    for a in sorted(arms, key=lambda a: (kinds[a.kind], a.hsk != "full", -a.fraction)):
+    for a in sorted(arms, key=_arm_order):
         cells = [f"`{a.config}`", a.kind, "+".join(a.axis),
                  f"{100 * a.fraction:.3g}%" if a.kind == "hsk" else "-", str(a.n),
                  a.show(metric).rsplit(" (", 1)[0],
@@ -352,6 +356,62 @@ def write_report(study: str | Path) -> Path:
     path = study / "README.md"
     path.write_text("\n".join(md) + "\n")
     return path
+
+
+def compare(studies: list[str | Path]) -> str:
+    """Markdown: per task, one row per study, one column per arm the studies share by name,
+    mean +- std (n) of each metric; a study is labelled by the fit options in which its
+    recipes differ from the first study's (the recipe question: same arms, other options).
+
+    Raises:
+        HskError: fewer than two studies, or one without results.
+    """
+    if len(studies) < 2:
+        raise HskError("compare needs two or more study folders")
+    # a teacher is its weights: studies that name one folder differently still compare
+    groups = [{(t, w.rsplit("@", 1)[-1]): (w, a) for (t, w), a in load_arms(s).items()}
+              for s in studies]  # fmt: skip
+    recipes = [_recipe_of(results_table(s).rows()) for s in studies]
+    md = [f"Regenerate: `hsktrain compare {' '.join(str(s) for s in studies)}`"]
+    for key in dict.fromkeys(k for g in groups for k in g):
+        task, teacher = key[0], next(g[key][0] for g in groups if key in g)
+        rows = [(s, g[key][1], r) for s, g, r in zip(studies, groups, recipes, strict=True)
+                if key in g]  # fmt: skip
+        arms = {a.config: a for _, arms, _ in reversed(rows) for a in arms}
+        configs = [a.config for a in sorted(arms.values(), key=_arm_order)]
+        metrics = [m for m in METRICS if any(m in a.scores for _, arms, _ in rows for a in arms)]
+        metrics.sort(key=lambda m: m != metric_of(task))
+        for m in metrics:
+            md += ["", f"## {task}, teacher `{teacher}`: dev {m}", "",
+                   "| study | recipe vs the first | " + " | ".join(f"`{c}`" for c in configs)
+                   + " |", "|" + "---|" * (len(configs) + 2)]  # fmt: skip
+            for study, arms, recipe in rows:
+                by = {a.config: a for a in arms}
+                cells = [by[c].show(m) if c in by and m in by[c].scores else "-" for c in configs]
+                label = _recipe_diff(recipes[0], recipe) or "-"
+                md.append(f"| `{Path(study).name}` | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(md) + "\n"
+
+
+def _recipe_of(rows: list[dict]) -> dict[str, dict[str, str]]:
+    """kind -> its runs' recipe as {option: value} (the first row of that kind)."""
+    out: dict[str, dict[str, str]] = {}
+    for r in rows:
+        out.setdefault(r["kind"], dict(kv.split("=", 1) for kv in r["recipe"].split()))
+    return out
+
+
+def _recipe_diff(base: dict[str, dict[str, str]], other: dict[str, dict[str, str]]) -> str:
+    """`warmup=0.1 lr_decay=linear`, per kind where kinds differ differently (`ce: ...`)."""
+    diffs: dict[str, list[str]] = {}
+    for kind, rec in other.items():
+        ref = base.get(kind, {})
+        d = " ".join(f"{k}={v}" for k, v in rec.items() if ref.get(k) != v) if ref else "?"
+        diffs.setdefault(d, []).append(kind)
+    diffs.pop("", None)
+    if len(diffs) == 1 and len(next(iter(diffs.values()))) == len(other):
+        return next(iter(diffs))
+    return "; ".join(f"{', '.join(kinds)}: {d}" for d, kinds in diffs.items())
 
 
 def _recipes(rows: list[dict], task: str, teacher: str) -> list[str]:

@@ -24,7 +24,7 @@ from hsktrain.grid import (
     task_limit,
 )
 from hsktrain.results import results_table
-from hsktrain.study import write_report
+from hsktrain.study import compare, write_report
 from hsktrain.sweep import plan_sweep, run_sweep
 
 SST2 = TaskRef("sst2", "SST-2", 64)
@@ -358,6 +358,8 @@ def test_cli_refuses_a_bad_grid_and_an_empty_study_in_one_line(tmp_path):
     assert " ".join(r.output.split()) == (
         f"error: {tmp_path}: no results.csv rows; run `hsktrain sweep` with this study folder first"
     )
+    r = CliRunner().invoke(app, ["compare", str(tmp_path), str(tmp_path / "other")])
+    assert r.exit_code == 1 and "no results.csv rows" in r.output
 
 
 def test_finetuned_teacher_is_trained_once_and_reused(tmp_path, tiny_bert):
@@ -422,3 +424,24 @@ def test_a_table_of_another_version_is_refused_naming_its_columns(tmp_path):
     )
     with pytest.raises(HskError, match=want):
         results_table(study).rows()
+
+
+def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp_path):
+    first, second = tmp_path / "paper", tmp_path / "lr"
+    for row in fake_rows():
+        results_table(first).append(row)
+    for row in fake_rows()[:4]:  # ce and pred, the prediction lr raised; another teacher name
+        lr = "pred_lr=0.0001" if row["kind"] == "ce" else "pred_lr=5e-05"
+        results_table(second).append(
+            row
+            | {"teacher": "renamed@abc", "recipe": lr, "dev_accuracy": row["dev_accuracy"] + 0.01}
+        )
+    md = compare([first, second])
+    assert md.count("## sst2, teacher `t@abc`: dev accuracy") == 1  # the same weights
+    assert "| study | recipe vs the first | `ce` | `pred` | `full/-/-/l_top4` | `5l_64t" in md
+    assert "| `paper` | - | 0.8100 +- 0.0141 (n=2) | 0.8200 +- 0.0141 (n=2) | 0.8500" in md
+    assert (
+        "| `lr` | pred: pred_lr=5e-05 | 0.8200 +- 0.0141 (n=2) | 0.8300 +- 0.0141 (n=2) | - |" in md
+    )
+    with pytest.raises(HskError, match="compare needs two or more study folders"):
+        compare([first])
