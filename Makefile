@@ -53,7 +53,7 @@ bench-e2e: install
 # The quality study (hours on 2 cores): every sweep resumes from its committed results.csv, so
 # kill it whenever and rerun; each report is regenerated from its table.
 # The core table first: the others reuse the teachers it fine-tunes.
-RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard)
+RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard t2 split)
 STUDIES := reports/minilm-core reports/minilm-grouped $(RECIPES) reports/mpnet-core \
 	reports/minilm-mrpc-curves
 study: install mpnet
