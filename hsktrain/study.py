@@ -377,9 +377,9 @@ def compare(studies: list[str | Path]) -> str:
         task, teacher = key[0], next(g[key][0] for g in groups if key in g)
         rows = [(s, g[key][1], r) for s, g, r in zip(studies, groups, recipes, strict=True)
                 if key in g]  # fmt: skip
-        arms = {a.config: a for _, arms, _ in reversed(rows) for a in arms}
-        configs = [a.config for a in sorted(arms.values(), key=_arm_order)]
-        metrics = [m for m in METRICS if any(m in a.scores for _, arms, _ in rows for a in arms)]
+        union = {a.config: a for _, arms, _ in reversed(rows) for a in arms}
+        configs = [a.config for a in sorted(union.values(), key=_arm_order)]
+        metrics = [m for m in METRICS if any(m in a.scores for a in union.values())]
         metrics.sort(key=lambda m: m != metric_of(task))
         for m in metrics:
             md += ["", f"## {task}, teacher `{teacher}`: dev {m}", "",
