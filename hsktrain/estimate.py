@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -68,6 +69,10 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
     say(f"estimated time: {total / 3600:.1f} h ({total:.0f} s)")
     for line in how:
         say(f"  {line}")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if any(" here" in line for line in how) and load > cores / 2:
+        say(f"  timed at load {load:.1f} on {cores} cores: other work here (a study running?) "
+            "inflates the estimate")  # fmt: skip
     return {"runs": len(sweep.runs), "done": len(sweep.done), "pending": len(sweep.pending),
             "seconds": total, "how": how}  # fmt: skip
 

@@ -380,13 +380,18 @@ def test_finetuned_teacher_is_trained_once_and_reused(tmp_path, tiny_bert):
     assert (grid.work / "teachers" / f"sst2-{tiny_bert.name}" / "best" / "config.json").is_file()
 
 
-def test_dry_run_times_a_few_steps_when_the_table_is_empty(tmp_path, tiny_bert):
+def test_dry_run_times_a_few_steps_when_the_table_is_empty(tmp_path, tiny_bert, monkeypatch):
     grid = fake_grid(tmp_path, tiny_bert, seeds=[0], fit={"max_length": 16, "batch_size": 4})
     lines = []
+    monkeypatch.setattr("os.getloadavg", lambda: (7.5, 7.0, 6.0))  # a busy machine
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
     plan = dry_run(grid, measure=True, say=lines.append)
     assert plan["pending"] == 2 and plan["seconds"] > 0
     assert any("ms/step measured here, batch 4" in x for x in lines)
     assert any("1 build(s), 0 fine-tune epoch(s) at" in x for x in lines)
+    assert lines[-1] == (
+        "  timed at load 7.5 on 2 cores: other work here (a study running?) inflates the estimate"
+    )
     assert not (tmp_path / "study" / "results.csv").exists()
 
 
