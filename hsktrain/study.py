@@ -228,11 +228,17 @@ def claim_joint(arms: list[Arm], metric: str) -> tuple[str, list[str]]:
     return f"{'held' if all(wins) else 'not held'} ({sum(wins)} of {len(wins)})", lines
 
 
+NOT_RUN = "not run here"
+
+
 def claims(arms: list[Arm], metric: str) -> list[tuple[str, str, list[str]]]:
+    """(claim, verdict, evidence lines) for every claim; NOT_RUN for a claim about an axis the
+    study has no arms on (a recipe study has none on the curves' axes)."""
     tokens = lambda a: int(a.hsk.split("l_")[1].split("t_")[0])  # noqa: E731
     width = lambda a: float(a.hsk.split("t_")[1].rstrip("h"))  # noqa: E731
     length = ["attention-no-sep", "attention", "left"]
-    return [
+    axes = {x for a in arms if a.kind == "hsk" for x in a.axis}
+    judged = [
         ("distillation beats CE-only", *claim_beats(arms, metric, "ce")),
         ("HSK adds to prediction-only KD", *claim_beats(arms, metric, "pred")),
         ("compressed HSK >= full HSK", *claim_compressed(arms, metric)),
@@ -245,6 +251,9 @@ def claims(arms: list[Arm], metric: str) -> list[tuple[str, str, list[str]]]:
         ("an intermediate l_top beats the top layer (depth)", *claim_ltop(arms, metric)),
         ("joint compression beats single-axis at equal budget", *claim_joint(arms, metric)),
     ]  # fmt: skip
+    needs = [None, None, None, "length", "width", "width", "depth", "joint"]
+    return [(name, verdict, lines) if axis is None or axis in axes else (name, NOT_RUN, [])
+            for (name, verdict, lines), axis in zip(judged, needs, strict=True)]  # fmt: skip
 
 
 # --- plots and the Markdown -------------------------------------------------------------------
@@ -350,9 +359,13 @@ def write_report(study: str | Path) -> Path:
                f"teacher depth {first.teacher_depth}.", "", *_recipes(results, task, teacher), "",
                *_table(arms, metric), "", f"![marginal utility]({png.name})", "",
                "### Claims checked here", ""]  # fmt: skip
-        for name, verdict, lines in claims(arms, metric):
-            md.append(f"- **{name}**: {verdict}")
-            md += [f"  - {line}" for line in lines]
+        checked = claims(arms, metric)
+        for name, verdict, lines in checked:
+            if verdict != NOT_RUN:
+                md.append(f"- **{name}**: {verdict}")
+                md += [f"  - {line}" for line in lines]
+        if skipped := [name for name, verdict, _ in checked if verdict == NOT_RUN]:
+            md.append(f"- not judged, no arms on their axis in this study: {'; '.join(skipped)}")
     path = study / "README.md"
     path.write_text("\n".join(md) + "\n")
     return path

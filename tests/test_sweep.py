@@ -305,8 +305,13 @@ def test_report_tables_claims_and_plots_from_a_fake_table(tmp_path):
     assert "attention-no-sep: mean over [1] = 0.7900" in md
     assert "- **magnitude > uniform / random (width)**: held (random missing)" in md
     assert "threshold (width)**: not held\n  - magnitude: mean over [0.1] = 0.8350" in md
+    assert md.count("threshold (width)**: not held") == 1  # width arms: judged
+    # the full arm is the depth axis's 100% point: judged, with too little data
     assert "- **an intermediate l_top beats the top layer (depth)**: not enough data" in md
-    assert "- **joint compression beats single-axis at equal budget**: not enough data" in md
+    assert md.endswith(
+        "- not judged, no arms on their axis in this study: joint compression beats single-axis "
+        "at equal budget\n"
+    )
     png = study / "sst2-t-abc.png"
     assert png.stat().st_size > 10_000 and "![marginal utility](sst2-t-abc.png)" in md
 
