@@ -396,9 +396,13 @@ def fit_options(grid: Grid, arm: Arm) -> dict:
 
 
 def recipe(grid: Grid, arm: Arm) -> str:
-    """`key=value` for every RECIPE field of the arm's runs, defaults included."""
+    """`key=value` for every RECIPE field of the arm's runs, defaults included; an int given
+    for a float option is written as that float (`temperature = 1` is `temperature=1.0`)."""
     values = {f.name: f.default for f in fields(FitConfig)} | fit_options(grid, arm)
-    return " ".join(f"{k}={values[k]}" for k in RECIPE)
+    hints = typing.get_type_hints(FitConfig)
+    floats = {k for k in RECIPE if float in (hints[k], *typing.get_args(hints[k]))}
+    as_given = lambda k, v: float(v) if k in floats and type(v) is int else v  # noqa: E731
+    return " ".join(f"{k}={as_given(k, values[k])}" for k in RECIPE)
 
 
 LIST_FLAGS = {

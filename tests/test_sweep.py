@@ -218,6 +218,8 @@ def test_rerun_skips_every_finished_run(tmp_path, tiny_bert, monkeypatch):
     # the fit recipe is part of the budget: a changed [fit] option, ce_lr or default of `fit`
     # is named with only the options that differ
     assert rows[0]["recipe"].split()[:2] == ["hsk_lr=5e-05", "pred_lr=2e-05"]
+    same = fake_grid(tmp_path, tiny_bert, fit={"temperature": 1, "max_grad_norm": None})
+    assert len(run_sweep(same, runner, show_progress=False, say=lambda _: None).done) == 4
     hot = fake_grid(tmp_path, tiny_bert, fit={"temperature": 2.0})
     with pytest.raises(ConfigError, match=r"e\.g\. sst2 ce seed 0: recipe temperature=1\.0 "
                        r"\(this grid: temperature=2\.0\)"):  # fmt: skip
