@@ -41,6 +41,7 @@ class Arm:
     fraction: float
     scores: dict[str, list[float]] = field(default_factory=dict)  # metric -> one per seed
     seconds: list[float] = field(default_factory=list)
+    best: list[tuple[str, str]] = field(default_factory=list)  # (stage, epoch) of each seed's best
 
     @property
     def n(self) -> int:
@@ -85,6 +86,7 @@ def load_arms(study: str | Path) -> dict[tuple[str, str], list[Arm]]:
             if r[f"dev_{m}"]:
                 a.scores.setdefault(m, []).append(float(r[f"dev_{m}"]))
         a.seconds.append(float(r["train_seconds"] or 0))
+        a.best.append((r["best_stage"] or "-", r["best_epoch"] or "-"))
     return {k: list(v.values()) for k, v in out.items()}
 
 
@@ -305,16 +307,26 @@ def _arm_order(a: Arm) -> tuple:
     return ({"ce": 0, "pred": 1, "hsk": 2}[a.kind], a.hsk != "full", -a.fraction)
 
 
+def _best(a: Arm) -> str:
+    """Each seed's best dev epoch (1-based, in its stage): `pred 3, 1, 3` when one stage holds
+    them all. An arm whose best comes at its last epoch wanted more; at its first, less."""
+    stages = {s for s, _ in a.best}
+    if len(stages) == 1:
+        return f"{stages.pop()} {', '.join(e for _, e in a.best)}"
+    return ", ".join(f"{s} {e}" for s, e in a.best)
+
+
 def _table(arms: list[Arm], metric: str) -> list[str]:
     others = [m for m in METRICS if m != metric and any(m in a.scores for a in arms)]
-    head = ["config", "kind", "axis", "HSK kept", "n", f"dev {metric}", *others, "train s"]
+    head = ["config", "kind", "axis", "HSK kept", "n", f"dev {metric}", *others, "best epoch",
+            "train s"]  # fmt: skip
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in sorted(arms, key=_arm_order):
         cells = [f"`{a.config}`", a.kind, "+".join(a.axis),
                  f"{100 * a.fraction:.3g}%" if a.kind == "hsk" else "-", str(a.n),
                  a.show(metric).rsplit(" (", 1)[0],
                  *(a.show(m).rsplit(" (", 1)[0] if m in a.scores else "-" for m in others),
-                 f"{statistics.fmean(a.seconds):.0f}"]  # fmt: skip
+                 _best(a), f"{statistics.fmean(a.seconds):.0f}"]  # fmt: skip
         out.append("| " + " | ".join(cells) + " |")
     return out
 

@@ -281,7 +281,7 @@ def test_report_tables_claims_and_plots_from_a_fake_table(tmp_path):
         table.append(row)
     md = write_report(study).read_text()
     std = statistics.stdev([0.80, 0.82])  # 0.0141
-    assert f"| `ce` | ce | baseline | - | 2 | 0.8100 +- {std:.4f} | 100 |" in md
+    assert f"| `ce` | ce | baseline | - | 2 | 0.8100 +- {std:.4f} | pred 2, 2 | 100 |" in md
     full = "| `full/-/-/l_top4` | hsk | config+depth+length+width | 70% | 2 | 0.8500 +- 0.0141 |"
     assert full in md
     # width: magnitude 0.835 +- 0.0071 (0.83, 0.84)
