@@ -504,6 +504,7 @@ def compare(
 
     md = run_guarded(compare_studies, studies)
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(md)
         console.print(f"wrote {out}", highlight=False)
     else:
