@@ -405,6 +405,11 @@ def recipe(grid: Grid, arm: Arm) -> str:
     return " ".join(f"{k}={as_given(k, values[k])}" for k in RECIPE)
 
 
+def parse_recipe(cell: str) -> dict[str, str]:
+    """A results row's `recipe` cell back to {option: value}."""
+    return dict(kv.split("=", 1) for kv in cell.split())
+
+
 LIST_FLAGS = {
     "tasks": str, "seeds": int, "baselines": str, "configs": str, "joint": str,
     "depth_layers": int, "depth_l_top": int, "length_tokens": int, "length_strategies": str,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hskcache import __version__
 from hskcache.errors import ConfigError, HskError
-from hsktrain.grid import Grid, RunSpec, epochs, recipe, task_limit
+from hsktrain.grid import Grid, RunSpec, epochs, parse_recipe, recipe, task_limit
 
 METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
 COLUMNS = [
@@ -140,7 +140,7 @@ def split_done(
 def _differs(key: str, had: str, want: str) -> str:
     """`pred_epochs 2 (this grid: 3)`; for the recipe only the options that differ."""
     if key == "recipe":
-        a, b = (dict(kv.split("=", 1) for kv in s.split()) for s in (had, want))
+        a, b = parse_recipe(had), parse_recipe(want)
         changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         had = " ".join(f"{k}={a.get(k, '-')}" for k in changed)
         want = " ".join(f"{k}={b.get(k, '-')}" for k in changed)

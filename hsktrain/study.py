@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hskcache.errors import HskError
+from hsktrain.grid import parse_recipe
 from hsktrain.metrics import main_metric
 from hsktrain.results import METRICS, builds_table, results_table
 
@@ -424,7 +425,7 @@ def _recipe_of(rows: list[dict]) -> dict[str, dict[str, str]]:
     """kind -> its runs' recipe as {option: value} (the first row of that kind)."""
     out: dict[str, dict[str, str]] = {}
     for r in rows:
-        out.setdefault(r["kind"], dict(kv.split("=", 1) for kv in r["recipe"].split()))
+        out.setdefault(r["kind"], parse_recipe(r["recipe"]))
     return out
 
 
