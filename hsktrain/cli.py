@@ -417,7 +417,8 @@ def _emit(result: dict, write, table, as_json: bool) -> None:
         console.print(table(result))
 
 
-_NOT_GRID = ("config", "dry_run", "measure", "quiet")  # sweep's options that are not grid keys
+# sweep's options that are not grid keys
+_NOT_GRID = ("config", "device", "shard", "dry_run", "measure", "quiet")
 
 
 @app.command()
@@ -451,6 +452,16 @@ def sweep(
     width_strategies: Annotated[
         str, Opt(help="Width axis: strategies, comma list (threshold: per batch, online).")
     ] = None,
+    device: Annotated[
+        str, Opt(help="cpu or cuda[:N] for every fine-tune, build and fit (over [fit] device).")
+    ] = None,
+    shard: Annotated[
+        str,
+        Opt(
+            help="I/N: run only every N-th run of the grid from the I-th (0-based), so N sweeps "
+            "(one per GPU, say) share one study: its tables and caches, under file locks."
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, Opt(help="Print the grid, what is done and an estimated time; train nothing.")
     ] = False,
@@ -463,10 +474,12 @@ def sweep(
     flags = given(ctx, *_NOT_GRID)
 
     def body():
-        from hsktrain.grid import load_grid, parse_flags
+        from hsktrain.grid import load_grid, parse_flags, parse_shard
 
         quiet_transformers()
-        grid = load_grid(str(config) if config else None, parse_flags(flags))
+        part = parse_shard(shard) if shard else (0, 1)
+        fit = {"device": device} if device else None
+        grid = load_grid(str(config) if config else None, parse_flags(flags), fit)
         if dry_run:
             from hsktrain.estimate import dry_run as plan
 
@@ -474,7 +487,7 @@ def sweep(
             return
         from hsktrain.sweep import run_sweep
 
-        done = run_sweep(grid, show_progress=not quiet, say=say)
+        done = run_sweep(grid, show_progress=not quiet, say=say, shard=part)
         say(f"done: {len(done.pending)} run(s) added to {grid.study}/results.csv; "
             f"`hsktrain report {grid.study}` writes the report")  # fmt: skip
 

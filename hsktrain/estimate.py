@@ -23,11 +23,13 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
     """Print the grid, which runs are done, and the time the rest should take; train nothing.
 
     The estimate, per task: seconds per epoch are the median `train_seconds / epochs` of the
-    task's rows already in the table; without any, a few CE steps of the student are timed on
+    task's rows already in the table from the same device (a GPU's seconds say nothing of a
+    CPU's); without any, a few CE steps of the student are timed on
     this machine (per step, after the first two) and an epoch is `steps * step + dev rows
     scored at a third of a step's cost per row`. Cache builds and fine-tunes: rows per second
-    of earlier builds in builds.csv, else a teacher pass over 96 rows (batch 16) timed here; a
-    fine-tune epoch costs three teacher passes (forward and backward). Derives count as free.
+    of earlier builds in builds.csv on the same device, else a teacher pass over 96 rows
+    (batch 16) timed here; a fine-tune epoch costs three teacher passes (forward and backward).
+    Derives count as free.
 
     Returns:
         {"runs", "done", "pending", "seconds", "how"}.
@@ -50,13 +52,13 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
             continue
         n_train, n_dev = _row_counts(grid, task)
         teacher = ctx.teachers[task.name]
-        epoch_s, epoch_why = _epoch_seconds(grid, task, rows, n_train, n_dev, measure)
+        epoch_s, epoch_why = _epoch_seconds(ctx, task, rows, n_train, n_dev, measure)
         if epoch_s is not None:
             total += sum(sum(epochs(grid, r)) for r in pending) * epoch_s
             how.append(f"{task.name}: {epoch_s:.1f} s/epoch ({epoch_why})")
         builds = _builds_needed(ctx, task, pending)
         if builds or teacher.path is None:
-            rate, why = _teacher_rate(grid, task, measure)
+            rate, why = _teacher_rate(ctx, task, measure)
             if rate is None:
                 how.append(f"{task.name}: {builds} build(s) not estimated ({why})")
             else:
@@ -82,12 +84,16 @@ def _row_counts(grid: Grid, task: TaskRef) -> tuple[int, int]:
     return n_train, len(load_split(task.folder, task.name, "dev", limit=grid.dev_limit))
 
 
-def _epoch_seconds(grid, task, rows, n_train, n_dev, measure) -> tuple[float | None, str]:
-    mine = [r for r in rows if r["task"] == task.name and r["student"] == grid.student]
+def _epoch_seconds(ctx, task, rows, n_train, n_dev, measure) -> tuple[float | None, str]:
+    grid = ctx.grid
+    mine = [r for r in rows if r["task"] == task.name and r["student"] == grid.student
+            and r["device"] == ctx.device]  # fmt: skip
     per = [float(r["train_seconds"]) / (int(r["hsk_epochs"]) + int(r["pred_epochs"]))
            for r in mine if r["train_seconds"]]  # fmt: skip
     if per:
-        return statistics.median(per), f"median of {len(per)} finished runs in results.csv"
+        return statistics.median(per), (
+            f"median of {len(per)} finished runs on {ctx.device} in results.csv"
+        )
     if not measure:
         return None, "no finished run of this task, and measuring was turned off"
     step = measure_step(grid, task)
@@ -130,12 +136,14 @@ def _builds_needed(ctx: Context, task: TaskRef, pending: list[RunSpec]) -> int:
     return len(need)
 
 
-def _teacher_rate(grid: Grid, task: TaskRef, measure: bool) -> tuple[float | None, str]:
+def _teacher_rate(ctx: Context, task: TaskRef, measure: bool) -> tuple[float | None, str]:
+    grid = ctx.grid
     rows = [r for r in builds_table(grid.study).rows()
-            if r["task"] == task.name and r["how"].startswith("build") and r["rows"]]  # fmt: skip
+            if r["task"] == task.name and r["how"].startswith("build") and r["rows"]
+            and r["device"] == ctx.device]  # fmt: skip
     if rows:
         rate = sum(int(r["rows"]) for r in rows) / sum(float(r["seconds"]) for r in rows)
-        return rate, f"{len(rows)} earlier build(s) in builds.csv"
+        return rate, f"{len(rows)} earlier build(s) on {ctx.device} in builds.csv"
     if not measure:
         return None, "no earlier build, and measuring was turned off"
 

@@ -74,8 +74,9 @@ class Grid:
         return Path(self.workdir) if self.workdir else Path(self.study) / "work"
 
 
-def load_grid(path: str | None, flags: dict) -> Grid:
-    """A Grid from a TOML file overlaid with the flags given; every problem in one error.
+def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:
+    """A Grid from a TOML file overlaid with the flags given (`fit`: options overlaid on its
+    [fit] table, as `--device`); every problem in one error.
 
     Raises:
         ConfigError: unreadable file, unknown keys, wrong types, bad values, all named.
@@ -92,6 +93,8 @@ def load_grid(path: str | None, flags: dict) -> Grid:
             else:
                 values[k] = v
     values |= {k: v for k, v in flags.items() if v is not None}
+    if fit:
+        values["fit"] = {**values.get("fit", {}), **fit}
     hints = typing.get_type_hints(Grid)
     p = [f"unknown key '{_dotted(k)}'" for k in values if k not in hints]
     p += [
@@ -415,6 +418,18 @@ LIST_FLAGS = {
     "depth_layers": int, "depth_l_top": int, "length_tokens": int, "length_strategies": str,
     "width_fractions": float, "width_strategies": str,
 }  # fmt: skip
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`--shard I/N` as (I, N), 0 <= I < N.
+
+    Raises:
+        ConfigError: not two integers so related.
+    """
+    i, _, n = text.partition("/")
+    if not (i.strip().isdigit() and n.strip().isdigit()) or not int(i) < int(n):
+        raise ConfigError(f"--shard '{text}': give I/N with 0 <= I < N (e.g. 0/4 ... 3/4)")
+    return int(i), int(n)
 
 
 def parse_flags(flags: dict) -> dict:

@@ -4,6 +4,8 @@ build and derive), appended one flushed row at a time, and which runs they alrea
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
 import os
 import subprocess
 from datetime import UTC, datetime
@@ -18,10 +20,10 @@ COLUMNS = [
     "task", "teacher", "teacher_depth", "student", "config", "kind", "axis", "hsk", "length",
     "width_strategy", "l_top", "hsk_fraction", "seed", "hsk_epochs", "pred_epochs", "limit",
     "recipe", *(f"dev_{m}" for m in METRICS), "best_stage", "best_epoch", "train_seconds",
-    "cache_bytes", "code_version", "timestamp",
+    "device", "cache_bytes", "code_version", "timestamp",
 ]  # fmt: skip
 BUILD_COLUMNS = [
-    "task", "teacher", "cache", "how", "source", "seconds", "bytes", "rows", "dev",
+    "task", "teacher", "cache", "how", "source", "seconds", "device", "bytes", "rows", "dev",
     "code_version", "timestamp",
 ]  # fmt: skip
 KEY = ("task", "teacher", "config", "seed")
@@ -40,6 +42,16 @@ def code_version() -> str:
         return git("rev-parse", "--short", "HEAD") + dirty
     except (OSError, subprocess.SubprocessError):
         return f"v{__version__}"
+
+
+def device_label(device: str) -> str:
+    """What ran the work, for the seconds beside it: `cpu`, or `cuda (NVIDIA H200)`. A table's
+    seconds from different machines are not comparable, so every row names its own."""
+    if not device.startswith("cuda"):
+        return device
+    import torch  # lazy: the tables are read by commands that never touch a device
+
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
 
 
 def now() -> str:
@@ -75,19 +87,21 @@ class Table:
             return list(reader)
 
     def append(self, row: dict) -> None:
-        """Write one row; a partial last line (a kill mid-write) is cut off first."""
+        """Write one row; a partial last line (a kill mid-write) is cut off first. Under an
+        exclusive lock of the file: the shards of one study (`sweep --shard`) share it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        if not new:
-            with self.path.open("rb+") as f:
-                data = f.read()
-                if not data.endswith(b"\n"):
-                    f.truncate(data.rfind(b"\n") + 1)
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, self.columns)
-            if new:
+        with self.path.open("a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+            text = io.StringIO()
+            w = csv.DictWriter(text, self.columns)
+            if f.seek(0, os.SEEK_END) == 0:
                 w.writeheader()
             w.writerow({k: _cell(row.get(k)) for k in self.columns})
+            f.write(text.getvalue().encode())
             f.flush()
             os.fsync(f.fileno())
 

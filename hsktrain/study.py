@@ -42,6 +42,7 @@ class Arm:
     fraction: float
     scores: dict[str, list[float]] = field(default_factory=dict)  # metric -> one per seed
     seconds: list[float] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)  # what trained each seed (its seconds)
     best: list[tuple[str, str]] = field(default_factory=list)  # (stage, epoch) of each seed's best
 
     @property
@@ -87,6 +88,7 @@ def load_arms(study: str | Path) -> dict[tuple[str, str], list[Arm]]:
             if r[f"dev_{m}"]:
                 a.scores.setdefault(m, []).append(float(r[f"dev_{m}"]))
         a.seconds.append(float(r["train_seconds"] or 0))
+        a.devices.append(r["device"])
         a.best.append((r["best_stage"] or "-", r["best_epoch"] or "-"))
     return {k: list(v.values()) for k, v in out.items()}
 
@@ -317,6 +319,31 @@ def _best(a: Arm) -> str:
     return ", ".join(f"{s} {e}" for s, e in a.best)
 
 
+def _seconds(a: Arm) -> str:
+    """Mean train seconds, per device when its seeds ran on several (`875 cpu, 12 cuda`)."""
+    by: dict[str, list[float]] = {}
+    for device, s in zip(a.devices, a.seconds, strict=True):
+        by.setdefault(device, []).append(s)
+    if len(by) == 1:
+        return f"{statistics.fmean(a.seconds):.0f}"
+    return ", ".join(f"{statistics.fmean(v):.0f} {d}" for d, v in by.items())
+
+
+def _wall_clock(results: list[dict], builds: list[dict]) -> list[str]:
+    """The study's compute, per device: `**1.20 h** on cpu (... s training 6 runs + ...)`."""
+    devices = list(dict.fromkeys(r["device"] for r in [*results, *builds]))
+    out = []
+    for d in devices:
+        runs = [r for r in results if r["device"] == d]
+        made = [r for r in builds if r["device"] == d]
+        train_s = sum(float(r["train_seconds"] or 0) for r in runs)
+        build_s = sum(float(r["seconds"] or 0) for r in made)
+        out.append(f"**{(train_s + build_s) / 3600:.2f} h** on {d} ({train_s:.0f} s training "
+                   f"{len(runs)} runs + {build_s:.0f} s fine-tuning, building and deriving "
+                   f"{len(made)} teachers and caches)")  # fmt: skip
+    return out
+
+
 def _table(arms: list[Arm], metric: str) -> list[str]:
     others = [m for m in METRICS if m != metric and any(m in a.scores for a in arms)]
     head = ["config", "kind", "axis", "HSK kept", "n", f"dev {metric}", *others, "best epoch",
@@ -327,7 +354,7 @@ def _table(arms: list[Arm], metric: str) -> list[str]:
                  f"{100 * a.fraction:.3g}%" if a.kind == "hsk" else "-", str(a.n),
                  a.show(metric).rsplit(" (", 1)[0],
                  *(a.show(m).rsplit(" (", 1)[0] if m in a.scores else "-" for m in others),
-                 _best(a), f"{statistics.fmean(a.seconds):.0f}"]  # fmt: skip
+                 _best(a), _seconds(a)]  # fmt: skip
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -341,17 +368,13 @@ def write_report(study: str | Path) -> Path:
     study = Path(study)
     groups = load_arms(study)
     results, builds = results_table(study).rows(), builds_table(study).rows()
-    train_s = sum(float(r["train_seconds"] or 0) for r in results)
-    build_s = sum(float(r["seconds"] or 0) for r in builds)
     md = [
         f"# Study `{study.name}`",
         "",
         f"Regenerate: `hsktrain report {study}` (from `results.csv`, `builds.csv`). "
         "Scores are dev-set means over seeds +- their sample standard deviation; n = seeds.",
         "",
-        f"Wall-clock of the whole study: **{(train_s + build_s) / 3600:.2f} h** "
-        f"({train_s:.0f} s training {len(results)} runs + {build_s:.0f} s fine-tuning, "
-        f"building and deriving {len(builds)} teachers and caches).",
+        f"Wall-clock of the whole study: {'; '.join(_wall_clock(results, builds))}.",
         "",
     ]
     teachers = [r for r in builds if r["how"] == "finetune" and r["dev"]]

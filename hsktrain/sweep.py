@@ -11,11 +11,14 @@ same batches for a seed (only the HSK differs), at the price of fixed-size chunk
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from hskcache.build import build_cache
@@ -45,6 +48,7 @@ from hsktrain.results import (
     Table,
     builds_table,
     code_version,
+    device_label,
     now,
     planned,
     results_table,
@@ -53,6 +57,16 @@ from hsktrain.results import (
 from hsktrain.train import fit
 
 # --- teachers and caches ----------------------------------------------------------------------
+
+
+@contextmanager
+def work_lock(grid: Grid) -> Iterator[None]:
+    """Hold the study's work folder exclusively (an flock, released when the process dies):
+    the shards of one study (`sweep --shard`) fine-tune each teacher and make each cache once."""
+    grid.work.mkdir(parents=True, exist_ok=True)
+    with (grid.work / ".sweep.lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 @dataclass
@@ -110,7 +124,9 @@ def resolve_teacher(grid: Grid, task: TaskRef, base: str, ctx: Context | None) -
     if not (folder / "teacher.json").is_file():
         if ctx is None:
             return TeacherRef(None, None, depth)
-        _finetune(grid, task, base, folder, ctx)
+        with work_lock(grid):  # the first shard fine-tunes, the others wait and reuse it
+            if not (folder / "teacher.json").is_file():
+                _finetune(grid, task, base, folder, ctx)
     best = str(folder / "best")
     return TeacherRef(best, teacher_key(best, task.name, teacher_name(base, True)), depth)
 
@@ -130,7 +146,8 @@ def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) 
     key = teacher_key(str(folder / "best"), task.name, teacher_name(base, True))
     ctx.builds.append({
         "task": task.name, "teacher": key, "cache": "teacher", "how": "finetune",
-        "source": base, "seconds": seconds, "bytes": _folder_bytes(folder / "best"),
+        "source": base, "seconds": seconds, "device": ctx.device,
+        "bytes": _folder_bytes(folder / "best"),
         "rows": None, "dev": json.dumps(result.metrics), "code_version": ctx.version,
         "timestamp": now(),
     })  # fmt: skip
@@ -198,6 +215,11 @@ class Context:
     show_progress: bool = True
     say: Callable[[str], None] = print
 
+    @cached_property
+    def device(self) -> str:
+        """The tables' `device` cell of everything this sweep runs."""
+        return device_label(self.grid.fit.get("device", "cpu"))
+
     @property
     def n_student(self) -> int:
         return student_shape(self.grid.student)["num_hidden_layers"]
@@ -226,10 +248,9 @@ class Context:
         else:
             sel = arm_sel(run.arm)
         source = family_source([s for s in sels if s.family == sel.family] or [sel])
-        src_dir = self._build(task, source)
-        if sel == source:
-            return src_dir
-        return self._derive(task, src_dir, sel)
+        with work_lock(self.grid):  # another shard may be making the same cache
+            src_dir = self._build(task, source)
+            return src_dir if sel == source else self._derive(task, src_dir, sel)
 
     def _complete(self, path: Path) -> bool:
         try:
@@ -281,7 +302,7 @@ class Context:
         m = open_cache(str(out)).info
         self.builds.append({
             "task": task.name, "teacher": self.teachers[task.name].key, "cache": out.name,
-            "how": how, "source": source, "seconds": seconds,
+            "how": how, "source": source, "seconds": seconds, "device": self.device,
             "bytes": sum(o.bytes for o in (m.objects or {}).values()),
             "rows": m.counts.num_examples, "dev": None, "code_version": self.version,
             "timestamp": now(),
@@ -382,7 +403,13 @@ def plan_sweep(grid: Grid, train: bool, show_progress: bool = True, say=print) -
     return Sweep(grid, tasks, runs, done, pending, ctx)
 
 
-def run_sweep(grid: Grid, runner: Runner | None = None, show_progress: bool = True, say=print):
+def run_sweep(
+    grid: Grid,
+    runner: Runner | None = None,
+    show_progress: bool = True,
+    say=print,
+    shard: tuple[int, int] = (0, 1),
+):
     """Run every pending run of the grid, appending one row to results.csv after each.
 
     Args:
@@ -391,13 +418,21 @@ def run_sweep(grid: Grid, runner: Runner | None = None, show_progress: bool = Tr
             fake): metrics, best_stage, best_epoch, train_seconds, hsk_fraction, cache_bytes.
         show_progress: progress bars of builds and fits.
         say: where one line per run goes.
+        shard: (i, n): run only the grid's runs at positions i, i + n, i + 2n, ...: n sweeps
+            (one per GPU, say) share one study, its tables and caches, and split its runs.
 
     Returns:
-        The Sweep (its `pending` were run in this call).
+        The Sweep (its `pending`: the runs this call ran).
     """
     sweep = plan_sweep(grid, True, show_progress, say)
     table = results_table(grid.study)
     say(f"{len(sweep.runs)} runs in the grid, {len(sweep.done)} already in {table.path}")
+    part, parts = shard
+    if parts > 1:
+        at = {(r.task.name, r.config, r.seed): k for k, r in enumerate(sweep.runs)}
+        mine = lambda r: at[r.task.name, r.config, r.seed] % parts == part  # noqa: E731
+        sweep.pending = [r for r in sweep.pending if mine(r)]
+        say(f"shard {part}/{parts}: {len(sweep.pending)} of them run here")
     for i, run in enumerate(sweep.pending, 1):
         say(f"[{i}/{len(sweep.pending)}] {run.task.name} {run.config} seed {run.seed}")
         got = (runner or train_run)(run, sweep.ctx)
@@ -408,6 +443,7 @@ def run_sweep(grid: Grid, runner: Runner | None = None, show_progress: bool = Tr
             **{f"dev_{k}": v for k, v in got["metrics"].items() if k in METRICS},
             **{k: got.get(k) for k in ("best_stage", "best_epoch", "train_seconds",
                                         "hsk_fraction", "cache_bytes")},
+            "device": sweep.ctx.device,
             "code_version": sweep.ctx.version,
             "timestamp": now(),
         }  # fmt: skip

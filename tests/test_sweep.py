@@ -269,8 +269,9 @@ def fake_rows() -> list[dict]:
                 "hsk_epochs": 3 if kind == "hsk" else 0, "pred_epochs": 3 if kind == "hsk" else 6,
                 "recipe": "pred_lr=0.0001" if kind == "ce" else "pred_lr=2e-05",
                 "dev_accuracy": score, "best_stage": "pred", "best_epoch": 2,
-                "train_seconds": 100.0, "cache_bytes": 10,
+                "train_seconds": 100.0, "device": "cpu", "cache_bytes": 10,
             })  # fmt: skip
+    rows[1] |= {"train_seconds": 10.0, "device": "cuda (NVIDIA H200)"}  # ce seed 1 on a GPU
     return rows
 
 
@@ -281,13 +282,20 @@ def test_report_tables_claims_and_plots_from_a_fake_table(tmp_path):
         table.append(row)
     md = write_report(study).read_text()
     std = statistics.stdev([0.80, 0.82])  # 0.0141
-    assert f"| `ce` | ce | baseline | - | 2 | 0.8100 +- {std:.4f} | pred 2, 2 | 100 |" in md
+    # seeds trained on two devices: their seconds apart
+    cells = f"| `ce` | ce | baseline | - | 2 | 0.8100 +- {std:.4f} | pred 2, 2 |"
+    assert f"{cells} 100 cpu, 10 cuda (NVIDIA H200) |" in md
     full = "| `full/-/-/l_top4` | hsk | config+depth+length+width | 70% | 2 | 0.8500 +- 0.0141 |"
     assert full in md
     # width: magnitude 0.835 +- 0.0071 (0.83, 0.84)
     assert "5l_64t_0.1h/-/magnitude/l_top4` | hsk | width | 7% | 2 | 0.8350 +- 0.0071 |" in md
     assert "- fit recipe of ce: `pred_lr=0.0001`\n- fit recipe of pred, hsk: `pred_lr=2e-05`" in md
-    assert "Wall-clock of the whole study: **0.56 h** (2000 s training 20 runs" in md
+    assert (
+        "Wall-clock of the whole study: **0.53 h** on cpu (1900 s training 19 runs + 0 s "
+        "fine-tuning, building and deriving 0 teachers and caches); **0.00 h** on cuda (NVIDIA "
+        "H200) (10 s training 1 runs" in md
+    )
+    assert "| `pred` | pred | baseline | - | 2 | 0.8200 +- 0.0141 | pred 2, 2 | 100 |" in md
     assert "- **distillation beats CE-only**: held (3 of 3 arms)" in md
     assert (
         "pred: 0.8200 +- 0.0141 (n=2) vs ce 0.8100 +- 0.0141 (n=2): > "
@@ -333,9 +341,10 @@ def test_a_real_tiny_sweep_writes_rows_and_skips_them_on_rerun(tmp_path, tiny_be
     assert 0 < float(hsk["hsk_fraction"]) < 1 and int(hsk["cache_bytes"]) > 0
     assert 0 <= float(hsk["dev_accuracy"]) <= 1 and hsk["best_stage"] == "pred"
     assert float(hsk["train_seconds"]) > 0 and hsk["code_version"]
+    assert [r["device"] for r in rows] == ["cpu", "cpu"]  # what the seconds were measured on
     with open(grid.work.parent / "builds.csv") as f:
         builds = list(csv.DictReader(f))
-    assert [b["how"] for b in builds] == ["build"]  # pred reads the one cache there is
+    assert [(b["how"], b["device"]) for b in builds] == [("build", "cpu")]  # one cache for both
     run_dirs = list((grid.work / "runs").rglob("metrics.jsonl"))
     assert len(run_dirs) == 2 and not any((p.parent / "best").exists() for p in run_dirs)
     again = run_sweep(grid, show_progress=False, say=lambda _: None)
@@ -347,7 +356,7 @@ def test_a_real_tiny_sweep_writes_rows_and_skips_them_on_rerun(tmp_path, tiny_be
     per_epoch = statistics.median(float(r["train_seconds"]) / 2 for r in rows)
     assert plan["pending"] == 2 and plan["seconds"] == pytest.approx(2 * 2 * per_epoch)
     assert lines[0] == "4 runs: 2 done, 2 to run"
-    assert any("median of 2 finished runs in results.csv" in x for x in lines)
+    assert any("median of 2 finished runs on cpu in results.csv" in x for x in lines)
     assert "  sst2   pred" in lines[1] and lines[1].endswith("seeds 0* 1")
 
 
@@ -457,3 +466,68 @@ def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp
     )
     with pytest.raises(HskError, match="compare needs two or more study folders"):
         compare([first])
+
+
+def test_shards_split_the_runs_and_make_each_teacher_and_cache_once(tmp_path, tiny_bert):
+    """Two shards of one study at once (threads: flock holds between open files of one process
+    as between processes): every run once, the teacher fine-tuned once, each cache built once."""
+    import threading
+
+    grid = fake_grid(
+        tmp_path, tiny_bert, finetune=True, finetune_epochs=1, chunk_rows=8,
+        configs=["1l_2t_0.5h", "1l_1t_0.5h"], fit={"max_length": 16},
+    )  # fmt: skip
+    ran: dict[int, list] = {0: [], 1: []}
+
+    def runner_of(shard):
+        def runner(run, ctx):
+            ctx.cache_for(run)  # the shared cache, made under the lock
+            ran[shard].append((run.config, run.seed))
+            return {"metrics": {"accuracy": 0.5}, "train_seconds": 1.0}
+
+        return runner
+
+    errors = []
+
+    def go(shard):
+        try:
+            run_sweep(grid, runner_of(shard), False, lambda _: None, shard=(shard, 2))
+        except Exception as e:  # collected: asserted empty below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    runs = expand_grid(grid, resolve_tasks(grid), 2)
+    keys = [(r.config, r.seed) for r in runs]
+    assert ran == {0: keys[0::2], 1: keys[1::2]}  # 6 runs: ce, two configs, seeds 0 and 1
+    rows = results_table(grid.study).rows()
+    assert sorted((r["config"], int(r["seed"])) for r in rows) == sorted(keys)
+    builds = list(csv.DictReader((tmp_path / "study" / "builds.csv").open()))
+    hows = [b["how"] for b in builds]
+    assert hows.count("finetune") == 1 and hows.count("build") == 1  # 1l_1t cut out of 1l_2t
+    assert len({b["cache"] for b in builds}) == len(builds)
+    assert run_sweep(grid, runner_of(0), False, lambda _: None).pending == []
+
+
+def test_shard_and_device_flags_are_checked_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from hsktrain.cli import app
+    from hsktrain.grid import parse_shard
+
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "1", "a/2", "-1/2"):
+        with pytest.raises(ConfigError, match=rf"--shard '{bad}': give I/N with 0 <= I < N"):
+            parse_shard(bad)
+    toml = tmp_path / "s.toml"
+    toml.write_text('study = "s"\ntasks = ["SST-2"]\n[fit]\ndevice = "cuda:x"\ntemperature = 2.0\n')
+    r = CliRunner().invoke(app, ["sweep", "--config", str(toml), "--shard", "2/2"])
+    assert r.exit_code == 1 and r.output.strip().startswith("error: --shard '2/2'")
+    with pytest.raises(ConfigError, match=r"s.toml: fit: unknown device 'cuda:x'; use cpu"):
+        load_grid(str(toml), {})  # checked as `fit` checks it
+    # --device overrides [fit]'s device and keeps its other options
+    assert load_grid(str(toml), {}, {"device": "cpu"}).fit == {"device": "cpu", "temperature": 2.0}
