@@ -60,11 +60,13 @@ from hsktrain.train import fit
 
 
 @contextmanager
-def work_lock(grid: Grid) -> Iterator[None]:
-    """Hold the study's work folder exclusively (an flock, released when the process dies):
-    the shards of one study (`sweep --shard`) fine-tune each teacher and make each cache once."""
-    grid.work.mkdir(parents=True, exist_ok=True)
-    with (grid.work / ".sweep.lock").open("a") as f:
+def work_lock(grid: Grid, name: str) -> Iterator[None]:
+    """Hold `name` (a teacher, a cache family) in the study's work folder exclusively, by an
+    flock that dies with its process: the shards of one study (`sweep --shard`) fine-tune each
+    teacher and make each cache once, and other families meanwhile."""
+    locks = grid.work / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with (locks / f"{name}.lock").open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
@@ -124,7 +126,7 @@ def resolve_teacher(grid: Grid, task: TaskRef, base: str, ctx: Context | None) -
     if not (folder / "teacher.json").is_file():
         if ctx is None:
             return TeacherRef(None, None, depth)
-        with work_lock(grid):  # the first shard fine-tunes, the others wait and reuse it
+        with work_lock(grid, folder.name):  # the first shard fine-tunes; the others reuse it
             if not (folder / "teacher.json").is_file():
                 _finetune(grid, task, base, folder, ctx)
     best = str(folder / "best")
@@ -248,7 +250,8 @@ class Context:
         else:
             sel = arm_sel(run.arm)
         source = family_source([s for s in sels if s.family == sel.family] or [sel])
-        with work_lock(self.grid):  # another shard may be making the same cache
+        family = "-".join(self.cache_dir(task, source).parts[-3:])  # teacher, task, cache
+        with work_lock(self.grid, family):  # another shard may be making it now
             src_dir = self._build(task, source)
             return src_dir if sel == source else self._derive(task, src_dir, sel)
 
