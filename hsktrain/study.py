@@ -319,12 +319,12 @@ def _best(a: Arm) -> str:
     return ", ".join(f"{s} {e}" for s, e in a.best)
 
 
-def _seconds(a: Arm) -> str:
-    """Mean train seconds, per device when its seeds ran on several (`875 cpu, 12 cuda`)."""
+def _seconds(a: Arm, label: bool) -> str:
+    """Mean train seconds, per device (`875 cpu, 12 cuda (...)`) unless all ran on one."""
     by: dict[str, list[float]] = {}
     for device, s in zip(a.devices, a.seconds, strict=True):
         by.setdefault(device, []).append(s)
-    if len(by) == 1:
+    if len(by) == 1 and not label:
         return f"{statistics.fmean(a.seconds):.0f}"
     return ", ".join(f"{statistics.fmean(v):.0f} {d}" for d, v in by.items())
 
@@ -345,6 +345,7 @@ def _wall_clock(results: list[dict], builds: list[dict]) -> list[str]:
 
 
 def _table(arms: list[Arm], metric: str) -> list[str]:
+    several = len({d for a in arms for d in a.devices}) > 1  # name the device in every cell
     others = [m for m in METRICS if m != metric and any(m in a.scores for a in arms)]
     head = ["config", "kind", "axis", "HSK kept", "n", f"dev {metric}", *others, "best epoch",
             "train s"]  # fmt: skip
@@ -354,7 +355,7 @@ def _table(arms: list[Arm], metric: str) -> list[str]:
                  f"{100 * a.fraction:.3g}%" if a.kind == "hsk" else "-", str(a.n),
                  a.show(metric).rsplit(" (", 1)[0],
                  *(a.show(m).rsplit(" (", 1)[0] if m in a.scores else "-" for m in others),
-                 _best(a), _seconds(a)]  # fmt: skip
+                 _best(a), _seconds(a, several)]  # fmt: skip
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -374,7 +375,8 @@ def write_report(study: str | Path) -> Path:
         f"Regenerate: `hsktrain report {study}` (from `results.csv`, `builds.csv`). "
         "Scores are dev-set means over seeds +- their sample standard deviation; n = seeds.",
         "",
-        f"Wall-clock of the whole study: {'; '.join(_wall_clock(results, builds))}.",
+        "Wall-clock of the whole study, summed over its runs and builds (shards that ran at "
+        f"once overlapped, so less time passed): {'; '.join(_wall_clock(results, builds))}.",
         "",
     ]
     teachers = [r for r in builds if r["how"] == "finetune" and r["dev"]]
@@ -445,10 +447,12 @@ def compare(studies: list[str | Path]) -> str:
 
 
 def _recipe_of(rows: list[dict]) -> dict[str, dict[str, str]]:
-    """kind -> its runs' recipe as {option: value} (the first row of that kind)."""
+    """kind -> its runs' recipe as {option: value} (the first row of that kind), with its
+    budget: `epochs` HSK+prediction and the training-row `limit` (a stage split is a recipe)."""
     out: dict[str, dict[str, str]] = {}
     for r in rows:
-        out.setdefault(r["kind"], parse_recipe(r["recipe"]))
+        budget = {"epochs": f"{r['hsk_epochs']}+{r['pred_epochs']}", "limit": r["limit"] or "none"}
+        out.setdefault(r["kind"], parse_recipe(r["recipe"]) | budget)
     return out
 
 

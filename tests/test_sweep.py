@@ -282,7 +282,7 @@ def test_report_tables_claims_and_plots_from_a_fake_table(tmp_path):
         table.append(row)
     md = write_report(study).read_text()
     std = statistics.stdev([0.80, 0.82])  # 0.0141
-    # seeds trained on two devices: their seconds apart
+    # seeds trained on two devices: their seconds apart, every cell naming its device
     cells = f"| `ce` | ce | baseline | - | 2 | 0.8100 +- {std:.4f} | pred 2, 2 |"
     assert f"{cells} 100 cpu, 10 cuda (NVIDIA H200) |" in md
     full = "| `full/-/-/l_top4` | hsk | config+depth+length+width | 70% | 2 | 0.8500 +- 0.0141 |"
@@ -291,11 +291,12 @@ def test_report_tables_claims_and_plots_from_a_fake_table(tmp_path):
     assert "5l_64t_0.1h/-/magnitude/l_top4` | hsk | width | 7% | 2 | 0.8350 +- 0.0071 |" in md
     assert "- fit recipe of ce: `pred_lr=0.0001`\n- fit recipe of pred, hsk: `pred_lr=2e-05`" in md
     assert (
-        "Wall-clock of the whole study: **0.53 h** on cpu (1900 s training 19 runs + 0 s "
+        "Wall-clock of the whole study, summed over its runs and builds (shards that ran at once "
+        "overlapped, so less time passed): **0.53 h** on cpu (1900 s training 19 runs + 0 s "
         "fine-tuning, building and deriving 0 teachers and caches); **0.00 h** on cuda (NVIDIA "
         "H200) (10 s training 1 runs" in md
     )
-    assert "| `pred` | pred | baseline | - | 2 | 0.8200 +- 0.0141 | pred 2, 2 | 100 |" in md
+    assert "| `pred` | pred | baseline | - | 2 | 0.8200 +- 0.0141 | pred 2, 2 | 100 cpu |" in md
     assert "- **distillation beats CE-only**: held (3 of 3 arms)" in md
     assert (
         "pred: 0.8200 +- 0.0141 (n=2) vs ce 0.8100 +- 0.0141 (n=2): > "
@@ -457,13 +458,17 @@ def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp
             row
             | {"teacher": "renamed@abc", "recipe": lr, "dev_accuracy": row["dev_accuracy"] + 0.01}
         )
-    md = compare([first, second])
+    split = tmp_path / "split"  # the HSK arms' stages split 1 + 5: a budget, named as one
+    for row in fake_rows()[4:6]:
+        results_table(split).append(row | {"hsk_epochs": 1, "pred_epochs": 5})
+    md = compare([first, second, split])
     assert md.count("## sst2, teacher `t@abc`: dev accuracy") == 1  # the same weights
     assert "| study | recipe vs the first | `ce` | `pred` | `full/-/-/l_top4` | `5l_64t" in md
     assert "| `paper` | - | 0.8100 +- 0.0141 (n=2) | 0.8200 +- 0.0141 (n=2) | 0.8500" in md
     assert (
         "| `lr` | pred: pred_lr=5e-05 | 0.8200 +- 0.0141 (n=2) | 0.8300 +- 0.0141 (n=2) | - |" in md
     )
+    assert "| `split` | epochs=1+5 | - | - | 0.8500 +- 0.0141 (n=2) |" in md
     with pytest.raises(HskError, match="compare needs two or more study folders"):
         compare([first])
 
