@@ -56,8 +56,18 @@ bench-e2e: install
 RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard t2 split)
 STUDIES := reports/minilm-core reports/minilm-grouped $(RECIPES) reports/mpnet-core \
 	reports/minilm-mrpc-curves
+# On a GPU: `make study DEVICE=cuda SHARDS=8` runs each study as 8 sweeps at once on it
+# (`hsktrain sweep --shard`: they share its tables and caches); small students leave a GPU idle.
+DEVICE ?= cpu
+SHARDS ?= 1
 study: install mpnet
-	for s in $(STUDIES); do $(VENV)/bin/hsktrain sweep --config $$s/study.toml || exit 1; done
+	for s in $(STUDIES); do pids=; \
+	  for i in $$(seq 0 $$(($(SHARDS) - 1))); do \
+	    $(VENV)/bin/hsktrain sweep --config $$s/study.toml --device $(DEVICE) \
+	      --shard $$i/$(SHARDS) $(if $(filter 1,$(SHARDS)),,--quiet) & pids="$$pids $$!"; \
+	  done; \
+	  for p in $$pids; do wait $$p || exit 1; done; \
+	done
 	for s in $(STUDIES); do $(VENV)/bin/hsktrain report $$s || exit 1; done
 	$(VENV)/bin/hsktrain compare reports/minilm-core $(RECIPES) --out reports/recipe.md
 
