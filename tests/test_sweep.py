@@ -519,6 +519,7 @@ def test_shards_split_the_runs_and_make_each_teacher_and_cache_once(tmp_path, ti
 
 
 def test_shard_and_device_flags_are_checked_before_any_work(tmp_path):
+    import torch
     from typer.testing import CliRunner
 
     from hsktrain.cli import app
@@ -534,5 +535,9 @@ def test_shard_and_device_flags_are_checked_before_any_work(tmp_path):
     assert r.exit_code == 1 and r.output.strip().startswith("error: --shard '2/2'")
     with pytest.raises(ConfigError, match=r"s.toml: fit: unknown device 'cuda:x'; use cpu"):
         load_grid(str(toml), {})  # checked as `fit` checks it
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"fit: device 'cuda' asked for, but torch .* sees "
+                           "no CUDA GPU here; use --device cpu"):  # fmt: skip
+            load_grid(str(toml), {}, {"device": "cuda"})
     # --device overrides [fit]'s device and keeps its other options
     assert load_grid(str(toml), {}, {"device": "cpu"}).fit == {"device": "cpu", "temperature": 2.0}
