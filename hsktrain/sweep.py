@@ -4,7 +4,8 @@ Features (the grid is in grid.py, the tables in results.py, the dry run in estim
 one largest cache built per (teacher, task, length strategy, width family, l_top),
 the rest cut out of it by `hskcache derive` (a direct build when a cut is not exact); results
 appended to `STUDY/results.csv` one flushed row per run, so a killed sweep loses at most the run
-in progress and a rerun skips every (task, teacher, config, seed) already there.
+in progress and a rerun skips every (task, teacher, config, seed) already there; `--shard I/N`
+sweeps of one study split its runs and share its tables, teachers and caches under file locks.
 Trade-off: every cache of a study uses the same `chunk_rows`, so every arm of a task sees the
 same batches for a seed (only the HSK differs), at the price of fixed-size chunks.
 """
@@ -432,9 +433,9 @@ def run_sweep(
     say(f"{len(sweep.runs)} runs in the grid, {len(sweep.done)} already in {table.path}")
     part, parts = shard
     if parts > 1:
-        at = {(r.task.name, r.config, r.seed): k for k, r in enumerate(sweep.runs)}
-        mine = lambda r: at[r.task.name, r.config, r.seed] % parts == part  # noqa: E731
-        sweep.pending = [r for r in sweep.pending if mine(r)]
+        mine = {(r.task.name, r.config, r.seed) for k, r in enumerate(sweep.runs)
+                if k % parts == part}  # fmt: skip
+        sweep.pending = [r for r in sweep.pending if (r.task.name, r.config, r.seed) in mine]
         say(f"shard {part}/{parts}: {len(sweep.pending)} of them run here")
     for i, run in enumerate(sweep.pending, 1):
         say(f"[{i}/{len(sweep.pending)}] {run.task.name} {run.config} seed {run.seed}")
