@@ -270,7 +270,7 @@ def plot(arms: list[Arm], metric: str, title: str, png: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     full = full_arm(arms)
     ref = full.fraction if full and full.fraction else 1.0
@@ -292,7 +292,11 @@ def plot(arms: list[Arm], metric: str, title: str, png: Path) -> None:
             ax.text(0.5, 0.5, "no runs on this axis", ha="center", transform=ax.transAxes)
         else:
             ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            ax.xaxis.set_major_formatter(plain)
+            lo, hi = ax.get_xlim()
+            # under a decade wide the log axis labels only minor ticks: as plain numbers too
+            ax.xaxis.set_minor_formatter(plain if hi / lo < 10 else NullFormatter())
         ax.set_title(axis)
         ax.set_xlabel("% of HSK kept" + (" (of the full-HSK arm's)" if full else ""))
         ax.grid(alpha=0.3)
