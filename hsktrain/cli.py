@@ -333,7 +333,7 @@ def bench(
     pred_epochs: Annotated[int, Opt(help="--e2e: prediction epochs of both fits [2].")] = None,
     limit: o.Limit = None,  # --e2e / --build: training rows
     dev_limit: Annotated[int, Opt(help="--e2e: first N dev rows.")] = None,
-    student: Annotated[str, Opt(help="--e2e: student preset [tinybert4].")] = None,
+    student: Annotated[str, Opt(help="--e2e: student preset (default tinybert4).")] = None,
     seed: o.Seed = None,  # --e2e: both fits and the fine-tune (default 0)
 ):
     """Measure online vs offline KD step time, reader stall, build throughput, cache size
@@ -453,7 +453,7 @@ def sweep(
         str, Opt(help="Width axis: strategies, comma list (threshold: per batch, online).")
     ] = None,
     device: Annotated[
-        str, Opt(help="cpu or cuda[:N] for every fine-tune, build and fit (over [fit] device).")
+        str, Opt(help="cpu, cuda or cuda:N: every fine-tune, build and fit (over fit.device).")
     ] = None,
     shard: Annotated[
         str,
