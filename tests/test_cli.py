@@ -200,3 +200,19 @@ def test_eval_split_with_a_table_file_is_refused(tmp_path, sst2_dir, tiny_bert):
     assert r.output.strip() == (
         f"error: --split test: {table} is a table file, one split already; drop --split"
     )
+
+
+def test_every_option_help_is_shown_whole():
+    """Rich reads `[word]` in a help text as markup and drops it: every option's help must
+    come out of --help as written (whitespace aside)."""
+    import typer.main
+
+    from hsktrain.cli import app as train_app
+
+    for app_ in (app, train_app):
+        group = typer.main.get_command(app_)
+        for name, command in group.commands.items():
+            shown = " ".join(wide_help(app_, name).replace("│", " ").split())  # the panel's edges
+            for param in command.params:
+                text = " ".join((getattr(param, "help", None) or "").split())
+                assert text in shown, f"{name} --{param.name}: help shown without some of {text!r}"
