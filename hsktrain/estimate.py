@@ -24,9 +24,9 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
 
     The estimate, per task: seconds per epoch are the median `train_seconds / epochs` of the
     task's rows already in the table from the same device (a GPU's seconds say nothing of a
-    CPU's); without any, a few CE steps of the student are timed on
-    this machine (per step, after the first two) and an epoch is `steps * step + dev rows
-    scored at a third of a step's cost per row`. Cache builds and fine-tunes: rows per second
+    CPU's); without any, a few CE steps of the student are timed on this machine (per step,
+    after the first two) and an epoch is `steps * step + dev rows scored at a third of a
+    step's cost per row`. Cache builds and fine-tunes: rows per second
     of earlier builds in builds.csv on the same device, else a teacher pass over 96 rows
     (batch 16) timed here; a fine-tune epoch costs three teacher passes (forward and backward).
     Derives count as free.
