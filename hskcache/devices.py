@@ -41,3 +41,14 @@ def check_device(device: str) -> None:
             f"device '{device}' asked for, but torch sees {torch.cuda.device_count()} CUDA "
             "GPU(s); use a lower index"
         )
+
+
+def device_name(device: str) -> str:
+    """What computes on `device`, for the seconds a table records beside it: `cpu`, or
+    `cuda (NVIDIA H200)` whatever the index (seconds compare across GPUs of one kind, not
+    across kinds)."""
+    if not device.startswith("cuda"):
+        return device
+    import torch
+
+    return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"

@@ -44,16 +44,6 @@ def code_version() -> str:
         return f"v{__version__}"
 
 
-def device_label(device: str) -> str:
-    """What ran the work, for the seconds beside it: `cpu`, or `cuda (NVIDIA H200)`. A table's
-    seconds from different machines are not comparable, so every row names its own."""
-    if not device.startswith("cuda"):
-        return device
-    import torch  # lazy: the tables are read by commands that never touch a device
-
-    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-
-
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

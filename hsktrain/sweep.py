@@ -25,6 +25,7 @@ from pathlib import Path
 from hskcache.build import build_cache
 from hskcache.config import BuildConfig, DeriveConfig
 from hskcache.derive import derive_cache
+from hskcache.devices import device_name
 from hskcache.errors import ConfigError, HskError, TeacherError
 from hskcache.hsk import default_l_top
 from hskcache.reader import open_cache
@@ -49,7 +50,6 @@ from hsktrain.results import (
     Table,
     builds_table,
     code_version,
-    device_label,
     now,
     planned,
     results_table,
@@ -221,7 +221,7 @@ class Context:
     @cached_property
     def device(self) -> str:
         """The tables' `device` cell of everything this sweep runs."""
-        return device_label(self.grid.fit.get("device", "cpu"))
+        return device_name(self.grid.fit.get("device", "cpu"))
 
     @property
     def n_student(self) -> int:
