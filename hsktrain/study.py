@@ -63,8 +63,8 @@ class Arm:
         return f"{self.mean(metric):.4f}{spread} (n={self.n})"
 
 
-def load_arms(study: str | Path) -> dict[tuple[str, str], list[Arm]]:
-    """The table's rows grouped into arms, per (task, teacher), in the table's order.
+def load_rows(study: str | Path) -> list[dict]:
+    """STUDY/results.csv's rows.
 
     Raises:
         HskError: no results.csv, or no rows in it.
@@ -74,6 +74,11 @@ def load_arms(study: str | Path) -> dict[tuple[str, str], list[Arm]]:
         raise HskError(
             f"{study}: no results.csv rows; run `hsktrain sweep` with this study folder first"
         )
+    return rows
+
+
+def group_arms(rows: list[dict]) -> dict[tuple[str, str], list[Arm]]:
+    """Results rows grouped into arms, per (task, teacher), in the table's order."""
     out: dict[tuple[str, str], dict[str, Arm]] = {}
     for r in rows:
         arms = out.setdefault((r["task"], r["teacher"]), {})
@@ -371,8 +376,8 @@ def write_report(study: str | Path) -> Path:
         HskError: the study has no results yet.
     """
     study = Path(study)
-    groups = load_arms(study)
-    results, builds = results_table(study).rows(), builds_table(study).rows()
+    results, builds = load_rows(study), builds_table(study).rows()
+    groups = group_arms(results)
     md = [
         f"# Study `{study.name}`",
         "",
@@ -424,9 +429,10 @@ def compare(studies: list[str | Path]) -> str:
     if len(studies) < 2:
         raise HskError("compare needs two or more study folders")
     # a teacher is its weights: studies that name one folder differently still compare
-    groups = [{(t, w.rsplit("@", 1)[-1]): (w, a) for (t, w), a in load_arms(s).items()}
-              for s in studies]  # fmt: skip
-    recipes = [_recipe_of(results_table(s).rows()) for s in studies]
+    tables = [load_rows(s) for s in studies]
+    groups = [{(t, w.rsplit("@", 1)[-1]): (w, a) for (t, w), a in group_arms(rows).items()}
+              for rows in tables]  # fmt: skip
+    recipes = [_recipe_of(rows) for rows in tables]
     md = [f"# {len(studies)} studies compared", "",
           f"Regenerate: `hsktrain compare {' '.join(str(s) for s in studies)}`. Cells: dev "
           "score, mean +- sample std over seeds (n = seeds)."]  # fmt: skip
