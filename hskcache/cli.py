@@ -135,12 +135,32 @@ def build(
 
 
 @app.command()
-def inspect(cache: o.CacheArg, as_json: o.AsJson = False):
+def inspect(
+    cache: o.CacheArg,
+    as_json: o.AsJson = False,
+    stats: Annotated[
+        bool,
+        Opt(
+            "--stats",
+            help="Also read every chunk for the targets' scale: per layer, the HSK loss of a "
+            "student that predicts zeros (read an HSK stage's train loss against it) and the "
+            "largest |value|; the teacher's mean prediction entropy (the floor of the "
+            "prediction stage's loss at T = 1) and its accuracy on the cache's labels.",
+        ),
+    ] = False,
+):
     """Show a cache's manifest, arrays, sizes, HSK fraction kept and status."""
-    from hskcache.inspect import describe
+    from hskcache.inspect import describe, target_stats
     from hskcache.reader import open_cache
 
-    info = run_guarded(lambda: describe(open_cache(cache, require_complete=False)))
+    def summary() -> dict:
+        opened = open_cache(cache, require_complete=stats)
+        info = describe(opened)
+        if stats:
+            info["targets"] = target_stats(opened, show_progress=not as_json)
+        return info
+
+    info = run_guarded(summary)
     if as_json:
         print(json.dumps(info, indent=2))
     else:

@@ -168,6 +168,8 @@ def print_inspect(info: dict) -> None:
                 f"(mean length {s['mean_length']:.1f} tokens)",
             )
         )
+    if "targets" in info:
+        rows += _target_rows(info["targets"])
     for k, v in rows:
         head.add_row(f"[bold]{k}[/bold]", v)
     console.print(head)
@@ -177,6 +179,32 @@ def print_inspect(info: dict) -> None:
             a["name"], str(tuple(a["shape"])), a["dtype"], str(a["chunk_rows"]), f"{a['bytes']:,}"
         )
     console.print(table)
+
+
+def _target_rows(targets: dict) -> list[tuple[str, str]]:
+    """inspect --stats: the scale of what a student is trained to match."""
+    per_layer = "; ".join(
+        f"teacher {la['teacher_layer']}: {la['zero_prediction_loss']:.4f} "
+        f"(max |value| {la['max_abs']:.2f})"
+        for la in targets["layers"]
+    )
+    rows = [
+        (
+            "HSK targets",
+            f"loss of an all-zero prediction {targets['zero_prediction_loss']:.4f} (read an "
+            f"HSK stage's train loss as a share of it); per layer {per_layer}",
+        )
+    ]
+    if targets["teacher_entropy"] is not None:
+        rows.append(
+            (
+                "predictions",
+                f"teacher entropy {targets['teacher_entropy']:.4f} nats/example (the floor of "
+                f"the prediction stage's loss at T = 1); agrees with the labels on "
+                f"{targets['teacher_label_accuracy']:.2%}",
+            )
+        )
+    return rows
 
 
 def _kit_rows(kit: dict) -> list[tuple[str, str]]:

@@ -143,7 +143,7 @@ def depth_pairs(
         if len(teacher_layers) > n_student + 1:
             raise ConfigError(f"{len(teacher_layers)} layers but the student has {n_student + 1}")
         ts = sorted(teacher_layers)
-        return list(zip(range(n_student + 1 - len(ts), n_student + 1), ts, strict=True))
+        return _distinct(list(zip(range(n_student + 1 - len(ts), n_student + 1), ts, strict=True)))
     l_top = default_l_top(n_teacher) if l_top is None else l_top
     if not 1 <= l_top <= n_teacher:
         raise ConfigError(f"l_top {l_top} out of range 1..{n_teacher} (teacher layers)")
@@ -154,7 +154,20 @@ def depth_pairs(
             "hidden states; lower the 'l' in the HSK config"
         )
     students = range(n_student + 1 - n_layers, n_student + 1)
-    return [(s, teacher_layer_for(s, n_student, l_top)) for s in students]
+    return _distinct([(s, teacher_layer_for(s, n_student, l_top)) for s in students])
+
+
+def _distinct(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Refuse two student states paired with one teacher state: a cache stores each teacher
+    state once, as the target of one student state (a student deeper than `l_top` maps two)."""
+    for (s1, t1), (s2, t2) in zip(pairs, pairs[1:], strict=False):
+        if t1 == t2:
+            raise ConfigError(
+                f"student states {s1} and {s2} both pair with teacher state {t1}; a cache "
+                "stores each teacher state for one student state: raise l_top, keep fewer "
+                "layers (the 'l' in the HSK config) or use a shallower student"
+            )
+    return pairs
 
 
 def width_count(hidden_size: int, fraction: float, strategy: str) -> int:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import numpy as np
+
+from hskcache.codec import decode_values
 from hskcache.manifest import ManifestView
+from hskcache.progress import progress_bar
 from hskcache.reader import Cache
 
 
@@ -93,4 +97,57 @@ def describe_kit(info: ManifestView) -> dict:
         ],
         "teacher_bundled": bundle is not None,
         "teacher_bytes": size(bundle.values()) if bundle else 0,
+    }
+
+
+def target_stats(cache: Cache, show_progress: bool = False) -> dict:
+    """How big the teacher's targets are, read from every chunk (`inspect --stats`).
+
+    An HSK loss means little alone: MSE scales with the teacher's hidden states, which differ
+    several-fold between teachers. Per layer this gives the loss `fit` would report for a
+    student whose projection outputs zeros (the paper's loss: unkept dims are targets of 0), so
+    an HSK stage's train loss reads as a share of it. For a classifier it also gives the
+    teacher's mean prediction entropy at temperature 1: the floor of the prediction stage's
+    soft cross-entropy, which a student reaches only by matching the teacher exactly.
+    """
+    info = cache.info
+    width = info.teacher.hidden_size
+    tokens = {la.teacher: 0 for la in info.layers}
+    squares = {la.teacher: 0.0 for la in info.layers}
+    peak = {la.teacher: 0.0 for la in info.layers}
+    entropy = agree = 0.0
+    with progress_bar("stats", cache.num_chunks, 0, show_progress, unit="chunks") as advance:
+        for i in range(cache.num_chunks):
+            for t in tokens:
+                f = cache.layer_fields(t)
+                names = [f[k] for k in ("positions", "values", "scales") if k in f]
+                rows = cache.read_chunk(i, names)
+                values = decode_values(cache.manifest, rows[f["values"]], rows.get(f.get("scales")))
+                kept = values[rows[f["positions"]] >= 0].astype(np.float64)  # (tokens, W)
+                tokens[t] += len(kept)
+                squares[t] += float(np.square(kept).sum())
+                peak[t] = max(peak[t], float(np.abs(kept).max(initial=0.0)))
+            if not info.data.regression:
+                rows = cache.read_chunk(i, ["logits", "labels"])
+                logits = rows["logits"].astype(np.float64)
+                logp = logits - logits.max(-1, keepdims=True)
+                logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+                entropy -= float((np.exp(logp) * logp).sum())
+                agree += int((logits.argmax(-1) == rows["labels"]).sum())
+            advance(1)
+    layers = [
+        {
+            "teacher_layer": t,
+            "tokens": tokens[t],
+            "max_abs": peak[t],
+            "zero_prediction_loss": squares[t] / max(tokens[t] * width, 1),
+        }
+        for t in tokens
+    ]
+    n = cache.num_examples
+    return {
+        "layers": layers,
+        "zero_prediction_loss": sum(la["zero_prediction_loss"] for la in layers),
+        "teacher_entropy": None if info.data.regression else entropy / n,
+        "teacher_label_accuracy": None if info.data.regression else agree / n,
     }

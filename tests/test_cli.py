@@ -46,6 +46,44 @@ def test_build_inspect_verify(tmp_path, sst2_dir, tiny_bert):
     assert r.exit_code == 0 and "ok" in r.output
 
 
+FULL_OF_2 = ["--hsk", "full", "--student-layers", "2", "--l-top", "2"]  # states 0, 1, 2
+
+
+@pytest.mark.parametrize("extra", [[], ["--value-dtype", "int8"], FULL_OF_2])
+def test_inspect_stats_are_fits_reference_losses(tmp_path, sst2_dir, tiny_bert, extra):
+    """--stats' zero-prediction loss is what fit's HSK loss gives a projection that outputs
+    zeros, and the teacher entropy is the soft cross-entropy of the teacher against itself:
+    both over the whole cache as one batch, int8 values and full width included."""
+    import torch
+
+    from hsktrain.batch import from_cache
+    from hsktrain.losses import hsk_layer_loss, soft_cross_entropy
+
+    out = tmp_path / "c"
+    assert runner.invoke(app, build_args(sst2_dir, out, tiny_bert, *extra)).exit_code == 0
+    r = runner.invoke(app, ["inspect", str(out), "--stats", "--json"])
+    assert r.exit_code == 0, r.output
+    targets = json.loads(r.output)["targets"]
+    cache = open_cache(out)
+    batch = from_cache(cache.read(0, cache.num_examples), cache.manifest, "cpu", False)
+    zero = torch.nn.Linear(8, cache.info.teacher.hidden_size)
+    torch.nn.init.zeros_(zero.weight), torch.nn.init.zeros_(zero.bias)
+    hidden = torch.randn(cache.num_examples, 16, 8)
+    losses = [
+        hsk_layer_loss(hidden, zero, la.positions, la.values, la.dims, zero.out_features).item()
+        for la in batch.layers
+    ]
+    assert [la["zero_prediction_loss"] for la in targets["layers"]] == pytest.approx(losses)
+    assert len(losses) == (3 if extra == FULL_OF_2 else 1)
+    assert targets["zero_prediction_loss"] == pytest.approx(sum(losses)) and sum(losses) > 0
+    entropy = soft_cross_entropy(batch.logits, batch.logits, 1.0).item()
+    assert targets["teacher_entropy"] == pytest.approx(entropy, rel=1e-5)
+    agree = (batch.logits.argmax(-1) == batch.labels).float().mean().item()
+    assert targets["teacher_label_accuracy"] == pytest.approx(agree)
+    r = runner.invoke(app, ["inspect", str(out), "--stats"])
+    assert "loss of an all-zero prediction" in r.output and "teacher entropy" in r.output
+
+
 def test_config_file(tmp_path, sst2_dir, tiny_bert):
     toml = tmp_path / "b.toml"
     toml.write_text(
@@ -66,6 +104,7 @@ def test_config_file(tmp_path, sst2_dir, tiny_bert):
         (["--max-length", "400"], "max length 400 is outside"),
         (["--text-column", "txt"], "no column 'txt'"),
         (["--hsk", "1l_40t_0.1h"], "keeps 40 tokens but max length is 16"),
+        (["--hsk", "full"], "states 0 and 1 both pair with teacher state 0"),
         (["--value-dtype", "fp8"], "value_dtype must be one of"),
         (["--batch-order", "sorted"], "batch_order must be one of ['length', 'data']"),
     ],

@@ -61,6 +61,16 @@ def test_depth_pairs_errors(kwargs, msg):
         depth_pairs(4, 12, **kwargs)
 
 
+def test_depth_pairs_refuse_one_teacher_state_twice():
+    """A student deeper than l_top would pair two states with one teacher state, which a cache
+    (one array per teacher state) cannot hold: refused by name, not a storage error later."""
+    with pytest.raises(ConfigError, match="states 1 and 2 both pair with teacher state 1"):
+        depth_pairs(6, 6, None, l_top=4)  # 0, 0.67, 1.33, ... -> 0, 1, 1, 2, 3, 3, 4
+    with pytest.raises(ConfigError, match="states 3 and 4 both pair with teacher state 8"):
+        depth_pairs(4, 12, None, teacher_layers=[8, 8])
+    assert depth_pairs(6, 6, 2, l_top=4) == [(5, 3), (6, 4)]  # the top two are distinct
+
+
 def test_parse_hsk():
     c = parse_hsk("1l_10t_0.1h")
     assert (c.layers, c.tokens, c.width, c.name) == (1, 10, 0.1, "1l_10t_0.1h")
