@@ -67,7 +67,8 @@ def test_inspect_stats_are_fits_reference_losses(tmp_path, sst2_dir, tiny_bert, 
     cache = open_cache(out)
     batch = from_cache(cache.read(0, cache.num_examples), cache.manifest, "cpu", False)
     zero = torch.nn.Linear(8, cache.info.teacher.hidden_size)
-    torch.nn.init.zeros_(zero.weight), torch.nn.init.zeros_(zero.bias)
+    torch.nn.init.zeros_(zero.weight)
+    torch.nn.init.zeros_(zero.bias)
     hidden = torch.randn(cache.num_examples, 16, 8)
     losses = [
         hsk_layer_loss(hidden, zero, la.positions, la.values, la.dims, zero.out_features).item()
