@@ -299,19 +299,14 @@ def expand_grid(grid: Grid, tasks: list[TaskRef], n_teacher: int) -> list[RunSpe
 
 
 def _shared_states(arm: Arm, n_student: int, n_teacher: int) -> list[str]:
-    """A cache stores one target per teacher state, so two student layers cannot share one
-    (a low l_top over a deep student does that: round(l * l_top / L_s) repeats)."""
+    """The arm's refusal by `depth_pairs` when two student layers would share a teacher state
+    (a low l_top over a deep student), named with the arm, so a grid lists every such arm."""
     if arm.kind != "hsk":
         return []
-    pairs = depth_pairs(n_student, n_teacher, arm.layers, arm.l_top)
-    seen: dict[int, int] = {}
-    for s, t in pairs:
-        if t in seen:
-            return [
-                f"l_top {arm.l_top}: student states {seen[t]} and {s} both map to teacher state "
-                f"{t} ({arm.hsk}); use a larger l_top or fewer layers"
-            ]
-        seen[t] = s
+    try:
+        depth_pairs(n_student, n_teacher, arm.layers, arm.l_top)
+    except ConfigError as e:
+        return [f"l_top {arm.l_top} ({arm.hsk}): {e}"]
     return []
 
 

@@ -93,8 +93,9 @@ def test_expansion_refuses_arms_a_cache_cannot_hold():
     with pytest.raises(ConfigError) as e:
         expand_grid(low, [SST2], 6)
     assert str(e.value) == (
-        "l_top 3: student states 2 and 3 both map to teacher state 2 (3l_64t_1h); use a larger "
-        "l_top or fewer layers"
+        "l_top 3 (3l_64t_1h): student states 2 and 3 both pair with teacher state 2; a cache "
+        "stores each teacher state for one student state: raise l_top, keep fewer layers (the "
+        "'l' in the HSK config) or use a shallower student"
     )
 
 
