@@ -116,19 +116,19 @@ def target_stats(cache: Cache, show_progress: bool = False) -> dict:
     squares = {la.teacher: 0.0 for la in info.layers}
     peak = {la.teacher: 0.0 for la in info.layers}
     entropy = agree = 0.0
+    fields = {t: cache.layer_fields(t) for t in tokens}
+    names = [n for f in fields.values() for k, n in f.items() if k not in ("dims", "dims_hi")]
+    names += [] if info.data.regression else ["logits", "labels"]
     with progress_bar("stats", cache.num_chunks, 0, show_progress, unit="chunks") as advance:
         for i in range(cache.num_chunks):
-            for t in tokens:
-                f = cache.layer_fields(t)
-                names = [f[k] for k in ("positions", "values", "scales") if k in f]
-                rows = cache.read_chunk(i, names)
+            rows = cache.read_chunk(i, names)  # one read a chunk: every layer, then the logits
+            for t, f in fields.items():
                 values = decode_values(cache.manifest, rows[f["values"]], rows.get(f.get("scales")))
                 kept = values[rows[f["positions"]] >= 0].astype(np.float64)  # (tokens, W)
                 tokens[t] += len(kept)
                 squares[t] += float(np.square(kept).sum())
                 peak[t] = max(peak[t], float(np.abs(kept).max(initial=0.0)))
             if not info.data.regression:
-                rows = cache.read_chunk(i, ["logits", "labels"])
                 logits = rows["logits"].astype(np.float64)
                 logp = logits - logits.max(-1, keepdims=True)
                 logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
