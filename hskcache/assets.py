@@ -34,6 +34,7 @@ from zarr.core.sync import sync
 from hskcache.errors import CacheError, ConfigError, TeacherError
 from hskcache.hub import hub_reachable
 from hskcache.manifest import Assets, ManifestView, StudentInit
+from hskcache.names import check_file_name, check_key
 from hskcache.objects import check_object, read_object
 from hskcache.shapes import PRESETS, student_shape
 from hskcache.students import load_state, select_into, student_config
@@ -224,7 +225,7 @@ def read_asset(cache, key: str) -> bytes:
     Raises:
         CacheError: the object is missing or not what the build recorded.
     """
-    data = read_object(cache.group.store, key)
+    data = read_object(cache.group.store, check_key(key, cache.url, "assets"))
     want = (cache.manifest["objects"] or {}).get(key)  # JSON records, as check_object takes
     problem = check_object(key, data, want) if want else f"object '{key}' is not in the table"
     if problem:
@@ -241,6 +242,8 @@ def materialise(cache, files: dict[str, str], dest: Path | None = None) -> Path:
     if dest is None:
         dest = Path(tempfile.mkdtemp(prefix="hsk-assets-"))
         atexit.register(shutil.rmtree, dest, True)
+    for name in files:  # every name checked before the first file is written
+        check_file_name(name, cache.url, "assets")
     dest.mkdir(parents=True, exist_ok=True)
     for name, key in files.items():
         (dest / name).write_bytes(read_asset(cache, key))

@@ -14,7 +14,7 @@ from contextlib import suppress
 from pathlib import PurePosixPath
 
 from hskcache.errors import CacheError, ConfigError
-from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY
+from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY, content_digest
 from hskcache.objects import ROOT_KEY
 from hskcache.reader import open_cache
 from hskcache.storage import locate
@@ -98,6 +98,7 @@ def _summary(url: str, m: dict, files: dict[str, dict], root_info: dict) -> dict
     return {
         "url": url,
         "identity": m.get("identity"),
+        "content": _content(m),
         "teacher": {
             "name": _get(m, "teacher.name"),
             "weights_sha256": _get(m, "teacher.weights_sha256"),
@@ -116,10 +117,19 @@ def _summary(url: str, m: dict, files: dict[str, dict], root_info: dict) -> dict
     }
 
 
+def _content(m: dict) -> str | None:
+    """The content digest of a manifest that may be malformed (ls lists what it finds)."""
+    try:
+        return content_digest(m)
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
 def _partial(url: str, size: int) -> dict:
     return {
         "url": url,
         "identity": None,
+        "content": None,
         "teacher": {"name": None, "weights_sha256": None},
         "data": {"task": None, "split": None, "fingerprint": None},
         "selection": None,
@@ -159,6 +169,7 @@ FILTERS: dict[str, Callable[[dict, str], bool]] = {
     "width_strategy": _equal("selection.width_strategy"),
     "value_dtype": _equal("storage.value_dtype"),
     "identity": _prefix("identity"),
+    "content": lambda m, v: str(_content(m) or "").startswith(v.lower()),
 }
 
 

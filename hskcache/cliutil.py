@@ -8,6 +8,7 @@ fast. Functions that need them import them where they run.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -25,9 +26,27 @@ err = Console(stderr=True)
 _state = {"debug": False}
 
 
-def main(debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False):
+def main(
+    debug: Annotated[bool, typer.Option(help="Show tracebacks on errors.")] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="HSKCACHE_TIMEOUT",
+            help="Seconds an object-storage connect or read may take before it is retried.",
+        ),
+    ] = 30.0,
+    retries: Annotated[
+        int,
+        typer.Option(
+            envvar="HSKCACHE_RETRIES",
+            help="Attempts per object-storage call; then the command stops with one line.",
+        ),
+    ] = 3,
+):
     """The options every command of both CLIs takes before its name."""
     _state["debug"] = debug
+    # through the environment: read where a store is opened, inherited by child processes
+    os.environ["HSKCACHE_TIMEOUT"], os.environ["HSKCACHE_RETRIES"] = str(timeout), str(retries)
 
 
 def quiet_transformers() -> None:
@@ -39,15 +58,28 @@ def quiet_transformers() -> None:
 
 
 def run_guarded(fn, *args, **kwargs):
-    """Run a command body; an HskError becomes one red line and exit code 1 (unless --debug)."""
+    """Run a command body; an HskError, or a failure of the disk, network or object store under
+    it, becomes one red line and exit code 1 (unless --debug)."""
     try:
         return fn(*args, **kwargs)
     except HskError as e:
-        if _state["debug"]:
+        fail(str(e))
+    except Exception as e:
+        from hskcache.storage import outside_failure  # lazy: fsspec is not needed for --help
+
+        line = outside_failure(e)
+        if line is None:
             raise
-        # escape: a message naming `list[int]` must not lose `[int]` as rich markup
-        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        fail(line)
+
+
+def fail(line: str):
+    """Print `line` as the one red error line and exit 1; with --debug, re-raise instead."""
+    if _state["debug"]:
+        raise
+    # escape: a message naming `list[int]` must not lose `[int]` as rich markup
+    err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
 
 
 def say(line: str) -> None:

@@ -33,6 +33,7 @@ from hskcache.hsk import SelectionConfig
 from hskcache.layout import default_chunk_rows, layer_key
 from hskcache.lock import BuildLock, local_path
 from hskcache.manifest import ManifestView, compute_identity
+from hskcache.names import check_key
 from hskcache.objects import read_object
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache, open_cache, specs_for
@@ -278,7 +279,7 @@ def copy_assets(src: Cache, group) -> list[str]:
     proto = default_buffer_prototype()
     keys = sorted(k for k in src.info.objects or {} if k.startswith(ASSET_PREFIX))
     for key in keys:
-        data = read_object(src.group.store, key)
+        data = read_object(src.group.store, check_key(key, src.url))
         if data is None:
             raise CacheError(f"{src.url}: object '{key}' is missing; run `hskcache verify`")
         sync(group.store.set(key, proto.buffer.from_bytes(data)))

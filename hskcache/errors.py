@@ -39,3 +39,14 @@ class CacheMismatchError(CacheError):
         self.field, self.expected, self.found = field, expected, found
         msg = f"cache mismatch on '{field}': expected {expected!r}, found {found!r}"
         super().__init__(f"{msg}; {hint}" if hint else msg)
+
+
+class UnsafeNameError(CacheError):
+    """A manifest names a key or file that would leave the cache's folder (crafted or damaged)."""
+
+    def __init__(self, where: str, field: str, name: object, why: str):
+        self.field, self.name = field, name
+        super().__init__(
+            f"{where}: manifest field '{field}' names {name!r}, which {why}; refused: nothing "
+            "a cache names may leave its folder. Get the cache again from a source you trust"
+        )

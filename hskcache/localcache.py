@@ -7,9 +7,9 @@ then on the shard is a local file, read exactly as a local cache is (memory maps
 decode for compressed caches), so a second epoch reads nothing remote. A local file is hashed
 once per process, on its first use: a copy altered after download is downloaded again.
 
-`<cache>` is the cache's identity plus a digest of its objects table: the identity alone names
-what was distilled, not how it is stored (chunking, dtype, compression), and two caches with one
-identity but other storage must never share files.
+`<cache>` is the cache's name (`ManifestView.name`: identity plus content digest): the identity
+alone names what was distilled, not how it is stored (chunking, dtype, compression), and two
+caches with one identity but other bytes must never share files.
 
 The folder is bounded: after each download, whole shards are evicted, least recently used first
 (a read touches the file's mtime), until the total is under the limit; the shards of the read in
@@ -21,7 +21,6 @@ and our read is simply downloaded again. A shard larger than the whole limit is 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -29,6 +28,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from hskcache.errors import CacheError, ConfigError
+from hskcache.names import inside
 
 ENV_DIR = "HSKCACHE_LOCAL_CACHE"
 DEFAULT_SIZE = 10 * 2**30  # 10 GiB
@@ -64,16 +64,12 @@ def parse_size(text: str | int) -> int:
     return n
 
 
-def folder_name(identity: str, objects: dict[str, dict]) -> str:
-    digest = hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()
-    return f"{identity[:32]}-{digest[:16]}"
-
-
 class ShardCache:
     """The local copies of one remote cache's objects, in a folder shared with other caches.
 
     Args:
-        root: the shared folder (DIR); this cache's files go to `root / folder_name(...)`.
+        root: the shared folder (DIR); this cache's files go to `root / name`.
+        name: the cache's name (`ManifestView.name`).
         limit: bytes all caches' shards in `root` may take together.
         objects: the manifest's objects table (key -> bytes, sha256).
         fetch: reads one object from the remote store (None when absent).
@@ -83,12 +79,12 @@ class ShardCache:
         self,
         root: Path,
         limit: int,
-        identity: str,
+        name: str,
         objects: dict[str, dict],
         fetch: Callable[[str], bytes | None],
     ):
         self.root, self.limit, self.objects, self._fetch = Path(root), limit, objects, fetch
-        self.dir = self.root / folder_name(identity, objects)
+        self.dir = self.root / name
         self.remote_fetches = 0  # objects downloaded by this process: 0 once the copy is warm
 
     def path(self, key: str, keep: Iterable[Path] = ()) -> Path:
@@ -103,7 +99,7 @@ class ShardCache:
         want = self.objects.get(key)
         if want is None:
             raise CacheError(f"object '{key}' is not in the cache's objects table")
-        path = self.dir / key
+        path = inside(self.dir, key, str(self.dir))
         try:
             if path.stat().st_size == want["bytes"] and self._sound(path, want["sha256"]):
                 os.utime(path)  # mtime = last use, for LRU across processes

@@ -30,6 +30,7 @@ from pathlib import Path
 import fsspec
 
 from hskcache.errors import HskError
+from hskcache.storage import bound_remote_calls
 
 LOCK_KEY = "hskcache.lock"
 
@@ -64,6 +65,7 @@ class BuildLock:
         Raises:
             LockHeldError: a live (or unverifiable) build holds it and `break_lock` is False.
         """
+        bound_remote_calls(url)
         lock = cls(url, secrets.token_hex(16))
         info = {
             "host": socket.gethostname(),

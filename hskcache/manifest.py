@@ -14,6 +14,7 @@ from functools import cache
 from importlib import resources
 
 from hskcache.errors import CacheError, CacheMismatchError
+from hskcache.names import check_manifest_names
 
 MANIFEST_KEY = "hskcache"
 # 2: the manifest records every object's sha256 (`objects`).
@@ -45,7 +46,12 @@ def _validator():
 
 
 def validate_manifest(manifest: dict, where: str) -> None:
-    """Raise CacheError listing every schema violation at once."""
+    """Raise CacheError listing every schema violation at once.
+
+    Unsafe names are refused first, by the one validator, so a crafted key reads as what it is
+    rather than as a schema pattern mismatch.
+    """
+    check_manifest_names(manifest, where)
     problems = sorted(_validator().iter_errors(manifest), key=lambda e: list(e.path))
     if problems:
         lines = "; ".join(
@@ -66,6 +72,35 @@ def compute_identity(manifest: dict) -> str:
     stored student inits)."""
     core = {f: get_field(manifest, f) for f in IDENTITY_FIELDS}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
+# Fields that say where or by what a cache was made, not what it holds: left out of the content
+# digest, so two byte-identical builds from other paths, hosts or tool versions share one name.
+PROVENANCE_FIELDS = ("tool_version", "status", "build", "derived_from")
+PROVENANCE_NAMES = ("teacher.name", "tokenizer.name", "data.source")
+
+
+def content_digest(manifest: dict) -> str:
+    """sha256 over the whole manifest but its provenance: the identity, the objects table (every
+    object's size and sha256) and how the arrays are read (storage, counts, layers, width dims).
+
+    The identity names the knowledge (teacher, data, selection); this names the bytes too, so two
+    caches that share a content digest are the same bytes read the same way. A cache rebuilt
+    with another `--chunk-rows`, or with two chunk files and their table entries swapped, keeps
+    its identity but gets another content digest.
+    """
+    core = {k: v for k, v in manifest.items() if k not in PROVENANCE_FIELDS}
+    core = json.loads(json.dumps(core))  # a deep copy: the names below are dropped from it
+    for dotted in PROVENANCE_NAMES:
+        parent, _, leaf = dotted.rpartition(".")
+        get_field(core, parent).pop(leaf, None)
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
+def cache_name(identity: str, content: str) -> str:
+    """A cache's name where copies meet (`push --by-identity`, the local shard cache): equal
+    names mean equal knowledge and equal bytes (128 bits of each digest)."""
+    return f"{identity[:32]}-{content[:32]}"
 
 
 def first_difference(expected, found, prefix: str = "") -> tuple[str, object, object] | None:
@@ -265,6 +300,12 @@ class ManifestView:
     objects: Mapping[str, StoredObject] | None  # None until the build completes
     assets: Assets
     derived_from: DerivedFrom | None
+    content: str  # content_digest of the manifest
+
+    @property
+    def name(self) -> str:
+        """`cache_name`: where equal caches meet."""
+        return cache_name(self.identity, self.content)
 
     @property
     def complete(self) -> bool:
@@ -313,4 +354,5 @@ class ManifestView:
                 teacher=_frozen(a["teacher"]),
             ),
             derived_from=DerivedFrom(**m["derived_from"]) if "derived_from" in m else None,
+            content=content_digest(dict(m)),
         )

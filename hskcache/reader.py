@@ -30,6 +30,7 @@ from hskcache.localcache import DEFAULT_SIZE, ShardCache, default_dir, parse_siz
 from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY, Layer, ManifestView, validate_manifest
 from hskcache.objects import read_object
 from hskcache.rowcheck import chunk_problems
+from hskcache.storage import bound_remote_calls
 
 _EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written
 CRC_BYTES = 4
@@ -259,6 +260,7 @@ def open_cache(
         CacheIncompleteError: the build never finished (when `require_complete`).
     """
     url = str(url)
+    bound_remote_calls(url)
     root = _local_root(url)
     if root is not None and not (root / "zarr.json").is_file():
         raise CacheError(f"{url}: no cache here (no zarr.json); build one with `hskcache build`")
@@ -283,8 +285,8 @@ def open_cache(
         cache.local = ShardCache(
             Path(local_cache).expanduser() if local_cache else default_dir(),
             size,
-            info.identity,
-            manifest["objects"],  # the JSON table: its digest names the local folder
+            info.name,
+            manifest["objects"],
             lambda key: read_object(group.store, key),
         )
     return cache

@@ -25,6 +25,7 @@ from hskcache import storage
 from hskcache.errors import CacheError, HskError
 from hskcache.lock import LOCK_KEY, BuildLock
 from hskcache.manifest import MANIFEST_KEY, ManifestView, compute_identity
+from hskcache.names import check_key
 from hskcache.objects import ROOT_KEY
 from hskcache.progress import bytes_bar
 from hskcache.reader import open_cache
@@ -187,23 +188,28 @@ class Transfer:
                     f"{str(found.get('identity'))[:12]}, status {found.get('status')}); pass "
                     "--overwrite to replace it, or choose another destination"
                 )
-        check_local_source(self.src)
-        if found is not None:
-            dst.fs.rm_file(root)  # first: from here on nothing reads the old cache, or a mix
-            stale = [k for k in (found.get("objects") or {}) if k not in table]
-            for key in stale:  # the old cache's own objects, named by its own table
-                with suppress(FileNotFoundError):
-                    dst.fs.rm_file(dst.path(key))
-            dst.fs.invalidate_cache()
-        present = {k: v for k, v in dst.listing().items() if k != LOCK_KEY}  # ours, held
-        leftovers = [k for k in present if k.endswith(PARTIAL)]
-        foreign = sorted(k for k in present if k not in table and not k.endswith(PARTIAL))
-        if foreign:
+        old_table = (found or {}).get("objects")
+        old = list(old_table) if isinstance(old_table, dict) else []
+        for key in old:  # the old cache's own names decide what is deleted: checked first
+            check_key(key, dst.url)
+        present = {k: v for k, v in dst.listing().items() if k not in (LOCK_KEY, ROOT_KEY)}
+        foreign = sorted(
+            k for k in present if k not in table and k not in old and not k.endswith(PARTIAL)
+        )
+        if foreign:  # refused before anything is deleted: the old cache stays whole
             raise CacheError(
                 f"{dst.url}: holds {len(foreign)} file(s) that are not part of this cache "
                 f"(first: '{foreign[0]}'); choose an empty destination"
             )
-        for key in leftovers:  # temp files of a killed run
+        check_local_source(self.src)
+        if found is not None:
+            dst.fs.rm_file(root)  # first: from here on nothing reads the old cache, or a mix
+            for key in (k for k in old if k not in table):  # the old cache's own objects
+                with suppress(FileNotFoundError):
+                    dst.fs.rm_file(dst.path(key))
+                present.pop(key, None)
+            dst.fs.invalidate_cache()
+        for key in [k for k in present if k.endswith(PARTIAL)]:  # temp files of a killed run
             dst.fs.rm_file(dst.path(key))
         return {k: v for k, v in present.items() if k in table}
 
@@ -398,7 +404,8 @@ def push(
     show_progress: bool = True,
     break_lock: bool = False,
 ) -> Report:
-    """Copy a complete local cache to `url` (or `url/<identity>` with `by_identity`).
+    """Copy a complete local cache to `url` (or `url/<name>` with `by_identity`, the name being
+    `ManifestView.name`: identity plus content digest, so only equal bytes meet there).
 
     Returns:
         What was copied; `already_there` when the destination held this very cache.
@@ -410,7 +417,7 @@ def push(
     dst = locate(url)  # an unusable URL fails before the source is read
     src = open_source(local)
     if by_identity:
-        dst = dst.child(src.info.identity)
+        dst = dst.child(src.info.name)
     return Transfer(src, dst, jobs, overwrite, break_lock).run("push", show_progress)
 
 

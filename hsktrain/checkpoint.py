@@ -221,3 +221,10 @@ def same_cache(saved: dict, record: dict) -> None:
             f"--resume: the run was trained on cache {str(saved.get('cache_identity'))[:12]}, "
             f"not {str(record.get('cache_identity'))[:12]} (--cache); resume with the same cache"
         )
+    # A run saved before content digests were recorded has none: its identity check stands.
+    if saved.get("cache_content", record.get("cache_content")) != record.get("cache_content"):
+        raise ConfigError(
+            "--resume: the cache has the run's identity but other content (rebuilt with other "
+            "storage settings such as --chunk-rows, or altered): the resumed epoch would see "
+            "other rows; resume with the cache the run started on, or start a new --out"
+        )

@@ -161,6 +161,7 @@ def prepare(cfg: FitConfig) -> Run:
         "task": task,
         "max_length": max_length,
         "cache_identity": info.identity if info else None,
+        "cache_content": info.content if info else None,
     }
     return Run(
         model,

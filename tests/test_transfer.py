@@ -94,7 +94,7 @@ def test_push_ls_pull_verify_round_trip(tmp_path, caches, s3_bucket):
 
 
 def test_by_identity_twice_is_a_no_op(caches, s3_bucket):
-    identity = open_cache(caches["c1"]).manifest["identity"]
+    identity = open_cache(caches["c1"]).info.name  # identity + content digest
     args = ["push", "--by-identity", str(caches["c1"]), f"{s3_bucket}/ids", "--quiet"]
     first = runner.invoke(app, args)
     assert first.exit_code == 0 and "pushed" in first.output, first.output
@@ -188,7 +188,7 @@ def test_ls_match_and_json(caches, s3_bucket):
         assert r.exit_code == 0, r.output
         return [c["url"] for c in json.loads(r.output)]
 
-    both = [f"{s3_bucket}/a/c1", f"{s3_bucket}/b/{m2['identity']}"]
+    both = [f"{s3_bucket}/a/c1", f"{s3_bucket}/b/{open_cache(caches['c2']).info.name}"]
     assert ls() == both
     assert ls("--match", "hsk=1l_2t_0.5h") == both[1:]
     assert ls("--match", str(caches["c1"])) == both[:1]
