@@ -30,6 +30,7 @@ from hskcache.hsk import SelectionConfig
 from hskcache.layout import default_chunk_rows, layer_key, plan_arrays
 from hskcache.lock import BuildLock, LockHeldError, local_path
 from hskcache.manifest import FORMAT_VERSION, compute_identity
+from hskcache.names import model_label
 from hskcache.progress import progress_bar
 from hskcache.targets import Plan, plan_selection, teacher_targets
 from hskcache.teacher import ClsScoreProbe, Teacher, check_max_length, load_teacher
@@ -73,7 +74,7 @@ def make_manifest(
         "status": "building",
         "identity": "0" * 64,
         "teacher": {
-            "name": teacher.name,
+            "name": model_label(teacher.name),
             "weights_sha256": teacher.weights_sha256,
             "model_type": c.model_type,
             "num_hidden_layers": c.num_hidden_layers,
@@ -84,7 +85,7 @@ def make_manifest(
             "config": c.to_diff_dict(),
         },
         "tokenizer": {
-            "name": teacher.name,
+            "name": model_label(teacher.name),
             "sha256": teacher.tokenizer_sha256,
             "class": type(teacher.tokenizer).__name__,
             "pad_token_id": teacher.tokenizer.pad_token_id,

@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 
 from hskcache.errors import CacheError, ConfigError
 from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY, content_digest
+from hskcache.names import model_label
 from hskcache.objects import ROOT_KEY
 from hskcache.reader import open_cache
 from hskcache.storage import locate
@@ -100,7 +101,7 @@ def _summary(url: str, m: dict, files: dict[str, dict], root_info: dict) -> dict
         "identity": m.get("identity"),
         "content": _content(m),
         "teacher": {
-            "name": _get(m, "teacher.name"),
+            "name": next(iter(_teacher_names(m)[1:]), None),  # older caches: absolute paths
             "weights_sha256": _get(m, "teacher.weights_sha256"),
         },
         "data": {
@@ -149,6 +150,12 @@ def _equal(field: str) -> Callable[[dict, str], bool]:
     return lambda m, v: str(_get(m, field)) == v
 
 
+def _teacher_names(m: dict) -> tuple[str, ...]:
+    """The names `--match teacher=` takes: as recorded, and as `ls` shows it."""
+    name = _get(m, "teacher.name")
+    return (name, model_label(name)) if isinstance(name, str) else ()
+
+
 def _task(m: dict, v: str) -> bool:
     with suppress(ConfigError):  # a table file's own task name is compared as given
         v = get_task(v).name
@@ -160,7 +167,7 @@ FILTERS: dict[str, Callable[[dict, str], bool]] = {
     "task": _task,
     "split": _equal("data.split"),
     "hsk": _equal("selection.name"),
-    "teacher": lambda m, v: _prefix("teacher.weights_sha256")(m, v) or _get(m, "teacher.name") == v,
+    "teacher": lambda m, v: _prefix("teacher.weights_sha256")(m, v) or v in _teacher_names(m),
     "tokenizer": _prefix("tokenizer.sha256"),
     "data": _prefix("data.fingerprint"),
     "max_length": _equal("max_length"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -269,30 +268,42 @@ def print_caches(caches: list[dict], url: str, match: str | None) -> None:
         return
     short = lambda s: (s or "?")[:8]  # noqa: E731
     base = url.rstrip("/") + "/"
-    # About 130 columns show every row on one line; narrower terminals fold the long cells.
-    table = Table(title=f"{len(caches)} cache(s) under {url}", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("cache", overflow="fold")
-    table.add_column("identity", no_wrap=True, min_width=12)
-    for col in ("teacher", "data", "split", "selection", "rows", "size"):
-        right = col in ("rows", "size")
-        table.add_column(col, overflow="fold", justify="right" if right else "left")
-    table.add_column("status", no_wrap=True)
-    for c in caches:
-        colour = {"complete": "green", "building": "yellow", "partial": "yellow"}.get(
-            c["status"], "red"
-        )
-        name = c["teacher"]["name"]
-        table.add_row(
-            escape(c["url"].removeprefix(base) or "."),
+    head = ("cache", "identity", "content", "teacher", "data", "split", "selection", "rows")
+    head += ("size", "status")
+    rows = [
+        (
+            c["url"].removeprefix(base) or ".",
             (c["identity"] or "?")[:12],
-            f"{Path(name).name} {short(c['teacher']['weights_sha256'])}" if name else "?",
+            (c["content"] or "?")[:12],
+            f"{c['teacher']['name'] or '?'} {short(c['teacher']['weights_sha256'])}",
             f"{c['data']['task'] or '?'} {short(c['data']['fingerprint'])}",
             c["data"]["split"] or "?",
             c["selection"] or "?",
             f"{c['rows']:,}" if c["rows"] is not None else "?",
             decimal(c["bytes"]),
-            f"[{colour}]{c['status']}[/{colour}]",
+            c["status"],
         )
+        for c in caches
+    ]
+    if not console.is_terminal:  # piped: one tab-separated line a cache, never folded
+        for row in (head, *rows):
+            print("\t".join(row))  # not rich: it would expand the tabs
+        return
+    # About 150 columns show every row on one line; narrower terminals fold the long cells.
+    table = Table(title=f"{len(caches)} cache(s) under {url}", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in head:
+        fixed = col in ("identity", "content", "status")
+        table.add_column(
+            col,
+            no_wrap=fixed,
+            min_width=12 if fixed and col != "status" else None,
+            overflow="fold",
+            justify="right" if col in ("rows", "size") else "left",
+        )
+    for row in rows:
+        colour = {"complete": "green", "building": "yellow", "partial": "yellow"}
+        colour = colour.get(row[-1], "red")
+        table.add_row(*map(escape, row[:-1]), f"[{colour}]{row[-1]}[/{colour}]")
     console.print(table)
 
 

@@ -80,8 +80,7 @@ class BuildLock:
                     raise LockHeldError(_held_message(url, holder))
                 why = "as asked (--break-lock)" if break_lock else "its process is dead"
                 print(
-                    f"hskcache: {url}: taking over the lock of pid {holder.get('pid')} on host "
-                    f"{holder.get('host')} since {holder.get('started')}: {why}",
+                    f"hskcache: {url}: taking over the lock of {_holder_text(holder)}: {why}",
                     file=sys.stderr,
                 )
                 again = lock._read()  # two takers: remove only the stale one, not a new lock
@@ -100,12 +99,7 @@ class BuildLock:
         holder = self._read()
         if holder is not None and holder.get("token") == self.token:
             return
-        who = (
-            "it was removed"
-            if holder is None
-            else f"now held by pid {holder.get('pid')} on host {holder.get('host')} since "
-            f"{holder.get('started')}"
-        )
+        who = "it was removed" if holder is None else f"now held by {_holder_text(holder)}"
         raise LockHeldError(
             f"{self.url}: this build no longer holds the cache's lock ({who}); another build "
             "may be writing it: nothing was marked complete, rerun once that build is done"
@@ -137,7 +131,8 @@ class BuildLock:
             holder = json.loads(raw)
         except ValueError:
             holder = None
-        return holder if isinstance(holder, dict) else {"pid": "?", "host": "?", "started": "?"}
+        ok = isinstance(holder, dict) and {"pid", "host", "started"} <= set(holder)
+        return holder if ok else {"unreadable": True}  # no pid to check: never taken as stale
 
     def _create(self, info: dict) -> bool:
         data = json.dumps(info, indent=1).encode()
@@ -188,9 +183,15 @@ def _stale(holder: dict) -> bool:
     return False
 
 
+def _holder_text(holder: dict) -> str:
+    if holder.get("unreadable"):
+        return "a lock file that is not one hskcache wrote (unreadable)"
+    return f"pid {holder.get('pid')} on host {holder.get('host')} since {holder.get('started')}"
+
+
 def _held_message(url: str, holder: dict) -> str:
+    dead = "no build is running there" if holder.get("unreadable") else "that build is dead"
     return (
-        f"{url}: held by pid {holder.get('pid')} on host {holder.get('host')} since "
-        f"{holder.get('started')}; if that build is dead, remove "
+        f"{url}: held by {_holder_text(holder)}; if {dead}, remove "
         f"{url.rstrip('/')}/{LOCK_KEY} or pass --break-lock"
     )

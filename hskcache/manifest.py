@@ -80,7 +80,18 @@ PROVENANCE_FIELDS = ("tool_version", "status", "build", "derived_from")
 PROVENANCE_NAMES = ("teacher.name", "tokenizer.name", "data.source")
 
 
-def content_digest(manifest: dict) -> str:
+def without(manifest: Mapping, fields: tuple[str, ...]) -> dict:
+    """A deep copy of `manifest` without the (dotted) `fields`."""
+    out = json.loads(json.dumps(dict(manifest)))
+    for dotted in fields:
+        parent, _, leaf = dotted.rpartition(".")
+        node = get_field(out, parent) if parent else out
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def content_digest(manifest: Mapping) -> str:
     """sha256 over the whole manifest but its provenance: the identity, the objects table (every
     object's size and sha256) and how the arrays are read (storage, counts, layers, width dims).
 
@@ -89,11 +100,7 @@ def content_digest(manifest: dict) -> str:
     with another `--chunk-rows`, or with two chunk files and their table entries swapped, keeps
     its identity but gets another content digest.
     """
-    core = {k: v for k, v in manifest.items() if k not in PROVENANCE_FIELDS}
-    core = json.loads(json.dumps(core))  # a deep copy: the names below are dropped from it
-    for dotted in PROVENANCE_NAMES:
-        parent, _, leaf = dotted.rpartition(".")
-        get_field(core, parent).pop(leaf, None)
+    core = without(manifest, PROVENANCE_FIELDS + PROVENANCE_NAMES)
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
@@ -117,9 +124,9 @@ def first_difference(expected, found, prefix: str = "") -> tuple[str, object, ob
 
 
 def check_same(expected: dict, found: dict, ignore: tuple[str, ...], hint: str) -> None:
-    """Raise CacheMismatchError naming the first field (outside `ignore`) that differs."""
-    strip = lambda m: {k: v for k, v in m.items() if k not in ignore}  # noqa: E731
-    diff = first_difference(strip(expected), strip(found))
+    """Raise CacheMismatchError naming the first field (outside the dotted `ignore`) that
+    differs."""
+    diff = first_difference(without(expected, ignore), without(found, ignore))
     if diff:
         raise CacheMismatchError(*diff, hint=hint)
 

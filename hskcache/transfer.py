@@ -351,6 +351,7 @@ class Transfer:
             checks = {k: pool.submit(self.verified_there, k, present.get(k)) for k in present}
             done = {k for k, f in checks.items() if f.result()}
         todo = [k for k in table if k not in done]
+        self._check_remote_sizes(todo)
         self.report.skipped = len(done)
         total = sum(table[k]["bytes"] for k in todo)
         with bytes_bar(label, total, show_progress) as advance:
@@ -360,6 +361,27 @@ class Transfer:
         lock.check()  # taken over (--break-lock elsewhere) mid-copy: do not mark complete
         self._write_root()
         return self.report
+
+    def _check_remote_sizes(self, keys: list[str]) -> None:
+        """Compare a remote source's sizes (one listing) with the table before any progress
+        bar: a manifest lying about a size is refused at once, not after a bar sized by it.
+
+        Raises:
+            CacheError: naming the first object whose size differs, or that is absent.
+        """
+        src = self.src.loc
+        if src.local:
+            return  # hashed in full by prepare()
+        listing = src.listing()
+        for key in keys:
+            size = (listing.get(key) or {}).get("size")
+            if size != self.src.table[key]["bytes"]:
+                found = "is missing" if size is None else f"has {size} bytes"
+                raise CacheError(
+                    f"{src.url}: object '{key}' {found}, the manifest records "
+                    f"{self.src.table[key]['bytes']}; nothing was copied: run `hskcache verify` "
+                    "on it, rebuild it if damaged"
+                )
 
     def _write_root(self) -> None:
         path, data = self.dst.path(ROOT_KEY), self.src.root_bytes

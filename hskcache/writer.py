@@ -28,7 +28,13 @@ from zarr.core.sync import sync
 from hskcache.errors import CacheError, HskError
 from hskcache.layout import ArraySpec, shard_key
 from hskcache.lock import LOCK_KEY, BuildLock, local_path
-from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY, check_same, validate_manifest
+from hskcache.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_KEY,
+    PROVENANCE_NAMES,
+    check_same,
+    validate_manifest,
+)
 from hskcache.objects import data_keys, object_table
 
 RESUME_HINT = (
@@ -78,7 +84,10 @@ def open_for_build(
     root = local_path(url)
     if content:
         check_same(
-            manifest, found, ignore=("status", "stats", "identity", "objects"), hint=RESUME_HINT
+            manifest,
+            found,
+            ignore=("status", "stats", "identity", "objects", *PROVENANCE_NAMES),
+            hint=RESUME_HINT,
         )
         if found["status"] == "complete":
             _check_sizes(url, found["objects"])

@@ -387,3 +387,30 @@ def test_remote_faults_are_one_line(good, s3_server, tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 1 and len(lines) == 1, (args, r.stderr[-2000:])
         assert lines[0].startswith("error: ") and word in lines[0].lower(), (args, lines)
+
+
+def test_a_garbage_lock_file_is_named_as_such(good, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "hskcache.lock").write_text("not json")
+    r = runner.invoke(app, ["derive", str(good["b"]), str(out), "--hsk", "1l_1t_0.5h"])
+    assert r.exit_code == 1 and "?" not in r.output, r.output
+    assert "held by a lock file that is not one hskcache wrote (unreadable)" in r.output
+    assert "if no build is running there, remove" in r.output
+
+
+def test_a_lying_size_is_refused_before_anything_is_copied(good, s3_bucket, tmp_path):
+    """A remote manifest claiming a petabyte object is refused from one listing, before a
+    progress bar sized by it or any download."""
+    url = f"{s3_bucket}/liar"
+    push(str(good["b"]), url, show_progress=False)
+    doc = json.loads((good["b"] / "zarr.json").read_text())
+    key = sorted(doc["attributes"]["hskcache"]["objects"])[-1]
+    doc["attributes"]["hskcache"]["objects"][key]["bytes"] = 10**15
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.pipe_file(f"{url.removeprefix('s3://')}/zarr.json", json.dumps(doc).encode())
+    r = runner.invoke(app, ["pull", url, str(tmp_path / "dest")])
+    assert r.exit_code == 1
+    assert f"object '{key}' has {(good['b'] / key).stat().st_size} bytes" in r.output
+    assert "1000000000000000" in r.output and "PB" not in r.output
+    assert files_under(tmp_path) == set()

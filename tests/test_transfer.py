@@ -81,8 +81,16 @@ def test_push_ls_pull_verify_round_trip(tmp_path, caches, s3_bucket):
     assert entry["status"] == "complete" and entry["rows"] == 26
     assert entry["selection"] == "1l_4t_0.25h" and entry["data"]["task"] == "sst2"
     assert entry["bytes"] == sum(len(b) for b in cache_files(caches["c1"]).values())
-    r = runner.invoke(app, ["ls", s3_bucket])
-    assert "1 cache(s) under" in r.output and m["identity"][:8] in r.output
+    r = runner.invoke(app, ["ls", s3_bucket])  # not a TTY: tab-separated, one line a cache
+    head, row = r.output.splitlines()
+    assert head.split("\t")[:3] == ["cache", "identity", "content"]
+    assert row.split("\t")[:2] == ["team/c1", m["identity"][:12]]
+    cells = row.split("\t")
+    assert cells[6:8] == ["1l_4t_0.25h", "26"] and cells[-1] == "complete"
+    label = f"{caches['c1'].parent.name}/teacher"  # the folder's last two parts, no abs path
+    assert cells[3].split()[0] == label and m["teacher"]["name"] == label
+    r = runner.invoke(app, ["ls", s3_bucket, "--json", "--match", f"teacher={label}"])
+    assert [c["url"] for c in json.loads(r.output)] == [url]  # the name ls shows matches
     local = tmp_path / "pulled"
     r = runner.invoke(app, ["pull", url, str(local), "--quiet", "--jobs", "3"])
     assert r.exit_code == 0, r.output
@@ -250,7 +258,7 @@ def test_bad_inputs_are_one_line(tmp_path, caches, s3_bucket):
     )
     assert refused("ls", s3_bucket, "--match", "task=sst2,colour=red") == (
         "unknown --match key 'colour'; known keys: task, split, hsk, teacher, tokenizer, data, "
-        "max_length, student_layers, length, width_strategy, value_dtype, identity"
+        "max_length, student_layers, length, width_strategy, value_dtype, identity, content"
     )
     assert refused("ls", s3_bucket, "--match", "task=sst2,train").startswith(
         "--match 'train': expected key=value (or a cache path/URL)"
