@@ -172,6 +172,7 @@ def print_inspect(info: dict) -> None:
             f"{info['counts']['num_shards']} shards",
         ),
         ("identity", info["identity"]),
+        ("content", f"{info['content']}  (name {info['name']})"),
         *_kit_rows(info["kit"]),
     ]
     if info["stats"]:

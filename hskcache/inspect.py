@@ -32,6 +32,8 @@ def describe(cache: Cache) -> dict:
         "path": cache.url,
         "status": info.status,
         "identity": info.identity,
+        "content": info.content,
+        "name": info.name,
         "teacher": f"{t.name} ({t.model_type}, {t.num_hidden_layers} layers, "
         f"hidden {t.hidden_size}, sha256 {t.weights_sha256[:12]})",
         "teacher_head_initialised": t.head_initialised,
