@@ -414,3 +414,25 @@ def test_a_lying_size_is_refused_before_anything_is_copied(good, s3_bucket, tmp_
     assert f"object '{key}' has {(good['b'] / key).stat().st_size} bytes" in r.output
     assert "1000000000000000" in r.output and "PB" not in r.output
     assert files_under(tmp_path) == set()
+
+
+def test_the_server_dying_mid_fit_is_one_line(good, s3_bucket, tmp_path, monkeypatch):
+    """The manifest and kit were read, then every shard download fails as a dead endpoint does:
+    one line from `fit`, not a traceback."""
+    import botocore.exceptions
+
+    import hskcache.reader
+
+    url = f"{s3_bucket}/dying"
+    push(str(good["a"]), url, show_progress=False)
+
+    def dead(store, key):
+        raise botocore.exceptions.EndpointConnectionError(endpoint_url=f"{url}/{key}")
+
+    monkeypatch.setattr(hskcache.reader, "read_object", dead)
+    args = ["fit", "--cache", url, "--local-cache", str(tmp_path / "lc"), "--student", "tiny"]
+    r = runner.invoke(train_app, [*args, "--out", str(tmp_path / "run")])
+    assert r.exit_code == 1, r.output
+    lines = r.output.strip().splitlines()
+    assert lines[-1].startswith("error: object storage failed (EndpointConnectionError"), lines
+    assert not any("Traceback" in line for line in lines)
