@@ -19,6 +19,13 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from hskcache.errors import HskError
+from hskcache.remote import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    RETRIES_ENV,
+    TIMEOUT_ENV,
+    outside_failure,
+)
 
 console = Console()
 err = Console(stderr=True)
@@ -30,22 +37,22 @@ def main(
     timeout: Annotated[
         float,
         typer.Option(
-            envvar="HSKCACHE_TIMEOUT",
+            envvar=TIMEOUT_ENV,
             help="Seconds an object-storage connect or read may take before it is retried.",
         ),
-    ] = 30.0,
+    ] = DEFAULT_TIMEOUT,
     retries: Annotated[
         int,
         typer.Option(
-            envvar="HSKCACHE_RETRIES",
+            envvar=RETRIES_ENV,
             help="Attempts per object-storage call; then the command stops with one line.",
         ),
-    ] = 3,
+    ] = DEFAULT_RETRIES,
 ):
     """The options every command of both CLIs takes before its name."""
     _state["debug"] = debug
     # through the environment: read where a store is opened, inherited by child processes
-    os.environ["HSKCACHE_TIMEOUT"], os.environ["HSKCACHE_RETRIES"] = str(timeout), str(retries)
+    os.environ[TIMEOUT_ENV], os.environ[RETRIES_ENV] = str(timeout), str(retries)
 
 
 def quiet_transformers() -> None:
@@ -64,8 +71,6 @@ def run_guarded(fn, *args, **kwargs):
     except HskError as e:
         fail(str(e))
     except Exception as e:
-        from hskcache.storage import outside_failure  # lazy: fsspec is not needed for --help
-
         line = outside_failure(e)
         if line is None:
             raise

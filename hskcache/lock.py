@@ -30,7 +30,7 @@ from pathlib import Path
 import fsspec
 
 from hskcache.errors import HskError
-from hskcache.storage import bound_remote_calls
+from hskcache.remote import bound_remote_calls
 
 LOCK_KEY = "hskcache.lock"
 

@@ -29,8 +29,8 @@ from hskcache.layout import ArraySpec, layer_key, plan_arrays, shard_key
 from hskcache.localcache import DEFAULT_SIZE, ShardCache, default_dir, parse_size
 from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY, Layer, ManifestView, validate_manifest
 from hskcache.objects import read_object
+from hskcache.remote import bound_remote_calls
 from hskcache.rowcheck import chunk_problems
-from hskcache.storage import bound_remote_calls
 
 _EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written
 CRC_BYTES = 4

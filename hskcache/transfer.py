@@ -29,12 +29,12 @@ from hskcache.names import check_key
 from hskcache.objects import ROOT_KEY
 from hskcache.progress import bytes_bar
 from hskcache.reader import open_cache
+from hskcache.remote import short_error
 from hskcache.storage import (
     Location,
     digest,
     locate,
     object_blocks,
-    short_error,
     store_md5,
 )
 from hskcache.verify import verify_cache
