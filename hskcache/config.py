@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from hskcache.data import utf8_text
 from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError
 from hskcache.hsk import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
@@ -30,11 +31,12 @@ def merge_file(cls: type[T], path: str | None, flags: dict) -> T:
     Raises:
         ConfigError: unreadable file, keys that `cls` does not have, values of the wrong type,
             or required fields set nowhere (each group with all of its keys named).
+        DataFormatError: a file that is not UTF-8, naming its line.
     """
     values: dict = {}
     if path:
         try:
-            values = tomllib.loads(Path(path).read_text())
+            values = tomllib.loads(utf8_text(Path(path)))
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"{path}: cannot read config file ({e})") from e
     values.update({k: v for k, v in flags.items() if v is not None})

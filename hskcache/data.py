@@ -137,7 +137,7 @@ def _custom_task(columns: Columns) -> TaskSpec:
     )
 
 
-def _utf8_text(file: Path) -> str:
+def utf8_text(file: Path) -> str:
     """The file's text, without a BOM (MRPC has one); a non-UTF-8 byte names its line."""
     raw = file.read_bytes()
     if raw.startswith(codecs.BOM_UTF8):
@@ -153,7 +153,7 @@ def _utf8_text(file: Path) -> str:
 
 def _read_tsv(file: Path, has_header: bool) -> tuple[list[list[str]], list[str] | None]:
     # GLUE TSVs contain bare quotes (MRPC, SST-2): no quoting.
-    text = io.StringIO(_utf8_text(file), newline="")
+    text = io.StringIO(utf8_text(file), newline="")
     reader = csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE)
     try:
         rows = list(reader)
@@ -244,7 +244,7 @@ def _from_table(path: Path, spec: TaskSpec, columns: Columns, split: str) -> Exa
     import pyarrow.parquet as pq
 
     if path.suffix in (".csv", ".tsv", ".jsonl", ".json"):
-        _utf8_text(path)  # pyarrow's own error names no line, and its JSON reader lets bad bytes in
+        utf8_text(path)  # pyarrow's own error names no line, and its JSON reader lets bad bytes in
     try:
         if path.suffix in (".csv", ".tsv"):
             opts = pacsv.ParseOptions(delimiter="\t" if path.suffix == ".tsv" else ",")

@@ -39,7 +39,12 @@ PRESETS: dict[str, dict[str, int]] = {
 
 def student_shape(student: str | dict) -> dict:
     """A preset name, a JSON file of config fields (e.g. {"num_hidden_layers": 3, ...}),
-    or such a dict -> the dict."""
+    or such a dict -> the dict.
+
+    Raises:
+        ConfigError: an unknown name, a JSON file lacking a field.
+        TeacherError: a JSON file asking for custom code (`auto_map`, an unknown model type).
+    """
     if isinstance(student, dict):
         return student
     if student in PRESETS:
@@ -49,6 +54,10 @@ def student_shape(student: str | dict) -> dict:
         missing = {"num_hidden_layers", "hidden_size", "num_attention_heads"} - set(shape)
         if missing:
             raise ConfigError(f"{student}: student config lacks {sorted(missing)}")
+        # its fields go into the student's config.json: an auto_map would ride along
+        from hskcache.teacher import refuse_custom_code  # lazy: imports transformers
+
+        refuse_custom_code(shape, student)
         return shape
     raise ConfigError(
         f"unknown student '{student}'; use a preset ({', '.join(PRESETS)}) or a "

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hskcache.errors import ConfigError
+from hskcache.errors import ConfigError, TeacherError
 from hsktrain.config import flag
 from hsktrain.ddp import World
 
@@ -135,6 +135,27 @@ def save_state(
         )
     )
     _swap_in(tmp, folder)
+
+
+def refuse_run_folder(folder: Path) -> None:
+    """Refuse a run folder where a model folder is asked for (`eval`, `--init-from`), naming
+    the model inside: its own config.json is the run's record, so it would be refused for what
+    it is not (no safetensors weights, no tokenizer).
+
+    Raises:
+        TeacherError: `folder` holds a run (its log, best/ or last/).
+    """
+    marks = ("metrics.jsonl", "best/config.json", "last/state.json")
+    if not any((folder / m).is_file() for m in marks):
+        return
+    best = folder / "best"
+    hint = (
+        f"did you mean {best}"
+        if (best / "config.json").is_file()
+        else "it keeps no best/ model (a --mode hsk run, or a sweep's run without "
+        "keep_checkpoints); pass a model folder"
+    )
+    raise TeacherError(f"{folder}: a run folder, not a model folder; {hint}")
 
 
 def read_state(folder: Path) -> dict:

@@ -339,6 +339,7 @@ def bench(
     """Measure online vs offline KD step time, reader stall, build throughput, cache size
     (--e2e: whole online vs offline runs on real data)."""
     flags = given(ctx)
+    run_guarded(_bench_outputs, results, plot, workdir)
     if build:
         return _bench_build(flags, results, as_json)
     if e2e:
@@ -366,6 +367,17 @@ def bench(
 
     _emit(result, results and (lambda cmd: write_results(result, results, plot, cmd)),
           targets_table, as_json)  # fmt: skip
+
+
+def _bench_outputs(results: Path | None, plot: Path | None, workdir: str | None) -> None:
+    """Refuse a place bench cannot write before minutes of measuring."""
+    from hsktrain.outputs import output_file, output_folder
+
+    for path, flag in ((results, "--results"), (plot, "--plot")):
+        if path is not None:
+            output_file(path, flag)
+    if workdir is not None:
+        output_folder(workdir, "--workdir")
 
 
 def _bench_build(flags: dict, results: Path | None, as_json: bool) -> None:
@@ -485,8 +497,11 @@ def sweep(
 
             plan(grid, measure, say)
             return
+        from hsktrain.outputs import output_folder
         from hsktrain.sweep import run_sweep
 
+        output_folder(grid.study, "--study")
+        output_folder(grid.work, "workdir")
         done = run_sweep(grid, show_progress=not quiet, say=say, shard=part)
         say(f"done: {len(done.pending)} run(s) added to {grid.study}/results.csv; "
             f"`hsktrain report {grid.study}` writes the report")  # fmt: skip
@@ -513,12 +528,20 @@ def compare(
     """Compare studies that train the same arms with other fit recipes: per task and metric,
     one row per study (labelled by the options that differ from the first), one column per arm,
     mean +- std over seeds."""
-    from hsktrain.study import compare as compare_studies
 
-    md = run_guarded(compare_studies, studies)
+    def body() -> str:
+        from hsktrain.outputs import output_file
+        from hsktrain.study import compare as compare_studies
+
+        path = out and output_file(out, "--out")
+        md = compare_studies(studies)
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(md)
+        return md
+
+    md = run_guarded(body)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(md)
         console.print(f"wrote {out}", highlight=False)
     else:
         print(md, end="")

@@ -8,7 +8,7 @@ from typing import get_args, get_origin, get_type_hints
 
 from hskcache.data import Columns
 from hskcache.devices import amp_problem, check_device
-from hskcache.errors import ConfigError
+from hskcache.errors import ConfigError, HskError
 from hskcache.hsk import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
 from hskcache.localcache import parse_size
 from hskcache.lock import local_path
@@ -179,10 +179,7 @@ class FitConfig:
         if self.init not in INITS:
             p.append(f"init must be one of {INITS}")
         if self.init != "pretrained":
-            try:
-                student_shape(self.student)
-            except ConfigError as e:
-                p.append(str(e))
+            p += student_problems(self.student)
         if self.proj_init not in ("select", "random"):
             p.append("proj_init must be select or random")
         if self.score_layer is not None and self.score_layer not in SCORE_LAYERS:
@@ -214,6 +211,15 @@ class FitConfig:
                 p.append(str(e))
         if p:
             raise ConfigError("; ".join(p))
+
+
+def student_problems(student: str) -> list[str]:
+    """A `--student` that is no preset or shape, or a JSON shape asking for custom code."""
+    try:
+        student_shape(student)
+    except HskError as e:
+        return [str(e)]
+    return []
 
 
 def _local_cache_problems(cfg: FitConfig) -> list[str]:

@@ -13,9 +13,11 @@ from hskcache.devices import check_device
 from hskcache.errors import ConfigError, DataFormatError, TeacherError
 from hskcache.teacher import check_model_folder, check_token_limit
 from hsktrain.batch import inputs
+from hsktrain.checkpoint import refuse_run_folder
 from hsktrain.loader import ArraySource, ChunkShuffleLoader
 from hsktrain.metrics import task_metrics
 from hsktrain.rows import encode_split
+from hsktrain.students import check_vocab
 
 
 @torch.no_grad()
@@ -63,7 +65,8 @@ def evaluate_checkpoint(
 
     Raises:
         TeacherError: not a safetensors model folder (with a hint for a run folder), custom
-            code, or a label count that does not match the task.
+            code, fewer token embeddings than the tokenizer has tokens, or a label count that
+            does not match the task.
         ConfigError: batch size, limit, max length or device out of range.
         DataFormatError: the data cannot be read as asked.
     """
@@ -71,10 +74,7 @@ def evaluate_checkpoint(
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(model_dir)
-    if not (folder / "config.json").is_file() and (folder / "best" / "config.json").is_file():
-        raise TeacherError(
-            f"{folder}: a run folder, not a model folder; did you mean {folder / 'best'}"
-        )
+    refuse_run_folder(folder)
     check_model_folder(folder)
     if batch_size < 1:
         raise ConfigError(f"batch size {batch_size} must be >= 1")
@@ -86,6 +86,7 @@ def evaluate_checkpoint(
     if max_length is not None:
         check_token_limit(config, max_length)
     tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True, trust_remote_code=False)
+    check_vocab(config, tokenizer, str(folder))
     rows, ex, max_length = encode_split(
         data, task, split, limit, tokenizer, max_length, 1024, columns
     )

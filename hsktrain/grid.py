@@ -13,11 +13,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from hskcache.config import _matches as matches  # one type rule for every config file
+from hskcache.data import utf8_text
 from hskcache.errors import ConfigError
 from hskcache.hsk import LENGTH_STRATEGIES, WIDTH_STRATEGIES, default_l_top, depth_pairs, parse_hsk
 from hskcache.shapes import student_shape
 from hskcache.tasks import get_task
-from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig
+from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig, student_problems
 from hsktrain.glue import find_task_data
 
 BASELINES = ("ce", "pred")
@@ -80,11 +81,12 @@ def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:
 
     Raises:
         ConfigError: unreadable file, unknown keys, wrong types, bad values, all named.
+        DataFormatError: a file that is not UTF-8, naming its line.
     """
     values: dict = {}
     if path:
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            raw = tomllib.loads(utf8_text(Path(path)))
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"{path}: cannot read the study config ({e})") from e
         for k, v in raw.items():
@@ -160,6 +162,7 @@ def grid_problems(g: Grid) -> list[str]:
         if s not in GRID_WIDTH_STRATEGIES
     ]
 
+    p += student_problems(g.student)
     names = {f.name for f in fields(FitConfig)}
     bad = [f"fit.{k} is set by the sweep itself" for k in g.fit if k in SWEEP_SETS]
     bad += [f"unknown key 'fit.{k}'" for k in g.fit if k not in names]

@@ -25,16 +25,18 @@ from hskcache.tasks import TASKS
 from hskcache.teacher import (
     ClsScoreProbe,
     check_max_length,
+    check_model_folder,
     default_teacher_path,
     load_teacher,
     tokenizer_sha256,
 )
 from hskcache.verify import require_sound
 from hsktrain import batch as batches
+from hsktrain.checkpoint import refuse_run_folder
 from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig
 from hsktrain.loader import ChunkShuffleLoader
 from hsktrain.rows import encode_split
-from hsktrain.students import build_student, make_projection, student_from_cache
+from hsktrain.students import build_student, check_vocab, make_projection, student_from_cache
 
 
 @dataclass
@@ -113,6 +115,7 @@ def prepare(cfg: FitConfig) -> Run:
         model, init_info = student_from_cache(cache, cfg.init, cfg.student, num_labels, cfg.seed)
     else:
         model, init_info = build_student(cfg.init, init_from, cfg.student, num_labels, cfg.seed)
+    check_vocab(model.config, tokenizer, init_from or f"{cfg.cache} (its stored student)")
     model.to(cfg.device)
     n_student = model.config.num_hidden_layers
     if (
@@ -195,11 +198,14 @@ def _tokenizer(source):
                 f"({str(e).splitlines()[0]}); pull or rebuild the cache"
             ) from e
     folder = Path(source)
-    if folder.exists() and not (folder / "config.json").is_file():
-        raise TeacherError(
-            f"{folder}: not a model folder (no config.json); pass a teacher or "
-            "checkpoint folder to --init-from"
-        )
+    if folder.exists():  # before any of its files is read: custom code, pickle, a run folder
+        refuse_run_folder(folder)
+        if not (folder / "config.json").is_file():
+            raise TeacherError(
+                f"{folder}: not a model folder (no config.json); pass a teacher or "
+                "checkpoint folder to --init-from"
+            )
+        check_model_folder(folder)
     try:
         return AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
     except (OSError, ValueError) as e:

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hskcache import __version__
-from hskcache.errors import ConfigError, HskError
+from hskcache.data import utf8_text
+from hskcache.errors import ConfigError, DataFormatError, HskError
 from hsktrain.grid import Grid, RunSpec, epochs, parse_recipe, recipe, task_limit
 
 METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
@@ -26,7 +27,10 @@ BUILD_COLUMNS = [
     "task", "teacher", "cache", "how", "source", "seconds", "device", "bytes", "rows", "dev",
     "code_version", "timestamp",
 ]  # fmt: skip
-KEY = ("task", "teacher", "config", "seed")
+KEY = ("task", "teacher", "config", "seed")  # one run: a second row of it would count twice
+# what `hsktrain report` reads as numbers
+NUMBERS = {"seed": int, "teacher_depth": int, "hsk_fraction": float, "train_seconds": float}
+NUMBERS |= {f"dev_{m}": float for m in METRICS}
 # a finished row must match these (`recipe`: RECIPE's fit options)
 BUDGET = ("student", "hsk_epochs", "pred_epochs", "limit", "recipe")
 
@@ -49,32 +53,73 @@ def now() -> str:
 
 
 class Table:
-    """A CSV file of rows, appended one flushed and fsynced row at a time."""
+    """A CSV file of rows, appended one flushed and fsynced row at a time.
 
-    def __init__(self, path: Path, columns: list[str]):
-        self.path, self.columns = path, columns
+    `key`: the columns that name a row (a second row of the same key is refused, not counted
+    twice); `numbers`: the columns read as numbers (an empty cell: none)."""
+
+    def __init__(
+        self, path: Path, columns: list[str], key: tuple[str, ...] = (), numbers: dict | None = None
+    ):
+        self.path, self.columns, self.key, self.numbers = path, columns, key, numbers or {}
 
     def rows(self) -> list[dict]:
+        """Every row, each checked; a partial last line (a kill mid-write) is left out, as
+        `append` cuts it off.
+
+        Raises:
+            HskError: another version's columns.
+            DataFormatError: a file that is not UTF-8, or a line with too few or too many
+                fields, a non-number in a number column, or a key seen on an earlier line.
+        """
         if not self.path.is_file():
             return []
-        with self.path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            have = reader.fieldnames or []
-            if have != self.columns:
-                missing = [c for c in self.columns if c not in have]
-                extra = [c for c in have if c not in self.columns]
-                what = (
-                    "; ".join(
-                        [f"lacks {', '.join(missing)}"] * bool(missing)
-                        + [f"has unknown {', '.join(extra)}"] * bool(extra)
-                    )
-                    or "has this version's columns in another order"
-                )
-                raise HskError(
-                    f"{self.path}: {what} (written by another version of hsktrain); move the "
-                    "file away or use another study folder"
-                )
-            return list(reader)
+        text = utf8_text(self.path)
+        reader = csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1], newline=""))
+        self._check_header(reader.fieldnames or [])
+        rows, seen = [], {}
+        for row in reader:
+            self._check_row(row, reader.line_num, seen)
+            rows.append(row)
+        return rows
+
+    def _check_header(self, have: list[str]) -> None:
+        if have == self.columns:
+            return
+        missing = [c for c in self.columns if c not in have]
+        extra = [c for c in have if c not in self.columns]
+        what = (
+            "; ".join(
+                [f"lacks {', '.join(missing)}"] * bool(missing)
+                + [f"has unknown {', '.join(extra)}"] * bool(extra)
+            )
+            or "has this version's columns in another order"
+        )
+        raise HskError(
+            f"{self.path}: {what} (written by another version of hsktrain); move the "
+            "file away or use another study folder"
+        )
+
+    def _check_row(self, row: dict, line: int, seen: dict[tuple, int]) -> None:
+        """Refuse what `report` would crash on or count twice; `seen`: key -> its line."""
+        bad = lambda what: DataFormatError(str(self.path), what, line)  # noqa: E731
+        extra = row.pop(None, [])  # csv.DictReader's: fields past the header's...
+        n = sum(v is not None for v in row.values()) + len(extra)  # ...and None for missing ones
+        if n != len(self.columns):
+            raise bad(f"has {n} fields, the header {len(self.columns)}; fix or remove the line")
+        for name, kind in self.numbers.items():
+            try:
+                kind(row[name] or 0)
+            except ValueError:
+                what = "an integer" if kind is int else "a number"
+                raise bad(f"{name} {row[name]!r} is not {what}; fix or remove the line") from None
+        if not self.key:
+            return
+        key = tuple(row[k] for k in self.key)
+        if key in seen:
+            run = ", ".join(f"{k} {v}" for k, v in zip(self.key, key, strict=True))
+            raise bad(f"duplicates the run of line {seen[key]} ({run}); remove one of them")
+        seen[key] = line
 
     def append(self, row: dict) -> None:
         """Write one row; a partial last line (a kill mid-write) is cut off first. Under an
@@ -105,11 +150,11 @@ def _cell(v) -> str:
 
 
 def results_table(study: str | Path) -> Table:
-    return Table(Path(study) / "results.csv", COLUMNS)
+    return Table(Path(study) / "results.csv", COLUMNS, KEY, NUMBERS)
 
 
 def builds_table(study: str | Path) -> Table:
-    return Table(Path(study) / "builds.csv", BUILD_COLUMNS)
+    return Table(Path(study) / "builds.csv", BUILD_COLUMNS, numbers={"seconds": float})
 
 
 def split_done(

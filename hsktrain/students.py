@@ -8,6 +8,7 @@ student is built for training: from a teacher folder, or from what a cache carri
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -17,10 +18,10 @@ from torch import nn
 
 from hskcache import assets
 from hskcache.assets import materialise
-from hskcache.errors import ConfigError
+from hskcache.errors import ConfigError, TeacherError
 from hskcache.shapes import student_shape
 from hskcache.students import load_state, select_into, student_config
-from hskcache.teacher import check_model_folder
+from hskcache.teacher import check_model_folder, refuse_custom_code
 from hsktrain.config import INITS
 
 
@@ -130,13 +131,30 @@ def _from_cache(cache, init: str, shape, num_labels: int):
 
 
 def _stored_config(cache, key: str):
-    """A config.json the cache stores, loaded as transformers loads a folder's."""
+    """A config.json the cache stores, loaded as transformers loads a folder's; one asking for
+    custom code is refused as a teacher folder's is (a student saved from it would carry it)."""
     # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoConfig
 
     with tempfile.TemporaryDirectory(prefix="hsk-config-") as tmp:
         folder = materialise(cache, {"config.json": key}, Path(tmp))
+        refuse_custom_code(json.loads((folder / "config.json").read_text()), f"{cache.url}/{key}")
         return AutoConfig.from_pretrained(folder, trust_remote_code=False)
+
+
+def check_vocab(config, tokenizer, where: str) -> None:
+    """Refuse a model with fewer token embeddings than its tokenizer has tokens: the first id
+    past them would stop the run with an IndexError deep in the embedding lookup.
+
+    Raises:
+        TeacherError: naming both sizes and the fix.
+    """
+    if config.vocab_size < len(tokenizer):
+        raise TeacherError(
+            f"{where}: the model has {config.vocab_size} token embeddings but its tokenizer has "
+            f"{len(tokenizer)} tokens; use the tokenizer it was trained with, or resize it "
+            "(model.resize_token_embeddings(len(tokenizer))) and save it again"
+        )
 
 
 def make_projection(h_s: int, h_t: int, init: str) -> nn.Module:

@@ -20,6 +20,7 @@ from pathlib import Path
 from hskcache.errors import HskError
 from hsktrain.grid import parse_recipe
 from hsktrain.metrics import main_metric
+from hsktrain.outputs import output_file
 from hsktrain.results import METRICS, builds_table, results_table
 
 AXES = ("depth", "length", "width")
@@ -373,10 +374,12 @@ def write_report(study: str | Path) -> Path:
     """Write STUDY/README.md and one PNG per (task, teacher) from STUDY/results.csv.
 
     Raises:
-        HskError: the study has no results yet.
+        HskError: the study has no results yet, or a table is malformed.
+        ConfigError: the report cannot be written in the study folder.
     """
     study = Path(study)
     results, builds = load_rows(study), builds_table(study).rows()
+    output_file(study / "README.md", "the report")
     groups = group_arms(results)
     md = [
         f"# Study `{study.name}`",

@@ -43,6 +43,7 @@ from hsktrain.config import FitConfig
 from hsktrain.evaluate import predict_metrics
 from hsktrain.loader import ChunkShuffleLoader
 from hsktrain.metrics import main_metric
+from hsktrain.outputs import output_folder
 from hsktrain.prepare import Run, Stage, prepare
 from hsktrain.step import (
     Distiller,
@@ -102,14 +103,14 @@ def fit(cfg: FitConfig, show_progress: bool = True) -> FitResult:
     """Train a student as `cfg` says; under torchrun, this process's rank of a DDP run.
 
     Raises:
-        ConfigError: bad settings, an `--out` that is a file, a resume that cannot continue.
+        ConfigError: bad settings, an `--out` that is a file or cannot be written, a resume
+            that cannot continue.
         NonFiniteLossError: the loss became NaN or infinite.
-        HskError: the disk filled up (last/ keeps the last complete checkpoint).
+        HskError: the disk filled up (last/ keeps the last complete checkpoint), or under
+            torchrun another rank stopped.
     """
     cfg.validate()
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: --out is a file; give a folder for the run")
+    out = output_folder(cfg.out, "--out", "a folder for the run")
     if cfg.batch_size % ddp.launched_world():
         raise ConfigError(
             f"--batch-size {cfg.batch_size} is the global batch and must split evenly over the "
@@ -128,6 +129,10 @@ def fit(cfg: FitConfig, show_progress: bool = True) -> FitResult:
             f"{out}: disk full; last/ holds the last complete checkpoint: free space and "
             "rerun with --resume"
         ) from e
+    except RuntimeError as e:  # a collective whose peer process died, as one line
+        if (stopped := ddp.peer_failure(e, w)) is None:
+            raise
+        raise stopped from e
     finally:
         w.close()
 

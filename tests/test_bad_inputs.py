@@ -173,10 +173,16 @@ def test_negative_limit(tmp_path, sst2_dir, tiny_bert):
 # ---- eval -----------------------------------------------------------------------------------
 
 
-def test_eval_run_folder_hints_best(tmp_path, sst2_dir, tiny_bert):
+def test_eval_run_folder_hints_best(tmp_path, fit_world):
+    """The folder a real `hsktrain fit --out RUN` writes: its own config.json (the run's
+    record) once hid the hint behind 'pickle checkpoints are refused'."""
     run = tmp_path / "run"
-    shutil.copytree(tiny_bert, run / "best")
-    assert evaluate(run, sst2_dir) == (
+    args = ["fit", "--cache", str(fit_world["cache"]), "--out", str(run), "--student", "tiny"]
+    args += ["--hsk-epochs", "1", "--pred-epochs", "1", "--batch-size", "8", "--quiet"]
+    args += ["--dev-data", str(fit_world["data"])]
+    r = runner.invoke(hsktrain_app, args)
+    assert r.exit_code == 0 and (run / "best").is_dir() and (run / "last").is_dir(), r.output
+    assert evaluate(run, fit_world["data"]) == (
         f"{run}: a run folder, not a model folder; did you mean {run / 'best'}"
     )
 
