@@ -33,6 +33,7 @@ from zarr.core.sync import sync
 
 from hskcache.errors import CacheError, ConfigError, TeacherError
 from hskcache.hub import hub_reachable
+from hskcache.importance import Ranking
 from hskcache.manifest import Assets, ManifestView, StudentInit
 from hskcache.names import check_file_name, check_key
 from hskcache.objects import check_object, read_object
@@ -93,6 +94,8 @@ def make_kit(
     student_layers: int,
     num_labels: int,
     bundle_teacher: bool,
+    ranking: Ranking | None = None,
+    calibration_rows: int = 0,
 ) -> Kit:
     """Everything the cache will carry for training, computed before anything is written.
 
@@ -103,6 +106,8 @@ def make_kit(
             as deep as `student_layers`, skipped with a note when the teacher cannot yield it.
         num_labels: the task's labels (the student's head).
         bundle_teacher: also store the teacher's weights.
+        ranking: select each init's dims by this importance ranking (computed on the first
+            `calibration_rows` rows of the build), not as prefixes.
 
     Raises:
         ConfigError: an unknown or unselectable `--student`, two shapes with one name.
@@ -129,7 +134,7 @@ def make_kit(
         name = student_name(student)
         try:
             shape = student_shape(student)
-            files, layers = _student_files(teacher_config, state, shape, num_labels)
+            files, layers = _student_files(teacher_config, state, shape, num_labels, ranking)
         except ConfigError as e:
             if explicit:
                 raise ConfigError(f"--student {student}: {e}") from e
@@ -149,6 +154,12 @@ def make_kit(
             "files": keys,
             "sha256": hashlib.sha256(files[WEIGHTS]).hexdigest(),
         }
+        if ranking is not None:  # absent for prefix inits: caches built before keep their identity
+            kept = ranking.kept_hidden(shape["hidden_size"]).tolist()
+            entries[name] |= {
+                "select": {"by": "importance", "calibration_rows": calibration_rows},
+                "hidden_dims": kept,
+            }
     bundle = None
     if bundle_teacher:
         bundle = {"config.json": config_key, **tokenizer_keys}
@@ -183,7 +194,7 @@ def _tokenizer_files(tokenizer, sha: str, where: str) -> dict[str, bytes]:
     return files
 
 
-def _student_files(teacher_config, state, shape: dict, num_labels: int):
+def _student_files(teacher_config, state, shape: dict, num_labels: int, ranking=None):
     """config.json + model.safetensors of one selected student, and the teacher layers kept.
 
     Only the tensors copied from the teacher are stored: `fit` builds the student seeded with
@@ -196,7 +207,7 @@ def _student_files(teacher_config, state, shape: dict, num_labels: int):
     config = student_config(teacher_config, shape, num_labels)
     with torch.random.fork_rng():  # the throwaway init must not move the build's RNG
         model = AutoModelForSequenceClassification.from_config(config)
-    layers, copied = select_into(model, state, teacher_config)
+    layers, copied = select_into(model, state, teacher_config, ranking)
     sd = model.state_dict()
     weights = save({n: sd[n].contiguous() for n in copied}, metadata={"format": "pt"})
     return {"config.json": config.to_json_string().encode(), WEIGHTS: weights}, layers

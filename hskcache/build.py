@@ -9,6 +9,7 @@ and its rows are written back at their own indices.
 
 from __future__ import annotations
 
+import copy
 import errno
 import math
 import os
@@ -27,6 +28,7 @@ from hskcache.codec import dim_planes, encode_dims, encode_values, ids_dtype
 from hskcache.config import BuildConfig
 from hskcache.data import Columns, Examples, load_split
 from hskcache.hsk import SelectionConfig
+from hskcache.importance import CALIBRATION_ROWS, activation_ranking, calibration_batches
 from hskcache.layout import default_chunk_rows, layer_key, plan_arrays
 from hskcache.lock import BuildLock, LockHeldError, local_path
 from hskcache.manifest import FORMAT_VERSION, compute_identity
@@ -252,6 +254,14 @@ def _build(
     )
     chunk_rows = cfg.chunk_rows or default_chunk_rows(specs, len(ex))
     shard_rows = chunk_rows * cfg.chunks_per_shard
+    # a copy encodes: encoding leaves padding/truncation state on a tokenizer, and the kit must
+    # store the teacher's own (it is checked to load back identical)
+    enc = tokenize(copy.deepcopy(teacher.tokenizer), ex, max_length)
+    ranking, calibration = None, 0
+    if cfg.select == "importance":  # on the build's first rows: the same on every resume
+        calibration = min(CALIBRATION_ROWS, len(ex))
+        batches = calibration_batches(teacher.model, enc, calibration, cfg.batch_size)
+        ranking = activation_ranking(teacher.model, batches)
     kit = make_kit(
         teacher.name,
         teacher.tokenizer,
@@ -260,6 +270,8 @@ def _build(
         cfg.student_layers,
         num_labels,
         cfg.bundle_teacher,
+        ranking,
+        calibration,
     )
     manifest = make_manifest(
         cfg, teacher, ex, plan, max_length, chunk_rows, shard_rows, kit.section
@@ -271,7 +283,6 @@ def _build(
     )
     if group is None:
         return root
-    enc = tokenize(teacher.tokenizer, ex, max_length)
     n, n_shards = len(ex), manifest["counts"]["num_shards"]
     mine = [s for s in range(n_shards) if s % world == rank]
     present = stored_keys(group)  # one listing: no request per shard on object storage

@@ -76,6 +76,14 @@ def build(
     bundle_teacher: Annotated[
         bool, Opt(help="Also store the whole teacher (hskcache export-teacher writes it out).")
     ] = False,
+    select: Annotated[
+        str,
+        Opt(
+            help="Which dims the stored student inits keep: prefix (the first of every tensor) "
+            "or importance (the hidden channels, heads, head dims and FFN neurons most active "
+            "on the build's first 256 rows)."
+        ),
+    ] = None,
     l_top: o.LTop = None,
     teacher_layers: o.TeacherLayers = None,
     seed: o.Seed = None,

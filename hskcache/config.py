@@ -96,6 +96,9 @@ def _type_name(hint) -> str:
     return str(hint) if typing.get_args(hint) or not isinstance(hint, type) else hint.__name__
 
 
+SELECTS = ("prefix", "importance")
+
+
 @dataclass
 class BuildConfig:
     """Everything `hskcache build` needs. See `hskcache build --help` for each field.
@@ -116,6 +119,8 @@ class BuildConfig:
     # student inits stored in the cache (presets or JSON shapes); empty: the preset this deep
     student: list[str] = field(default_factory=list)
     bundle_teacher: bool = False  # also store the whole teacher inside the cache
+    # which dims a stored student init keeps: the first ones, or the most active (importance.py)
+    select: str = "prefix"
     l_top: int | None = None
     teacher_layers: list[int] = field(default_factory=list)
     seed: int = 0
@@ -163,6 +168,7 @@ class BuildConfig:
             (self.value_dtype in VALUE_DTYPES, f"value_dtype must be one of {list(VALUE_DTYPES)}"),
             (self.compressor in COMPRESSORS, f"compressor must be one of {COMPRESSORS}"),
             (self.student_layers >= 1, "student_layers must be >= 1"),
+            (self.select in SELECTS, f"select must be one of {list(SELECTS)}"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.batch_order in BATCH_ORDERS, f"batch_order must be one of {list(BATCH_ORDERS)}"),
             (self.chunk_rows is None or self.chunk_rows >= 1, "chunk_rows must be >= 1"),

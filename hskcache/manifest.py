@@ -268,6 +268,8 @@ class StudentInit:
     teacher_layers: tuple[int, ...]
     files: Mapping[str, str]  # file name -> store key under assets/
     sha256: str  # of model.safetensors
+    select: Mapping | None = None  # {"by": "importance", "calibration_rows": N}; None: prefix
+    hidden_dims: tuple[int, ...] | None = None  # teacher channels kept, in order; None: prefix
 
 
 @dataclass(frozen=True)
@@ -354,6 +356,8 @@ class ManifestView:
                             tuple(e["teacher_layers"]),
                             _frozen(e["files"]),
                             e["sha256"],
+                            _frozen(e.get("select")),
+                            tuple_or_none(e.get("hidden_dims")),
                         )
                         for name, e in a["students"].items()
                     }

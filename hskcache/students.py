@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from hskcache.errors import ConfigError
+from hskcache.importance import Ranking
 from hskcache.shapes import student_shape
 
 # Dimensions laid out as (heads x head_dim): Q/K/V outputs and the attention output's input.
@@ -63,15 +64,37 @@ def _index(dim_t: int, dim_s: int, heads: tuple[int, int, int, int] | None) -> t
     return torch.cat([torch.arange(d_s) + h * d_t for h in range(h_s)])
 
 
+def _ranked(
+    ranking: Ranking, dim_t: int, dim_s: int, layer: int | None, structured, heads
+) -> torch.Tensor:
+    """Indices kept along one dimension by importance: head-structured dims by head and dim,
+    the residual stream's channels and a layer's FFN neurons by their ranking, anything else
+    (vocabulary, positions, labels) as a prefix."""
+    if structured and layer is not None:
+        return ranking.kept_heads(layer, heads[2], heads[3])
+    if dim_t == len(ranking.hidden):
+        return ranking.kept_hidden(dim_s)
+    if layer is not None and dim_t == len(ranking.neurons[layer]):
+        return ranking.kept_neurons(layer, dim_s)
+    return torch.arange(dim_s)
+
+
 def source_name(name: str, layers: list[int]) -> str:
     """The teacher tensor a student tensor is selected from (student layer i <- layers[i])."""
     return _LAYER.sub(lambda m: f".layer.{layers[int(m[1])]}.", name, count=1)
 
 
 def select_weights(
-    student: nn.Module, teacher_state: dict[str, torch.Tensor], teacher_config
+    student: nn.Module,
+    teacher_state: dict[str, torch.Tensor],
+    teacher_config,
+    ranking: Ranking | None = None,
 ) -> list[int]:
     """Copy a slice of every teacher tensor into the student, in place; return the layer map.
+
+    Args:
+        ranking: keep the most active hidden channels, heads, head dims and FFN neurons
+            (importance.py) instead of the first ones; None: the first ones.
 
     Raises:
         ConfigError: a student tensor larger than its teacher counterpart.
@@ -99,11 +122,16 @@ def select_weights(
                     f"student tensor {name} {tuple(param.shape)} is larger than "
                     f"the teacher's {tuple(t.shape)}"
                 )
+            match = _LAYER.search(name)
+            layer = None if match is None else layers[int(match[1])]
             for dim in range(t.dim()):
                 structured = (dim == 0 and _HEAD_OUT.search(name)) or (
                     dim == 1 and _HEAD_IN.search(name)
                 )
-                idx = _index(t.shape[dim], param.shape[dim], heads if structured else None)
+                if ranking is None:
+                    idx = _index(t.shape[dim], param.shape[dim], heads if structured else None)
+                else:
+                    idx = _ranked(ranking, t.shape[dim], param.shape[dim], layer, structured, heads)
                 t = t.index_select(dim, idx)
             param.copy_(t.to(param.dtype))
     return layers
@@ -127,7 +155,12 @@ def student_config(teacher_config, shape: str | dict, num_labels: int):
     return config
 
 
-def select_into(student: nn.Module, teacher_state: dict[str, torch.Tensor], teacher_config):
+def select_into(
+    student: nn.Module,
+    teacher_state: dict[str, torch.Tensor],
+    teacher_config,
+    ranking: Ranking | None = None,
+):
     """`select_weights` from a teacher's raw safetensors state (a bare encoder's keys get the
     model's prefix); return (teacher layers kept, names of the student tensors copied).
 
@@ -136,6 +169,6 @@ def select_into(student: nn.Module, teacher_state: dict[str, torch.Tensor], teac
     prefix = student.base_model_prefix
     if not any(k.startswith(prefix + ".") for k in teacher_state):  # a bare encoder (BertModel)
         teacher_state = {f"{prefix}.{k}": v for k, v in teacher_state.items()}
-    layers = select_weights(student, teacher_state, teacher_config)
+    layers = select_weights(student, teacher_state, teacher_config, ranking)
     copied = [n for n in student.state_dict() if source_name(n, layers) in teacher_state]
     return layers, copied

@@ -142,7 +142,9 @@ def prepare(cfg: FitConfig) -> Run:
         make = lambda rows: batches.inputs(rows, cfg.device, regression)  # noqa: E731
     with torch.random.fork_rng():  # the same projection however the targets are made
         torch.manual_seed(cfg.seed + 1)
-        proj = make_projection(model.config.hidden_size, teacher_width, cfg.proj_init)
+        proj = make_projection(
+            model.config.hidden_size, teacher_width, cfg.proj_init, init_info.get("hidden_dims")
+        )
     dev = None
     if cfg.dev_data is not None:
         dev, _, _ = encode_split(

@@ -127,7 +127,10 @@ def _from_cache(cache, init: str, shape, num_labels: int):
             f"model lacks ({unknown[:3]}); rebuild the cache"
         )
     model.load_state_dict(state, strict=False)  # the rest keeps the seeded init
-    return model, {**info, "stored": name, "teacher_layers": list(entry.teacher_layers)}
+    info |= {"stored": name, "teacher_layers": list(entry.teacher_layers)}
+    if entry.hidden_dims is not None:  # an importance-selected init: the projection follows it
+        info["hidden_dims"] = list(entry.hidden_dims)
+    return model, info
 
 
 def _stored_config(cache, key: str):
@@ -157,19 +160,23 @@ def check_vocab(config, tokenizer, where: str) -> None:
         )
 
 
-def make_projection(h_s: int, h_t: int, init: str) -> nn.Module:
+def make_projection(
+    h_s: int, h_t: int, init: str, hidden_dims: list[int] | None = None
+) -> nn.Module:
     """Student -> teacher width map shared by all distilled layers (TinyBERT's fit_dense).
 
-    `select` starts as the transpose of weight selection (student dim i -> teacher dim i),
-    which is what a selected student's states already mean; `random` is nn.Linear's default.
+    `select` starts as the transpose of weight selection (student dim i -> the teacher channel
+    it was selected from: `hidden_dims[i]`, or i for a prefix selection), which is what a
+    selected student's states already mean; `random` is nn.Linear's default.
     """
-    if h_s == h_t and init == "select":
+    if h_s == h_t and init == "select" and hidden_dims in (None, list(range(h_s))):
         return nn.Identity()
     proj = nn.Linear(h_s, h_t)
     if init == "select":
+        dims = torch.arange(h_s) if hidden_dims is None else torch.tensor(hidden_dims)
         with torch.no_grad():
             proj.weight.zero_()
-            proj.weight[:h_s, :h_s] = torch.eye(h_s)
+            proj.weight[dims, torch.arange(h_s)] = 1.0
             proj.bias.zero_()
     elif init != "random":
         raise ConfigError(f"unknown projection init '{init}'; use select or random")

@@ -1,0 +1,122 @@
+"""Importance-ranked selection: exact rankings on a hand-made model, the tensors it keeps, and
+the init `hskcache build --select importance` stores (recorded, deterministic, in the identity,
+followed by fit's projection)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load
+from test_build import make_cfg
+
+from conftest import make_bert, write_sst2
+from hskcache.assets import read_asset
+from hskcache.build import build_cache
+from hskcache.importance import activation_ranking
+from hskcache.reader import open_cache
+from hskcache.students import select_weights, student_config
+from hsktrain.students import make_projection
+
+
+@pytest.fixture(scope="module")
+def marked(tmp_path_factory):
+    """A tiny BERT (2 layers, hidden 32, 4 heads of 8, FFN 64) with planted activity: channel 5
+    then 9 of the residual stream, head 2 (and its dim 3) of layer 0, neuron 7 of layer 1."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = make_bert(tmp_path_factory.mktemp("marked"), layers=2, hidden=32, heads=4)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm.weight" in name:  # every state of the stream is a LayerNorm's output
+                p.fill_(1.0)
+                p[5], p[9] = 50.0, 20.0
+        value = model.bert.encoder.layer[0].attention.self.value
+        value.weight[2 * 8 : 3 * 8] *= 30  # head 2's values ...
+        value.weight[2 * 8 + 3] *= 10  # ... and most of all its dim 3
+        model.bert.encoder.layer[1].intermediate.dense.bias[7] = 40.0
+    return model
+
+
+def batches(n: int = 3):
+    g = torch.Generator().manual_seed(0)
+    for _ in range(n):
+        ids = torch.randint(5, 80, (4, 10), generator=g)
+        mask = torch.ones(4, 10, dtype=torch.long)
+        mask[0, 6:] = 0  # padding is left out of the sums
+        yield {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def test_ranking_finds_the_planted_activity(marked):
+    r = activation_ranking(marked, batches())
+    assert r.hidden[:2].tolist() == [5, 9]
+    assert r.heads[0][0].item() == 2 and r.head_dims[0][2][0].item() == 3
+    assert r.neurons[1][0].item() == 7
+    assert sorted(r.hidden.tolist()) == list(range(32))  # a permutation of every axis
+    assert sorted(r.neurons[0].tolist()) == list(range(64))
+    again = activation_ranking(marked, batches())  # a pure function of (model, rows)
+    assert torch.equal(again.hidden, r.hidden) and torch.equal(again.neurons[1], r.neurons[1])
+
+
+def test_selection_keeps_the_ranked_slices(marked):
+    from transformers import AutoModelForSequenceClassification
+
+    r = activation_ranking(marked, batches())
+    shape = {"num_hidden_layers": 2, "hidden_size": 16, "num_attention_heads": 2}
+    shape["intermediate_size"] = 32
+    student = AutoModelForSequenceClassification.from_config(
+        student_config(marked.config, shape, 2)
+    )
+    teacher = marked.state_dict()
+    layers = select_weights(student, teacher, marked.config, r)
+    assert layers == [0, 1]
+    hidden = r.kept_hidden(16)
+    assert {5, 9} <= set(hidden.tolist()) and hidden.tolist() == sorted(hidden.tolist())
+    heads = r.heads[0][:2].sort().values
+    assert 2 in heads.tolist()
+    rows = torch.cat([torch.arange(8) + 8 * h for h in heads])  # full head dims (8 of 8)
+    s = student.state_dict()
+    q = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(s[q], teacher[q][rows][:, hidden])
+    inter = "bert.encoder.layer.1.intermediate.dense.weight"
+    neurons = r.kept_neurons(1, 32)
+    assert 7 in neurons.tolist()
+    assert torch.equal(s[inter], teacher[inter][neurons][:, hidden])
+    word = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(s[word], teacher[word][:, hidden])  # every vocabulary row
+
+
+def test_projection_starts_from_the_kept_channels():
+    proj = make_projection(3, 6, "select", [1, 4, 5])
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    assert proj(x).tolist() == [[0.0, 1.0, 0.0, 0.0, 2.0, 3.0]]
+    assert isinstance(make_projection(4, 4, "select", [0, 1, 2, 3]), torch.nn.Identity)
+
+
+def test_build_stores_the_importance_init(tmp_path, tiny_bert):
+    data = write_sst2(tmp_path / "SST-2")
+    shape = tmp_path / "small.json"
+    fields = {"num_hidden_layers": 4, "hidden_size": 16, "num_attention_heads": 2}
+    shape.write_text(json.dumps(fields | {"intermediate_size": 32}))
+    kw = dict(student=[str(shape)], hsk="1l_4t_0.25h", student_layers=4)
+    teacher = make_bert(tmp_path / "t4", layers=4, hidden=32, heads=4)
+    a = build_cache(make_cfg(data, tmp_path / "a", teacher, select="importance", **kw), False)
+    b = build_cache(make_cfg(data, tmp_path / "b", teacher, select="importance", **kw), False)
+    prefix = build_cache(make_cfg(data, tmp_path / "p", teacher, **kw), False)
+    ca, cb, cp = (open_cache(x) for x in (a, b, prefix))
+    entry = ca.info.assets.students["small"]
+    assert dict(entry.select) == {"by": "importance", "calibration_rows": 26}
+    assert len(entry.hidden_dims) == 16 and cp.info.assets.students["small"].hidden_dims is None
+    assert ca.info.identity == cb.info.identity != cp.info.identity  # in the identity
+    weights = lambda c: read_asset(c, c.info.assets.students["small"].files["model.safetensors"])  # noqa: E731
+    assert weights(ca) == weights(cb) != weights(cp)  # deterministic, and not the prefix init
+    assert load(weights(ca)).keys() == load(weights(cp)).keys()
+    from hsktrain.config import FitConfig
+    from hsktrain.prepare import prepare
+
+    run = prepare(FitConfig(cache=str(a), out=str(tmp_path / "run"), student=str(shape)))
+    dims = list(entry.hidden_dims)
+    assert run.proj.weight[dims, range(16)].tolist() == [1.0] * 16  # student i -> its channel
+    assert run.proj.weight.abs().sum().item() == 16
