@@ -219,6 +219,33 @@ def tokenizer_sha256(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
 
 
+def tokenizer_difference(a, b) -> str | None:
+    """What makes two tokenizers give other token ids, or None when they give the same: the
+    vocabulary, the special tokens, or the rest of the pipeline (normaliser, pre-tokeniser,
+    post-processor). Padding and truncation settings are ignored: encoding leaves them on a
+    tokenizer (a student saved after training carries them) and this tool sets its own.
+    """
+    va, vb = a.get_vocab(), b.get_vocab()
+    if va != vb:
+        if len(va) != len(vb):
+            return f"vocabulary ({len(va)} vs {len(vb)} tokens)"
+        moved = sum(vb.get(token) != i for token, i in va.items())
+        return f"vocabulary ({moved} of {len(va)} tokens have other ids)"
+    sa, sb = ({k: str(v) for k, v in t.special_tokens_map.items()} for t in (a, b))
+    if sa != sb:
+        return f"special tokens ({', '.join(sorted(k for k in sa | sb if sa.get(k) != sb.get(k)))})"
+    if _pipeline(a) != _pipeline(b):
+        return "normaliser, pre-tokeniser or post-processor"
+    return None
+
+
+def _pipeline(tokenizer) -> dict:
+    """The fast tokenizer's serialisation without its padding and truncation settings."""
+    doc = json.loads(tokenizer.backend_tokenizer.to_str())
+    doc["padding"] = doc["truncation"] = None
+    return doc
+
+
 def _self_attention(model: nn.Module, layer: int) -> tuple[nn.Module, nn.Module, int]:
     block = model.base_model.encoder.layer[layer].attention
     if model.config.model_type == "mpnet":

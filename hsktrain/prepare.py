@@ -18,7 +18,6 @@ from torch import nn
 
 from hskcache.assets import materialise
 from hskcache.errors import CacheError, CacheMismatchError, TeacherError
-from hskcache.manifest import ManifestView
 from hskcache.reader import Cache, open_cache
 from hskcache.targets import plan_selection
 from hskcache.tasks import TASKS
@@ -28,6 +27,7 @@ from hskcache.teacher import (
     check_model_folder,
     default_teacher_path,
     load_teacher,
+    tokenizer_difference,
     tokenizer_sha256,
 )
 from hskcache.verify import require_sound
@@ -95,7 +95,7 @@ def prepare(cfg: FitConfig) -> Run:
     if info is not None:
         source, max_length = cache, info.max_length
         task, regression, label_names = info.data.task, info.data.regression, info.data.label_names
-        _check_cache(cfg, info, tokenizer, init_from or f"stored in {cfg.cache}")
+        _check_cache(cfg, cache, tokenizer, init_from or f"stored in {cfg.cache}")
     else:
         source, ex, max_length = encode_split(
             cfg.data,
@@ -214,8 +214,10 @@ def _tokenizer(source):
         raise TeacherError(f"{source}: cannot load its tokenizer ({str(e).splitlines()[0]})") from e
 
 
-def _check_cache(cfg: FitConfig, info: ManifestView, tokenizer, init_from: str) -> None:
-    """Refuse a cache built for another tokenizer or max length than this run's."""
+def _check_cache(cfg: FitConfig, cache: Cache, tokenizer, init_from: str) -> None:
+    """Refuse a cache built for another tokenizer (one that gives other ids: vocabulary,
+    special tokens, pipeline) or max length than this run's."""
+    info = cache.info
     if cfg.max_length is not None and cfg.max_length != info.max_length:
         raise CacheMismatchError(
             "max_length",
@@ -223,13 +225,15 @@ def _check_cache(cfg: FitConfig, info: ManifestView, tokenizer, init_from: str) 
             info.max_length,
             "rebuild the cache with this --max-length",
         )
-    found = tokenizer_sha256(tokenizer)
-    if found != info.tokenizer.sha256:
-        raise CacheMismatchError(
-            "tokenizer.sha256",
-            found[:12],
-            info.tokenizer.sha256[:12],
-            f"the student's tokenizer ({init_from}) is not the one the cache was built with",
+    if tokenizer_sha256(tokenizer) == info.tokenizer.sha256:
+        return
+    why = tokenizer_difference(tokenizer, _tokenizer(cache))
+    if why is not None:
+        raise CacheError(
+            f"{cache.url}: the student's tokenizer ({init_from}) differs from the one the cache "
+            f"was built with in its {why}: it would read the cache's token ids as other "
+            "tokens; use a student of the cache's teacher family and vocabulary, or rebuild "
+            "the cache with the student's tokenizer"
         )
 
 

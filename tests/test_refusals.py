@@ -239,3 +239,45 @@ def test_a_stored_config_asking_for_custom_code_is_refused(tmp_path, monkeypatch
     with pytest.raises(TeacherError) as e:
         students._stored_config(cache, "assets/teacher/config.json")
     assert str(e.value).startswith("s3://b/c/assets/teacher/config.json: has an auto_map")
+
+
+# ---- a pretrained student's tokenizer against the cache's ---------------------------------------
+
+
+def test_a_pretrained_student_of_the_caches_tokenizer_is_taken(real_run, fit_world, tmp_path):
+    """Its saved tokenizer carries the padding and truncation settings encoding left on it; the
+    ids are the cache's all the same (it was refused as another tokenizer)."""
+    saved = json.loads((real_run / "best" / "tokenizer.json").read_text())
+    assert saved["padding"] is not None or saved["truncation"] is not None  # the case at hand
+    run = dict(hsk_epochs=1, pred_epochs=1, batch_size=8, max_steps=1)
+    init = dict(init="pretrained", init_from=str(real_run / "best"))
+    cfg = FitConfig(out=str(tmp_path / "again"), cache=str(fit_world["cache"]), **init, **run)
+    assert fit(cfg, show_progress=False).last.is_dir()  # trained a step, saved it
+
+
+def test_a_pretrained_student_of_another_vocabulary_is_refused(tiny_mpnet, fit_world, tmp_path):
+    out = tmp_path / "run"
+    init = ["--init", "pretrained", "--init-from", tiny_mpnet]
+    line = hsktrain("fit", "--cache", fit_world["cache"], *init, "--out", out, *FIT[2:])
+    assert line == (
+        f"{fit_world['cache']}: the student's tokenizer ({tiny_mpnet}) differs from the one the "
+        "cache was built with in its vocabulary (5 of 87 tokens have other ids): it would read "
+        "the cache's token ids as other tokens; use a student of the cache's teacher family and "
+        "vocabulary, or rebuild the cache with the student's tokenizer"
+    )
+    assert not out.exists()
+
+
+def test_tokenizer_difference_names_what_changes_ids(tiny_bert):
+    from transformers import AutoTokenizer
+
+    from hskcache.teacher import tokenizer_difference
+
+    a = AutoTokenizer.from_pretrained(tiny_bert)
+    used = AutoTokenizer.from_pretrained(tiny_bert)
+    used(["a movie"], truncation=True, max_length=8, padding="max_length")  # leaves settings
+    assert tokenizer_difference(a, used) is None
+    other_pad = AutoTokenizer.from_pretrained(tiny_bert, pad_token="[MASK]")
+    assert tokenizer_difference(a, other_pad) == "special tokens (pad_token)"
+    cased = AutoTokenizer.from_pretrained(tiny_bert, do_lower_case=False)
+    assert tokenizer_difference(a, cased) == "normaliser, pre-tokeniser or post-processor"
