@@ -225,15 +225,18 @@ def _check_cache(cfg: FitConfig, cache: Cache, tokenizer, init_from: str) -> Non
             info.max_length,
             "rebuild the cache with this --max-length",
         )
-    if tokenizer_sha256(tokenizer) == info.tokenizer.sha256:
+    found = tokenizer_sha256(tokenizer)
+    if found == info.tokenizer.sha256:
         return
     why = tokenizer_difference(tokenizer, _tokenizer(cache))
     if why is not None:
-        raise CacheError(
-            f"{cache.url}: the student's tokenizer ({init_from}) differs from the one the cache "
-            f"was built with in its {why}: it would read the cache's token ids as other "
+        raise CacheMismatchError(
+            f"tokenizer {why}",
+            info.tokenizer.sha256[:12],
+            found[:12],
+            f"the student's tokenizer ({init_from}) would read the cache's token ids as other "
             "tokens; use a student of the cache's teacher family and vocabulary, or rebuild "
-            "the cache with the student's tokenizer"
+            "the cache with the student's tokenizer",
         )
 
 

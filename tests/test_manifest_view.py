@@ -15,7 +15,7 @@ from test_build import make_cfg
 from conftest import write_sst2
 from hskcache.build import build_cache
 from hskcache.errors import CacheError
-from hskcache.manifest import MANIFEST_KEY, ManifestView
+from hskcache.manifest import MANIFEST_KEY, ManifestView, content_digest
 from hskcache.reader import open_cache
 
 
@@ -43,6 +43,7 @@ def test_view_holds_every_field_of_a_real_manifest(built):
     got = plain(cache.info)
     got["tokenizer"]["class"] = got["tokenizer"].pop("class_name")
     assert got.pop("derived_from") is None  # a built cache has no parent
+    assert got.pop("content") == content_digest(cache.manifest)  # computed, not stored
     assert got == cache.manifest
     # values the build config set, read through the typed attributes
     info = cache.info
@@ -69,6 +70,7 @@ def test_a_derived_caches_view_names_its_parent(built, tmp_path):
     cache = open_cache(out)
     got = plain(cache.info)
     got["tokenizer"]["class"] = got["tokenizer"].pop("class_name")
+    assert got.pop("content") == content_digest(cache.manifest)
     assert got == cache.manifest
     assert cache.info.derived_from.identity == parent.identity
     assert cache.info.derived_from.selection == "1l_4t_0.25h"
