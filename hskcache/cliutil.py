@@ -78,7 +78,8 @@ def run_guarded(fn, *args, **kwargs):
 
 
 def fail(line: str):
-    """Print `line` as the one red error line and exit 1; with --debug, re-raise instead."""
+    """Print `line` as the one red error line and exit 1; with --debug, re-raise the exception
+    being handled instead (call it from an `except` block)."""
     if _state["debug"]:
         raise
     # escape: a message naming `list[int]` must not lose `[int]` as rich markup
