@@ -260,8 +260,7 @@ def _build(
     ranking, calibration = None, 0
     if cfg.select == "importance":  # on the build's first rows: the same on every resume
         calibration = min(CALIBRATION_ROWS, len(ex))
-        batches = calibration_batches(teacher.model, enc, calibration, cfg.batch_size)
-        ranking = activation_ranking(teacher.model, batches)
+        ranking = activation_ranking(teacher.model, calibration_batches(teacher.model, enc))
     kit = make_kit(
         teacher.name,
         teacher.tokenizer,

@@ -23,8 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
+
+from hskcache.tokenize import Encoded
 
 
 @dataclass(frozen=True)
@@ -119,17 +122,34 @@ def activation_ranking(model: nn.Module, batches: Iterable[dict[str, torch.Tenso
     )
 
 
-CALIBRATION_ROWS = 256  # Minitron ranks on ~1k samples; at 256 rows the top ranks settle (tests)
+# The first rows of the build (or of a fit's rows, which are the cache's), in batches of a fixed
+# size: the sums, and so the ranking, are the same wherever they are computed.
+CALIBRATION_ROWS = 256
+CALIBRATION_BATCH = 32
 
 
-def calibration_batches(model: nn.Module, enc, n: int, batch_size: int) -> Iterator[dict]:
-    """The first `n` encoded rows (`tokenize.Encoded`) as model inputs, trimmed to each
-    batch's longest row; token type ids only for a family that takes them."""
+def calibration_rows(source, n: int) -> Encoded:
+    """The first `n` rows of a cache or in-memory source (anything with `read_chunk`)."""
+    fields = ["input_ids", "token_type_ids", "lengths"]
+    parts, have, i = [], 0, 0
+    while have < min(n, source.num_examples):
+        chunk = source.read_chunk(i, fields)
+        parts.append(chunk)
+        have, i = have + len(chunk["lengths"]), i + 1
+    joined = {f: np.concatenate([p[f] for p in parts])[:n] for f in fields}
+    return Encoded(joined["input_ids"], joined["token_type_ids"], joined["lengths"])
+
+
+def calibration_batches(
+    model: nn.Module, enc: Encoded, n: int = CALIBRATION_ROWS
+) -> Iterator[dict]:
+    """The first `n` encoded rows as model inputs, trimmed to each batch's longest row; token
+    type ids only for a family that takes them."""
     from hskcache.teacher import accepts  # lazy: teacher.py imports transformers
 
     n = min(n, len(enc.lengths))
-    for lo in range(0, n, batch_size):
-        hi = min(n, lo + batch_size)
+    for lo in range(0, n, CALIBRATION_BATCH):
+        hi = min(n, lo + CALIBRATION_BATCH)
         T = int(enc.lengths[lo:hi].max())
         lengths = torch.from_numpy(enc.lengths[lo:hi].astype("int64"))
         batch = {

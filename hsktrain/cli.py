@@ -140,6 +140,14 @@ def fit_cmd(
     proj_init: Annotated[
         str, Opt(help="Projection init: select (student dim i -> teacher dim i) | random.")
     ] = None,
+    select: Annotated[
+        str,
+        Opt(
+            help="Which dims --init select keeps: prefix (the first) | importance (the most "
+            "active on the first 256 training rows). Default: as the cache's stored init, or "
+            "prefix from --init-from."
+        ),
+    ] = None,
     mode: Annotated[str, Opt(help="two-stage (paper) | joint | hsk | pred | ce.")] = None,
     hsk_epochs: Annotated[int, Opt(help="Stage-1 epochs.")] = None,
     pred_epochs: Annotated[int, Opt(help="Stage-2 (or joint / ce) epochs.")] = None,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
+from hskcache.config import SELECTS
 from hskcache.data import Columns
 from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError, HskError
@@ -78,6 +79,9 @@ class FitConfig:
     init: str = "select"
     init_from: str | None = None  # teacher folder to select from (default: the cache's teacher)
     proj_init: str = "select"
+    # which dims `--init select` keeps: prefix | importance (importance.py); None: as the
+    # cache's stored init was selected, or prefix from a teacher folder
+    select: str | None = None
     mode: str = "two-stage"
     hsk_epochs: int | None = None  # default: the paper's per task
     pred_epochs: int = 5
@@ -182,6 +186,10 @@ class FitConfig:
             p += student_problems(self.student)
         if self.proj_init not in ("select", "random"):
             p.append("proj_init must be select or random")
+        if self.select not in (None, *SELECTS):
+            p.append(f"select must be one of {list(SELECTS)}")
+        elif self.select is not None and self.init != "select":
+            p.append(f"--select {self.select}: only with --init select")
         if self.score_layer is not None and self.score_layer not in SCORE_LAYERS:
             p.append(f"score_layer must be one of {SCORE_LAYERS}")
         for name in ("batch_size", "pred_epochs", "buffer_chunks", "eval_batch_size"):

@@ -386,6 +386,8 @@ RECIPE = (
     "hsk_lr pred_lr temperature hard_weight hsk_weight kept_only weight_decay warmup lr_decay "
     "max_grad_norm batch_size buffer_chunks group_by_length init proj_init amp max_length"
 ).split()
+# Options added later, recorded only when set: rows written before them stay comparable.
+RECIPE_IF_SET = ("select",)
 
 
 def fit_options(grid: Grid, arm: Arm) -> dict:
@@ -403,7 +405,8 @@ def recipe(grid: Grid, arm: Arm) -> str:
     hints = typing.get_type_hints(FitConfig)
     floats = {k for k in RECIPE if float in (hints[k], *typing.get_args(hints[k]))}
     as_given = lambda k, v: float(v) if k in floats and type(v) is int else v  # noqa: E731
-    return " ".join(f"{k}={as_given(k, values[k])}" for k in RECIPE)
+    keys = RECIPE + [k for k in RECIPE_IF_SET if values[k] is not None]
+    return " ".join(f"{k}={as_given(k, values[k])}" for k in keys)
 
 
 def parse_recipe(cell: str) -> dict[str, str]:

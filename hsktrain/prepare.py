@@ -18,6 +18,12 @@ from torch import nn
 
 from hskcache.assets import materialise
 from hskcache.errors import CacheError, CacheMismatchError, TeacherError
+from hskcache.importance import (
+    CALIBRATION_ROWS,
+    activation_ranking,
+    calibration_batches,
+    calibration_rows,
+)
 from hskcache.reader import Cache, open_cache
 from hskcache.targets import plan_selection
 from hskcache.tasks import TASKS
@@ -112,9 +118,16 @@ def prepare(cfg: FitConfig) -> Run:
 
     # 2. the student, and the layers it distils into
     if init_from is None:  # no teacher needed: the init (or its config) is in the cache
-        model, init_info = student_from_cache(cache, cfg.init, cfg.student, num_labels, cfg.seed)
+        model, init_info = student_from_cache(
+            cache, cfg.init, cfg.student, num_labels, cfg.seed, cfg.select
+        )
     else:
-        model, init_info = build_student(cfg.init, init_from, cfg.student, num_labels, cfg.seed)
+        ranking = None
+        if cfg.init == "select" and cfg.select == "importance":
+            ranking = _ranking(init_from, source, num_labels, cfg.seed)
+        model, init_info = build_student(
+            cfg.init, init_from, cfg.student, num_labels, cfg.seed, ranking
+        )
     check_vocab(model.config, tokenizer, init_from or f"{cfg.cache} (its stored student)")
     model.to(cfg.device)
     n_student = model.config.num_hidden_layers
@@ -181,6 +194,14 @@ def prepare(cfg: FitConfig) -> Run:
         teacher_width,
         record,
     )
+
+
+def _ranking(teacher_dir: str, source, num_labels: int, seed: int):
+    """The teacher's importance ranking on the run's first rows, exactly as `hskcache build
+    --select importance` ranks on the cache's (the same rows, batches, device and dtype)."""
+    teacher = load_teacher(teacher_dir, num_labels, "cpu", "float32", seed)
+    rows = calibration_rows(source, CALIBRATION_ROWS)
+    return activation_ranking(teacher.model, calibration_batches(teacher.model, rows))
 
 
 def _tokenizer(source):

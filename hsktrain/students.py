@@ -19,13 +19,21 @@ from torch import nn
 from hskcache import assets
 from hskcache.assets import materialise
 from hskcache.errors import ConfigError, TeacherError
+from hskcache.importance import Ranking
 from hskcache.shapes import student_shape
 from hskcache.students import load_state, select_into, student_config
 from hskcache.teacher import check_model_folder, refuse_custom_code
 from hsktrain.config import INITS
 
 
-def build_student(init: str, source: str, shape: str | dict | None, num_labels: int, seed: int):
+def build_student(
+    init: str,
+    source: str,
+    shape: str | dict | None,
+    num_labels: int,
+    seed: int,
+    ranking: Ranking | None = None,
+):
     """Build a student model.
 
     Args:
@@ -35,6 +43,7 @@ def build_student(init: str, source: str, shape: str | dict | None, num_labels: 
         shape: a preset name or a dict of config fields (select/random).
         num_labels: the task's labels.
         seed: seeds the fresh parameters.
+        ranking: with `select`, keep the most active dims (importance.py), not the first ones.
 
     Returns:
         (model, info) where info records the init for the run's config.
@@ -43,10 +52,10 @@ def build_student(init: str, source: str, shape: str | dict | None, num_labels: 
         raise ConfigError(f"unknown init '{init}'; use one of {INITS}")
     with torch.random.fork_rng():  # seeded init that leaves the caller's RNG alone
         torch.manual_seed(seed)
-        return _build(init, source, shape, num_labels)
+        return _build(init, source, shape, num_labels, ranking)
 
 
-def _build(init: str, source: str, shape, num_labels: int):
+def _build(init: str, source: str, shape, num_labels: int, ranking: Ranking | None):
     # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -65,11 +74,16 @@ def _build(init: str, source: str, shape, num_labels: int):
     )
     info = {"init": init, "source": str(source), "shape": shape}
     if init == "select":
-        info["teacher_layers"], _ = select_into(model, load_state(source), teacher_config)
+        state = load_state(source)
+        info["teacher_layers"], _ = select_into(model, state, teacher_config, ranking)
+        if ranking is not None:  # the projection starts from the kept channels
+            info["hidden_dims"] = ranking.kept_hidden(model.config.hidden_size).tolist()
     return model, info
 
 
-def student_from_cache(cache, init: str, shape: str | dict, num_labels: int, seed: int):
+def student_from_cache(
+    cache, init: str, shape: str | dict, num_labels: int, seed: int, select: str | None = None
+):
     """Build a student from what a cache carries, with no teacher on the machine.
 
     `select` loads the init stored for this exact shape (`hskcache build --student`) over a
@@ -79,12 +93,31 @@ def student_from_cache(cache, init: str, shape: str | dict, num_labels: int, see
     Returns:
         (model, info) as `build_student`.
 
+    `select` (prefix / importance; None: whichever the cache stores) must match how the stored
+    init was selected.
+
     Raises:
-        ConfigError: the cache holds no init for this shape and no teacher to select it from.
+        ConfigError: the cache holds no init for this shape and no teacher to select it from,
+            or its init was selected otherwise than `select` asks.
         CacheError: a stored object is missing or altered.
     """
     section = cache.info.assets
-    if init == "select" and assets.stored_student(cache, student_shape(shape)) is None:
+    stored = assets.stored_student(cache, student_shape(shape)) if init == "select" else None
+    if stored is not None and select is not None:
+        how = "importance" if stored[1].select else "prefix"
+        if how != select:
+            raise ConfigError(
+                f"{cache.url}: its '{stored[0]}' init was selected by {how}, not {select}; "
+                f"rebuild the cache with `hskcache build --select {select}`, or pass "
+                "--init-from TEACHER_DIR to select it here"
+            )
+    if init == "select" and stored is None and select == "importance":
+        raise ConfigError(
+            f"{cache.url}: no stored init for student '{shape}' to take, and --select "
+            "importance ranks on the teacher's activations: pass --init-from TEACHER_DIR, or "
+            f"rebuild with `hskcache build --student {shape} --select importance`"
+        )
+    if init == "select" and stored is None:
         if section.teacher is None:
             raise ConfigError(
                 f"{cache.url}: the cache holds no init for student '{shape}' (it holds: "

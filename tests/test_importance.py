@@ -120,3 +120,30 @@ def test_build_stores_the_importance_init(tmp_path, tiny_bert):
     dims = list(entry.hidden_dims)
     assert run.proj.weight[dims, range(16)].tolist() == [1.0] * 16  # student i -> its channel
     assert run.proj.weight.abs().sum().item() == 16
+
+
+def test_fit_selects_by_importance_exactly_as_the_build(tmp_path):
+    """`fit --init-from TEACHER --select importance` ranks on the cache's first rows and keeps
+    the very tensors the build stored; a stored init of the other kind is refused by name."""
+    from hskcache.errors import ConfigError
+    from hsktrain.config import FitConfig
+    from hsktrain.prepare import prepare
+
+    data = write_sst2(tmp_path / "SST-2")
+    teacher = make_bert(tmp_path / "t", layers=4, hidden=32, heads=4)
+    shape = tmp_path / "small.json"
+    fields = {"num_hidden_layers": 4, "hidden_size": 16, "num_attention_heads": 2}
+    shape.write_text(json.dumps(fields | {"intermediate_size": 32}))
+    kw = dict(student=[str(shape)], hsk="1l_4t_0.25h", student_layers=4, select="importance")
+    cache = build_cache(make_cfg(data, tmp_path / "c", teacher, **kw), False)
+    run = dict(cache=str(cache), student=str(shape), out=str(tmp_path / "run"))
+    stored = prepare(FitConfig(**run))
+    here = prepare(FitConfig(**run, init_from=str(teacher), select="importance"))
+    a, b = stored.model.state_dict(), here.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # every tensor, the seeded head included
+    assert torch.equal(stored.proj.weight, here.proj.weight)
+    prefix = prepare(FitConfig(**run, init_from=str(teacher), select="prefix"))
+    q = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(prefix.model.state_dict()[q], a[q])
+    with pytest.raises(ConfigError, match="init was selected by importance, not prefix"):
+        prepare(FitConfig(**run, select="prefix"))
