@@ -37,7 +37,7 @@ from hskcache.importance import Ranking
 from hskcache.manifest import Assets, ManifestView, StudentInit
 from hskcache.names import check_file_name, check_key
 from hskcache.objects import check_object, read_object
-from hskcache.shapes import PRESETS, student_shape
+from hskcache.shapes import FULL_WIDTH, PRESETS, resolve_shape, student_shape
 from hskcache.students import load_state, select_into, student_config
 from hskcache.teacher import tokenizer_sha256
 
@@ -134,6 +134,8 @@ def make_kit(
         name = student_name(student)
         try:
             shape = student_shape(student)
+            if student in FULL_WIDTH:  # stored whole: the teacher's width, heads and FFN
+                shape = resolve_shape(shape, teacher_config)
             files, layers = _student_files(teacher_config, state, shape, num_labels, ranking)
         except ConfigError as e:
             if explicit:

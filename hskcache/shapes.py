@@ -37,6 +37,25 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+# Full-width layer subsets (DistilBERT, PKD): the teacher's own width, heads and FFN, fewer
+# layers; every tensor of a kept layer is copied whole. The missing fields are the teacher's
+# (`resolve_shape`), so one name serves a 384- and a 768-wide teacher alike.
+FULL_WIDTH: dict[str, dict[str, int]] = {
+    "full4": {"num_hidden_layers": 4},
+    "full6": {"num_hidden_layers": 6},
+}
+SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+
+
+def resolve_shape(shape: dict, teacher_config) -> dict:
+    """`shape` with the fields it leaves out taken from the teacher (a config object or its
+    dict), as the student's config will have them."""
+    get = (
+        teacher_config.get if isinstance(teacher_config, dict) else teacher_config.__getattribute__
+    )
+    return {k: get(k) for k in SHAPE_FIELDS} | dict(shape)
+
+
 def student_shape(student: str | dict) -> dict:
     """A preset name, a JSON file of config fields (e.g. {"num_hidden_layers": 3, ...}),
     or such a dict -> the dict.
@@ -49,6 +68,8 @@ def student_shape(student: str | dict) -> dict:
         return student
     if student in PRESETS:
         return PRESETS[student]
+    if student in FULL_WIDTH:
+        return FULL_WIDTH[student]
     if student.endswith(".json") and Path(student).is_file():
         shape = json.loads(Path(student).read_text())
         missing = {"num_hidden_layers", "hidden_size", "num_attention_heads"} - set(shape)
@@ -60,6 +81,6 @@ def student_shape(student: str | dict) -> dict:
         refuse_custom_code(shape, student)
         return shape
     raise ConfigError(
-        f"unknown student '{student}'; use a preset ({', '.join(PRESETS)}) or a "
-        "JSON file of config fields"
+        f"unknown student '{student}'; use a preset ({', '.join([*PRESETS, *FULL_WIDTH])}) or "
+        "a JSON file of config fields"
     )

@@ -24,7 +24,7 @@ from torch import nn
 
 from hskcache.errors import ConfigError
 from hskcache.importance import Ranking
-from hskcache.shapes import student_shape
+from hskcache.shapes import resolve_shape, student_shape
 
 # Dimensions laid out as (heads x head_dim): Q/K/V outputs and the attention output's input.
 _HEAD_OUT = re.compile(r"\.(query|key|value|q|k|v)\.(weight|bias)$")
@@ -34,7 +34,7 @@ _LAYER = re.compile(r"\.layer\.(\d+)\.")
 
 def shrink_config(teacher_config, shape: str | dict):
     """The teacher's config with a preset's (or a dict's) shape."""
-    shape = student_shape(shape)
+    shape = resolve_shape(student_shape(shape), teacher_config)
     if shape["hidden_size"] % shape["num_attention_heads"]:
         raise ConfigError(
             f"student hidden size {shape['hidden_size']} is not a multiple of "

@@ -129,7 +129,13 @@ def fit_cmd(
     text_pair_column: o.TextPairColumn = None,
     label_column: o.LabelColumn = None,
     max_length: o.MaxLength = None,
-    student: Annotated[str, Opt(help="Student preset: tinybert4, tinybert6, mini, tiny.")] = None,
+    student: Annotated[
+        str,
+        Opt(
+            help="Student preset (tinybert4, tinybert6, mini, tiny; full4, full6: 4 or 6 of the "
+            "teacher's layers at its full width) or a JSON file of config fields."
+        ),
+    ] = None,
     init: Annotated[
         str, Opt(help="select (from the teacher's weights) | random | pretrained.")
     ] = None,

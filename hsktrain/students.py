@@ -20,7 +20,7 @@ from hskcache import assets
 from hskcache.assets import materialise
 from hskcache.errors import ConfigError, TeacherError
 from hskcache.importance import Ranking
-from hskcache.shapes import student_shape
+from hskcache.shapes import FULL_WIDTH, resolve_shape, student_shape
 from hskcache.students import load_state, select_into, student_config
 from hskcache.teacher import check_model_folder, refuse_custom_code
 from hsktrain.config import INITS
@@ -102,7 +102,7 @@ def student_from_cache(
         CacheError: a stored object is missing or altered.
     """
     section = cache.info.assets
-    stored = assets.stored_student(cache, student_shape(shape)) if init == "select" else None
+    stored = assets.stored_student(cache, cache_shape(cache, shape)) if init == "select" else None
     if stored is not None and select is not None:
         how = "importance" if stored[1].select else "prefix"
         if how != select:
@@ -144,7 +144,7 @@ def _from_cache(cache, init: str, shape, num_labels: int):
         teacher_config = _stored_config(cache, section.teacher_config)
         config = student_config(teacher_config, shape, num_labels)
         return AutoModelForSequenceClassification.from_config(config), info
-    name, entry = assets.stored_student(cache, student_shape(shape))
+    name, entry = assets.stored_student(cache, cache_shape(cache, shape))
     config = _stored_config(cache, entry.files["config.json"])
     if config.num_labels != num_labels:
         raise ConfigError(
@@ -164,6 +164,14 @@ def _from_cache(cache, init: str, shape, num_labels: int):
     if entry.hidden_dims is not None:  # an importance-selected init: the projection follows it
         info["hidden_dims"] = list(entry.hidden_dims)
     return model, info
+
+
+def cache_shape(cache, shape: str | dict) -> dict:
+    """A student shape with the fields it leaves out (`full4`) from the cache's teacher."""
+    if not (isinstance(shape, str) and shape in FULL_WIDTH):
+        return student_shape(shape)
+    # the stored config.json: the manifest's copy holds only the fields off the family's defaults
+    return resolve_shape(FULL_WIDTH[shape], _stored_config(cache, cache.info.assets.teacher_config))
 
 
 def _stored_config(cache, key: str):

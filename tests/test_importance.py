@@ -147,3 +147,32 @@ def test_fit_selects_by_importance_exactly_as_the_build(tmp_path):
     assert not torch.equal(prefix.model.state_dict()[q], a[q])
     with pytest.raises(ConfigError, match="init was selected by importance, not prefix"):
         prepare(FitConfig(**run, select="prefix"))
+
+
+def test_full_width_presets_take_the_teachers_width(tmp_path):
+    """`full4`: four of the teacher's layers, every tensor whole (DistilBERT / PKD), stored by
+    the build at the teacher's own shape and found again by fit with no teacher around."""
+    from hsktrain.config import FitConfig
+    from hsktrain.prepare import prepare
+
+    data = write_sst2(tmp_path / "SST-2")
+    teacher = make_bert(tmp_path / "t", layers=6, hidden=32, heads=4)
+    kw = dict(student=["full4"], hsk="1l_4t_0.25h", student_layers=4)
+    cache = open_cache(build_cache(make_cfg(data, tmp_path / "c", teacher, **kw), False))
+    entry = cache.info.assets.students["full4"]
+    assert dict(entry.shape) == {
+        "num_hidden_layers": 4,
+        "hidden_size": 32,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+    }
+    assert entry.teacher_layers == (0, 2, 3, 5)  # evenly spaced, first and last
+    run = prepare(FitConfig(cache=cache.url, student="full4", out=str(tmp_path / "run")))
+    from transformers import AutoModelForSequenceClassification
+
+    full = AutoModelForSequenceClassification.from_pretrained(teacher).state_dict()
+    s = run.model.state_dict()
+    for i, t in enumerate((0, 2, 3, 5)):  # each kept layer is the teacher's, whole
+        key = "bert.encoder.layer.{}.intermediate.dense.weight"
+        assert torch.equal(s[key.format(i)], full[key.format(t)])
+    assert isinstance(run.proj, torch.nn.Identity)  # same width: no projection to learn
