@@ -38,7 +38,7 @@ from hskcache.manifest import Assets, ManifestView, StudentInit
 from hskcache.names import check_file_name, check_key
 from hskcache.objects import check_object, read_object
 from hskcache.shapes import FULL_WIDTH, PRESETS, resolve_shape, student_shape
-from hskcache.students import load_state, select_into, student_config
+from hskcache.students import layer_subset, load_state, select_into, student_config
 from hskcache.teacher import tokenizer_sha256
 
 PREFIX = "assets"
@@ -96,6 +96,8 @@ def make_kit(
     bundle_teacher: bool,
     ranking: Ranking | None = None,
     calibration_rows: int = 0,
+    layer_choice: str = "even",
+    l_top: int | None = None,
 ) -> Kit:
     """Everything the cache will carry for training, computed before anything is written.
 
@@ -108,6 +110,8 @@ def make_kit(
         bundle_teacher: also store the teacher's weights.
         ranking: select each init's dims by this importance ranking (computed on the first
             `calibration_rows` rows of the build), not as prefixes.
+        layer_choice: which teacher layers each init copies (`layer_subset`, with the
+            selection's `l_top` for `mapped`).
 
     Raises:
         ConfigError: an unknown or unselectable `--student`, two shapes with one name.
@@ -136,7 +140,10 @@ def make_kit(
             shape = student_shape(student)
             if student in FULL_WIDTH:  # stored whole: the teacher's width, heads and FFN
                 shape = resolve_shape(shape, teacher_config)
-            files, layers = _student_files(teacher_config, state, shape, num_labels, ranking)
+            layers = layer_subset(
+                teacher_config.num_hidden_layers, shape["num_hidden_layers"], layer_choice, l_top
+            )
+            files = _student_files(teacher_config, state, shape, num_labels, ranking, layers)
         except ConfigError as e:
             if explicit:
                 raise ConfigError(f"--student {student}: {e}") from e
@@ -196,7 +203,7 @@ def _tokenizer_files(tokenizer, sha: str, where: str) -> dict[str, bytes]:
     return files
 
 
-def _student_files(teacher_config, state, shape: dict, num_labels: int, ranking=None):
+def _student_files(teacher_config, state, shape: dict, num_labels: int, ranking, layers):
     """config.json + model.safetensors of one selected student, and the teacher layers kept.
 
     Only the tensors copied from the teacher are stored: `fit` builds the student seeded with
@@ -209,10 +216,10 @@ def _student_files(teacher_config, state, shape: dict, num_labels: int, ranking=
     config = student_config(teacher_config, shape, num_labels)
     with torch.random.fork_rng():  # the throwaway init must not move the build's RNG
         model = AutoModelForSequenceClassification.from_config(config)
-    layers, copied = select_into(model, state, teacher_config, ranking)
+    _, copied = select_into(model, state, teacher_config, ranking, layers)
     sd = model.state_dict()
     weights = save({n: sd[n].contiguous() for n in copied}, metadata={"format": "pt"})
-    return {"config.json": config.to_json_string().encode(), WEIGHTS: weights}, layers
+    return {"config.json": config.to_json_string().encode(), WEIGHTS: weights}
 
 
 def asset_keys(section: dict) -> list[str]:

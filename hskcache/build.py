@@ -271,6 +271,8 @@ def _build(
         cfg.bundle_teacher,
         ranking,
         calibration,
+        cfg.layer_choice,
+        plan.l_top,
     )
     manifest = make_manifest(
         cfg, teacher, ex, plan, max_length, chunk_rows, shard_rows, kit.section

@@ -76,6 +76,14 @@ def build(
     bundle_teacher: Annotated[
         bool, Opt(help="Also store the whole teacher (hskcache export-teacher writes it out).")
     ] = False,
+    layer_choice: Annotated[
+        str,
+        Opt(
+            help="Which teacher layers the stored student inits copy: even (evenly spaced, "
+            "first and last), bottom (the first ones, PKD) or mapped (the layer each HSK target "
+            "sits after)."
+        ),
+    ] = None,
     select: Annotated[
         str,
         Opt(

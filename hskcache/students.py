@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from hskcache.errors import ConfigError
+from hskcache.hsk import depth_pairs
 from hskcache.importance import Ranking
 from hskcache.shapes import resolve_shape, student_shape
 
@@ -44,13 +45,26 @@ def shrink_config(teacher_config, shape: str | dict):
     return config
 
 
-def layer_subset(n_teacher: int, n_student: int) -> list[int]:
-    """Evenly spaced teacher layers, first and last included (6 -> 4: [0, 2, 3, 5])."""
+def layer_subset(
+    n_teacher: int, n_student: int, choice: str = "even", l_top: int | None = None
+) -> list[int]:
+    """The teacher layers a student's layers are copied from.
+
+    `even`: evenly spaced, first and last included (6 -> 4: [0, 2, 3, 5]); `bottom`: the first
+    ones (PKD); `mapped`: the layer each HSK target sits after, so student state i starts as
+    the teacher layer that produced the teacher state it learns (depth mapping up to `l_top`;
+    12 -> 4 at l_top 8: states 2, 4, 6, 8, layers [1, 3, 5, 7]).
+    """
     if n_student > n_teacher:
         raise ConfigError(
             f"a {n_student}-layer student cannot be selected from a "
             f"{n_teacher}-layer teacher; use --init random"
         )
+    if choice == "bottom":
+        return list(range(n_student))
+    if choice == "mapped":
+        pairs = depth_pairs(n_student, n_teacher, None, l_top)
+        return [t - 1 for s, t in pairs if s > 0]
     if n_student == 1:
         return [n_teacher - 1]
     return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
@@ -89,18 +103,21 @@ def select_weights(
     teacher_state: dict[str, torch.Tensor],
     teacher_config,
     ranking: Ranking | None = None,
+    layers: list[int] | None = None,
 ) -> list[int]:
     """Copy a slice of every teacher tensor into the student, in place; return the layer map.
 
     Args:
         ranking: keep the most active hidden channels, heads, head dims and FFN neurons
             (importance.py) instead of the first ones; None: the first ones.
+        layers: the teacher layer of each student layer (`layer_subset`); None: evenly spaced.
 
     Raises:
         ConfigError: a student tensor larger than its teacher counterpart.
     """
     sc = student.config
-    layers = layer_subset(teacher_config.num_hidden_layers, sc.num_hidden_layers)
+    if layers is None:
+        layers = layer_subset(teacher_config.num_hidden_layers, sc.num_hidden_layers)
     heads = (
         teacher_config.num_attention_heads,
         teacher_config.hidden_size // teacher_config.num_attention_heads,
@@ -160,6 +177,7 @@ def select_into(
     teacher_state: dict[str, torch.Tensor],
     teacher_config,
     ranking: Ranking | None = None,
+    layers: list[int] | None = None,
 ):
     """`select_weights` from a teacher's raw safetensors state (a bare encoder's keys get the
     model's prefix); return (teacher layers kept, names of the student tensors copied).
@@ -169,6 +187,6 @@ def select_into(
     prefix = student.base_model_prefix
     if not any(k.startswith(prefix + ".") for k in teacher_state):  # a bare encoder (BertModel)
         teacher_state = {f"{prefix}.{k}": v for k, v in teacher_state.items()}
-    layers = select_weights(student, teacher_state, teacher_config, ranking)
+    layers = select_weights(student, teacher_state, teacher_config, ranking, layers)
     copied = [n for n in student.state_dict() if source_name(n, layers) in teacher_state]
     return layers, copied

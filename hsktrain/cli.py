@@ -146,6 +146,13 @@ def fit_cmd(
     proj_init: Annotated[
         str, Opt(help="Projection init: select (student dim i -> teacher dim i) | random.")
     ] = None,
+    layer_choice: Annotated[
+        str,
+        Opt(
+            help="Which teacher layers --init select copies: even | bottom (PKD) | mapped (the "
+            "layer each HSK target sits after). Default: as the cache's stored init, or even."
+        ),
+    ] = None,
     select: Annotated[
         str,
         Opt(

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
-from hskcache.config import SELECTS
+from hskcache.config import LAYER_CHOICES, SELECTS
 from hskcache.data import Columns
 from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError, HskError
@@ -82,6 +82,8 @@ class FitConfig:
     # which dims `--init select` keeps: prefix | importance (importance.py); None: as the
     # cache's stored init was selected, or prefix from a teacher folder
     select: str | None = None
+    # which teacher layers `--init select` copies: even | bottom | mapped; None: as stored, or even
+    layer_choice: str | None = None
     mode: str = "two-stage"
     hsk_epochs: int | None = None  # default: the paper's per task
     pred_epochs: int = 5
@@ -190,6 +192,10 @@ class FitConfig:
             p.append(f"select must be one of {list(SELECTS)}")
         elif self.select is not None and self.init != "select":
             p.append(f"--select {self.select}: only with --init select")
+        if self.layer_choice not in (None, *LAYER_CHOICES):
+            p.append(f"layer_choice must be one of {list(LAYER_CHOICES)}")
+        elif self.layer_choice is not None and self.init != "select":
+            p.append(f"--layer-choice {self.layer_choice}: only with --init select")
         if self.score_layer is not None and self.score_layer not in SCORE_LAYERS:
             p.append(f"score_layer must be one of {SCORE_LAYERS}")
         for name in ("batch_size", "pred_epochs", "buffer_chunks", "eval_batch_size"):

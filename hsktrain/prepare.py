@@ -119,14 +119,16 @@ def prepare(cfg: FitConfig) -> Run:
     # 2. the student, and the layers it distils into
     if init_from is None:  # no teacher needed: the init (or its config) is in the cache
         model, init_info = student_from_cache(
-            cache, cfg.init, cfg.student, num_labels, cfg.seed, cfg.select
+            cache, cfg.init, cfg.student, num_labels, cfg.seed, cfg.select, cfg.layer_choice
         )
     else:
         ranking = None
         if cfg.init == "select" and cfg.select == "importance":
             ranking = _ranking(init_from, source, num_labels, cfg.seed)
+        l_top = info.selection.l_top if info else cfg.l_top
+        layers = (cfg.layer_choice or "even", l_top)
         model, init_info = build_student(
-            cfg.init, init_from, cfg.student, num_labels, cfg.seed, ranking
+            cfg.init, init_from, cfg.student, num_labels, cfg.seed, ranking, layers
         )
     check_vocab(model.config, tokenizer, init_from or f"{cfg.cache} (its stored student)")
     model.to(cfg.device)

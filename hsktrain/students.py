@@ -21,7 +21,7 @@ from hskcache.assets import materialise
 from hskcache.errors import ConfigError, TeacherError
 from hskcache.importance import Ranking
 from hskcache.shapes import FULL_WIDTH, resolve_shape, student_shape
-from hskcache.students import load_state, select_into, student_config
+from hskcache.students import layer_subset, load_state, select_into, student_config
 from hskcache.teacher import check_model_folder, refuse_custom_code
 from hsktrain.config import INITS
 
@@ -33,6 +33,7 @@ def build_student(
     num_labels: int,
     seed: int,
     ranking: Ranking | None = None,
+    layers: tuple[str, int | None] = ("even", None),
 ):
     """Build a student model.
 
@@ -44,6 +45,7 @@ def build_student(
         num_labels: the task's labels.
         seed: seeds the fresh parameters.
         ranking: with `select`, keep the most active dims (importance.py), not the first ones.
+        layers: with `select`, (layer choice, l_top) for `layer_subset`.
 
     Returns:
         (model, info) where info records the init for the run's config.
@@ -52,10 +54,10 @@ def build_student(
         raise ConfigError(f"unknown init '{init}'; use one of {INITS}")
     with torch.random.fork_rng():  # seeded init that leaves the caller's RNG alone
         torch.manual_seed(seed)
-        return _build(init, source, shape, num_labels, ranking)
+        return _build(init, source, shape, num_labels, ranking, layers)
 
 
-def _build(init: str, source: str, shape, num_labels: int, ranking: Ranking | None):
+def _build(init: str, source: str, shape, num_labels: int, ranking: Ranking | None, layers):
     # lazy: transformers takes seconds to import; commands that load no model skip it
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -75,14 +77,24 @@ def _build(init: str, source: str, shape, num_labels: int, ranking: Ranking | No
     info = {"init": init, "source": str(source), "shape": shape}
     if init == "select":
         state = load_state(source)
-        info["teacher_layers"], _ = select_into(model, state, teacher_config, ranking)
+        choice, l_top = layers
+        kept = layer_subset(
+            teacher_config.num_hidden_layers, model.config.num_hidden_layers, choice, l_top
+        )
+        info["teacher_layers"], _ = select_into(model, state, teacher_config, ranking, kept)
         if ranking is not None:  # the projection starts from the kept channels
             info["hidden_dims"] = ranking.kept_hidden(model.config.hidden_size).tolist()
     return model, info
 
 
 def student_from_cache(
-    cache, init: str, shape: str | dict, num_labels: int, seed: int, select: str | None = None
+    cache,
+    init: str,
+    shape: str | dict,
+    num_labels: int,
+    seed: int,
+    select: str | None = None,
+    layer_choice: str | None = None,
 ):
     """Build a student from what a cache carries, with no teacher on the machine.
 
@@ -111,6 +123,21 @@ def student_from_cache(
                 f"rebuild the cache with `hskcache build --select {select}`, or pass "
                 "--init-from TEACHER_DIR to select it here"
             )
+    if stored is not None and layer_choice is not None:
+        t, name = cache.info, stored[0]
+        want = layer_subset(
+            t.teacher.num_hidden_layers,
+            stored[1].shape["num_hidden_layers"],
+            layer_choice,
+            t.selection.l_top,
+        )
+        if list(stored[1].teacher_layers) != want:
+            raise ConfigError(
+                f"{cache.url}: its '{name}' init copies teacher layers "
+                f"{list(stored[1].teacher_layers)}, --layer-choice {layer_choice} asks for "
+                f"{want}; rebuild the cache with `hskcache build --layer-choice {layer_choice}`, "
+                "or pass --init-from TEACHER_DIR to select it here"
+            )
     if init == "select" and stored is None and select == "importance":
         raise ConfigError(
             f"{cache.url}: no stored init for student '{shape}' to take, and --select "
@@ -127,7 +154,10 @@ def student_from_cache(
             )
         with tempfile.TemporaryDirectory(prefix="hsk-teacher-") as tmp:  # read, then dropped
             folder = assets.materialise(cache, section.teacher, Path(tmp))
-            model, info = build_student("select", str(folder), shape, num_labels, seed)
+            layers = (layer_choice or "even", cache.info.selection.l_top)
+            model, info = build_student(
+                "select", str(folder), shape, num_labels, seed, None, layers
+            )
         return model, {**info, "source": f"{cache.url} (bundled teacher)"}
     with torch.random.fork_rng():  # seeded as build_student seeds, the caller's RNG untouched
         torch.manual_seed(seed)

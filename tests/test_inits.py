@@ -1,4 +1,5 @@
-"""Importance-ranked selection: exact rankings on a hand-made model, the tensors it keeps, and
+"""Student inits near the teacher: importance-ranked selection (exact rankings on a hand-made
+model, the tensors it keeps), full-width layer subsets, which teacher layers are copied, and
 the init `hskcache build --select importance` stores (recorded, deterministic, in the identity,
 followed by fit's projection)."""
 
@@ -176,3 +177,30 @@ def test_full_width_presets_take_the_teachers_width(tmp_path):
         key = "bert.encoder.layer.{}.intermediate.dense.weight"
         assert torch.equal(s[key.format(i)], full[key.format(t)])
     assert isinstance(run.proj, torch.nn.Identity)  # same width: no projection to learn
+
+
+def test_layer_choices():
+    from hskcache.students import layer_subset
+
+    assert layer_subset(12, 4) == [0, 4, 7, 11]  # even: first and last included
+    assert layer_subset(12, 4, "bottom") == [0, 1, 2, 3]  # PKD
+    assert layer_subset(12, 4, "mapped", 8) == [1, 3, 5, 7]  # targets at states 2, 4, 6, 8
+    assert layer_subset(6, 4, "mapped", 4) == [0, 1, 2, 3]
+
+
+def test_layer_choice_is_stored_and_checked(tmp_path):
+    from hskcache.errors import ConfigError
+    from hsktrain.config import FitConfig
+    from hsktrain.prepare import prepare
+
+    data = write_sst2(tmp_path / "SST-2")
+    teacher = make_bert(tmp_path / "t", layers=6, hidden=32, heads=4)
+    kw = dict(student=["full4"], hsk="full", student_layers=4, l_top=4, layer_choice="mapped")
+    cache = open_cache(build_cache(make_cfg(data, tmp_path / "c", teacher, **kw), False))
+    assert cache.info.assets.students["full4"].teacher_layers == (0, 1, 2, 3)
+    run = dict(cache=cache.url, student="full4", out=str(tmp_path / "run"))
+    stored = prepare(FitConfig(**run, layer_choice="mapped")).model.state_dict()
+    here = prepare(FitConfig(**run, init_from=str(teacher), layer_choice="mapped"))
+    assert all(torch.equal(stored[k], v) for k, v in here.model.state_dict().items())
+    with pytest.raises(ConfigError, match=r"copies teacher layers \[0, 1, 2, 3\], --layer-choice"):
+        prepare(FitConfig(**run, layer_choice="even"))
