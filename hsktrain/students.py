@@ -101,49 +101,21 @@ def student_from_cache(
     `select` loads the init stored for this exact shape (`hskcache build --student`) over a
     student seeded like `build_student`'s, which makes the two identical; a shape the cache
     lacks is selected from a bundled teacher, if any. `random` needs only the teacher's config.
+    `select` (prefix / importance) and `layer_choice`, when given, must match how the stored
+    init was made; None takes it as it is.
 
     Returns:
         (model, info) as `build_student`.
 
-    `select` (prefix / importance; None: whichever the cache stores) must match how the stored
-    init was selected.
-
     Raises:
         ConfigError: the cache holds no init for this shape and no teacher to select it from,
-            or its init was selected otherwise than `select` asks.
+            or its init was made otherwise than `select` / `layer_choice` ask.
         CacheError: a stored object is missing or altered.
     """
     section = cache.info.assets
     stored = assets.stored_student(cache, cache_shape(cache, shape)) if init == "select" else None
-    if stored is not None and select is not None:
-        how = "importance" if stored[1].select else "prefix"
-        if how != select:
-            raise ConfigError(
-                f"{cache.url}: its '{stored[0]}' init was selected by {how}, not {select}; "
-                f"rebuild the cache with `hskcache build --select {select}`, or pass "
-                "--init-from TEACHER_DIR to select it here"
-            )
-    if stored is not None and layer_choice is not None:
-        t, name = cache.info, stored[0]
-        want = layer_subset(
-            t.teacher.num_hidden_layers,
-            stored[1].shape["num_hidden_layers"],
-            layer_choice,
-            t.selection.l_top,
-        )
-        if list(stored[1].teacher_layers) != want:
-            raise ConfigError(
-                f"{cache.url}: its '{name}' init copies teacher layers "
-                f"{list(stored[1].teacher_layers)}, --layer-choice {layer_choice} asks for "
-                f"{want}; rebuild the cache with `hskcache build --layer-choice {layer_choice}`, "
-                "or pass --init-from TEACHER_DIR to select it here"
-            )
-    if init == "select" and stored is None and select == "importance":
-        raise ConfigError(
-            f"{cache.url}: no stored init for student '{shape}' to take, and --select "
-            "importance ranks on the teacher's activations: pass --init-from TEACHER_DIR, or "
-            f"rebuild with `hskcache build --student {shape} --select importance`"
-        )
+    if init == "select":
+        _check_stored(cache, shape, stored, select, layer_choice)
     if init == "select" and stored is None:
         if section.teacher is None:
             raise ConfigError(
@@ -162,6 +134,43 @@ def student_from_cache(
     with torch.random.fork_rng():  # seeded as build_student seeds, the caller's RNG untouched
         torch.manual_seed(seed)
         return _from_cache(cache, init, shape, num_labels)
+
+
+def _check_stored(cache, shape, stored, select: str | None, layer_choice: str | None) -> None:
+    """Refuse a stored init made otherwise than asked, or none where only a teacher folder
+    could make it (importance ranks on the teacher's activations).
+
+    Raises:
+        ConfigError: naming what the cache holds and how to get what was asked.
+    """
+    if stored is None:
+        if select == "importance":
+            raise ConfigError(
+                f"{cache.url}: no stored init for student '{shape}' to take, and --select "
+                "importance ranks on the teacher's activations: pass --init-from TEACHER_DIR, "
+                f"or rebuild with `hskcache build --student {shape} --select importance`"
+            )
+        return
+    name, entry = stored
+    how = "importance" if entry.select else "prefix"
+    if select is not None and how != select:
+        raise ConfigError(
+            f"{cache.url}: its '{name}' init was selected by {how}, not {select}; rebuild the "
+            f"cache with `hskcache build --select {select}`, or pass --init-from TEACHER_DIR "
+            "to select it here"
+        )
+    if layer_choice is None:
+        return
+    t = cache.info
+    n_student = entry.shape["num_hidden_layers"]
+    want = layer_subset(t.teacher.num_hidden_layers, n_student, layer_choice, t.selection.l_top)
+    if list(entry.teacher_layers) != want:
+        raise ConfigError(
+            f"{cache.url}: its '{name}' init copies teacher layers {list(entry.teacher_layers)}, "
+            f"--layer-choice {layer_choice} asks for {want}; rebuild the cache with `hskcache "
+            f"build --layer-choice {layer_choice}`, or pass --init-from TEACHER_DIR to select "
+            "it here"
+        )
 
 
 def _from_cache(cache, init: str, shape, num_labels: int):
