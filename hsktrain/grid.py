@@ -387,7 +387,7 @@ RECIPE = (
     "max_grad_norm batch_size buffer_chunks group_by_length init proj_init amp max_length"
 ).split()
 # Options added later, recorded only when set: rows written before them stay comparable.
-RECIPE_IF_SET = ("select",)
+RECIPE_IF_SET = ("select", "layer_choice")
 
 
 def fit_options(grid: Grid, arm: Arm) -> dict:

@@ -275,6 +275,9 @@ class Context:
             student=[self.grid.student], teacher=teacher.path, max_length=task.max_length,
             limit=task_limit(self.grid, task), chunk_rows=self.grid.chunk_rows,
             device=self.grid.fit.get("device", "cpu"),
+            # the stored init made as [fit] asks, so fit takes it instead of refusing it
+            select=self.grid.fit.get("select") or "prefix",
+            layer_choice=self.grid.fit.get("layer_choice") or "even",
         )  # fmt: skip
         self.say(f"build {out}")
         t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from hsktrain.grid import (
     expand_grid,
     load_grid,
     parse_flags,
+    recipe,
     resolve_tasks,
     task_limit,
 )
@@ -542,3 +543,18 @@ def test_shard_and_device_flags_are_checked_before_any_work(tmp_path):
             load_grid(str(toml), {}, {"device": "cuda"})
     # --device overrides [fit]'s device and keeps its other options
     assert load_grid(str(toml), {}, {"device": "cpu"}).fit == {"device": "cpu", "temperature": 2.0}
+
+
+def test_a_studys_init_choices_reach_its_caches_and_its_table(tmp_path):
+    """`[fit] select` / `layer_choice` shape the init each cache stores (else fit would refuse
+    it) and are recorded in the recipe only when set (older rows stay comparable)."""
+    teacher = make_bert(tmp_path / "teacher", layers=4)
+    fit = {"max_length": 16, "select": "importance", "layer_choice": "bottom"}
+    grid = fake_grid(tmp_path, teacher, seeds=[0], baselines=[], chunk_rows=8, fit=fit)
+    sweep = plan_sweep(grid, train=True, show_progress=False, say=lambda _: None)
+    cache = open_cache(str(sweep.ctx.cache_for(sweep.runs[0])))
+    init = cache.info.assets.students["tiny"]
+    assert init.teacher_layers == (0, 1) and dict(init.select)["by"] == "importance"
+    assert recipe(grid, sweep.runs[0].arm).endswith("select=importance layer_choice=bottom")
+    plain = recipe(fake_grid(tmp_path, teacher), sweep.runs[0].arm).split()
+    assert not any(kv.startswith(("select=", "layer_choice=")) for kv in plain)
