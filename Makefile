@@ -55,8 +55,10 @@ bench-e2e: install
 # The core table first: the others reuse the teachers it fine-tunes.
 RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard t2 split)
 MPNET_RECIPES := reports/mpnet-mrpc-hsklr2e-4 reports/mpnet-mrpc-lr1e-4
+# Inits near the MPNet teacher; distil6 fine-tunes the teacher the other two reuse.
+MPNET_INITS := reports/mpnet-distil6 reports/mpnet-full4-bottom reports/mpnet-importance
 STUDIES := reports/minilm-core reports/minilm-grouped $(RECIPES) reports/mpnet-core \
-	$(MPNET_RECIPES) reports/minilm-mrpc-curves
+	$(MPNET_RECIPES) $(MPNET_INITS) reports/minilm-mrpc-curves
 # On a GPU: `make study DEVICE=cuda SHARDS=8` runs each study as 8 sweeps at once on it
 # (`hsktrain sweep --shard`: they share its tables and caches); small students leave a GPU idle.
 DEVICE ?= cpu
