@@ -157,9 +157,9 @@ def prepare(cfg: FitConfig) -> Run:
         make = lambda rows: batches.inputs(rows, cfg.device, regression)  # noqa: E731
     with torch.random.fork_rng():  # the same projection however the targets are made
         torch.manual_seed(cfg.seed + 1)
-        proj = make_projection(
-            model.config.hidden_size, teacher_width, cfg.proj_init, init_info.get("hidden_dims")
-        )
+        # the kept channels name teacher channels only where the targets are the teacher's
+        dims = init_info.get("hidden_dims") if info or cfg.online_teacher else None
+        proj = make_projection(model.config.hidden_size, teacher_width, cfg.proj_init, dims)
     dev = None
     if cfg.dev_data is not None:
         dev, _, _ = encode_split(

@@ -204,3 +204,21 @@ def test_layer_choice_is_stored_and_checked(tmp_path):
     assert all(torch.equal(stored[k], v) for k, v in here.model.state_dict().items())
     with pytest.raises(ConfigError, match=r"copies teacher layers \[0, 1, 2, 3\], --layer-choice"):
         prepare(FitConfig(**run, layer_choice="even"))
+
+
+def test_importance_init_without_teacher_targets(tmp_path):
+    """CE on raw rows (what `sweep --dry-run` times) from an importance-selected student: no
+    teacher states to project to, so the kept channels shape no projection (was IndexError)."""
+    from hsktrain.config import FitConfig
+    from hsktrain.prepare import prepare
+
+    data = write_sst2(tmp_path / "SST-2")
+    teacher = make_bert(tmp_path / "t", layers=4, hidden=32, heads=4)
+    shape = tmp_path / "small.json"
+    fields = {"num_hidden_layers": 4, "hidden_size": 16, "num_attention_heads": 2}
+    shape.write_text(json.dumps(fields | {"intermediate_size": 32}))
+    rows = dict(data=str(data), split="train", max_length=16, chunk_rows=8)
+    init = dict(init_from=str(teacher), select="importance", student=str(shape))
+    cfg = FitConfig(mode="ce", out=str(tmp_path / "run"), **rows, **init)
+    run = prepare(cfg)
+    assert run.model.config.hidden_size == 16
