@@ -101,7 +101,7 @@ def _summary(url: str, m: dict, files: dict[str, dict], root_info: dict) -> dict
         "identity": m.get("identity"),
         "content": _content(m),
         "teacher": {
-            "name": next(iter(_teacher_names(m)[1:]), None),  # older caches: absolute paths
+            "name": _teacher_label(m),
             "weights_sha256": _get(m, "teacher.weights_sha256"),
         },
         "data": {
@@ -150,10 +150,10 @@ def _equal(field: str) -> Callable[[dict, str], bool]:
     return lambda m, v: str(_get(m, field)) == v
 
 
-def _teacher_names(m: dict) -> tuple[str, ...]:
-    """The names `--match teacher=` takes: as recorded, and as `ls` shows it."""
+def _teacher_label(m: dict) -> str | None:
+    """The teacher as `ls` shows it (older caches recorded the builder's absolute path)."""
     name = _get(m, "teacher.name")
-    return (name, model_label(name)) if isinstance(name, str) else ()
+    return model_label(name) if isinstance(name, str) else None
 
 
 def _task(m: dict, v: str) -> bool:
@@ -167,7 +167,9 @@ FILTERS: dict[str, Callable[[dict, str], bool]] = {
     "task": _task,
     "split": _equal("data.split"),
     "hsk": _equal("selection.name"),
-    "teacher": lambda m, v: _prefix("teacher.weights_sha256")(m, v) or v in _teacher_names(m),
+    "teacher": lambda m, v: (
+        _prefix("teacher.weights_sha256")(m, v) or v in (_get(m, "teacher.name"), _teacher_label(m))
+    ),
     "tokenizer": _prefix("tokenizer.sha256"),
     "data": _prefix("data.fingerprint"),
     "max_length": _equal("max_length"),

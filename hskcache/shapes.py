@@ -48,12 +48,9 @@ SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "inte
 
 
 def resolve_shape(shape: dict, teacher_config) -> dict:
-    """`shape` with the fields it leaves out taken from the teacher (a config object or its
-    dict), as the student's config will have them."""
-    get = (
-        teacher_config.get if isinstance(teacher_config, dict) else teacher_config.__getattribute__
-    )
-    return {k: get(k) for k in SHAPE_FIELDS} | dict(shape)
+    """`shape` with the fields it leaves out taken from the teacher's config, as the student's
+    config will have them."""
+    return {k: getattr(teacher_config, k) for k in SHAPE_FIELDS} | dict(shape)
 
 
 def student_shape(student: str | dict) -> dict:
