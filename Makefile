@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(VENV)/bin/ruff check hskcache hsktrain tests
+	$(VENV)/bin/ruff check hskcache hsktrain tests examples
+	$(VENV)/bin/ruff format --check hskcache hsktrain tests examples
 	$(VENV)/bin/pytest -q
 
 # CI: a wheel installed into a fresh venv (outside the repo) runs a tiny build + verify + fit.

@@ -36,8 +36,8 @@ from hskcache.hub import hub_reachable
 from hskcache.importance import Ranking
 from hskcache.manifest import Assets, ManifestView, StudentInit
 from hskcache.names import check_file_name, check_key
-from hskcache.objects import check_object, read_object
 from hskcache.shapes import FULL_WIDTH, PRESETS, resolve_shape, student_shape
+from hskcache.storage.objects import check_object, read_object
 from hskcache.students import layer_subset, load_state, select_into, student_config
 from hskcache.teacher import tokenizer_sha256
 

@@ -30,10 +30,10 @@ from hskcache.data import Columns, Examples, load_split
 from hskcache.hsk import SelectionConfig
 from hskcache.importance import CALIBRATION_ROWS, activation_ranking, calibration_batches
 from hskcache.layout import default_chunk_rows, layer_key, plan_arrays
-from hskcache.lock import BuildLock, LockHeldError, local_path
 from hskcache.manifest import FORMAT_VERSION, compute_identity
 from hskcache.names import model_label
 from hskcache.progress import progress_bar
+from hskcache.storage.lock import BuildLock, LockHeldError, local_path
 from hskcache.targets import Plan, plan_selection, teacher_targets
 from hskcache.teacher import ClsScoreProbe, Teacher, check_max_length, load_teacher
 from hskcache.tokenize import Encoded, tokenize

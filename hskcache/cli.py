@@ -288,7 +288,7 @@ def push(
 
     Rerunning after a kill resumes: objects already there and verified are skipped.
     """
-    from hskcache.transfer import push as push_cache
+    from hskcache.storage.transfer import push as push_cache
 
     report = run_guarded(
         push_cache, local, url, jobs, overwrite, by_identity, not quiet, break_lock
@@ -309,7 +309,7 @@ def pull(
 
     Rerunning after a kill resumes: objects already there and verified are skipped.
     """
-    from hskcache.transfer import pull as pull_cache
+    from hskcache.storage.transfer import pull as pull_cache
 
     report = run_guarded(pull_cache, url, local, jobs, overwrite, not quiet, break_lock)
     print_transfer(report, "pulled")
@@ -331,8 +331,8 @@ def ls(
     as_json: o.AsJson = False,
 ):
     """List every cache under a prefix: identity, teacher, data, selection, rows, size, status."""
-    from hskcache.catalog import find_caches, public
-    from hskcache.catalog import match as match_caches
+    from hskcache.storage.catalog import find_caches, public
+    from hskcache.storage.catalog import match as match_caches
 
     def body():
         found = find_caches(url)

@@ -19,7 +19,7 @@ from rich.table import Table
 from typer.core import TyperCommand
 
 from hskcache.errors import HskError
-from hskcache.remote import (
+from hskcache.storage.remote import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     RETRIES_ENV,

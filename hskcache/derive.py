@@ -31,13 +31,13 @@ from hskcache.config import DeriveConfig
 from hskcache.errors import CacheError, ConfigError
 from hskcache.hsk import SelectionConfig
 from hskcache.layout import default_chunk_rows, layer_key
-from hskcache.lock import BuildLock, local_path
 from hskcache.manifest import ManifestView, compute_identity
 from hskcache.names import check_key
-from hskcache.objects import read_object
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache, open_cache, specs_for
 from hskcache.selection import top_k_ascending
+from hskcache.storage.lock import BuildLock, local_path
+from hskcache.storage.objects import read_object
 from hskcache.targets import Plan, plan_selection
 from hskcache.writer import ShardWriter, finish, open_for_build, shard_done, stored_keys
 

@@ -7,9 +7,9 @@ its own 4-byte crc32c). A raw chunk (the values, unless `--compressor zstd`) is 
 a zstd one (token ids, positions, dims gaps: small) is read, checked against its crc32c and
 decompressed. That skips zarr's decode path entirely; the build tests check it against zarr's
 own reads. A remote cache (any fsspec URL) is read through a bounded local copy of its shards
-(`hskcache.localcache`): each shard is downloaded once, checked against the manifest's sha256,
-and then read exactly as a local cache is. Only a cache that is neither (an unfinished remote
-build, opened by `verify`) goes through zarr chunk reads.
+(`hskcache.storage.localcache`): each shard is downloaded once, checked against the
+manifest's sha256, and then read exactly as a local cache is. Only a cache that is neither
+(an unfinished remote build, opened by `verify`) goes through zarr chunk reads.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from numcodecs import Zstd
 from hskcache.codec import dim_planes
 from hskcache.errors import CacheError, CacheIncompleteError
 from hskcache.layout import ArraySpec, layer_key, plan_arrays, shard_key
-from hskcache.localcache import DEFAULT_SIZE, ShardCache, default_dir, parse_size
 from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY, Layer, ManifestView, validate_manifest
-from hskcache.objects import read_object
-from hskcache.remote import bound_remote_calls
 from hskcache.rowcheck import chunk_problems
+from hskcache.storage.localcache import DEFAULT_SIZE, ShardCache, default_dir, parse_size
+from hskcache.storage.objects import read_object
+from hskcache.storage.remote import bound_remote_calls
 
 _EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written
 CRC_BYTES = 4

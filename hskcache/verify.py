@@ -17,12 +17,12 @@ import numpy as np
 
 from hskcache.errors import CacheError
 from hskcache.layout import layer_key
-from hskcache.localcache import ShardCache
 from hskcache.manifest import ManifestView, compute_identity
-from hskcache.objects import check_object, data_keys, read_object
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache, open_cache, specs_for
 from hskcache.rowcheck import dims_problems
+from hskcache.storage.localcache import ShardCache
+from hskcache.storage.objects import check_object, data_keys, read_object
 
 
 def verify_cache(

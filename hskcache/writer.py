@@ -27,7 +27,6 @@ from zarr.core.sync import sync
 
 from hskcache.errors import CacheError, HskError
 from hskcache.layout import ArraySpec, shard_key
-from hskcache.lock import LOCK_KEY, BuildLock, local_path
 from hskcache.manifest import (
     FORMAT_VERSION,
     MANIFEST_KEY,
@@ -35,7 +34,8 @@ from hskcache.manifest import (
     check_same,
     validate_manifest,
 )
-from hskcache.objects import data_keys, object_table
+from hskcache.storage.lock import LOCK_KEY, BuildLock, local_path
+from hskcache.storage.objects import data_keys, object_table
 
 RESUME_HINT = (
     "this --out holds a cache built with other settings; pass --overwrite to replace "

@@ -367,15 +367,15 @@ def bench(
         return _bench_e2e(flags, hsk, device, workdir, results, plot, as_json)
 
     def body():
-        from hsktrain.bench import PRESETS, BenchConfig, run_bench
-        from hsktrain.e2e_bench import check_flags
+        from hsktrain.bench.e2e import check_flags
+        from hsktrain.bench.step import PRESETS, BenchConfig, run_bench
 
         check_flags(False, flags)
         quiet_transformers()
         work = workdir or (tempfile.mkdtemp(prefix="hskbench-") if remote else None)
         result = run_bench(BenchConfig(preset, steps, warmup, hsk, device, rss, rss_rows, work))
         if remote:
-            from hsktrain.remote_bench import remote_stall
+            from hsktrain.bench.remote import remote_stall
 
             p = PRESETS[preset]
             common = dict(student=p.student, batch_size=p.batch, device=device)
@@ -384,7 +384,7 @@ def bench(
         return result
 
     result = run_guarded(body)
-    from hsktrain.report import targets_table, write_results
+    from hsktrain.bench.writer import targets_table, write_results
 
     _emit(result, results and (lambda cmd: write_results(result, results, plot, cmd)),
           targets_table, as_json)  # fmt: skip
@@ -405,14 +405,14 @@ def _bench_build(flags: dict, results: Path | None, as_json: bool) -> None:
     """`hsktrain bench --build`: run, write the results file, print."""
 
     def body():
-        from hsktrain.build_bench import build_bench_config, run_build_bench
+        from hsktrain.bench.build import build_bench_config, run_build_bench
 
         cfg = build_bench_config(flags)
         quiet_transformers()
         return run_build_bench(cfg)
 
     result = run_guarded(body)
-    from hsktrain.build_bench import build_table, write_build_results
+    from hsktrain.bench.build import build_table, write_build_results
 
     _emit(result, results and (lambda cmd: write_build_results(result, results, cmd)),
           build_table, as_json)  # fmt: skip
@@ -422,7 +422,7 @@ def _bench_e2e(flags: dict, hsk, device, workdir, results, plot, as_json) -> Non
     """`hsktrain bench --e2e`: run, write the results file and plot, print."""
 
     def body():
-        from hsktrain.e2e_bench import E2E_ONLY, E2EConfig, check_flags, run_e2e
+        from hsktrain.bench.e2e import E2E_ONLY, E2EConfig, check_flags, run_e2e
 
         check_flags(True, flags)
         quiet_transformers()
@@ -431,7 +431,7 @@ def _bench_e2e(flags: dict, hsk, device, workdir, results, plot, as_json) -> Non
         return run_e2e(cfg, lambda line: print(line, file=sys.stderr, flush=True))
 
     result = run_guarded(body)
-    from hsktrain.e2e_report import e2e_table, write_e2e_results
+    from hsktrain.bench.e2e_writer import e2e_table, write_e2e_results
 
     _emit(result, results and (lambda cmd: write_e2e_results(result, results, plot, cmd)),
           e2e_table, as_json)  # fmt: skip
@@ -440,7 +440,7 @@ def _bench_e2e(flags: dict, hsk, device, workdir, results, plot, as_json) -> Non
 def _emit(result: dict, write, table, as_json: bool) -> None:
     """Every bench mode's ending: `write(command)` its results file (None: no --results), then
     print the result as JSON or as the mode's `table`."""
-    from hsktrain.bench import dumps
+    from hsktrain.bench.step import dumps
 
     if write:
         write("hsktrain " + " ".join(sys.argv[1:]))
@@ -507,19 +507,19 @@ def sweep(
     flags = given(ctx, *_NOT_GRID)
 
     def body():
-        from hsktrain.grid import load_grid, parse_flags, parse_shard
+        from hsktrain.study.grid import load_grid, parse_flags, parse_shard
 
         quiet_transformers()
         part = parse_shard(shard) if shard else (0, 1)
         fit = {"device": device} if device else None
         grid = load_grid(str(config) if config else None, parse_flags(flags), fit)
         if dry_run:
-            from hsktrain.estimate import dry_run as plan
+            from hsktrain.study.estimate import dry_run as plan
 
             plan(grid, measure, say)
             return
         from hsktrain.outputs import output_folder
-        from hsktrain.sweep import run_sweep
+        from hsktrain.study.sweep import run_sweep
 
         output_folder(grid.study, "--study")
         output_folder(grid.work, "workdir")
@@ -535,7 +535,7 @@ def report(
     study: Annotated[str, typer.Argument(help="Study folder holding results.csv.")],
 ):
     """Write STUDY/README.md (mean +- std over seeds, the claims it checks) and its plots."""
-    from hsktrain.study import write_report
+    from hsktrain.study.report import write_report
 
     path = run_guarded(write_report, study)
     console.print(f"wrote {path}", highlight=False)
@@ -552,7 +552,7 @@ def compare(
 
     def body() -> str:
         from hsktrain.outputs import output_file
-        from hsktrain.study import compare as compare_studies
+        from hsktrain.study.report import compare as compare_studies
 
         path = out and output_file(out, "--out")
         md = compare_studies(studies)

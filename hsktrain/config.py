@@ -11,9 +11,9 @@ from hskcache.data import Columns
 from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError, HskError
 from hskcache.hsk import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
-from hskcache.localcache import parse_size
-from hskcache.lock import local_path
 from hskcache.shapes import student_shape
+from hskcache.storage.localcache import parse_size
+from hskcache.storage.lock import local_path
 
 MODES = ("two-stage", "joint", "hsk", "pred", "ce")
 INITS = ("select", "random", "pretrained")  # the student's weights: hsktrain/students.py

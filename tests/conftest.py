@@ -188,7 +188,7 @@ def s3_server():
     The AWS_* variables it sets reach s3fs in this process and in every CLI subprocess the
     tests start, so `s3://` URLs resolve to this server; nothing leaves the machine.
     """
-    from hsktrain.remote_bench import loopback_s3_server
+    from hsktrain.bench.remote import loopback_s3_server
 
     with loopback_s3_server() as url:
         yield url

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_sst2
-from hsktrain.build_bench import build_results_markdown, padded_tokens
+from hsktrain.bench.build import build_results_markdown, padded_tokens
 from hsktrain.cli import app
 
 runner = CliRunner()

@@ -17,13 +17,13 @@ import zarr.storage._local as zlocal
 from test_build import files, make_cfg
 from typer.testing import CliRunner
 
-from hskcache import localcache
 from hskcache.build import build_cache
 from hskcache.cli import app as hskcache_app
 from hskcache.config import BuildConfig
 from hskcache.errors import CacheError, CacheIncompleteError, ConfigError, HskError
-from hskcache.localcache import ShardCache
 from hskcache.reader import open_cache
+from hskcache.storage import localcache
+from hskcache.storage.localcache import ShardCache
 from hskcache.verify import verify_cache
 
 
@@ -83,7 +83,7 @@ def test_full_disk_at_any_moment_is_one_line_and_resumable(built, tmp_path, monk
 
 
 def test_full_disk_while_taking_the_lock_leaves_no_empty_lock(tmp_path, monkeypatch):
-    from hskcache.lock import LOCK_KEY, BuildLock
+    from hskcache.storage.lock import LOCK_KEY, BuildLock
 
     real = os.fdopen
 
@@ -245,7 +245,8 @@ def test_fit_no_verify_names_a_damaged_array_and_chunk(built, tmp_path, array, v
 def test_fit_verify_of_a_remote_cache_downloads_each_object_once(
     built, tmp_path, s3_bucket, monkeypatch
 ):
-    from hskcache import objects, reader, verify
+    from hskcache import reader, verify
+    from hskcache.storage import objects
     from hsktrain.config import FitConfig
     from hsktrain.train import fit
 

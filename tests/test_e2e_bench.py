@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from conftest import write_sst2
 from hskcache.errors import ConfigError
+from hsktrain.bench.e2e import amortised_speedup
 from hsktrain.cli import app
 from hsktrain.demo import find_data
-from hsktrain.e2e_bench import amortised_speedup
 from hsktrain.glue import find_task_data
 
 runner = CliRunner()
@@ -112,7 +112,7 @@ def test_mpnet_preset_without_the_folder_names_make_mpnet(tmp_path, monkeypatch)
 
 
 def test_step_bench_flags_a_run_that_measured_the_load():
-    from hsktrain.report import shortfalls
+    from hsktrain.bench.writer import shortfalls
 
     # the offline step (more work than the bare one) timed at half of it: load moved
     result = {

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from hskcache.errors import ConfigError
 from hsktrain.cli import app
 from hsktrain.config import FitConfig
-from hsktrain.grid import load_grid
 from hsktrain.loader import ArraySource, ChunkShuffleLoader, grouped_permutation
+from hsktrain.study.grid import load_grid
 from hsktrain.train import fit
 
 

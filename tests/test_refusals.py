@@ -20,7 +20,7 @@ from hskcache.errors import TeacherError
 from hsktrain.cli import app
 from hsktrain.config import FitConfig
 from hsktrain.ddp import World, peer_failure
-from hsktrain.results import results_table
+from hsktrain.study.tables import results_table
 from hsktrain.train import fit
 
 runner = CliRunner()

@@ -19,9 +19,9 @@ from test_build import files, make_cfg
 
 from hskcache.build import build_cache
 from hskcache.errors import CacheError, CacheIncompleteError, ConfigError
-from hskcache.localcache import ShardCache, parse_size
-from hskcache.lock import LOCK_KEY, BuildLock, LockHeldError
 from hskcache.reader import open_cache
+from hskcache.storage.localcache import ShardCache, parse_size
+from hskcache.storage.lock import LOCK_KEY, BuildLock, LockHeldError
 from hskcache.verify import verify_cache
 
 

@@ -13,8 +13,8 @@ from conftest import make_bert, write_sst2
 from hskcache.errors import ConfigError, HskError
 from hskcache.reader import open_cache
 from hsktrain.config import FitConfig
-from hsktrain.estimate import dry_run
-from hsktrain.grid import (
+from hsktrain.study.estimate import dry_run
+from hsktrain.study.grid import (
     Grid,
     TaskRef,
     expand_grid,
@@ -24,9 +24,9 @@ from hsktrain.grid import (
     resolve_tasks,
     task_limit,
 )
-from hsktrain.results import results_table
-from hsktrain.study import compare, write_report
-from hsktrain.sweep import plan_sweep, run_sweep
+from hsktrain.study.report import compare, write_report
+from hsktrain.study.sweep import plan_sweep, run_sweep
+from hsktrain.study.tables import results_table
 
 SST2 = TaskRef("sst2", "SST-2", 64)
 
@@ -525,7 +525,7 @@ def test_shard_and_device_flags_are_checked_before_any_work(tmp_path):
     from typer.testing import CliRunner
 
     from hsktrain.cli import app
-    from hsktrain.grid import parse_shard
+    from hsktrain.study.grid import parse_shard
 
     assert parse_shard("1/4") == (1, 4)
     for bad in ("4/4", "1", "a/2", "-1/2"):

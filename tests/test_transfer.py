@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 
 from conftest import make_bert, write_sst2
 from hskcache.build import build_cache
-from hskcache.catalog import find_caches
 from hskcache.cli import app
 from hskcache.errors import CacheError
 from hskcache.manifest import MANIFEST_KEY
 from hskcache.reader import open_cache
-from hskcache.transfer import pull, push
+from hskcache.storage.catalog import find_caches
+from hskcache.storage.transfer import pull, push
 from hskcache.verify import verify_cache
 
 runner = CliRunner()
@@ -116,7 +116,7 @@ def test_by_identity_twice_is_a_no_op(caches, s3_bucket):
 
 KILL_SCRIPT = """
 import os, signal, sys
-from hskcache import transfer
+from hskcache.storage import transfer
 calls, kill_at = [0], int(sys.argv[4])
 orig = transfer.Transfer.copy_object
 def copy_object(self, key, advance):
@@ -140,7 +140,7 @@ def test_interrupted_push_resumes(caches, s3_bucket):
     kill_at = len(table(caches["c1"])) - 3
     run_killed("push", str(caches["c1"]), url, kill_at)
     left = set(bucket_files(url))
-    assert left - {"hskcache.lock"} < set(table(caches["c1"])) and len(left) == kill_at + 1
+    assert left - {"hskcache.storage.lock"} < set(table(caches["c1"])) and len(left) == kill_at + 1
     with pytest.raises(CacheError):
         open_cache(url)
     assert [c["status"] for c in find_caches(s3_bucket)] == ["partial"]
@@ -157,7 +157,7 @@ def test_interrupted_pull_resumes(tmp_path, caches, s3_bucket):
     kill_at = 7
     run_killed("pull", url, str(local), kill_at)
     left = set(tree(local))
-    assert left - {"hskcache.lock"} < set(table(caches["c1"])) and len(left) == kill_at + 1
+    assert left - {"hskcache.storage.lock"} < set(table(caches["c1"])) and len(left) == kill_at + 1
     with pytest.raises(CacheError, match="no cache here"):
         open_cache(local)
     first = next(iter(table(caches["c1"])))  # copied first, so its folder exists
@@ -307,7 +307,7 @@ def test_damaged_local_copy_is_repaired_by_overwrite(tmp_path, caches, s3_bucket
 
 def test_large_objects_stream_through_files(tmp_path, caches, s3_bucket, monkeypatch):
     """Objects above INLINE_BYTES (a bundled teacher) stream in blocks, whichever way."""
-    from hskcache import storage
+    from hskcache.storage import location as storage
 
     monkeypatch.setattr(storage, "INLINE_BYTES", 600)
     monkeypatch.setattr(storage, "BLOCK", 256)
@@ -325,14 +325,14 @@ def test_large_objects_stream_through_files(tmp_path, caches, s3_bucket, monkeyp
 def test_a_held_lock_refuses_a_second_writer(caches, s3_bucket):
     import socket
 
-    from hskcache.lock import BuildLock
+    from hskcache.storage.lock import BuildLock
 
     url = f"{s3_bucket}/c1"
     held = BuildLock.acquire(url)  # a live process (this one) writing the destination
     line = error_line(runner.invoke(app, ["push", str(caches["c1"]), url, "--quiet"]))
     assert line.startswith(f"{url}: held by pid {os.getpid()} on host {socket.gethostname()}")
-    assert line.endswith(f"remove {url}/hskcache.lock or pass --break-lock")
-    assert set(bucket_files(url)) == {"hskcache.lock"}
+    assert line.endswith(f"remove {url}/hskcache.storage.lock or pass --break-lock")
+    assert set(bucket_files(url)) == {"hskcache.storage.lock"}
     r = runner.invoke(app, ["push", str(caches["c1"]), url, "--quiet", "--break-lock"])
     assert r.exit_code == 0, r.output
     assert bucket_files(url) == cache_files(caches["c1"])  # the lock went with the copy

@@ -37,7 +37,7 @@ from hskcache.reader import open_cache
 from hskcache.shapes import student_shape
 from hskcache.tasks import get_task
 from hskcache.teacher import default_teacher_path
-from hsktrain.bench import machine
+from hsktrain.bench.step import machine
 from hsktrain.config import DEFAULTS, FitConfig, finetune_config
 from hsktrain.glue import find_task_data
 from hsktrain.metrics import main_metric

@@ -16,7 +16,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from hskcache.errors import HskError
 from hskcache.names import check_key, inside
-from hskcache.remote import bound_remote_calls, short_error
+from hskcache.storage.remote import bound_remote_calls, short_error
 
 BLOCK = 8 * 2**20  # streaming read size: bounded memory whatever the object's size
 # Objects up to this size move in one request from memory (shards are ~16 MiB by default); larger

@@ -16,9 +16,9 @@ from pathlib import PurePosixPath
 from hskcache.errors import CacheError, ConfigError
 from hskcache.manifest import FORMAT_VERSION, MANIFEST_KEY, content_digest
 from hskcache.names import model_label
-from hskcache.objects import ROOT_KEY
 from hskcache.reader import open_cache
-from hskcache.storage import locate
+from hskcache.storage.location import locate
+from hskcache.storage.objects import ROOT_KEY
 from hskcache.tasks import get_task
 
 # Arrays every cache has: their metadata without a root above marks a partial copy.

@@ -13,9 +13,9 @@ from hskcache.config import BuildConfig
 from hskcache.data import load_split
 from hskcache.shapes import student_shape
 from hsktrain.config import FitConfig
-from hsktrain.grid import Grid, RunSpec, TaskRef, epochs, task_limit
-from hsktrain.results import builds_table, results_table
-from hsktrain.sweep import Context, arm_sel, base_teacher, family_source, plan_sweep
+from hsktrain.study.grid import Grid, RunSpec, TaskRef, epochs, task_limit
+from hsktrain.study.sweep import Context, arm_sel, base_teacher, family_source, plan_sweep
+from hsktrain.study.tables import builds_table, results_table
 from hsktrain.train import fit
 
 

@@ -47,9 +47,9 @@ from hskcache.errors import ConfigError
 from hskcache.reader import Cache, open_cache
 from hskcache.teacher import load_teacher
 from hskcache.tokenize import tokenize
-from hsktrain.bench import data_order_batches, forward_timer, machine
+from hsktrain.bench.step import data_order_batches, forward_timer, machine
+from hsktrain.bench.writer import targets_markdown
 from hsktrain.glue import find_task_data
-from hsktrain.report import targets_markdown
 
 TARGETS = {  # name: (comparison, bound)
     "build_over_data_forward": (">=", 1.5),

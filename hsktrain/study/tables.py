@@ -14,7 +14,7 @@ from pathlib import Path
 from hskcache import __version__
 from hskcache.data import utf8_text
 from hskcache.errors import ConfigError, DataFormatError, HskError
-from hsktrain.grid import Grid, RunSpec, epochs, parse_recipe, recipe, task_limit
+from hsktrain.study.grid import Grid, RunSpec, epochs, parse_recipe, recipe, task_limit
 
 METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
 COLUMNS = [

@@ -21,22 +21,22 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from hskcache import storage
 from hskcache.errors import CacheError, HskError
-from hskcache.lock import LOCK_KEY, BuildLock
 from hskcache.manifest import MANIFEST_KEY, ManifestView, compute_identity
 from hskcache.names import check_key
-from hskcache.objects import ROOT_KEY
 from hskcache.progress import bytes_bar
 from hskcache.reader import open_cache
-from hskcache.remote import short_error
-from hskcache.storage import (
+from hskcache.storage import location as storage
+from hskcache.storage.location import (
     Location,
     digest,
     locate,
     object_blocks,
     store_md5,
 )
+from hskcache.storage.lock import LOCK_KEY, BuildLock
+from hskcache.storage.objects import ROOT_KEY
+from hskcache.storage.remote import short_error
 from hskcache.verify import verify_cache
 
 PARTIAL = ".partial"  # suffix of local temp files; leftovers of a killed run are removed

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from hsktrain.e2e_bench import amortised_speedup
-from hsktrain.report import load_line, targets_markdown
+from hsktrain.bench.e2e import amortised_speedup
+from hsktrain.bench.writer import load_line, targets_markdown
 
 
 def write_e2e_results(result: dict, md: Path, png: Path | None, command: str) -> None:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hskcache.errors import HskError
-from hsktrain.grid import parse_recipe
 from hsktrain.metrics import main_metric
 from hsktrain.outputs import output_file
-from hsktrain.results import METRICS, builds_table, results_table
+from hsktrain.study.grid import parse_recipe
+from hsktrain.study.tables import METRICS, builds_table, results_table
 
 AXES = ("depth", "length", "width")
 # The field whose value names an axis's curve; '-' (does not apply) joins every curve.

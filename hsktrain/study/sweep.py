@@ -33,7 +33,8 @@ from hskcache.shapes import student_shape
 from hskcache.tasks import get_task
 from hskcache.teacher import default_teacher_path, load_teacher
 from hsktrain.config import FitConfig, finetune_config
-from hsktrain.grid import (
+from hsktrain.metrics import main_metric
+from hsktrain.study.grid import (
     Arm,
     Grid,
     RunSpec,
@@ -44,8 +45,7 @@ from hsktrain.grid import (
     resolve_tasks,
     task_limit,
 )
-from hsktrain.metrics import main_metric
-from hsktrain.results import (
+from hsktrain.study.tables import (
     METRICS,
     Table,
     builds_table,
