@@ -38,8 +38,8 @@ from hskcache.manifest import Assets, ManifestView, StudentInit
 from hskcache.names import check_file_name, check_key
 from hskcache.shapes import FULL_WIDTH, PRESETS, resolve_shape, student_shape
 from hskcache.storage.objects import check_object, read_object
-from hskcache.students import layer_subset, load_state, select_into, student_config
 from hskcache.teacher import tokenizer_sha256
+from hskcache.weight_selection import layer_subset, load_weights, select_into, student_config
 
 PREFIX = "assets"
 WEIGHTS = "model.safetensors"
@@ -132,7 +132,7 @@ def make_kit(
     if not explicit:  # the default is skipped, not an error, when it does not fit the teacher
         name = default_student(student_layers)
         students = [] if name is None else [name]
-    state = load_state(folder) if students else {}
+    state = load_weights(folder) if students else {}
     entries: dict[str, dict] = {}
     for student in students:
         name = student_name(student)

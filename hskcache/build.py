@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import errno
 import math
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from hskcache import __version__
 from hskcache.assets import asset_keys, make_kit, write_kit
 from hskcache.codec import dim_planes, encode_dims, encode_values, ids_dtype
 from hskcache.config import BuildConfig
 from hskcache.data import Columns, Examples, load_split
+from hskcache.distributed import World, start
 from hskcache.hsk import SelectionConfig
 from hskcache.importance import CALIBRATION_ROWS, activation_ranking, calibration_batches
 from hskcache.layout import default_chunk_rows, layer_key, plan_arrays
@@ -209,10 +208,10 @@ def build_cache(
         HskError: any bad input, named; nothing is ever marked complete unless it is.
     """
     cfg.validate()
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    w = start()  # torchrun's process group, when there are several ranks
     try:
-        with _held_lock(cfg.out, cfg.break_lock, rank, world) as lock:
-            return _build(cfg, lock, rank, world, show_progress, timings)
+        with _held_lock(cfg.out, cfg.break_lock, w) as lock:
+            return _build(cfg, lock, w, show_progress, timings)
     except OSError as e:  # creating arrays, writing the kit, finishing: all resumable
         if e.errno != errno.ENOSPC:
             raise
@@ -222,8 +221,7 @@ def build_cache(
 def _build(
     cfg: BuildConfig,
     lock: BuildLock,
-    rank: int,
-    world: int,
+    w: World,
     show_progress: bool,
     timings: dict | None,
 ) -> Path | str:
@@ -279,13 +277,11 @@ def _build(
     )
     root = local_path(cfg.out) or cfg.out  # a Path on local disk, else the URL
     name = str(root).rstrip("/").rsplit("/", 1)[-1]
-    group = _open_distributed(
-        root, manifest, specs, chunk_rows, shard_rows, cfg.overwrite, rank, world
-    )
+    group = _open_distributed(root, manifest, specs, chunk_rows, shard_rows, cfg.overwrite, w)
     if group is None:
         return root
     n, n_shards = len(ex), manifest["counts"]["num_shards"]
-    mine = [s for s in range(n_shards) if s % world == rank]
+    mine = [s for s in range(n_shards) if s % w.world == w.rank]
     present = stored_keys(group)  # one listing: no request per shard on object storage
     todo = [s for s in mine if not shard_done(present, specs, s)]
     rows = lambda s: (s * shard_rows, min(n, (s + 1) * shard_rows))  # noqa: E731
@@ -326,72 +322,50 @@ def _build(
     if timings is not None and "t0" in timings:  # from the end of the warm-up batch
         timings["rows"] = sum(rows(s)[1] - rows(s)[0] for s in todo) - timings["skip"]
         timings["seconds"] = time.perf_counter() - timings["t0"]
-    _barrier(world)  # every shard written
-    if rank == 0:
+    w.barrier()  # every shard written
+    if w.main:
         stats = lambda objects: cache_stats(group, manifest, objects)  # noqa: E731
         write_kit(group.store, kit)  # the same bytes again on a resume
         finish(group, manifest, specs, stats=stats, lock=lock, extra_keys=asset_keys(kit.section))
-    _barrier(world)  # no rank returns before the cache is marked complete
+    w.barrier()  # no rank returns before the cache is marked complete
     return root
 
 
 @contextmanager
-def _held_lock(out: str, break_lock: bool, rank: int, world: int) -> Iterator[BuildLock]:
+def _held_lock(out: str, break_lock: bool, w: World) -> Iterator[BuildLock]:
     """Rank 0 takes the cache's lock for the whole build, and removes it at the end or on an
     error; the other `torchrun` ranks share it by its token (each shard write re-checks it)."""
     lock, refused = None, None
-    if rank == 0:
+    if w.main:
         try:
             lock = BuildLock.acquire(out, break_lock)
         except LockHeldError as e:
             refused = e
-    if world > 1:
-        _init_distributed()
-
-        box = [lock.token if lock is not None else None]
-        dist.broadcast_object_list(box, src=0)
-        if rank != 0:
-            if box[0] is None:
-                raise LockHeldError(f"{out}: rank 0 could not take the cache's lock")
-            lock = BuildLock(out, box[0])
+    token = w.broadcast(lock.token if lock is not None else None)
+    if not w.main:
+        if token is None:
+            raise LockHeldError(f"{out}: rank 0 could not take the cache's lock")
+        lock = BuildLock(out, token)
     if refused is not None:
         raise refused
     try:
         yield lock
     finally:
-        if rank == 0:
+        if w.main:
             lock.release()
 
 
-def _init_distributed() -> None:
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-
-
-def _open_distributed(root, manifest, specs, chunk_rows, shard_rows, overwrite, rank, world):
+def _open_distributed(root, manifest, specs, chunk_rows, shard_rows, overwrite, w: World):
     """Rank 0 creates or checks the store; the other `torchrun` ranks then open it."""
     root = str(root)
-    if world == 1:
-        return open_for_build(root, manifest, specs, chunk_rows, shard_rows, overwrite)
-
-    _init_distributed()
     group = (
-        open_for_build(root, manifest, specs, chunk_rows, shard_rows, overwrite)
-        if rank == 0
-        else None
+        open_for_build(root, manifest, specs, chunk_rows, shard_rows, overwrite) if w.main else None
     )
-    flag = [group is not None]
-    dist.broadcast_object_list(flag, src=0)
-    if not flag[0]:
+    if not w.broadcast(group is not None):
         return None
-    if rank != 0:
+    if not w.main:
         group = open_for_build(root, manifest, specs, chunk_rows, shard_rows, False)
     return group
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
 
 
 def cache_stats(group, manifest: dict, objects: dict[str, dict]) -> dict:

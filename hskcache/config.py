@@ -48,9 +48,9 @@ def merge_file(cls: type[T], path: str | None, flags: dict) -> T:
         raise ConfigError(f"{where}unknown config keys {unknown}; known: {sorted(known)}")
     hints = typing.get_type_hints(cls)
     wrong = [
-        f"{k} = {v!r} is {type(v).__name__}, expected {_type_name(hints[k])}"
+        f"{k} = {v!r} is {type(v).__name__}, expected {type_name(hints[k])}"
         for k, v in values.items()
-        if not _matches(v, hints[k])
+        if not matches(v, hints[k])
     ]
     if wrong:
         raise ConfigError(f"{where}wrong value types: {'; '.join(wrong)}")
@@ -70,12 +70,12 @@ def merge_file(cls: type[T], path: str | None, flags: dict) -> T:
     return cls(**values)
 
 
-def _matches(value, hint) -> bool:
+def matches(value, hint) -> bool:
     """Whether a TOML value fits a dataclass field's type (an int is a float; a bool is not
-    an int)."""
+    an int): the one type rule of every config file, flag set and study table."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(hint))
+        return any(matches(value, a) for a in typing.get_args(hint))
     if hint is type(None):
         return value is None
     if hint is bool:
@@ -86,14 +86,20 @@ def _matches(value, hint) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if origin is list:
         (item,) = typing.get_args(hint) or (typing.Any,)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
+        return isinstance(value, list) and all(matches(v, item) for v in value)
+    if origin is dict:
+        _, item = typing.get_args(hint) or (str, typing.Any)
+        return isinstance(value, dict) and all(matches(v, item) for v in value.values())
     if isinstance(hint, type):
         return isinstance(value, hint)
     return True  # Any and other hints: not checked
 
 
-def _type_name(hint) -> str:
-    return str(hint) if typing.get_args(hint) or not isinstance(hint, type) else hint.__name__
+def type_name(hint) -> str:
+    """A field's type as a config file's reader would write it: `int`, `list[int]`."""
+    if typing.get_args(hint) or not isinstance(hint, type):
+        return str(hint).replace("typing.", "")
+    return hint.__name__
 
 
 SELECTS = ("prefix", "importance")

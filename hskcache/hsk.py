@@ -19,6 +19,23 @@ SCORE_LAYERS = ("producing", "uniform")
 _NAME = re.compile(r"^(\d+)l_(\d+)t_(\d*\.?\d+)h$")
 
 
+def hsk_name(
+    layers: int | None,
+    tokens: int | None,
+    width: float,
+    all_layers: int | None = None,
+    all_tokens: int | None = None,
+) -> str:
+    """A selection's name, `{L}l_{K}t_{p}h`, or `full` when it keeps every layer and token
+    (None, or the counts given as `all_*`) at full width: the one spelling tables, cache
+    manifests and study arms share."""
+    every_layer = layers is None or layers == all_layers
+    every_token = tokens is None or tokens == all_tokens
+    if every_layer and every_token and width == 1:
+        return "full"
+    return f"{layers}l_{tokens}t_{width:g}h"
+
+
 @dataclass(frozen=True)
 class HskConfig:
     """A selection: `layers` x `tokens` x `width` (fraction); None means "all" (the `full` HSK)."""
@@ -32,9 +49,7 @@ class HskConfig:
 
     @property
     def name(self) -> str:
-        if self.layers is None and self.tokens is None and self.width == 1.0:
-            return "full"
-        return f"{self.layers}l_{self.tokens}t_{self.width:g}h"
+        return hsk_name(self.layers, self.tokens, self.width)
 
     def to_dict(self) -> dict:
         return {"name": self.name, **asdict(self)}

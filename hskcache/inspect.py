@@ -6,10 +6,10 @@ from dataclasses import asdict
 
 import numpy as np
 
-from hskcache.codec import decode_values
 from hskcache.manifest import ManifestView
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache
+from hskcache.targets import stored_targets
 
 
 def describe(cache: Cache) -> dict:
@@ -118,15 +118,15 @@ def target_stats(cache: Cache, show_progress: bool = False) -> dict:
     squares = {la.teacher: 0.0 for la in info.layers}
     peak = {la.teacher: 0.0 for la in info.layers}
     entropy = agree = 0.0
-    fields = {t: cache.layer_fields(t) for t in tokens}
-    names = [n for f in fields.values() for k, n in f.items() if k not in ("dims", "dims_hi")]
+    fields = [cache.layer_fields(t) for t in tokens]  # values and positions: dims do not count
+    names = [n for f in fields for k, n in f.items() if k not in ("dims", "dims_hi")]
     names += [] if info.data.regression else ["logits", "labels"]
     with progress_bar("stats", cache.num_chunks, 0, show_progress, unit="chunks") as advance:
         for i in range(cache.num_chunks):
             rows = cache.read_chunk(i, names)  # one read a chunk: every layer, then the logits
-            for t, f in fields.items():
-                values = decode_values(cache.manifest, rows[f["values"]], rows.get(f.get("scales")))
-                kept = values[rows[f["positions"]] >= 0].astype(np.float64)  # (tokens, W)
+            for la in stored_targets(cache.manifest, rows):
+                t = la.teacher
+                kept = la.values[la.positions >= 0].double().numpy()  # (tokens, W)
                 tokens[t] += len(kept)
                 squares[t] += float(np.square(kept).sum())
                 peak[t] = max(peak[t], float(np.abs(kept).max(initial=0.0)))

@@ -163,7 +163,7 @@ def _frozen(d: Mapping | None) -> FrozenMap | None:
 
 
 @dataclass(frozen=True)
-class Teacher:
+class TeacherInfo:
     name: str
     weights_sha256: str
     model_type: str
@@ -295,7 +295,7 @@ class ManifestView:
     tool_version: str
     status: str
     identity: str
-    teacher: Teacher
+    teacher: TeacherInfo
     tokenizer: Tokenizer
     data: Data
     max_length: int
@@ -330,7 +330,7 @@ class ManifestView:
             tool_version=m["tool_version"],
             status=m["status"],
             identity=m["identity"],
-            teacher=Teacher(**{**t, "config": _frozen(t["config"])}),
+            teacher=TeacherInfo(**{**t, "config": _frozen(t["config"])}),
             tokenizer=Tokenizer(
                 tok["name"], tok["sha256"], tok["class"], tok["pad_token_id"], tok["sep_token_id"]
             ),

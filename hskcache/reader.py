@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import google_crc32c
 import numpy as np
@@ -31,6 +32,9 @@ from hskcache.rowcheck import chunk_problems
 from hskcache.storage.localcache import DEFAULT_SIZE, ShardCache, default_dir, parse_size
 from hskcache.storage.objects import read_object
 from hskcache.storage.remote import bound_remote_calls
+
+if TYPE_CHECKING:
+    from hskcache.targets import Batch
 
 _EMPTY = np.uint64(2**64 - 1)  # index entry of a chunk that was never written
 CRC_BYTES = 4
@@ -166,6 +170,15 @@ class Cache:
         parts = [self.read_chunk(i, fields) for i in range(first, last + 1)]
         off = first * self.chunk_rows
         return {k: np.concatenate([p[k] for p in parts])[lo - off : hi - off] for k in parts[0]}
+
+    def targets(self, lo: int, hi: int) -> Batch:
+        """Rows [lo, hi) decoded, as CPU tensors: token inputs trimmed to the longest row,
+        labels, the teacher's logits and every stored layer's HSK targets (positions, float32
+        values, kept dims), exactly what `hsktrain fit` trains on. No store key or codec in
+        the caller's hands."""
+        from hskcache.targets import decode_rows  # torch, imported only when asked for
+
+        return decode_rows(self.manifest, self.read(lo, hi))
 
     def layer_fields(self, teacher_hidden: int) -> dict[str, str]:
         """Array names of one distilled layer: positions, values (+ scales, dims, dims_hi)."""

@@ -1,16 +1,21 @@
-"""Teacher targets for one batch: forward, then the configured selection. Shared by
-`hskcache build` (which stores them) and `hsktrain fit --online-teacher` (which uses them live),
-so offline and online distillation see the same knowledge.
+"""A batch's distillation targets, either way they come: from the teacher (forward, then the
+configured selection; shared by `hskcache build`, which stores them, and `hsktrain fit
+--online-teacher`, which uses them live, so offline and online distillation see the same
+knowledge) or decoded from a cache's stored rows (the one place that knows how stored layers
+are encoded, so a reader of the cache never handles codecs or store keys).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from hskcache.codec import decode_dims, decode_values
 from hskcache.errors import ConfigError
 from hskcache.hsk import HskConfig, SelectionConfig, depth_pairs, width_count
+from hskcache.layout import layer_key
 from hskcache.selection import (
     fixed_width_dims,
     gather_tokens,
@@ -18,7 +23,7 @@ from hskcache.selection import (
     select_tokens,
     select_width_magnitude,
 )
-from hskcache.teacher import ClsScoreProbe, Teacher, teacher_forward
+from hskcache.teacher import ClsScoreProbe, Teacher, accepts, teacher_forward
 
 
 @dataclass(frozen=True)
@@ -136,3 +141,103 @@ def teacher_targets(
             x = x[..., dims]
         layers.append(LayerTargets(layer["student"], layer["teacher"], positions, x, dims))
     return BatchTargets(logits.float().cpu(), n_valid, layers)
+
+
+@dataclass
+class Batch:
+    """Rows ready for a student's forward and its losses: token inputs trimmed to the longest
+    row (dynamic padding), gold labels, and the teacher's logits and HSK targets (absent for
+    rows that carry none: raw data, CE only)."""
+
+    input_ids: torch.Tensor  # (B, T) int64, T = the longest row of these rows
+    attention_mask: torch.Tensor  # (B, T)
+    token_type_ids: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B,) int64, float32 for regression
+    logits: torch.Tensor | None  # (B, C) teacher logits
+    layers: list[LayerTargets]  # HSK targets, one per stored layer
+
+    def model_inputs(self, model) -> dict[str, torch.Tensor]:
+        """The keyword inputs `model` takes (MPNet has no token_type_ids)."""
+        kw = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if accepts(model, "token_type_ids"):
+            kw["token_type_ids"] = self.token_type_ids
+        return kw
+
+    def to(self, device: str) -> Batch:
+        """The same batch on `device` (to CUDA through pinned memory, non-blocking)."""
+        move = lambda x: None if x is None else to_device(x, device)  # noqa: E731
+        layers = [
+            LayerTargets(la.student, la.teacher, move(la.positions), move(la.values), move(la.dims))
+            for la in self.layers
+        ]
+        return Batch(
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.token_type_ids),
+            move(self.labels),
+            move(self.logits),
+            layers,
+        )
+
+
+def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
+    """Host -> device. To CUDA through pinned memory with a non-blocking copy, so the copy
+    overlaps the previous step's kernels; on CPU the tensor itself (no copy)."""
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def row_inputs(rows: dict[str, np.ndarray], regression: bool) -> Batch:
+    """Stored (or tokenized) rows' token inputs and labels, trimmed to the longest row."""
+    lengths = torch.from_numpy(rows["lengths"].astype(np.int64))
+    T = int(lengths.max())
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+    labels = torch.from_numpy(rows["labels"]).to(torch.float32 if regression else torch.long)
+    return Batch(
+        torch.from_numpy(rows["input_ids"][:, :T].astype(np.int64)),
+        mask,
+        torch.from_numpy(rows["token_type_ids"][:, :T].astype(np.int64)),
+        labels,
+        None,
+        [],
+    )
+
+
+def decode_rows(manifest: dict, rows: dict[str, np.ndarray]) -> Batch:
+    """Rows read from a cache (`Cache.read`, a loader's batch) as a decoded CPU batch: the
+    teacher's logits and every stored layer's targets (`stored_targets`) with the inputs."""
+    b = row_inputs(rows, manifest["data"]["regression"])
+    b.logits = torch.from_numpy(rows["logits"]) if "logits" in rows else None
+    b.layers = stored_targets(manifest, rows)
+    return b
+
+
+def stored_targets(manifest: dict, rows: dict[str, np.ndarray]) -> list[LayerTargets]:
+    """Every stored layer of some rows read from a cache, decoded to float32 on the CPU.
+
+    `rows` maps array names to the rows read (`Cache.read`, a loader's batch); int8 values
+    come back scaled, float16 widened, and per-token dims unpacked from their gap bytes (one
+    cumsum) to ascending indices. Fixed width dims (random / uniform) come back as one (W,)
+    tensor shared by every token; a full-width layer has none.
+    """
+    fixed = manifest["width_dims"]
+    fixed = torch.tensor(fixed) if fixed is not None else None
+    out = []
+    for la in manifest["layers"]:
+        key = layer_key(la["teacher"])
+        values = decode_values(manifest, rows[f"{key}/values"], rows.get(f"{key}/scales"))
+        dims = rows.get(f"{key}/dims")
+        if dims is not None:
+            dims = torch.from_numpy(decode_dims(dims, rows.get(f"{key}/dims_hi")))
+        positions = torch.from_numpy(rows[f"{key}/positions"].astype(np.int64))
+        out.append(
+            LayerTargets(
+                la["student"],
+                la["teacher"],
+                positions,
+                torch.from_numpy(values),
+                dims if dims is not None else fixed,
+            )
+        )
+    return out

@@ -1,80 +1,31 @@
-"""Rows from the loader -> tensors for one step: trimmed inputs and the distillation targets."""
+"""Rows from the loader -> tensors for one step, on the step's device: trimmed inputs and the
+distillation targets, decoded from the cache (`hskcache.targets.decode_rows`) or computed live
+by the teacher (the online baseline)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from hskcache.codec import decode_dims, decode_values
-from hskcache.layout import layer_key
 from hskcache.selection import scatter_width
-from hskcache.targets import LayerTargets, Plan, teacher_targets
-from hskcache.teacher import accepts
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor  # (B, T), T = longest row of this batch
-    attention_mask: torch.Tensor  # (B, T)
-    token_type_ids: torch.Tensor  # (B, T)
-    labels: torch.Tensor  # (B,)
-    logits: torch.Tensor | None  # (B, C) teacher logits
-    layers: list[LayerTargets]  # HSK targets
-
-    def model_inputs(self, model) -> dict[str, torch.Tensor]:
-        kw = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        if accepts(model, "token_type_ids"):
-            kw["token_type_ids"] = self.token_type_ids
-        return kw
-
-
-def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
-    """Host -> device. To CUDA through pinned memory with a non-blocking copy, so the copy
-    overlaps the previous step's kernels; on CPU the tensor itself (no copy)."""
-    if torch.device(device).type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+from hskcache.targets import (
+    Batch,
+    LayerTargets,
+    Plan,
+    decode_rows,
+    row_inputs,
+    teacher_targets,
+)
 
 
 def inputs(rows: dict[str, np.ndarray], device: str, regression: bool) -> Batch:
     """Token inputs trimmed to the batch's longest row (dynamic padding)."""
-    lengths = torch.from_numpy(rows["lengths"].astype(np.int64))
-    T = int(lengths.max())
-    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
-    labels = torch.from_numpy(rows["labels"]).to(torch.float32 if regression else torch.long)
-    return Batch(
-        to_device(torch.from_numpy(rows["input_ids"][:, :T].astype(np.int64)), device),
-        to_device(mask, device),
-        to_device(torch.from_numpy(rows["token_type_ids"][:, :T].astype(np.int64)), device),
-        to_device(labels, device),
-        None,
-        [],
-    )
+    return row_inputs(rows, regression).to(device)
 
 
-def from_cache(rows: dict[str, np.ndarray], manifest: dict, device: str, regression: bool) -> Batch:
+def from_cache(rows: dict[str, np.ndarray], manifest: dict, device: str) -> Batch:
     """A step's batch read from a cache: no teacher involved."""
-    b = inputs(rows, device, regression)
-    b.logits = to_device(torch.from_numpy(rows["logits"]), device)
-    fixed = manifest["width_dims"]
-    fixed = torch.tensor(fixed, device=device) if fixed is not None else None
-    for la in manifest["layers"]:
-        key = layer_key(la["teacher"])
-        values = decode_values(manifest, rows[f"{key}/values"], rows.get(f"{key}/scales"))
-        dims = rows.get(f"{key}/dims")  # gap bytes -> (B, K, W) ascending dims, one cumsum
-        dims = decode_dims(dims, rows.get(f"{key}/dims_hi")) if dims is not None else None
-        b.layers.append(
-            LayerTargets(
-                la["student"],
-                la["teacher"],
-                to_device(torch.from_numpy(rows[f"{key}/positions"].astype(np.int64)), device),
-                to_device(torch.from_numpy(values), device),
-                to_device(torch.from_numpy(dims), device) if dims is not None else fixed,
-            )
-        )
-    return b
+    return decode_rows(manifest, rows).to(device)
 
 
 def from_teacher(

@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hskcache.distributed import World
 from hskcache.errors import ConfigError, TeacherError
 from hsktrain.config import flag
-from hsktrain.ddp import World
 
 # What `--resume` refuses to change: each decides what the saved moments and position mean
 # (`buffer_chunks` and `group_by_length` decide which rows the saved position has seen).
@@ -163,7 +163,7 @@ def read_state(folder: Path) -> dict:
     return json.loads((folder / "state.json").read_text())
 
 
-def load_state(
+def restore_checkpoint(
     folder: Path,
     model: nn.Module,
     proj: nn.Module,

@@ -38,7 +38,13 @@ EVAL_SPLIT = "dev"
 L_TOP = "2/3 of the teacher's depth"
 
 
-@app.command()
+def _finetune_defaults() -> dict:
+    from hsktrain.config import FINETUNE_EPOCHS, FINETUNE_LR
+
+    return {"epochs": FINETUNE_EPOCHS, "lr": FINETUNE_LR}
+
+
+@app.command(cls=shows_defaults(_finetune_defaults))
 def finetune(
     data: o.Data,
     out: Annotated[str, Opt(help="Run folder; the best dev checkpoint lands in OUT/best.")] = None,
@@ -50,8 +56,8 @@ def finetune(
     limit: o.Limit = None,
     dev_limit: Annotated[int, Opt(help="Use the first N dev rows.")] = None,
     max_length: o.MaxLength = None,
-    epochs: Annotated[int, Opt(help="Epochs.")] = 3,
-    lr: Annotated[float, Opt(help="Peak learning rate.")] = 5e-5,
+    epochs: Annotated[int, Opt(help="Epochs.")] = None,
+    lr: Annotated[float, Opt(help="Peak learning rate.")] = None,
     batch_size: Annotated[int, Opt(help="Batch size.")] = 32,
     warmup: Annotated[float, Opt(help="Warmup fraction of the steps.")] = 0.1,
     seed: o.Seed = 0,
@@ -386,8 +392,12 @@ def bench(
     result = run_guarded(body)
     from hsktrain.bench.writer import targets_table, write_results
 
-    _emit(result, results and (lambda cmd: write_results(result, results, plot, cmd)),
-          targets_table, as_json)  # fmt: skip
+    _emit(
+        result,
+        results and (lambda cmd: write_results(result, results, plot, cmd)),
+        targets_table,
+        as_json,
+    )
 
 
 def _bench_outputs(results: Path | None, plot: Path | None, workdir: str | None) -> None:
@@ -414,8 +424,12 @@ def _bench_build(flags: dict, results: Path | None, as_json: bool) -> None:
     result = run_guarded(body)
     from hsktrain.bench.build import build_table, write_build_results
 
-    _emit(result, results and (lambda cmd: write_build_results(result, results, cmd)),
-          build_table, as_json)  # fmt: skip
+    _emit(
+        result,
+        results and (lambda cmd: write_build_results(result, results, cmd)),
+        build_table,
+        as_json,
+    )
 
 
 def _bench_e2e(flags: dict, hsk, device, workdir, results, plot, as_json) -> None:
@@ -433,8 +447,12 @@ def _bench_e2e(flags: dict, hsk, device, workdir, results, plot, as_json) -> Non
     result = run_guarded(body)
     from hsktrain.bench.e2e_writer import e2e_table, write_e2e_results
 
-    _emit(result, results and (lambda cmd: write_e2e_results(result, results, plot, cmd)),
-          e2e_table, as_json)  # fmt: skip
+    _emit(
+        result,
+        results and (lambda cmd: write_e2e_results(result, results, plot, cmd)),
+        e2e_table,
+        as_json,
+    )
 
 
 def _emit(result: dict, write, table, as_json: bool) -> None:
@@ -524,8 +542,10 @@ def sweep(
         output_folder(grid.study, "--study")
         output_folder(grid.work, "workdir")
         done = run_sweep(grid, show_progress=not quiet, say=say, shard=part)
-        say(f"done: {len(done.pending)} run(s) added to {grid.study}/results.csv; "
-            f"`hsktrain report {grid.study}` writes the report")  # fmt: skip
+        say(
+            f"done: {len(done.pending)} run(s) added to {grid.study}/results.csv; "
+            f"`hsktrain report {grid.study}` writes the report"
+        )
 
     run_guarded(body)
 

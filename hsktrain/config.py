@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import get_args, get_origin, get_type_hints
+from typing import get_args, get_type_hints
 
-from hskcache.config import LAYER_CHOICES, SELECTS
+from hskcache.config import LAYER_CHOICES, SELECTS, matches, type_name
 from hskcache.data import Columns
 from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError, HskError
@@ -258,38 +258,36 @@ def _type_problems(cfg) -> list[str]:
     p = []
     for f in fields(cfg):
         v, hint = getattr(cfg, f.name), hints[f.name]
-        ok = {t for t in get_args(hint) or (hint,) if t is not type(None)}
-        if v is None and type(None) in get_args(hint):
-            continue
-        if list in ok or get_origin(hint) is list:
-            good = isinstance(v, list) and all(isinstance(x, int) for x in v)
-        elif float in ok:
-            good = isinstance(v, (int, float)) and not isinstance(v, bool)
-        elif int in ok:
-            good = isinstance(v, int) and not isinstance(v, bool)
-        else:
-            good = isinstance(v, tuple(t for t in ok if isinstance(t, type)))
-        if not good:
-            names = "/".join(getattr(t, "__name__", str(t)) for t in ok)
-            p.append(f"{f.name} must be {names}, not {v!r}")
+        if not matches(v, hint):
+            ok = [t for t in get_args(hint) or (hint,) if t is not type(None)]
+            p.append(f"{f.name} must be {'/'.join(type_name(t) for t in ok)}, not {v!r}")
     return p
+
+
+# A teacher's fine-tune (CE from the pretrained encoder), wherever one runs: `hsktrain
+# finetune`, a study's teachers, the end-to-end bench, the demo (which takes 2 epochs).
+FINETUNE_EPOCHS = 3
+FINETUNE_LR = 5e-5
 
 
 def finetune_config(
     data: str,
     out: str | None,
     model: str,
-    epochs: int,
-    lr: float,
+    epochs: int | None,
+    lr: float | None,
     limit: int | None,
     dev_limit: int | None,
     **rest,
 ) -> FitConfig:
-    """`hsktrain finetune`'s options as the `ce` fit they run, refused in finetune's own terms.
+    """`hsktrain finetune`'s options as the `ce` fit they run, refused in finetune's own terms;
+    epochs and lr None take FINETUNE_EPOCHS and FINETUNE_LR.
 
     Raises:
         ConfigError: naming finetune's options (--epochs, --lr, --model), never fit's fields.
     """
+    epochs = FINETUNE_EPOCHS if epochs is None else epochs
+    lr = FINETUNE_LR if lr is None else lr
     p = []
     if out is None:
         p.append("give --out RUN_FOLDER")

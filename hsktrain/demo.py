@@ -24,7 +24,7 @@ from hskcache.config import BuildConfig
 from hskcache.errors import ConfigError
 from hskcache.reader import open_cache
 from hskcache.teacher import default_teacher_path
-from hsktrain.config import FitConfig
+from hsktrain.config import FINETUNE_LR, FitConfig, finetune_config
 from hsktrain.evaluate import evaluate_checkpoint
 from hsktrain.glue import find_task_data
 from hsktrain.train import fit
@@ -43,11 +43,12 @@ def find_data() -> str:
         sys.exit(1)
 
 
-def timed(label: str, fn):
+def timed(label: str, fn, *args) -> float:
+    """Seconds `fn(*args)` takes, under a heading."""
     console.rule(f"[bold]{label}")
     t0 = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - t0
+    fn(*args)
+    return time.perf_counter() - t0
 
 
 def step_seconds(out: Path) -> float:
@@ -61,104 +62,84 @@ def step_seconds(out: Path) -> float:
     return gaps[len(gaps) // 2]
 
 
-def main() -> None:
-    quiet_transformers()
-    data = find_data()
-    task = None if data != "glue" else "sst2"
-    console.print(f"data: {data} (first {ROWS} training rows, full dev split); out: {OUT}")
-    teacher_dir = OUT / "teacher"
-
-    _, t_teacher = timed(
-        "1/5 fine-tune the MiniLM-L6 teacher (CE, 2 epochs)",
-        lambda: fit(
-            FitConfig(
-                out=str(teacher_dir),
-                data=data,
-                task=task,
-                dev_data=data,
-                limit=ROWS,
-                mode="ce",
-                init="pretrained",
-                init_from=str(default_teacher_path()),
-                pred_epochs=2,
-                pred_lr=5e-5,
-                warmup=0.1,
-            )
-        ),
-    )
-    teacher = str(teacher_dir / "best")
+def train_all(data: str, task: str | None) -> dict[str, float]:
+    """Steps 1-4: the teacher, its cache and both students; seconds of each."""
+    teacher = str(OUT / "teacher" / "best")
     cache = OUT / "cache-1l_10t_0.1h"
-    _, t_build = timed(
-        "2/5 build the 1l_10t_0.1h cache (teacher runs once)",
-        lambda: build_cache(
-            BuildConfig(
-                data=data,
-                task=task,
-                out=str(cache),
-                teacher=teacher,
-                limit=ROWS,
-                hsk="1l_10t_0.1h",
-                overwrite=True,
-            )
-        ),
+    teacher_cfg = finetune_config(
+        data,
+        str(OUT / "teacher"),
+        str(default_teacher_path()),
+        2,
+        FINETUNE_LR,
+        ROWS,
+        None,
+        task=task,
+        dev_data=data,
+        warmup=0.1,
     )
-    stats = open_cache(cache).info.stats
+    build_cfg = BuildConfig(
+        data=data,
+        task=task,
+        out=str(cache),
+        teacher=teacher,
+        limit=ROWS,
+        hsk="1l_10t_0.1h",
+        overwrite=True,
+    )
     student = dict(student="tinybert4", init="select", init_from=teacher, dev_data=data)
-    _, t_ce = timed(
-        "3/5 CE-only student (selected from the teacher, labels only)",
-        lambda: fit(
-            FitConfig(
-                out=str(OUT / "student-ce"),
-                data=data,
-                task=task,
-                limit=ROWS,
-                mode="ce",
-                pred_epochs=6,  # as many passes as the KD student (3 + 3)
-                pred_lr=1e-4,
-                **student,
-            )
-        ),
+    ce_cfg = FitConfig(
+        out=str(OUT / "student-ce"),
+        data=data,
+        task=task,
+        limit=ROWS,
+        mode="ce",
+        pred_epochs=6,  # as many passes as the KD student (3 + 3)
+        pred_lr=1e-4,
+        **student,
     )
-    _, t_kd = timed(
-        "4/5 distilled student from the cache (no teacher in memory)",
-        lambda: fit(
-            FitConfig(
-                out=str(OUT / "student-kd"),
-                cache=str(cache),
-                hsk_epochs=3,
-                pred_epochs=3,
-                **student,
-            )
-        ),
+    kd_cfg = FitConfig(
+        out=str(OUT / "student-kd"), cache=str(cache), hsk_epochs=3, pred_epochs=3, **student
     )
+    return {
+        "teacher": timed("1/5 fine-tune the MiniLM-L6 teacher (CE, 2 epochs)", fit, teacher_cfg),
+        "build": timed(
+            "2/5 build the 1l_10t_0.1h cache (teacher runs once)", build_cache, build_cfg
+        ),
+        "ce": timed("3/5 CE-only student (selected from the teacher, labels only)", fit, ce_cfg),
+        "kd": timed("4/5 distilled student from the cache (no teacher in memory)", fit, kd_cfg),
+    }
+
+
+def speed_probe(data: str, task: str | None) -> dict[str, float]:
+    """Step 5: median seconds per HSK step, teacher live (online) vs from the cache (offline)."""
     console.rule("[bold]5/5 speed: online KD (teacher live) vs offline KD (cache), 30 steps")
+    teacher = str(OUT / "teacher" / "best")
     probes = {}
     for name, extra in (
         ("online", {"online_teacher": teacher, "data": data, "task": task, "limit": ROWS}),
-        ("offline", {"cache": str(cache)}),
+        ("offline", {"cache": str(OUT / "cache-1l_10t_0.1h")}),
     ):
         out = OUT / f"speed-{name}"
-        fit(
-            FitConfig(
-                out=str(out),
-                max_steps=30,
-                mode="hsk",
-                student="tinybert4",
-                init_from=teacher,
-                **extra,
-            ),
-            show_progress=False,
+        cfg = FitConfig(
+            out=str(out), max_steps=30, mode="hsk", student="tinybert4", init_from=teacher, **extra
         )
+        fit(cfg, show_progress=False)
         probes[name] = step_seconds(out)
+    return probes
+
+
+def summary(data: str, task: str | None, seconds: dict[str, float], probes: dict) -> None:
+    """Dev scores of the three models, the cache's size and the step speedup."""
     scores = {
         name: evaluate_checkpoint(path, data, task, "dev", None, None, 128, "cpu")
         for name, path in (
-            ("teacher (MiniLM-L6, fine-tuned)", teacher),
+            ("teacher (MiniLM-L6, fine-tuned)", OUT / "teacher/best"),
             ("student CE only (TinyBERT4 shape)", OUT / "student-ce/best"),
             ("student 1l_10t_0.1h KD, offline", OUT / "student-kd/best"),
         )
     }
-    times = [t_teacher, t_ce, t_kd]
+    times = [seconds["teacher"], seconds["ce"], seconds["kd"]]
     table = Table(
         "model",
         "dev accuracy",
@@ -168,8 +149,9 @@ def main() -> None:
     for (name, r), t in zip(scores.items(), times, strict=True):
         table.add_row(name, f"{r['metrics']['accuracy']:.4f}", f"{t:.0f} s")
     console.print(table)
+    stats = open_cache(OUT / "cache-1l_10t_0.1h").info.stats
     console.print(
-        f"cache: built in {t_build:.0f} s, {stats.bytes_per_example:.0f} B/example "
+        f"cache: built in {seconds['build']:.0f} s, {stats.bytes_per_example:.0f} B/example "
         f"vs {stats.full_fp16_bytes_per_example:,.0f} B for the full fp16 HSK "
         f"({stats.hsk_fraction:.3%} of its values)"
     )
@@ -178,6 +160,15 @@ def main() -> None:
         f"offline {probes['offline'] * 1e3:.0f} ms -> speedup "
         f"{probes['online'] / probes['offline']:.2f}x"
     )
+
+
+def main() -> None:
+    quiet_transformers()
+    data = find_data()
+    task = None if data != "glue" else "sst2"
+    console.print(f"data: {data} (first {ROWS} training rows, full dev split); out: {OUT}")
+    seconds = train_all(data, task)
+    summary(data, task, seconds, speed_probe(data, task))
 
 
 if __name__ == "__main__":

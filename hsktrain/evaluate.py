@@ -45,7 +45,7 @@ def predict_metrics(
         )
     logits = predict(model, rows, regression, batch_size, device)
     preds = logits[:, 0] if regression else np.argmax(logits, axis=-1)
-    return task_metrics(task, preds, labels)
+    return task_metrics(task, preds, labels, regression)
 
 
 def evaluate_checkpoint(

@@ -22,6 +22,10 @@ from typing import Protocol
 
 import numpy as np
 
+# `fit`'s stage s reads epoch e with the shuffle of epoch s * STAGE_STRIDE + e: each stage its own
+# orders, a pure function of (seed, stage, epoch) as resume needs.
+STAGE_STRIDE = 1000
+
 
 class RowSource(Protocol):
     """What the loader reads: `hskcache.reader.Cache` or `ArraySource`."""

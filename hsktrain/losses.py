@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hskcache.selection import gather_tokens, scatter_width
 
@@ -65,3 +66,62 @@ def prediction_loss(
     if hard_weight:
         loss = loss + hard_weight * F.cross_entropy(student_logits, labels)
     return loss
+
+
+class HSKLoss(nn.Module):
+    """The HSK stage's loss as a module for any training loop: each stored layer's targets
+    against the student's hidden state it pairs with, through the projection this module owns
+    (so an optimizer over the module's parameters trains it too), summed over layers.
+
+    Args:
+        proj: student width -> teacher width (`hsktrain.students.make_projection`).
+        teacher_width: the teacher's hidden size (the cache's `info.teacher.hidden_size`).
+        weight: multiplies the sum (`fit --hsk-weight`).
+        kept_only: compare the kept dims only (`fit --kept-only`).
+    """
+
+    def __init__(
+        self, proj: nn.Module, teacher_width: int, weight: float = 1.0, kept_only: bool = False
+    ):
+        super().__init__()
+        self.proj, self.teacher_width = proj, teacher_width
+        self.weight, self.kept_only = weight, kept_only
+
+    def forward(self, hidden_states: tuple[torch.Tensor, ...], layers: list) -> torch.Tensor:
+        """`hidden_states`: the student's (`output_hidden_states=True`); `layers`: a batch's
+        `LayerTargets`. Returns the weighted sum of the layers' MSE (float32)."""
+        loss = hidden_states[0].new_zeros((), dtype=torch.float32)
+        for la in layers:
+            loss = loss + self.weight * hsk_layer_loss(
+                hidden_states[la.student],  # (B, T, h_s)
+                self.proj,
+                la.positions,  # (B, K)
+                la.values,  # (B, K, W)
+                la.dims,
+                self.teacher_width,
+                self.kept_only,
+            )
+        return loss
+
+
+class PredictionLoss(nn.Module):
+    """The prediction stage's loss as a module: soft cross-entropy to the teacher's logits at
+    `temperature`, plus `hard_weight` x CE to the gold labels; MSE to gold for regression."""
+
+    def __init__(
+        self, temperature: float = 1.0, hard_weight: float = 0.0, regression: bool = False
+    ):
+        super().__init__()
+        self.temperature, self.hard_weight, self.regression = temperature, hard_weight, regression
+
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        return prediction_loss(
+            student_logits,
+            teacher_logits,
+            labels,
+            self.temperature,
+            self.hard_weight,
+            self.regression,
+        )

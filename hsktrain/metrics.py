@@ -10,9 +10,12 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 MAIN_METRIC = {"cola": "matthews", "mrpc": "f1", "qqp": "f1", "stsb": "pearson"}
 
 
-def task_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Metrics of one task: predictions are class ids, or scores for regression (STS-B)."""
-    if task == "stsb":
+def task_metrics(
+    task: str, predictions: np.ndarray, labels: np.ndarray, regression: bool = False
+) -> dict[str, float]:
+    """Metrics of one task: predictions are class ids, or scores for regression (STS-B or any
+    task whose labels are numbers)."""
+    if regression or task == "stsb":
         return {
             "pearson": float(pearsonr(predictions, labels)[0]),
             "spearman": float(spearmanr(predictions, labels)[0]),
@@ -25,5 +28,7 @@ def task_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict
     return out
 
 
-def main_metric(task: str) -> str:
-    return MAIN_METRIC.get(task, "accuracy")
+def main_metric(task: str, regression: bool = False) -> str:
+    """The metric that picks a run's best checkpoint and a study's headline column: the one
+    place that chooses it."""
+    return "pearson" if regression else MAIN_METRIC.get(task, "accuracy")

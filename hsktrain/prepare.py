@@ -13,11 +13,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from hskcache.assets import materialise
 from hskcache.errors import CacheError, CacheMismatchError, TeacherError
+from hskcache.hsk import hsk_name
 from hskcache.importance import (
     CALIBRATION_ROWS,
     activation_ranking,
@@ -42,7 +42,7 @@ from hsktrain.checkpoint import refuse_run_folder
 from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig
 from hsktrain.loader import ChunkShuffleLoader
 from hsktrain.rows import encode_split
-from hsktrain.students import build_student, check_vocab, make_projection, student_from_cache
+from hsktrain.students import build_student, check_vocab, projection_for, student_from_cache
 
 
 @dataclass
@@ -97,7 +97,7 @@ def prepare(cfg: FitConfig) -> Run:
         init_from = cfg.init_from  # None: tokenizer and student init come from the cache's kit
     else:
         init_from = cfg.init_from or cfg.online_teacher or str(default_teacher_path())
-    tokenizer = _tokenizer(cache if init_from is None else init_from)
+    tokenizer = tokenizer_for(cache if init_from is None else init_from)
     if info is not None:
         source, max_length = cache, info.max_length
         task, regression, label_names = info.data.task, info.data.regression, info.data.label_names
@@ -148,18 +148,13 @@ def prepare(cfg: FitConfig) -> Run:
     # 3. targets: read from the cache, computed live by the teacher, or none (labels only)
     teacher_width = info.teacher.hidden_size if info else model.config.hidden_size
     if info is not None:
-        make = lambda rows: batches.from_cache(  # noqa: E731
-            rows, cache.manifest, cfg.device, regression
-        )
+        make = lambda rows: batches.from_cache(rows, cache.manifest, cfg.device)  # noqa: E731
     elif cfg.online_teacher is not None:
         make, teacher_width = _online(cfg, num_labels, max_length, n_student, regression)
     else:
         make = lambda rows: batches.inputs(rows, cfg.device, regression)  # noqa: E731
-    with torch.random.fork_rng():  # the same projection however the targets are made
-        torch.manual_seed(cfg.seed + 1)
-        # the kept channels name teacher channels only where the targets are the teacher's
-        dims = init_info.get("hidden_dims") if info or cfg.online_teacher else None
-        proj = make_projection(model.config.hidden_size, teacher_width, cfg.proj_init, dims)
+    teacher_dims = info is not None or cfg.online_teacher is not None
+    proj = projection_for(model, init_info, teacher_width, cfg.proj_init, cfg.seed, teacher_dims)
     dev = None
     if cfg.dev_data is not None:
         dev, _, _ = encode_split(
@@ -206,7 +201,7 @@ def _ranking(teacher_dir: str, source, num_labels: int, seed: int):
     return activation_ranking(teacher.model, calibration_batches(teacher.model, rows))
 
 
-def _tokenizer(source):
+def tokenizer_for(source):
     """The student's tokenizer: its init source's (a folder or name), or the one a cache
     carries (a `Cache`, whose tokenizer files are written to a temp dir first); or one clear
     error."""
@@ -251,7 +246,7 @@ def _check_cache(cfg: FitConfig, cache: Cache, tokenizer, init_from: str) -> Non
     found = tokenizer_sha256(tokenizer)
     if found == info.tokenizer.sha256:
         return
-    why = tokenizer_difference(tokenizer, _tokenizer(cache))
+    why = tokenizer_difference(tokenizer, tokenizer_for(cache))
     if why is not None:
         raise CacheMismatchError(
             f"tokenizer {why}",
@@ -272,7 +267,7 @@ def _online(cfg: FitConfig, num_labels: int, max_length: int, n_student: int, re
     if cfg.batch_threshold:  # select full width; the threshold prunes per batch
         h = sel.parse()
         threshold = h.width
-        sel.hsk = "full" if h.layers is None else f"{h.layers}l_{h.tokens}t_1h"
+        sel.hsk = hsk_name(h.layers, h.tokens, 1.0)
     plan = plan_selection(
         sel, teacher.config.num_hidden_layers, teacher.config.hidden_size, max_length
     )

@@ -17,7 +17,7 @@ from torch import nn
 from hskcache.errors import HskError
 from hskcache.precision import autocast
 from hsktrain.batch import Batch
-from hsktrain.losses import hsk_layer_loss, prediction_loss
+from hsktrain.losses import HSKLoss, PredictionLoss
 
 
 class NonFiniteLossError(HskError):
@@ -42,20 +42,11 @@ class Distiller(nn.Module):
             return F.cross_entropy(out.logits.float(), b.labels)
         loss = out.logits.new_zeros((), dtype=torch.float32)
         if need_hidden:
-            for la in b.layers:
-                loss = loss + cfg.hsk_weight * hsk_layer_loss(
-                    out.hidden_states[la.student],  # (B, T, h_s)
-                    self.proj,
-                    la.positions,  # (B, K)
-                    la.values,  # (B, K, W)
-                    la.dims,
-                    self.teacher_width,
-                    cfg.kept_only,
-                )
+            hsk = HSKLoss(self.proj, self.teacher_width, cfg.hsk_weight, cfg.kept_only)
+            loss = loss + hsk(out.hidden_states, b.layers)
         if stage in ("pred", "joint"):
-            loss = loss + prediction_loss(
-                out.logits, b.logits, b.labels, cfg.temperature, cfg.hard_weight, self.regression
-            )
+            pred = PredictionLoss(cfg.temperature, cfg.hard_weight, self.regression)
+            loss = loss + pred(out.logits, b.logits, b.labels)
         return loss
 
 

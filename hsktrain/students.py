@@ -1,6 +1,6 @@
 """Students: built in the teacher's family at a preset's shape, initialised by weight selection.
 
-The shapes and the selection itself (pure functions) live in `hskcache.students`, because
+The shapes and the selection itself (pure functions) live in `hskcache.weight_selection`, because
 `hskcache build` stores each asked-for student's selected weights inside the cache; here the
 student is built for training: from a teacher folder, or from what a cache carries
 (`student_from_cache`), with no teacher on the machine.
@@ -21,8 +21,8 @@ from hskcache.assets import materialise
 from hskcache.errors import ConfigError, TeacherError
 from hskcache.importance import Ranking
 from hskcache.shapes import FULL_WIDTH, resolve_shape, student_shape
-from hskcache.students import layer_subset, load_state, select_into, student_config
 from hskcache.teacher import check_model_folder, refuse_custom_code
+from hskcache.weight_selection import layer_subset, load_weights, select_into, student_config
 from hsktrain.config import INITS
 
 
@@ -76,7 +76,7 @@ def _build(init: str, source: str, shape, num_labels: int, ranking: Ranking | No
     )
     info = {"init": init, "source": str(source), "shape": shape}
     if init == "select":
-        state = load_state(source)
+        state = load_weights(source)
         choice, l_top = layers
         kept = layer_subset(
             teacher_config.num_hidden_layers, model.config.num_hidden_layers, choice, l_top
@@ -89,10 +89,10 @@ def _build(init: str, source: str, shape, num_labels: int, ranking: Ranking | No
 
 def student_from_cache(
     cache,
-    init: str,
-    shape: str | dict,
-    num_labels: int,
-    seed: int,
+    init: str = "select",
+    shape: str | dict = "tinybert4",
+    num_labels: int | None = None,
+    seed: int = 0,
     select: str | None = None,
     layer_choice: str | None = None,
 ):
@@ -102,7 +102,7 @@ def student_from_cache(
     student seeded like `build_student`'s, which makes the two identical; a shape the cache
     lacks is selected from a bundled teacher, if any. `random` needs only the teacher's config.
     `select` (prefix / importance) and `layer_choice`, when given, must match how the stored
-    init was made; None takes it as it is.
+    init was made; None takes it as it is. `num_labels` None: the cache's task's.
 
     Returns:
         (model, info) as `build_student`.
@@ -112,6 +112,9 @@ def student_from_cache(
             or its init was made otherwise than `select` / `layer_choice` ask.
         CacheError: a stored object is missing or altered.
     """
+    if num_labels is None:
+        data = cache.info.data
+        num_labels = 1 if data.regression else len(data.label_names)
     section = cache.info.assets
     stored = assets.stored_student(cache, cache_shape(cache, shape)) if init == "select" else None
     if init == "select":
@@ -238,6 +241,18 @@ def check_vocab(config, tokenizer, where: str) -> None:
             f"{len(tokenizer)} tokens; use the tokenizer it was trained with, or resize it "
             "(model.resize_token_embeddings(len(tokenizer))) and save it again"
         )
+
+
+def projection_for(
+    model: nn.Module, init_info: dict, teacher_width: int, init: str, seed: int, teacher_dims: bool
+) -> nn.Module:
+    """The projection a fit with this student and seed trains (the same however its targets
+    are made); `teacher_dims`: the targets are the teacher's, so the student's kept channels
+    (`init_info["hidden_dims"]`) name teacher channels."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1)
+        dims = init_info.get("hidden_dims") if teacher_dims else None
+        return make_projection(model.config.hidden_size, teacher_width, init, dims)
 
 
 def make_projection(

@@ -28,11 +28,12 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from hskcache.distributed import World, launched_world, start
 from hskcache.errors import ConfigError, HskError
 from hskcache.progress import progress_bar
 from hsktrain import ddp
 from hsktrain.checkpoint import (
-    load_state,
+    restore_checkpoint,
     resume_point,
     rng_state,
     same_cache,
@@ -41,7 +42,7 @@ from hsktrain.checkpoint import (
 )
 from hsktrain.config import FitConfig
 from hsktrain.evaluate import predict_metrics
-from hsktrain.loader import ChunkShuffleLoader
+from hsktrain.loader import STAGE_STRIDE, ChunkShuffleLoader
 from hsktrain.metrics import main_metric
 from hsktrain.outputs import output_folder
 from hsktrain.prepare import Run, Stage, prepare
@@ -89,7 +90,7 @@ class Trainer:
     net: Distiller  # student + projection
     step_net: nn.Module  # `net`, or DDP around it
     scaler: torch.amp.GradScaler
-    world: ddp.World
+    world: World
     out: Path
     log: object | None  # metrics.jsonl, open on rank 0 only
 
@@ -111,12 +112,12 @@ def fit(cfg: FitConfig, show_progress: bool = True) -> FitResult:
     """
     cfg.validate()
     out = output_folder(cfg.out, "--out", "a folder for the run")
-    if cfg.batch_size % ddp.launched_world():
+    if cfg.batch_size % launched_world():
         raise ConfigError(
             f"--batch-size {cfg.batch_size} is the global batch and must split evenly over the "
-            f"{ddp.launched_world()} processes; use a multiple of {ddp.launched_world()}"
+            f"{launched_world()} processes; use a multiple of {launched_world()}"
         )
-    w = ddp.start(cfg.device)
+    w = start(cfg.device)
     try:
         cfg = replace(cfg.resolved(), device=ddp.rank_device(cfg.device, w))
         return _fit(cfg, out, w, show_progress)
@@ -137,7 +138,7 @@ def fit(cfg: FitConfig, show_progress: bool = True) -> FitResult:
         w.close()
 
 
-def _fit(cfg: FitConfig, out: Path, w: ddp.World, show_progress: bool) -> FitResult:
+def _fit(cfg: FitConfig, out: Path, w: World, show_progress: bool) -> FitResult:
     """The run: check a resume, prepare, then each stage from the saved position on."""
     state, saved = LoopState(), None
     if cfg.resume:
@@ -156,7 +157,7 @@ def _fit(cfg: FitConfig, out: Path, w: ddp.World, show_progress: bool) -> FitRes
     )
     net = Distiller(run.model, run.proj, run.teacher_width, run.regression)
     scaler = make_scaler(cfg.device, cfg.amp)
-    t = Trainer(cfg, run, net, w.wrap(net, cfg.device), scaler, w, out, None)
+    t = Trainer(cfg, run, net, ddp.wrap(w, net, cfg.device), scaler, w, out, None)
     torch.manual_seed(cfg.seed + w.rank)  # dropout draws start here, whatever prepare consumed
     t.log = open_log(out, state, w, run.record, cfg.resume)
     resuming = cfg.resume
@@ -164,7 +165,7 @@ def _fit(cfg: FitConfig, out: Path, w: ddp.World, show_progress: bool) -> FitRes
         for si in range(state.stage, len(run.stages)):
             opt = make_optimizer(net, run.stages[si].lr, cfg.weight_decay)
             if resuming:  # once: later stages start with fresh optimizers, as uninterrupted
-                meta = load_state(out / "last", run.model, run.proj, opt, w.rank)
+                meta = restore_checkpoint(out / "last", run.model, run.proj, opt, w.rank)
                 if meta.get("scaler"):
                     t.scaler.load_state_dict(meta["scaler"])
                 resuming = False
@@ -194,7 +195,7 @@ def train_stage(t: Trainer, si: int, opt, state: LoopState, show_progress: bool)
         for epoch in range(state.epoch, stage.epochs):
             t0 = time.perf_counter()
             t.run.model.train()
-            rows = t.run.loader.iterate(si * 1000 + epoch, state.batch)
+            rows = t.run.loader.iterate(si * STAGE_STRIDE + epoch, state.batch)
             for i, batch in enumerate(islice(rows, steps[epoch] - state.batch), state.batch):
                 lr = lr_schedule(sum(steps[:epoch]) + i, warmup_steps, stage.lr, total)
                 try:
@@ -244,7 +245,7 @@ def end_epoch(t: Trainer, stage: Stage, epoch: int, opt, state: LoopState, secon
             run.model, run.dev, run.task, run.regression, t.cfg.eval_batch_size, t.cfg.device
         )
         record["dev"] = scores
-        metric = "pearson" if run.regression else main_metric(run.task)
+        metric = main_metric(run.task, run.regression)
         if stage.name != "hsk" and (state.best is None or scores[metric] > state.best):
             state.best, state.best_metrics = scores[metric], scores
             extra = {**run.record, "dev": scores, "stage": stage.name, "epoch": epoch}
@@ -284,7 +285,7 @@ def save_last(t: Trainer, opt, state: LoopState) -> None:
     t.world.barrier()
 
 
-def open_log(out: Path, state: LoopState, w: ddp.World, record: dict, resume: bool):
+def open_log(out: Path, state: LoopState, w: World, record: dict, resume: bool):
     """Create the run folder (only now: refused runs leave none) and open metrics.jsonl (rank 0)."""
     if not w.main:
         return None

@@ -165,9 +165,14 @@ def fit_world(tmp_path_factory, tiny_bert) -> dict:
     root = tmp_path_factory.mktemp("fit-world")
     data = write_sst2(root / "SST-2", 48)
     cfg = BuildConfig(
-        data=str(data), out=str(root / "cache"), teacher=str(tiny_bert), hsk="1l_4t_0.25h",
-        max_length=16, chunk_rows=8, student_layers=2,
-    )  # fmt: skip
+        data=str(data),
+        out=str(root / "cache"),
+        teacher=str(tiny_bert),
+        hsk="1l_4t_0.25h",
+        max_length=16,
+        chunk_rows=8,
+        student_layers=2,
+    )
     return {"data": data, "cache": build_cache(cfg, show_progress=False), "teacher": tiny_bert}
 
 

@@ -250,8 +250,18 @@ def run_cli(args: list[str], env: dict | None = None) -> subprocess.CompletedPro
 
 def test_custom_code_never_runs_build(tmp_path, sst2_dir):
     folder, marker = custom_code_folder(tmp_path / "evil", "evil-bert")
-    r = run_cli([BIN / "hskcache", "build", "--data", sst2_dir, "--out", tmp_path / "c",
-                 "--teacher", folder])  # fmt: skip
+    r = run_cli(
+        [
+            BIN / "hskcache",
+            "build",
+            "--data",
+            sst2_dir,
+            "--out",
+            tmp_path / "c",
+            "--teacher",
+            folder,
+        ]
+    )
     assert r.returncode == 1 and not marker.exists(), r.stdout + r.stderr
     assert r.stderr.strip() == (
         f"error: {folder / 'config.json'}: has an auto_map (custom Python code); refused: only "
@@ -273,8 +283,19 @@ def test_missing_local_name_fails_fast(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens: the hub is unreachable
     t0 = time.monotonic()
-    r = run_cli([BIN / "hskcache", "build", "--data", data, "--out", tmp_path / "c",
-                 "--teacher", "mymodel"], env)  # fmt: skip
+    r = run_cli(
+        [
+            BIN / "hskcache",
+            "build",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "c",
+            "--teacher",
+            "mymodel",
+        ],
+        env,
+    )
     model_s = time.monotonic() - t0
     assert r.returncode == 1 and r.stderr.strip() == (
         "error: mymodel: no such folder, and the Hugging Face hub is unreachable to look it up "

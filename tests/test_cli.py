@@ -65,7 +65,7 @@ def test_inspect_stats_are_fits_reference_losses(tmp_path, sst2_dir, tiny_bert, 
     assert r.exit_code == 0, r.output
     targets = json.loads(r.output)["targets"]
     cache = open_cache(out)
-    batch = from_cache(cache.read(0, cache.num_examples), cache.manifest, "cpu", False)
+    batch = from_cache(cache.read(0, cache.num_examples), cache.manifest, "cpu")
     zero = torch.nn.Linear(8, cache.info.teacher.hidden_size)
     torch.nn.init.zeros_(zero.weight)
     torch.nn.init.zeros_(zero.bias)
@@ -196,10 +196,27 @@ def test_shared_options_have_one_help_text():
     from hsktrain.cli import app as train_app
 
     shared = {
-        "data", "task", "split", "limit", "text_column", "text_pair_column", "label_column",
-        "max_length", "hsk", "length", "width_strategy", "score_layer", "student_layers",
-        "l_top", "teacher_layers", "seed", "device", "dtype", "quiet", "config",
-    }  # fmt: skip
+        "data",
+        "task",
+        "split",
+        "limit",
+        "text_column",
+        "text_pair_column",
+        "label_column",
+        "max_length",
+        "hsk",
+        "length",
+        "width_strategy",
+        "score_layer",
+        "student_layers",
+        "l_top",
+        "teacher_layers",
+        "seed",
+        "device",
+        "dtype",
+        "quiet",
+        "config",
+    }
     helps: dict[str, set[str]] = {}
     seen: dict[str, int] = {}
     for cli in (app, train_app):

@@ -86,9 +86,13 @@ WIDTHS = {  # width strategy: (hsk, --width-strategy)
 def test_round_trip_equals_the_selection(tmp_path, sst2_dir, tiny_bert, value_dtype, width):
     hsk, strategy = WIDTHS[width]
     cfg = make_cfg(
-        sst2_dir, tmp_path / "c", tiny_bert, hsk=hsk, width_strategy=strategy,
+        sst2_dir,
+        tmp_path / "c",
+        tiny_bert,
+        hsk=hsk,
+        width_strategy=strategy,
         value_dtype=value_dtype,
-    )  # fmt: skip
+    )
     cache = open_cache(build_cache(cfg, show_progress=False))
     assert cache.memory_mapped and cache.info.storage.ids_dtype == "uint16"
     top = layer_key(cache.layers[-1].teacher)
@@ -100,7 +104,7 @@ def test_round_trip_equals_the_selection(tmp_path, sst2_dir, tiny_bert, value_dt
             assert v.dtype == cache.group[k].dtype and np.array_equal(v, cache.group[k][lo:hi])
     for lo in range(0, cache.num_examples, SHARD):
         hi = min(cache.num_examples, lo + SHARD)
-        offline = from_cache(cache.read(lo, hi), cache.manifest, "cpu", False).layers
+        offline = from_cache(cache.read(lo, hi), cache.manifest, "cpu").layers
         online, h = online_layers(cfg, lo, hi)
         for off, on in zip(offline, online, strict=True):
             assert torch.equal(off.positions, on.positions)
@@ -119,7 +123,7 @@ def test_wide_teacher_dims_take_two_byte_planes(tmp_path, sst2_dir):
     cache = open_cache(build_cache(cfg, show_progress=False))
     top = layer_key(cache.layers[-1].teacher)
     assert {f"{top}/dims", f"{top}/dims_hi"} <= set(cache.specs)
-    offline = from_cache(cache.read(0, SHARD), cache.manifest, "cpu", False).layers[0]
+    offline = from_cache(cache.read(0, SHARD), cache.manifest, "cpu").layers[0]
     (online,), h = online_layers(cfg, 0, SHARD)
     assert torch.equal(offline.dims, online.dims)
     want = torch.from_numpy(online.values.half().float().numpy())

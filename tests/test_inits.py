@@ -17,7 +17,7 @@ from hskcache.assets import read_asset
 from hskcache.build import build_cache
 from hskcache.importance import activation_ranking
 from hskcache.reader import open_cache
-from hskcache.students import select_weights, student_config
+from hskcache.weight_selection import select_weights, student_config
 from hsktrain.students import make_projection
 
 
@@ -180,7 +180,7 @@ def test_full_width_presets_take_the_teachers_width(tmp_path):
 
 
 def test_layer_choices():
-    from hskcache.students import layer_subset
+    from hskcache.weight_selection import layer_subset
 
     assert layer_subset(12, 4) == [0, 4, 7, 11]  # even: first and last included
     assert layer_subset(12, 4, "bottom") == [0, 1, 2, 3]  # PKD

@@ -392,7 +392,7 @@ def test_remote_faults_are_one_line(good, s3_server, tmp_path):
 def test_a_garbage_lock_file_is_named_as_such(good, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "hskcache.storage.lock").write_text("not json")
+    (out / "hskcache.lock").write_text("not json")
     r = runner.invoke(app, ["derive", str(good["b"]), str(out), "--hsk", "1l_1t_0.5h"])
     assert r.exit_code == 1 and "?" not in r.output, r.output
     assert "held by a lock file that is not one hskcache wrote (unreadable)" in r.output

@@ -16,10 +16,11 @@ from test_sweep import fake_rows
 from typer.testing import CliRunner
 
 from hskcache.cli import app as hskcache_app
+from hskcache.distributed import World
 from hskcache.errors import TeacherError
 from hsktrain.cli import app
 from hsktrain.config import FitConfig
-from hsktrain.ddp import World, peer_failure
+from hsktrain.ddp import peer_failure
 from hsktrain.study.tables import results_table
 from hsktrain.train import fit
 
@@ -178,8 +179,15 @@ def test_a_fit_config_that_is_not_utf8_names_its_line(tmp_path, fit_world):
 def real_run(fit_world, tmp_path_factory) -> Path:
     """The folder a tiny `hsktrain fit --out RUN` writes: best/, last/, config.json, its log."""
     out = tmp_path_factory.mktemp("real-run") / "run"
-    cfg = FitConfig(out=str(out), cache=str(fit_world["cache"]), student="tiny", hsk_epochs=1,
-                    pred_epochs=1, batch_size=8, dev_data=str(fit_world["data"]))  # fmt: skip
+    cfg = FitConfig(
+        out=str(out),
+        cache=str(fit_world["cache"]),
+        student="tiny",
+        hsk_epochs=1,
+        pred_epochs=1,
+        batch_size=8,
+        dev_data=str(fit_world["data"]),
+    )
     fit(cfg, show_progress=False)
     return out
 

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from hskcache.errors import ConfigError
-from hskcache.students import layer_subset, load_state
+from hskcache.weight_selection import layer_subset, load_weights
 from hsktrain.students import build_student, make_projection
 
 
@@ -72,7 +72,7 @@ def test_select_keeps_the_first_dims_of_every_head(tmp_path):
         "intermediate_size": 16,
     }
     student, _ = build_student("select", str(teacher_dir), shape, 2, 0)
-    t_sd, s_sd = load_state(teacher_dir), student.state_dict()
+    t_sd, s_sd = load_weights(teacher_dir), student.state_dict()
     kept = [h * 32 + d for h in range(12) for d in range(26)]  # head h's dims 0-25
     assert kept[25:28] == [25, 32, 33] and kept[-1] == 11 * 32 + 25
     attn = "bert.encoder.layer.0.attention"

@@ -33,11 +33,17 @@ SST2 = TaskRef("sst2", "SST-2", 64)
 
 def test_expand_grid_lists_every_run_once_seed_major():
     grid = Grid(
-        study="s", tasks=["SST-2"], seeds=[0, 1], configs=["full", "1l_10t_0.1h"],
-        depth_layers=[1, 5], depth_l_top=[4, 6], length_tokens=[10, "all"],
-        length_strategies=["left", "attention"], width_fractions=[0.1, 1.0],
+        study="s",
+        tasks=["SST-2"],
+        seeds=[0, 1],
+        configs=["full", "1l_10t_0.1h"],
+        depth_layers=[1, 5],
+        depth_l_top=[4, 6],
+        length_tokens=[10, "all"],
+        length_strategies=["left", "attention"],
+        width_fractions=[0.1, 1.0],
         width_strategies=["uniform"],
-    )  # fmt: skip
+    )
     runs = [(r.task.name, r.config, r.arm.axis, r.seed) for r in expand_grid(grid, [SST2], 6)]
     one_seed = [
         ("ce", "baseline"),
@@ -58,10 +64,16 @@ def test_expand_grid_lists_every_run_once_seed_major():
 def test_per_batch_threshold_arms_train_online_beside_their_per_token_twins(tmp_path):
     teacher = make_bert(tmp_path / "teacher", layers=4)  # deep enough for every student state
     grid = fake_grid(
-        tmp_path, teacher, baselines=[], configs=[], seeds=[0], chunk_rows=8,
-        width_fractions=[0.5, 1.0], width_strategies=["magnitude", "threshold"],
+        tmp_path,
+        teacher,
+        baselines=[],
+        configs=[],
+        seeds=[0],
+        chunk_rows=8,
+        width_fractions=[0.5, 1.0],
+        width_strategies=["magnitude", "threshold"],
         fit={"max_length": 16, "batch_size": 8, "buffer_chunks": 2},
-    )  # fmt: skip
+    )
     runs = plan_sweep(grid, train=False).runs
     # p = 1 is the full HSK for both strategies: one arm, run from a cache
     assert [(r.config, r.arm.online) for r in runs] == [
@@ -172,9 +184,17 @@ def test_limits_may_name_a_task_left_out_but_not_a_typo(tmp_path):
 
 def fake_grid(tmp_path, teacher, **kw) -> Grid:
     data = write_sst2(tmp_path / "SST-2")
-    values = dict(study=str(tmp_path / "study"), tasks=[str(data)], teacher=str(teacher),
-                  student="tiny", configs=["1l_2t_0.5h"], baselines=["ce"], seeds=[0, 1],
-                  hsk_epochs=1, pred_epochs=1)  # fmt: skip
+    values = dict(
+        study=str(tmp_path / "study"),
+        tasks=[str(data)],
+        teacher=str(teacher),
+        student="tiny",
+        configs=["1l_2t_0.5h"],
+        baselines=["ce"],
+        seeds=[0, 1],
+        hsk_epochs=1,
+        pred_epochs=1,
+    )
     return Grid(**{**values, **kw})
 
 
@@ -187,8 +207,14 @@ def test_rerun_skips_every_finished_run(tmp_path, tiny_bert, monkeypatch):
             raise KeyboardInterrupt  # killed in the middle of the 4th run
         calls.append((run.config, run.seed))
         score = 0.5 + len(calls) / 10
-        return {"metrics": {"accuracy": score}, "best_stage": "pred", "best_epoch": 1,
-                "train_seconds": 1.0, "hsk_fraction": 0.1, "cache_bytes": 100}  # fmt: skip
+        return {
+            "metrics": {"accuracy": score},
+            "best_stage": "pred",
+            "best_epoch": 1,
+            "train_seconds": 1.0,
+            "hsk_fraction": 0.1,
+            "cache_bytes": 100,
+        }
 
     with pytest.raises(KeyboardInterrupt):
         run_sweep(grid, runner, show_progress=False, say=lambda _: None)
@@ -223,8 +249,11 @@ def test_rerun_skips_every_finished_run(tmp_path, tiny_bert, monkeypatch):
     same = fake_grid(tmp_path, tiny_bert, fit={"temperature": 1, "max_grad_norm": None})
     assert len(run_sweep(same, runner, show_progress=False, say=lambda _: None).done) == 4
     hot = fake_grid(tmp_path, tiny_bert, fit={"temperature": 2.0})
-    with pytest.raises(ConfigError, match=r"e\.g\. sst2 ce seed 0: recipe temperature=1\.0 "
-                       r"\(this grid: temperature=2\.0\)"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"e\.g\. sst2 ce seed 0: recipe temperature=1\.0 "
+        r"\(this grid: temperature=2\.0\)",
+    ):
         run_sweep(hot, runner, show_progress=False, say=lambda _: None)
     with pytest.raises(ConfigError, match=r"recipe pred_lr=2e-05 \(this grid: pred_lr=0\.0001\)"):
         run_sweep(fake_grid(tmp_path, tiny_bert, ce_lr=1e-4), runner, False, lambda _: None)
@@ -233,7 +262,7 @@ def test_rerun_skips_every_finished_run(tmp_path, tiny_bert, monkeypatch):
     class NewDefault(FitConfig):  # a later version of `fit` with another default
         warmup: float = 0.1
 
-    monkeypatch.setattr("hsktrain.grid.FitConfig", NewDefault)
+    monkeypatch.setattr("hsktrain.study.grid.FitConfig", NewDefault)
     with pytest.raises(ConfigError, match=r"recipe warmup=0\.0 \(this grid: warmup=0\.1\)"):
         run_sweep(grid, runner, show_progress=False, say=lambda _: None)
 
@@ -244,35 +273,114 @@ def fake_rows() -> list[dict]:
         # config, kind, axis, hsk, length, width, l_top, fraction, (seed 0, seed 1)
         ("ce", "ce", "baseline", "", "", "", "", 0.0, (0.80, 0.82)),
         ("pred", "pred", "baseline", "", "", "", "", 0.0, (0.81, 0.83)),
-        ("full/-/-/l_top4", "hsk", "config+depth+length+width", "full", "-", "-", 4, 0.7,
-         (0.84, 0.86)),
-        ("1l_10t_0.1h/a/m/l_top4", "hsk", "config", "1l_10t_0.1h", "attention-no-sep",
-         "magnitude", 4, 0.002, (0.85, 0.87)),
-        ("5l_1t_1h/left/-/l_top4", "hsk", "length", "5l_1t_1h", "left", "-", 4, 0.02,
-         (0.70, 0.72)),
-        ("5l_1t_1h/attention/-/l_top4", "hsk", "length", "5l_1t_1h", "attention", "-", 4,
-         0.02, (0.75, 0.77)),
-        ("5l_1t_1h/ans/-/l_top4", "hsk", "length", "5l_1t_1h", "attention-no-sep", "-", 4,
-         0.02, (0.78, 0.80)),
-        ("5l_64t_0.1h/-/uniform/l_top4", "hsk", "width", "5l_64t_0.1h", "-", "uniform", 4,
-         0.07, (0.79, 0.81)),
-        ("5l_64t_0.1h/-/magnitude/l_top4", "hsk", "width", "5l_64t_0.1h", "-", "magnitude", 4,
-         0.07, (0.83, 0.84)),
-        ("5l_64t_0.1h/-/threshold/l_top4", "hsk", "width", "5l_64t_0.1h", "-", "threshold", 4,
-         0.07, (0.84, 0.84)),
-    ]  # fmt: skip
+        (
+            "full/-/-/l_top4",
+            "hsk",
+            "config+depth+length+width",
+            "full",
+            "-",
+            "-",
+            4,
+            0.7,
+            (0.84, 0.86),
+        ),
+        (
+            "1l_10t_0.1h/a/m/l_top4",
+            "hsk",
+            "config",
+            "1l_10t_0.1h",
+            "attention-no-sep",
+            "magnitude",
+            4,
+            0.002,
+            (0.85, 0.87),
+        ),
+        ("5l_1t_1h/left/-/l_top4", "hsk", "length", "5l_1t_1h", "left", "-", 4, 0.02, (0.70, 0.72)),
+        (
+            "5l_1t_1h/attention/-/l_top4",
+            "hsk",
+            "length",
+            "5l_1t_1h",
+            "attention",
+            "-",
+            4,
+            0.02,
+            (0.75, 0.77),
+        ),
+        (
+            "5l_1t_1h/ans/-/l_top4",
+            "hsk",
+            "length",
+            "5l_1t_1h",
+            "attention-no-sep",
+            "-",
+            4,
+            0.02,
+            (0.78, 0.80),
+        ),
+        (
+            "5l_64t_0.1h/-/uniform/l_top4",
+            "hsk",
+            "width",
+            "5l_64t_0.1h",
+            "-",
+            "uniform",
+            4,
+            0.07,
+            (0.79, 0.81),
+        ),
+        (
+            "5l_64t_0.1h/-/magnitude/l_top4",
+            "hsk",
+            "width",
+            "5l_64t_0.1h",
+            "-",
+            "magnitude",
+            4,
+            0.07,
+            (0.83, 0.84),
+        ),
+        (
+            "5l_64t_0.1h/-/threshold/l_top4",
+            "hsk",
+            "width",
+            "5l_64t_0.1h",
+            "-",
+            "threshold",
+            4,
+            0.07,
+            (0.84, 0.84),
+        ),
+    ]
     rows = []
     for config, kind, axis, hsk, length, width, l_top, frac, scores in arms:
         for seed, score in enumerate(scores):
-            rows.append({
-                "task": "sst2", "teacher": "t@abc", "teacher_depth": 6, "student": "tinybert4",
-                "config": config, "kind": kind, "axis": axis, "hsk": hsk, "length": length,
-                "width_strategy": width, "l_top": l_top, "hsk_fraction": frac, "seed": seed,
-                "hsk_epochs": 3 if kind == "hsk" else 0, "pred_epochs": 3 if kind == "hsk" else 6,
-                "recipe": "pred_lr=0.0001" if kind == "ce" else "pred_lr=2e-05",
-                "dev_accuracy": score, "best_stage": "pred", "best_epoch": 2,
-                "train_seconds": 100.0, "device": "cpu", "cache_bytes": 10,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "task": "sst2",
+                    "teacher": "t@abc",
+                    "teacher_depth": 6,
+                    "student": "tinybert4",
+                    "config": config,
+                    "kind": kind,
+                    "axis": axis,
+                    "hsk": hsk,
+                    "length": length,
+                    "width_strategy": width,
+                    "l_top": l_top,
+                    "hsk_fraction": frac,
+                    "seed": seed,
+                    "hsk_epochs": 3 if kind == "hsk" else 0,
+                    "pred_epochs": 3 if kind == "hsk" else 6,
+                    "recipe": "pred_lr=0.0001" if kind == "ce" else "pred_lr=2e-05",
+                    "dev_accuracy": score,
+                    "best_stage": "pred",
+                    "best_epoch": 2,
+                    "train_seconds": 100.0,
+                    "device": "cpu",
+                    "cache_bytes": 10,
+                }
+            )
     rows[1] |= {"train_seconds": 10.0, "device": "cuda (NVIDIA H200)"}  # ce seed 1 on a GPU
     return rows
 
@@ -331,9 +439,13 @@ def test_report_tables_claims_and_plots_from_a_fake_table(tmp_path):
 
 def test_a_real_tiny_sweep_writes_rows_and_skips_them_on_rerun(tmp_path, tiny_bert):
     grid = fake_grid(
-        tmp_path, tiny_bert, baselines=["pred"], seeds=[0], chunk_rows=8,
+        tmp_path,
+        tiny_bert,
+        baselines=["pred"],
+        seeds=[0],
+        chunk_rows=8,
         fit={"max_length": 16, "batch_size": 8, "buffer_chunks": 2},
-    )  # fmt: skip
+    )
     run_sweep(grid, show_progress=False, say=lambda _: None)
     rows = results_table(grid.study).rows()
     assert [(r["kind"], r["hsk_epochs"], r["pred_epochs"]) for r in rows] == [
@@ -418,10 +530,16 @@ def test_smaller_caches_are_cut_out_of_each_familys_largest(tmp_path):
     # 4 teacher layers: l_top 3 pairs the tiny student's 3 states with 3 distinct teacher states
     teacher = make_bert(tmp_path / "teacher", layers=4)
     grid = fake_grid(
-        tmp_path, teacher, seeds=[0], baselines=[], configs=["full", "1l_2t_0.5h", "2l_4t_0.5h"],
-        width_fractions=[0.5], width_strategies=["uniform"], chunk_rows=8,
+        tmp_path,
+        teacher,
+        seeds=[0],
+        baselines=[],
+        configs=["full", "1l_2t_0.5h", "2l_4t_0.5h"],
+        width_fractions=[0.5],
+        width_strategies=["uniform"],
+        chunk_rows=8,
         fit={"max_length": 16},
-    )  # fmt: skip
+    )
     sweep = plan_sweep(grid, train=True, show_progress=False, say=lambda _: None)
     caches = {r.config: sweep.ctx.cache_for(r) for r in sweep.runs}
     builds = list(csv.DictReader((tmp_path / "study" / "builds.csv").open()))
@@ -481,9 +599,14 @@ def test_shards_split_the_runs_and_make_each_teacher_and_cache_once(tmp_path, ti
     import threading
 
     grid = fake_grid(
-        tmp_path, tiny_bert, finetune=True, finetune_epochs=1, chunk_rows=8,
-        configs=["1l_2t_0.5h", "1l_1t_0.5h"], fit={"max_length": 16},
-    )  # fmt: skip
+        tmp_path,
+        tiny_bert,
+        finetune=True,
+        finetune_epochs=1,
+        chunk_rows=8,
+        configs=["1l_2t_0.5h", "1l_1t_0.5h"],
+        fit={"max_length": 16},
+    )
     ran: dict[int, list] = {0: [], 1: []}
 
     def runner_of(shard):
@@ -538,8 +661,11 @@ def test_shard_and_device_flags_are_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"s.toml: fit: unknown device 'cuda:x'; use cpu"):
         load_grid(str(toml), {})  # checked as `fit` checks it
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match=r"fit: device 'cuda' asked for, but torch .* sees "
-                           "no CUDA GPU here; use --device cpu"):  # fmt: skip
+        with pytest.raises(
+            ConfigError,
+            match=r"fit: device 'cuda' asked for, but torch .* sees "
+            "no CUDA GPU here; use --device cpu",
+        ):
             load_grid(str(toml), {}, {"device": "cuda"})
     # --device overrides [fit]'s device and keeps its other options
     assert load_grid(str(toml), {}, {"device": "cpu"}).fit == {"device": "cpu", "temperature": 2.0}

@@ -140,7 +140,7 @@ def test_interrupted_push_resumes(caches, s3_bucket):
     kill_at = len(table(caches["c1"])) - 3
     run_killed("push", str(caches["c1"]), url, kill_at)
     left = set(bucket_files(url))
-    assert left - {"hskcache.storage.lock"} < set(table(caches["c1"])) and len(left) == kill_at + 1
+    assert left - {"hskcache.lock"} < set(table(caches["c1"])) and len(left) == kill_at + 1
     with pytest.raises(CacheError):
         open_cache(url)
     assert [c["status"] for c in find_caches(s3_bucket)] == ["partial"]
@@ -157,7 +157,7 @@ def test_interrupted_pull_resumes(tmp_path, caches, s3_bucket):
     kill_at = 7
     run_killed("pull", url, str(local), kill_at)
     left = set(tree(local))
-    assert left - {"hskcache.storage.lock"} < set(table(caches["c1"])) and len(left) == kill_at + 1
+    assert left - {"hskcache.lock"} < set(table(caches["c1"])) and len(left) == kill_at + 1
     with pytest.raises(CacheError, match="no cache here"):
         open_cache(local)
     first = next(iter(table(caches["c1"])))  # copied first, so its folder exists
@@ -331,8 +331,8 @@ def test_a_held_lock_refuses_a_second_writer(caches, s3_bucket):
     held = BuildLock.acquire(url)  # a live process (this one) writing the destination
     line = error_line(runner.invoke(app, ["push", str(caches["c1"]), url, "--quiet"]))
     assert line.startswith(f"{url}: held by pid {os.getpid()} on host {socket.gethostname()}")
-    assert line.endswith(f"remove {url}/hskcache.storage.lock or pass --break-lock")
-    assert set(bucket_files(url)) == {"hskcache.storage.lock"}
+    assert line.endswith(f"remove {url}/hskcache.lock or pass --break-lock")
+    assert set(bucket_files(url)) == {"hskcache.lock"}
     r = runner.invoke(app, ["push", str(caches["c1"]), url, "--quiet", "--break-lock"])
     assert r.exit_code == 0, r.output
     assert bucket_files(url) == cache_files(caches["c1"])  # the lock went with the copy

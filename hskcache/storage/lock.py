@@ -1,7 +1,7 @@
 """One writer per cache: a lock object at the cache root, held for the whole build.
 
 Two builds writing one `--out` would mix their shards under one manifest (each shard passes its
-own checksums, so nothing would notice). The lock is the object `hskcache.storage.lock` at the cache
+own checksums, so nothing would notice). The lock is the object `hskcache.lock` at the cache
 root, holding the writer's host, pid, a random token and start time. It is created exclusively:
 with O_EXCL on a local disk (atomic), and on object storage by writing it and reading it back to
 see that the token is ours. Object storage has no portable create-if-absent, so two builds that
@@ -32,7 +32,7 @@ import fsspec
 from hskcache.errors import HskError
 from hskcache.storage.remote import bound_remote_calls
 
-LOCK_KEY = "hskcache.storage.lock"
+LOCK_KEY = "hskcache.lock"
 
 
 class LockHeldError(HskError):

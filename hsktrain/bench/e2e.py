@@ -38,7 +38,7 @@ from hskcache.shapes import student_shape
 from hskcache.tasks import get_task
 from hskcache.teacher import default_teacher_path
 from hsktrain.bench.step import machine
-from hsktrain.config import DEFAULTS, FitConfig, finetune_config
+from hsktrain.config import DEFAULTS, FINETUNE_EPOCHS, FitConfig, finetune_config
 from hsktrain.glue import find_task_data
 from hsktrain.metrics import main_metric
 from hsktrain.train import fit
@@ -73,7 +73,7 @@ class E2EConfig:
     task: str | None = None  # None: inferred from --data's folder name, else mrpc
     teacher: str | None = None  # None: the MiniLM-L6 package
     finetune: bool = True  # fine-tune `teacher` on the task first (untimed)
-    finetune_epochs: int = 3
+    finetune_epochs: int = FINETUNE_EPOCHS
     hsk_epochs: int = 2
     pred_epochs: int = 2
     limit: int | None = None  # training rows (fine-tune, build and both fits)
@@ -148,7 +148,7 @@ def run_e2e(cfg: E2EConfig, log: Callable[[str], None] = lambda _: None) -> dict
     if cfg.finetune:
         log(f"fine-tune {base} on {task} ({cfg.finetune_epochs} epochs, not timed)")
         ft = finetune_config(
-            data, str(work / "teacher"), base, cfg.finetune_epochs, 5e-5, cfg.limit,
+            data, str(work / "teacher"), base, cfg.finetune_epochs, None, cfg.limit,
             cfg.dev_limit, task=task, dev_data=data, batch_size=cfg.batch_size, seed=cfg.seed,
             device=cfg.device,
         )  # fmt: skip

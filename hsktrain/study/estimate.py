@@ -64,8 +64,10 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
             else:
                 ft = 3 * grid.finetune_epochs if teacher.path is None else 0
                 total += (builds + ft) * n_train / rate
-                how.append(f"{task.name}: {builds} build(s), {ft // 3} fine-tune epoch(s) at "
-                           f"{rate:.1f} teacher rows/s ({why})")  # fmt: skip
+                how.append(
+                    f"{task.name}: {builds} build(s), {ft // 3} fine-tune epoch(s) at "
+                    f"{rate:.1f} teacher rows/s ({why})"
+                )
         if epoch_s is None:
             how.append(f"{task.name}: training not estimated ({epoch_why})")
     say(f"estimated time: {total / 3600:.1f} h ({total:.0f} s)")
@@ -73,10 +75,17 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
         say(f"  {line}")
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if any(" here" in line for line in how) and load > cores / 2:
-        say(f"  timed at load {load:.1f} on {cores} cores: other work here (a study running?) "
-            "inflates the estimate")  # fmt: skip
-    return {"runs": len(sweep.runs), "done": len(sweep.done), "pending": len(sweep.pending),
-            "seconds": total, "how": how}  # fmt: skip
+        say(
+            f"  timed at load {load:.1f} on {cores} cores: other work here (a study running?) "
+            "inflates the estimate"
+        )
+    return {
+        "runs": len(sweep.runs),
+        "done": len(sweep.done),
+        "pending": len(sweep.pending),
+        "seconds": total,
+        "how": how,
+    }
 
 
 def _row_counts(grid: Grid, task: TaskRef) -> tuple[int, int]:
@@ -86,10 +95,16 @@ def _row_counts(grid: Grid, task: TaskRef) -> tuple[int, int]:
 
 def _epoch_seconds(ctx, task, rows, n_train, n_dev, measure) -> tuple[float | None, str]:
     grid = ctx.grid
-    mine = [r for r in rows if r["task"] == task.name and r["student"] == grid.student
-            and r["device"] == ctx.device]  # fmt: skip
-    per = [float(r["train_seconds"]) / (int(r["hsk_epochs"]) + int(r["pred_epochs"]))
-           for r in mine if r["train_seconds"]]  # fmt: skip
+    mine = [
+        r
+        for r in rows
+        if r["task"] == task.name and r["student"] == grid.student and r["device"] == ctx.device
+    ]
+    per = [
+        float(r["train_seconds"]) / (int(r["hsk_epochs"]) + int(r["pred_epochs"]))
+        for r in mine
+        if r["train_seconds"]
+    ]
     if per:
         return statistics.median(per), (
             f"median of {len(per)} finished runs on {ctx.device} in results.csv"
@@ -108,13 +123,23 @@ def measure_step(grid: Grid, task: TaskRef, steps: int = 6) -> float:
     options = {k: v for k, v in grid.fit.items() if k not in ("hsk_lr", "pred_lr", "verify")}
     with tempfile.TemporaryDirectory(prefix="hsksweep-") as tmp:
         cfg = FitConfig(
-            out=tmp, data=task.folder, task=task.name, mode="ce", student=grid.student,
-            init_from=base_teacher(grid), limit=options.get("batch_size", 32) * steps,
-            max_steps=steps, pred_epochs=1, **options,
-        )  # fmt: skip
+            out=tmp,
+            data=task.folder,
+            task=task.name,
+            mode="ce",
+            student=grid.student,
+            init_from=base_teacher(grid),
+            limit=options.get("batch_size", 32) * steps,
+            max_steps=steps,
+            pred_epochs=1,
+            **options,
+        )
         fit(cfg, show_progress=False)
-        ts = [json.loads(x)["t"] for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()
-              if '"loss"' in x]  # fmt: skip
+        ts = [
+            json.loads(x)["t"]
+            for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in x
+        ]
     return (ts[-1] - ts[1]) / max(1, len(ts) - 2)
 
 
@@ -138,9 +163,14 @@ def _builds_needed(ctx: Context, task: TaskRef, pending: list[RunSpec]) -> int:
 
 def _teacher_rate(ctx: Context, task: TaskRef, measure: bool) -> tuple[float | None, str]:
     grid = ctx.grid
-    rows = [r for r in builds_table(grid.study).rows()
-            if r["task"] == task.name and r["how"].startswith("build") and r["rows"]
-            and r["device"] == ctx.device]  # fmt: skip
+    rows = [
+        r
+        for r in builds_table(grid.study).rows()
+        if r["task"] == task.name
+        and r["how"].startswith("build")
+        and r["rows"]
+        and r["device"] == ctx.device
+    ]
     if rows:
         rate = sum(int(r["rows"]) for r in rows) / sum(float(r["seconds"]) for r in rows)
         return rate, f"{len(rows)} earlier build(s) on {ctx.device} in builds.csv"
@@ -150,12 +180,18 @@ def _teacher_rate(ctx: Context, task: TaskRef, measure: bool) -> tuple[float | N
     timings: dict = {}
     with tempfile.TemporaryDirectory(prefix="hsksweep-") as tmp:
         cfg = BuildConfig(
-            data=task.folder, task=task.name, out=tmp + "/cache", hsk="1l_1t_0.1h",
+            data=task.folder,
+            task=task.name,
+            out=tmp + "/cache",
+            hsk="1l_1t_0.1h",
             teacher=base_teacher(grid),
             student_layers=student_shape(grid.student)["num_hidden_layers"],
-            student=[grid.student], max_length=task.max_length, limit=96, batch_size=16,
+            student=[grid.student],
+            max_length=task.max_length,
+            limit=96,
+            batch_size=16,
             device=grid.fit.get("device", "cpu"),
-        )  # fmt: skip
+        )
         build_cache(cfg, False, timings)
     if not timings.get("rows") or not timings.get("seconds"):
         return None, "too few rows to time the teacher"

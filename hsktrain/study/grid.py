@@ -12,13 +12,26 @@ import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from hskcache.config import _matches as matches  # one type rule for every config file
+from hskcache.config import matches, type_name
 from hskcache.data import utf8_text
 from hskcache.errors import ConfigError
-from hskcache.hsk import LENGTH_STRATEGIES, WIDTH_STRATEGIES, default_l_top, depth_pairs, parse_hsk
+from hskcache.hsk import (
+    LENGTH_STRATEGIES,
+    WIDTH_STRATEGIES,
+    default_l_top,
+    depth_pairs,
+    hsk_name,
+    parse_hsk,
+)
 from hskcache.shapes import student_shape
 from hskcache.tasks import get_task
-from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig, student_problems
+from hsktrain.config import (
+    FINETUNE_EPOCHS,
+    FINETUNE_LR,
+    PAPER_HSK_EPOCHS,
+    FitConfig,
+    student_problems,
+)
 from hsktrain.glue import find_task_data
 
 BASELINES = ("ce", "pred")
@@ -46,8 +59,8 @@ class Grid:
     glue: str | None = None
     teacher: str | None = None  # a fine-tuned folder; with finetune, the model to fine-tune
     finetune: bool = False  # fine-tune `teacher` once per task (kept under work/teachers)
-    finetune_epochs: int = 3
-    finetune_lr: float = 5e-5
+    finetune_epochs: int = FINETUNE_EPOCHS
+    finetune_lr: float = FINETUNE_LR
     student: str = "tinybert4"
     seeds: list[int] = field(default_factory=lambda: [0])
     hsk_epochs: int | None = None  # None: the paper's per task
@@ -100,9 +113,9 @@ def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:
     hints = typing.get_type_hints(Grid)
     p = [f"unknown key '{_dotted(k)}'" for k in values if k not in hints]
     p += [
-        f"{_dotted(k)} = {v!r} is not {_type_name(hints[k])}"
+        f"{_dotted(k)} = {v!r} is not {type_name(hints[k])}"
         for k, v in values.items()
-        if k in hints and not _matches(v, hints[k])
+        if k in hints and not matches(v, hints[k])
     ]
     p += [f"missing '{k}' (--{k.replace('_', '-')})" for k in ("study", "tasks") if k not in values]
     if not p:
@@ -117,16 +130,6 @@ def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:
 def _dotted(key: str) -> str:
     table, _, rest = key.partition("_")
     return f"{table}.{rest}" if table in TABLES and rest else key
-
-
-def _matches(v, hint) -> bool:
-    if typing.get_origin(hint) is dict:
-        return isinstance(v, dict) and all(matches(x, typing.get_args(hint)[1]) for x in v.values())
-    return matches(v, hint)
-
-
-def _type_name(hint) -> str:
-    return str(hint).replace("typing.", "")
 
 
 def grid_problems(g: Grid) -> list[str]:
@@ -224,16 +227,22 @@ class RunSpec:
 
 
 def hsk_arm(
-    axis: str, layers: int, tokens: int, width: float, length: str, wstrat: str, l_top: int,
-    all_layers: int, all_tokens: int,
-) -> Arm:  # fmt: skip
+    axis: str,
+    layers: int,
+    tokens: int,
+    width: float,
+    length: str,
+    wstrat: str,
+    l_top: int,
+    all_layers: int,
+    all_tokens: int,
+) -> Arm:
     """An HSK arm in canonical form: every token -> length '-', full width -> strategy '-',
     and all three at their maximum -> `full`, so equal selections are one arm."""
     tokens = min(tokens, all_tokens)
     length = "-" if tokens == all_tokens else length
     wstrat = "-" if width == 1 else wstrat
-    full = layers == all_layers and tokens == all_tokens and width == 1
-    name = "full" if full else f"{layers}l_{tokens}t_{width:g}h"
+    name = hsk_name(layers, tokens, width, all_layers, all_tokens)
     return Arm("hsk", axis, name, length, wstrat, l_top, layers, tokens, width)
 
 
@@ -252,10 +261,16 @@ def expand_grid(grid: Grid, tasks: list[TaskRef], n_teacher: int) -> list[RunSpe
     """
     n_student = student_shape(grid.student)["num_hidden_layers"]
     all_layers, l_top0 = n_student + 1, default_l_top(n_teacher)
-    p = [f"depth.layers {n}: a {n_student}-layer student has {all_layers} hidden states"
-         for n in grid.depth_layers if n > all_layers]  # fmt: skip
-    p += [f"depth.l_top {t}: the teacher has {n_teacher} layers"
-          for t in grid.depth_l_top if t > n_teacher]  # fmt: skip
+    p = [
+        f"depth.layers {n}: a {n_student}-layer student has {all_layers} hidden states"
+        for n in grid.depth_layers
+        if n > all_layers
+    ]
+    p += [
+        f"depth.l_top {t}: the teacher has {n_teacher} layers"
+        for t in grid.depth_l_top
+        if t > n_teacher
+    ]
     for name in grid.configs + grid.joint:
         h = parse_hsk(name)
         if (h.layers or 0) > all_layers:
@@ -283,8 +298,9 @@ def expand_grid(grid: Grid, tasks: list[TaskRef], n_teacher: int) -> list[RunSpe
                     arms.append(arm)
             for s in grid.width_strategies if grid.width_fractions else []:
                 for w in grid.width_fractions:
-                    arms.append(hsk_arm("width", all_layers, T, w, "left", s, l_top0,
-                                        all_layers, T))  # fmt: skip
+                    arms.append(
+                        hsk_arm("width", all_layers, T, w, "left", s, l_top0, all_layers, T)
+                    )
             for arm in arms:
                 key = (task.name, arm.config, seed)
                 if key in runs:
@@ -331,8 +347,11 @@ def resolve_tasks(grid: Grid) -> list[TaskRef]:
         refs.append(TaskRef(name, data, max_length))
     names = [r.name for r in refs]
     p += [f"task '{n}' is listed twice" for n in sorted({n for n in names if names.count(n) > 1})]
-    p += [f"limits.{k}: not a task's short name (sst2, mrpc, cola, ...)"
-          for k in grid.limits if not _is_task(k)]  # fmt: skip
+    p += [
+        f"limits.{k}: not a task's short name (sst2, mrpc, cola, ...)"
+        for k in grid.limits
+        if not _is_task(k)
+    ]
     if p:
         raise ConfigError("; ".join(p))
     return refs
@@ -415,10 +434,18 @@ def parse_recipe(cell: str) -> dict[str, str]:
 
 
 LIST_FLAGS = {
-    "tasks": str, "seeds": int, "baselines": str, "configs": str, "joint": str,
-    "depth_layers": int, "depth_l_top": int, "length_tokens": int, "length_strategies": str,
-    "width_fractions": float, "width_strategies": str,
-}  # fmt: skip
+    "tasks": str,
+    "seeds": int,
+    "baselines": str,
+    "configs": str,
+    "joint": str,
+    "depth_layers": int,
+    "depth_l_top": int,
+    "length_tokens": int,
+    "length_strategies": str,
+    "width_fractions": float,
+    "width_strategies": str,
+}
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -29,7 +29,7 @@ CURVE_BY = {"depth": "l_top", "length": "length", "width": "width_strategy"}
 
 
 @dataclass
-class Arm:
+class ArmResults:
     """One configuration of one (task, teacher): its rows over seeds."""
 
     config: str
@@ -78,18 +78,24 @@ def load_rows(study: str | Path) -> list[dict]:
     return rows
 
 
-def group_arms(rows: list[dict]) -> dict[tuple[str, str], list[Arm]]:
+def group_arms(rows: list[dict]) -> dict[tuple[str, str], list[ArmResults]]:
     """Results rows grouped into arms, per (task, teacher), in the table's order."""
-    out: dict[tuple[str, str], dict[str, Arm]] = {}
+    out: dict[tuple[str, str], dict[str, ArmResults]] = {}
     for r in rows:
         arms = out.setdefault((r["task"], r["teacher"]), {})
         a = arms.get(r["config"])
         if a is None:
-            a = arms[r["config"]] = Arm(
-                r["config"], r["kind"], r["axis"].split("+"), r["hsk"], r["length"],
-                r["width_strategy"], r["l_top"], int(r["teacher_depth"] or 0),
+            a = arms[r["config"]] = ArmResults(
+                r["config"],
+                r["kind"],
+                r["axis"].split("+"),
+                r["hsk"],
+                r["length"],
+                r["width_strategy"],
+                r["l_top"],
+                int(r["teacher_depth"] or 0),
                 float(r["hsk_fraction"] or 0),
-            )  # fmt: skip
+            )
         for m in METRICS:
             if r[f"dev_{m}"]:
                 a.scores.setdefault(m, []).append(float(r[f"dev_{m}"]))
@@ -99,25 +105,21 @@ def group_arms(rows: list[dict]) -> dict[tuple[str, str], list[Arm]]:
     return {k: list(v.values()) for k, v in out.items()}
 
 
-def metric_of(task: str) -> str:
-    return "pearson" if task == "stsb" else main_metric(task)
-
-
-def full_arm(arms: list[Arm]) -> Arm | None:
+def full_arm(arms: list[ArmResults]) -> ArmResults | None:
     """The full-HSK reference: the `full` arm the study lists as a config, else the one with
     the most seeds."""
     full = [a for a in arms if a.hsk == "full"]
     return max(full, key=lambda a: ("config" in a.axis, a.n), default=None)
 
 
-def baseline(arms: list[Arm], kind: str) -> Arm | None:
+def baseline(arms: list[ArmResults], kind: str) -> ArmResults | None:
     return next((a for a in arms if a.kind == kind), None)
 
 
 # --- claims -----------------------------------------------------------------------------------
 
 
-def _spread(a: Arm, b: Arm, metric: str) -> str:
+def _spread(a: ArmResults, b: ArmResults, metric: str) -> str:
     """Whether a difference of means is inside the seeds' spread (the larger std)."""
     s = [x for x in (a.std(metric), b.std(metric)) if x is not None]
     if not s:
@@ -126,10 +128,11 @@ def _spread(a: Arm, b: Arm, metric: str) -> str:
     return f"difference {'inside' if inside else 'outside'} the seeds' spread ({max(s):.4f})"
 
 
-def claim_compressed(arms: list[Arm], metric: str) -> tuple[str, list[str]]:
+def claim_compressed(arms: list[ArmResults], metric: str) -> tuple[str, list[str]]:
     full = full_arm(arms)
-    small = [a for a in arms if a.kind == "hsk" and a.hsk != "full"
-             and {"config", "joint"} & set(a.axis)]  # fmt: skip
+    small = [
+        a for a in arms if a.kind == "hsk" and a.hsk != "full" and {"config", "joint"} & set(a.axis)
+    ]
     if full is None or not small:
         return "not enough data", ["needs the `full` arm and a compressed config or joint arm"]
     lines = [
@@ -142,7 +145,7 @@ def claim_compressed(arms: list[Arm], metric: str) -> tuple[str, list[str]]:
     return f"{verdict} ({held} of {len(small)} compressed arms)", lines
 
 
-def claim_beats(arms: list[Arm], metric: str, kind: str) -> tuple[str, list[str]]:
+def claim_beats(arms: list[ArmResults], metric: str, kind: str) -> tuple[str, list[str]]:
     """Every distilled arm the study lists by name (prediction-only KD against CE-only, and the
     `configs`) against the `kind` baseline."""
     base = baseline(arms, kind)
@@ -159,7 +162,7 @@ def claim_beats(arms: list[Arm], metric: str, kind: str) -> tuple[str, list[str]
     return f"{verdict} ({won} of {len(kd)} arms)", lines
 
 
-def _curves(arms: list[Arm], axis: str) -> dict[str, list[Arm]]:
+def _curves(arms: list[ArmResults], axis: str) -> dict[str, list[ArmResults]]:
     """An axis's arms by curve; arms whose curve field is '-' (every token, full width) join
     every curve, as its 100% point."""
     on = [a for a in arms if axis in a.axis and a.kind == "hsk"]
@@ -168,22 +171,27 @@ def _curves(arms: list[Arm], axis: str) -> dict[str, list[Arm]]:
     return {c: [a for a in on if getattr(a, by) in (c, "-")] for c in names}
 
 
-def _order(arms: list[Arm], axis: str, order: list[str], metric: str, size) -> tuple[str, list]:
+def _order(
+    arms: list[ArmResults], axis: str, order: list[str], metric: str, size
+) -> tuple[str, list]:
     """Compare curves in `order` (best first) on the points they all have (by `size`), at
     below-full sizes; held when their average scores are in that order."""
     curves = {c: a for c, a in _curves(arms, axis).items() if c in order}
     present = [c for c in order if c in curves]
     if len(present) < 2:
         return "not enough data", [f"needs at least two of {order} on the {axis} axis"]
-    points = {c: {size(a): a for a in curves[c] if getattr(a, CURVE_BY[axis]) != "-"}
-              for c in present}  # fmt: skip
+    points = {
+        c: {size(a): a for a in curves[c] if getattr(a, CURVE_BY[axis]) != "-"} for c in present
+    }
     common = sorted(set.intersection(*(set(p) for p in points.values())))
     if not common:
         return "not enough data", [f"{', '.join(present)} share no {axis} point below full"]
     avg = {c: statistics.fmean(points[c][x].mean(metric) for x in common) for c in present}
-    lines = [f"{c}: mean over {common} = {avg[c]:.4f}; "
-             + "; ".join(f"{x}: {points[c][x].show(metric)}" for x in common)
-             for c in present]  # fmt: skip
+    lines = [
+        f"{c}: mean over {common} = {avg[c]:.4f}; "
+        + "; ".join(f"{x}: {points[c][x].show(metric)}" for x in common)
+        for c in present
+    ]
     held = all(avg[a] > avg[b] for a, b in zip(present, present[1:], strict=False))
     if axis == "width":  # the first against the best of the others
         held = avg[present[0]] > max(avg[c] for c in present[1:])
@@ -192,14 +200,15 @@ def _order(arms: list[Arm], axis: str, order: list[str], metric: str, size) -> t
     return ("held" if held else "not held") + note, lines
 
 
-def claim_ltop(arms: list[Arm], metric: str) -> tuple[str, list[str]]:
+def claim_ltop(arms: list[ArmResults], metric: str) -> tuple[str, list[str]]:
     curves = _curves(arms, "depth")
     depth = max((a.teacher_depth for a in arms), default=0)
     top = curves.get(str(depth))
     mids = {c: v for c, v in curves.items() if c != str(depth)}
     if not top or not mids:
-        return "not enough data", [f"needs depth-axis arms at l_top {depth} (the top layer) "
-                                   "and at an intermediate l_top"]  # fmt: skip
+        return "not enough data", [
+            f"needs depth-axis arms at l_top {depth} (the top layer) and at an intermediate l_top"
+        ]
     below = lambda v: {a.hsk.split("l_")[0]: a for a in v if a.hsk != "full"}  # noqa: E731
     t, lines, wins = below(top), [], []
     for c, v in mids.items():
@@ -210,16 +219,17 @@ def claim_ltop(arms: list[Arm], metric: str) -> tuple[str, list[str]]:
         a = statistics.fmean(m[x].mean(metric) for x in common)
         b = statistics.fmean(t[x].mean(metric) for x in common)
         wins.append(a > b)
-        lines.append(f"l_top {c} vs top l_top {depth} over layers kept {common}: "
-                     f"{a:.4f} vs {b:.4f}; "
-                     + "; ".join(f"{x}l: {m[x].show(metric)} vs {t[x].show(metric)}"
-                                 for x in common))  # fmt: skip
+        lines.append(
+            f"l_top {c} vs top l_top {depth} over layers kept {common}: "
+            f"{a:.4f} vs {b:.4f}; "
+            + "; ".join(f"{x}l: {m[x].show(metric)} vs {t[x].show(metric)}" for x in common)
+        )
     if not wins:
         return "not enough data", ["no layer count run at both an intermediate and the top l_top"]
     return ("held" if any(wins) else "not held"), lines
 
 
-def claim_joint(arms: list[Arm], metric: str) -> tuple[str, list[str]]:
+def claim_joint(arms: list[ArmResults], metric: str) -> tuple[str, list[str]]:
     joint = [a for a in arms if "joint" in a.axis and a.kind == "hsk"]
     single = [a for a in arms if set(AXES) & set(a.axis) and a.hsk != "full"]
     lines, wins = [], []
@@ -230,19 +240,22 @@ def claim_joint(arms: list[Arm], metric: str) -> tuple[str, list[str]]:
             continue
         best = max(near, key=lambda a: a.mean(metric))
         wins.append(j.mean(metric) >= best.mean(metric))
-        lines.append(f"{j.config} ({j.fraction:.3%}): {j.show(metric)} vs best single-axis "
-                     f"{best.config} ({best.fraction:.3%}): {best.show(metric)} "
-                     f"({_spread(j, best, metric)})")  # fmt: skip
+        lines.append(
+            f"{j.config} ({j.fraction:.3%}): {j.show(metric)} vs best single-axis "
+            f"{best.config} ({best.fraction:.3%}): {best.show(metric)} "
+            f"({_spread(j, best, metric)})"
+        )
     if not wins:
-        return "not enough data", lines or ["needs joint arms and single-axis arms of a "
-                                            "similar HSK fraction (within 2x)"]  # fmt: skip
+        return "not enough data", lines or [
+            "needs joint arms and single-axis arms of a similar HSK fraction (within 2x)"
+        ]
     return f"{'held' if all(wins) else 'not held'} ({sum(wins)} of {len(wins)})", lines
 
 
 NOT_RUN = "not run here"
 
 
-def claims(arms: list[Arm], metric: str) -> list[tuple[str, str, list[str]]]:
+def claims(arms: list[ArmResults], metric: str) -> list[tuple[str, str, list[str]]]:
     """(claim, verdict, evidence lines) for every claim; NOT_RUN for a claim about an axis the
     study has no arms on (a recipe study has none on the curves' axes)."""
     tokens = lambda a: int(a.hsk.split("l_")[1].split("t_")[0])  # noqa: E731
@@ -253,24 +266,32 @@ def claims(arms: list[Arm], metric: str) -> list[tuple[str, str, list[str]]]:
         ("distillation beats CE-only", *claim_beats(arms, metric, "ce")),
         ("HSK adds to prediction-only KD", *claim_beats(arms, metric, "pred")),
         ("compressed HSK >= full HSK", *claim_compressed(arms, metric)),
-        ("attention-no-sep > attention > left (length)", *_order(arms, "length", length, metric,
-                                                                 tokens)),
-        ("magnitude > uniform / random (width)",
-         *_order(arms, "width", ["magnitude", "uniform", "random"], metric, width)),
-        ("per-token top-k (what a cache stores) > the paper's per-batch threshold (width)",
-         *_order(arms, "width", ["magnitude", "threshold"], metric, width)),
+        (
+            "attention-no-sep > attention > left (length)",
+            *_order(arms, "length", length, metric, tokens),
+        ),
+        (
+            "magnitude > uniform / random (width)",
+            *_order(arms, "width", ["magnitude", "uniform", "random"], metric, width),
+        ),
+        (
+            "per-token top-k (what a cache stores) > the paper's per-batch threshold (width)",
+            *_order(arms, "width", ["magnitude", "threshold"], metric, width),
+        ),
         ("an intermediate l_top beats the top layer (depth)", *claim_ltop(arms, metric)),
         ("joint compression beats single-axis at equal budget", *claim_joint(arms, metric)),
-    ]  # fmt: skip
+    ]
     needs = [None, None, None, "length", "width", "width", "depth", "joint"]
-    return [(name, verdict, lines) if axis is None or axis in axes else (name, NOT_RUN, [])
-            for (name, verdict, lines), axis in zip(judged, needs, strict=True)]  # fmt: skip
+    return [
+        (name, verdict, lines) if axis is None or axis in axes else (name, NOT_RUN, [])
+        for (name, verdict, lines), axis in zip(judged, needs, strict=True)
+    ]
 
 
 # --- plots and the Markdown -------------------------------------------------------------------
 
 
-def plot(arms: list[Arm], metric: str, title: str, png: Path) -> None:
+def plot(arms: list[ArmResults], metric: str, title: str, png: Path) -> None:
     """Three panels (depth, length, width): score vs % of HSK kept, one curve per strategy."""
     import matplotlib
 
@@ -281,16 +302,24 @@ def plot(arms: list[Arm], metric: str, title: str, png: Path) -> None:
     full = full_arm(arms)
     ref = full.fraction if full and full.fraction else 1.0
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
-    lines = [(full, "full HSK", "-"), (baseline(arms, "pred"), "prediction only", "--"),
-             (baseline(arms, "ce"), "CE only", ":")]  # fmt: skip
+    lines = [
+        (full, "full HSK", "-"),
+        (baseline(arms, "pred"), "prediction only", "--"),
+        (baseline(arms, "ce"), "CE only", ":"),
+    ]
     for ax, axis in zip(axes, AXES, strict=True):
         curves = _curves(arms, axis)
         for name, on in curves.items():
             on = sorted(on, key=lambda a: a.fraction)
             x = [100 * a.fraction / ref for a in on]
-            ax.errorbar(x, [a.mean(metric) for a in on], [a.std(metric) or 0 for a in on],
-                        marker="o", capsize=3,
-                        label=f"l_top {name}" if axis == "depth" else name)  # fmt: skip
+            ax.errorbar(
+                x,
+                [a.mean(metric) for a in on],
+                [a.std(metric) or 0 for a in on],
+                marker="o",
+                capsize=3,
+                label=f"l_top {name}" if axis == "depth" else name,
+            )
         for arm, label, style in lines:
             if arm is not None:
                 ax.axhline(arm.mean(metric), color="gray", linestyle=style, label=label)
@@ -315,12 +344,12 @@ def plot(arms: list[Arm], metric: str, title: str, png: Path) -> None:
     plt.close(fig)
 
 
-def _arm_order(a: Arm) -> tuple:
+def _arm_order(a: ArmResults) -> tuple:
     """CE-only, prediction-only, full HSK, then the rest by HSK kept, most first."""
     return ({"ce": 0, "pred": 1, "hsk": 2}[a.kind], a.hsk != "full", -a.fraction)
 
 
-def _best(a: Arm) -> str:
+def _best(a: ArmResults) -> str:
     """Each seed's best dev epoch (1-based, in its stage): `pred 3, 1, 3` when one stage holds
     them all. An arm whose best comes at its last epoch wanted more; at its first, less."""
     stages = {s for s, _ in a.best}
@@ -329,7 +358,7 @@ def _best(a: Arm) -> str:
     return ", ".join(f"{s} {e}" for s, e in a.best)
 
 
-def _seconds(a: Arm, label: bool) -> str:
+def _seconds(a: ArmResults, label: bool) -> str:
     """Mean train seconds, per device (`875 cpu, 12 cuda (...)`) unless all ran on one."""
     by: dict[str, list[float]] = {}
     for device, s in zip(a.devices, a.seconds, strict=True):
@@ -348,24 +377,41 @@ def _wall_clock(results: list[dict], builds: list[dict]) -> list[str]:
         made = [r for r in builds if r["device"] == d]
         train_s = sum(float(r["train_seconds"] or 0) for r in runs)
         build_s = sum(float(r["seconds"] or 0) for r in made)
-        out.append(f"**{(train_s + build_s) / 3600:.2f} h** on {d} ({train_s:.0f} s training "
-                   f"{len(runs)} runs + {build_s:.0f} s fine-tuning, building and deriving "
-                   f"{len(made)} teachers and caches)")  # fmt: skip
+        out.append(
+            f"**{(train_s + build_s) / 3600:.2f} h** on {d} ({train_s:.0f} s training "
+            f"{len(runs)} runs + {build_s:.0f} s fine-tuning, building and deriving "
+            f"{len(made)} teachers and caches)"
+        )
     return out
 
 
-def _table(arms: list[Arm], metric: str) -> list[str]:
+def _table(arms: list[ArmResults], metric: str) -> list[str]:
     several = len({d for a in arms for d in a.devices}) > 1  # name the device in every cell
     others = [m for m in METRICS if m != metric and any(m in a.scores for a in arms)]
-    head = ["config", "kind", "axis", "HSK kept", "n", f"dev {metric}", *others, "best epoch",
-            "train s"]  # fmt: skip
+    head = [
+        "config",
+        "kind",
+        "axis",
+        "HSK kept",
+        "n",
+        f"dev {metric}",
+        *others,
+        "best epoch",
+        "train s",
+    ]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in sorted(arms, key=_arm_order):
-        cells = [f"`{a.config}`", a.kind, "+".join(a.axis),
-                 f"{100 * a.fraction:.3g}%" if a.kind == "hsk" else "-", str(a.n),
-                 a.show(metric).rsplit(" (", 1)[0],
-                 *(a.show(m).rsplit(" (", 1)[0] if m in a.scores else "-" for m in others),
-                 _best(a), _seconds(a, several)]  # fmt: skip
+        cells = [
+            f"`{a.config}`",
+            a.kind,
+            "+".join(a.axis),
+            f"{100 * a.fraction:.3g}%" if a.kind == "hsk" else "-",
+            str(a.n),
+            a.show(metric).rsplit(" (", 1)[0],
+            *(a.show(m).rsplit(" (", 1)[0] if m in a.scores else "-" for m in others),
+            _best(a),
+            _seconds(a, several),
+        ]
         out.append("| " + " | ".join(cells) + " |")
     return out
 
@@ -393,22 +439,35 @@ def write_report(study: str | Path) -> Path:
     ]
     teachers = [r for r in builds if r["how"] == "finetune" and r["dev"]]
     for r in teachers:
-        md.append(f"- teacher `{r['teacher']}` fine-tuned on {r['task']}: dev "
-                  + ", ".join(f"{k} {v:.4f}" for k, v in json.loads(r["dev"]).items()))  # fmt: skip
+        md.append(
+            f"- teacher `{r['teacher']}` fine-tuned on {r['task']}: dev "
+            + ", ".join(f"{k} {v:.4f}" for k, v in json.loads(r["dev"]).items())
+        )
     for (task, teacher), arms in groups.items():
-        metric = metric_of(task)
+        metric = main_metric(task)
         png = study / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', f'{task}-{teacher}')}.png"
         first = arms[0]
         plot(arms, metric, f"{task}, teacher {teacher}", png)
-        md += ["", f"## {task}, teacher `{teacher}`", "",
-               f"Student `{_first(results, task, teacher, 'student')}`, epochs "
-               f"{_first(results, task, teacher, 'hsk_epochs')} HSK + "
-               f"{_first(results, task, teacher, 'pred_epochs')} prediction "
-               "(CE-only and prediction-only arms train the same total in their one stage), "
-               f"training rows limit {_first(results, task, teacher, 'limit') or 'none'}, "
-               f"teacher depth {first.teacher_depth}.", "", *_recipes(results, task, teacher), "",
-               *_table(arms, metric), "", f"![marginal utility]({png.name})", "",
-               "### Claims checked here", ""]  # fmt: skip
+        md += [
+            "",
+            f"## {task}, teacher `{teacher}`",
+            "",
+            f"Student `{_first(results, task, teacher, 'student')}`, epochs "
+            f"{_first(results, task, teacher, 'hsk_epochs')} HSK + "
+            f"{_first(results, task, teacher, 'pred_epochs')} prediction "
+            "(CE-only and prediction-only arms train the same total in their one stage), "
+            f"training rows limit {_first(results, task, teacher, 'limit') or 'none'}, "
+            f"teacher depth {first.teacher_depth}.",
+            "",
+            *_recipes(results, task, teacher),
+            "",
+            *_table(arms, metric),
+            "",
+            f"![marginal utility]({png.name})",
+            "",
+            "### Claims checked here",
+            "",
+        ]
         checked = claims(arms, metric)
         for name, verdict, lines in checked:
             if verdict != NOT_RUN:
@@ -433,24 +492,34 @@ def compare(studies: list[str | Path]) -> str:
         raise HskError("compare needs two or more study folders")
     # a teacher is its weights: studies that name one folder differently still compare
     tables = [load_rows(s) for s in studies]
-    groups = [{(t, w.rsplit("@", 1)[-1]): (w, a) for (t, w), a in group_arms(rows).items()}
-              for rows in tables]  # fmt: skip
+    groups = [
+        {(t, w.rsplit("@", 1)[-1]): (w, a) for (t, w), a in group_arms(rows).items()}
+        for rows in tables
+    ]
     recipes = [_recipe_of(rows) for rows in tables]
-    md = [f"# {len(studies)} studies compared", "",
-          f"Regenerate: `hsktrain compare {' '.join(str(s) for s in studies)}`. Cells: dev "
-          "score, mean +- sample std over seeds (n = seeds)."]  # fmt: skip
+    md = [
+        f"# {len(studies)} studies compared",
+        "",
+        f"Regenerate: `hsktrain compare {' '.join(str(s) for s in studies)}`. Cells: dev "
+        "score, mean +- sample std over seeds (n = seeds).",
+    ]
     for key in dict.fromkeys(k for g in groups for k in g):
         task, teacher = key[0], next(g[key][0] for g in groups if key in g)
-        rows = [(s, g[key][1], r) for s, g, r in zip(studies, groups, recipes, strict=True)
-                if key in g]  # fmt: skip
+        rows = [
+            (s, g[key][1], r) for s, g, r in zip(studies, groups, recipes, strict=True) if key in g
+        ]
         union = {a.config: a for _, arms, _ in reversed(rows) for a in arms}
         configs = [a.config for a in sorted(union.values(), key=_arm_order)]
         metrics = [m for m in METRICS if any(m in a.scores for a in union.values())]
-        metrics.sort(key=lambda m: m != metric_of(task))
+        metrics.sort(key=lambda m: m != main_metric(task))
         for m in metrics:
-            md += ["", f"## {task}, teacher `{teacher}`: dev {m}", "",
-                   "| study | recipe vs the first | " + " | ".join(f"`{c}`" for c in configs)
-                   + " |", "|" + "---|" * (len(configs) + 2)]  # fmt: skip
+            md += [
+                "",
+                f"## {task}, teacher `{teacher}`: dev {m}",
+                "",
+                "| study | recipe vs the first | " + " | ".join(f"`{c}`" for c in configs) + " |",
+                "|" + "---|" * (len(configs) + 2),
+            ]
             for study, arms, recipe in rows:
                 by = {a.config: a for a in arms}
                 cells = [by[c].show(m) if c in by and m in by[c].scores else "-" for c in configs]

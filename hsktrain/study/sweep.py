@@ -27,7 +27,7 @@ from hskcache.config import BuildConfig, DeriveConfig
 from hskcache.derive import derive_cache
 from hskcache.devices import device_name
 from hskcache.errors import ConfigError, HskError, TeacherError
-from hskcache.hsk import default_l_top
+from hskcache.hsk import default_l_top, hsk_name
 from hskcache.reader import open_cache
 from hskcache.shapes import student_shape
 from hskcache.tasks import get_task
@@ -138,22 +138,40 @@ def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) 
     shutil.rmtree(folder, ignore_errors=True)  # a fine-tune killed earlier starts over
     ctx.say(f"fine-tune {teacher_name(base, False)} on {task.name} -> {folder}")
     cfg = finetune_config(
-        task.folder, str(folder), base, grid.finetune_epochs, grid.finetune_lr,
-        task_limit(grid, task), grid.dev_limit, seed=0, task=task.name, dev_data=task.folder,
-        max_length=task.max_length, device=grid.fit.get("device", "cpu"),
-    )  # fmt: skip
+        task.folder,
+        str(folder),
+        base,
+        grid.finetune_epochs,
+        grid.finetune_lr,
+        task_limit(grid, task),
+        grid.dev_limit,
+        seed=0,
+        task=task.name,
+        dev_data=task.folder,
+        max_length=task.max_length,
+        device=grid.fit.get("device", "cpu"),
+    )
     t0 = time.perf_counter()
     result = fit(cfg, show_progress=ctx.show_progress)
     seconds = time.perf_counter() - t0
     shutil.rmtree(folder / "last", ignore_errors=True)  # best/ is the teacher
     key = teacher_key(str(folder / "best"), task.name, teacher_name(base, True))
-    ctx.builds.append({
-        "task": task.name, "teacher": key, "cache": "teacher", "how": "finetune",
-        "source": base, "seconds": seconds, "device": ctx.device,
-        "bytes": _folder_bytes(folder / "best"),
-        "rows": None, "dev": json.dumps(result.metrics), "code_version": ctx.version,
-        "timestamp": now(),
-    })  # fmt: skip
+    ctx.builds.append(
+        {
+            "task": task.name,
+            "teacher": key,
+            "cache": "teacher",
+            "how": "finetune",
+            "source": base,
+            "seconds": seconds,
+            "device": ctx.device,
+            "bytes": _folder_bytes(folder / "best"),
+            "rows": None,
+            "dev": json.dumps(result.metrics),
+            "code_version": ctx.version,
+            "timestamp": now(),
+        }
+    )
     (folder / "teacher.json").write_text(json.dumps({"base": base, "dev": result.metrics}))
 
 
@@ -173,9 +191,7 @@ class Sel:
     l_top: int
 
     def hsk(self, all_layers: int, all_tokens: int) -> str:
-        if (self.layers, self.tokens, self.width) == (all_layers, all_tokens, 1.0):
-            return "full"
-        return f"{self.layers}l_{self.tokens}t_{self.width:g}h"
+        return hsk_name(self.layers, self.tokens, self.width, all_layers, all_tokens)
 
     @property
     def family(self) -> tuple:
@@ -201,9 +217,13 @@ def family_source(members: list[Sel]) -> Sel:
     per_token = m0.family[1] == "magnitude"
     width = max(m.width for m in members) if per_token else 1.0
     return Sel(
-        max(m.layers for m in members), max(m.tokens for m in members), width,
-        m0.length, "magnitude", m0.l_top,
-    )  # fmt: skip
+        max(m.layers for m in members),
+        max(m.tokens for m in members),
+        width,
+        m0.length,
+        "magnitude",
+        m0.l_top,
+    )
 
 
 @dataclass
@@ -269,16 +289,25 @@ class Context:
             return out
         teacher = self.teachers[task.name]
         cfg = BuildConfig(
-            data=task.folder, task=task.name, out=str(out), split="train",
-            hsk=sel.hsk(self.n_student + 1, task.max_length), length=sel.length,
-            width_strategy=sel.width_strategy, l_top=sel.l_top, student_layers=self.n_student,
-            student=[self.grid.student], teacher=teacher.path, max_length=task.max_length,
-            limit=task_limit(self.grid, task), chunk_rows=self.grid.chunk_rows,
+            data=task.folder,
+            task=task.name,
+            out=str(out),
+            split="train",
+            hsk=sel.hsk(self.n_student + 1, task.max_length),
+            length=sel.length,
+            width_strategy=sel.width_strategy,
+            l_top=sel.l_top,
+            student_layers=self.n_student,
+            student=[self.grid.student],
+            teacher=teacher.path,
+            max_length=task.max_length,
+            limit=task_limit(self.grid, task),
+            chunk_rows=self.grid.chunk_rows,
             device=self.grid.fit.get("device", "cpu"),
             # the stored init made as [fit] asks, so fit takes it instead of refusing it
             select=self.grid.fit.get("select") or "prefix",
             layer_choice=self.grid.fit.get("layer_choice") or "even",
-        )  # fmt: skip
+        )
         self.say(f"build {out}")
         t0 = time.perf_counter()
         build_cache(cfg, self.show_progress)
@@ -292,10 +321,14 @@ class Context:
         if self._complete(out):
             return out
         cfg = DeriveConfig(
-            src=str(src), out=str(out), hsk=sel.hsk(self.n_student + 1, task.max_length),
-            length=sel.length, width_strategy=sel.width_strategy, l_top=sel.l_top,
+            src=str(src),
+            out=str(out),
+            hsk=sel.hsk(self.n_student + 1, task.max_length),
+            length=sel.length,
+            width_strategy=sel.width_strategy,
+            l_top=sel.l_top,
             chunk_rows=self.grid.chunk_rows,
-        )  # fmt: skip
+        )
         t0 = time.perf_counter()
         try:
             derive_cache(cfg, self.show_progress)
@@ -307,13 +340,22 @@ class Context:
 
     def _record(self, task: TaskRef, out: Path, how: str, source: str, seconds: float) -> None:
         m = open_cache(str(out)).info
-        self.builds.append({
-            "task": task.name, "teacher": self.teachers[task.name].key, "cache": out.name,
-            "how": how, "source": source, "seconds": seconds, "device": self.device,
-            "bytes": sum(o.bytes for o in (m.objects or {}).values()),
-            "rows": m.counts.num_examples, "dev": None, "code_version": self.version,
-            "timestamp": now(),
-        })  # fmt: skip
+        self.builds.append(
+            {
+                "task": task.name,
+                "teacher": self.teachers[task.name].key,
+                "cache": out.name,
+                "how": how,
+                "source": source,
+                "seconds": seconds,
+                "device": self.device,
+                "bytes": sum(o.bytes for o in (m.objects or {}).values()),
+                "rows": m.counts.num_examples,
+                "dev": None,
+                "code_version": self.version,
+                "timestamp": now(),
+            }
+        )
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -333,20 +375,32 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
     if arm.online:  # the same rows, chunks and selection as the cache, targets computed live
         task, sel = run.task, arm_sel(arm)
         source = dict(
-            online_teacher=ctx.teachers[task.name].path, data=task.folder, task=task.name,
-            limit=task_limit(grid, task), chunk_rows=grid.chunk_rows, hsk=arm.hsk,
-            length=sel.length, width_strategy=sel.width_strategy, l_top=sel.l_top,
+            online_teacher=ctx.teachers[task.name].path,
+            data=task.folder,
+            task=task.name,
+            limit=task_limit(grid, task),
+            chunk_rows=grid.chunk_rows,
+            hsk=arm.hsk,
+            length=sel.length,
+            width_strategy=sel.width_strategy,
+            l_top=sel.l_top,
             batch_threshold=True,
-        )  # fmt: skip
+        )
         options.setdefault("max_length", task.max_length)
     else:
         source = dict(cache=str(cache))
     cfg = FitConfig(
-        out=str(out), **source, student=grid.student,
+        out=str(out),
+        **source,
+        student=grid.student,
         mode="two-stage" if arm.kind == "hsk" else arm.kind,
-        hsk_epochs=h if arm.kind == "hsk" else None, pred_epochs=p, seed=run.seed,
-        dev_data=run.task.folder, dev_limit=grid.dev_limit, **options,
-    )  # fmt: skip
+        hsk_epochs=h if arm.kind == "hsk" else None,
+        pred_epochs=p,
+        seed=run.seed,
+        dev_data=run.task.folder,
+        dev_limit=grid.dev_limit,
+        **options,
+    )
     t0 = time.perf_counter()
     result = fit(cfg, show_progress=ctx.show_progress)
     seconds = time.perf_counter() - t0
@@ -371,7 +425,7 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
 def best_epoch(log: Path, task: str) -> tuple[str | None, int | None]:
     """(stage, 1-based epoch in it) of the best dev score, chosen as `fit` chooses: the first
     epoch with the highest main metric, HSK-stage epochs excluded."""
-    metric = "pearson" if task == "stsb" else main_metric(task)
+    metric = main_metric(task)
     best = (None, None, None)
     for line in log.read_text().splitlines() if log.is_file() else []:
         r = json.loads(line)
@@ -436,8 +490,9 @@ def run_sweep(
     say(f"{len(sweep.runs)} runs in the grid, {len(sweep.done)} already in {table.path}")
     part, parts = shard
     if parts > 1:
-        mine = {(r.task.name, r.config, r.seed) for k, r in enumerate(sweep.runs)
-                if k % parts == part}  # fmt: skip
+        mine = {
+            (r.task.name, r.config, r.seed) for k, r in enumerate(sweep.runs) if k % parts == part
+        }
         sweep.pending = [r for r in sweep.pending if (r.task.name, r.config, r.seed) in mine]
         say(f"shard {part}/{parts}: {len(sweep.pending)} of them run here")
     for i, run in enumerate(sweep.pending, 1):
@@ -448,12 +503,20 @@ def run_sweep(
             "teacher": teacher.key,
             "teacher_depth": teacher.depth,
             **{f"dev_{k}": v for k, v in got["metrics"].items() if k in METRICS},
-            **{k: got.get(k) for k in ("best_stage", "best_epoch", "train_seconds",
-                                        "hsk_fraction", "cache_bytes")},
+            **{
+                k: got.get(k)
+                for k in (
+                    "best_stage",
+                    "best_epoch",
+                    "train_seconds",
+                    "hsk_fraction",
+                    "cache_bytes",
+                )
+            },
             "device": sweep.ctx.device,
             "code_version": sweep.ctx.version,
             "timestamp": now(),
-        }  # fmt: skip
+        }
         table.append(row)
         scores = ", ".join(f"{k} {v:.4f}" for k, v in got["metrics"].items())
         say(f"  dev {scores or '-'} ({got.get('train_seconds') or 0:.0f} s)")

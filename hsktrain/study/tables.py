@@ -18,15 +18,46 @@ from hsktrain.study.grid import Grid, RunSpec, epochs, parse_recipe, recipe, tas
 
 METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
 COLUMNS = [
-    "task", "teacher", "teacher_depth", "student", "config", "kind", "axis", "hsk", "length",
-    "width_strategy", "l_top", "hsk_fraction", "seed", "hsk_epochs", "pred_epochs", "limit",
-    "recipe", *(f"dev_{m}" for m in METRICS), "best_stage", "best_epoch", "train_seconds",
-    "device", "cache_bytes", "code_version", "timestamp",
-]  # fmt: skip
+    "task",
+    "teacher",
+    "teacher_depth",
+    "student",
+    "config",
+    "kind",
+    "axis",
+    "hsk",
+    "length",
+    "width_strategy",
+    "l_top",
+    "hsk_fraction",
+    "seed",
+    "hsk_epochs",
+    "pred_epochs",
+    "limit",
+    "recipe",
+    *(f"dev_{m}" for m in METRICS),
+    "best_stage",
+    "best_epoch",
+    "train_seconds",
+    "device",
+    "cache_bytes",
+    "code_version",
+    "timestamp",
+]
 BUILD_COLUMNS = [
-    "task", "teacher", "cache", "how", "source", "seconds", "device", "bytes", "rows", "dev",
-    "code_version", "timestamp",
-]  # fmt: skip
+    "task",
+    "teacher",
+    "cache",
+    "how",
+    "source",
+    "seconds",
+    "device",
+    "bytes",
+    "rows",
+    "dev",
+    "code_version",
+    "timestamp",
+]
 KEY = ("task", "teacher", "config", "seed")  # one run: a second row of it would count twice
 # what `hsktrain report` reads as numbers
 NUMBERS = {"seed": int, "teacher_depth": int, "hsk_fraction": float, "train_seconds": float}

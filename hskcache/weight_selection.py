@@ -154,7 +154,7 @@ def select_weights(
     return layers
 
 
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A model folder's weights from safetensors (no pickle), merged across shards."""
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:
