@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hskcache.data import Columns
+from hskcache.data import Columns, HFDataset
 from hskcache.devices import check_device
 from hskcache.errors import ConfigError, DataFormatError, TeacherError
 from hskcache.teacher import check_model_folder, check_token_limit
@@ -50,7 +50,7 @@ def predict_metrics(
 
 def evaluate_checkpoint(
     model_dir: str,
-    data: str,
+    data: str | HFDataset,
     task: str | None,
     split: str,
     limit: int | None,
