@@ -94,6 +94,7 @@ def load_split(
     split: str,
     columns: Columns = Columns(),
     limit: int | None = None,
+    need_labels: bool = True,
 ) -> Examples:
     """Load one split.
 
@@ -106,6 +107,8 @@ def load_split(
         split: `train`, `dev` (alias `validation`) or `test`.
         columns: overrides for the text / pair / label columns.
         limit: keep only the first `limit` rows.
+        need_labels: False: a table without the label column loads (as a `test` split always
+            does), every label `NO_LABEL`; for scoring rows (`hsktrain predict`).
 
     Raises:
         DataFormatError: missing file, unknown column, bad label or text, malformed row, a
@@ -115,6 +118,7 @@ def load_split(
     if limit is not None and limit < 1:
         raise ConfigError(f"limit {limit} must be >= 1 (it keeps the first N rows)")
     split = "dev" if split == "validation" else split
+    optional = split == "test" or not need_labels  # rows may come without labels
     if not isinstance(data, str):
         if not isinstance(data, HFDataset):
             raise ConfigError(
@@ -122,22 +126,22 @@ def load_split(
                 f"{type(data).__name__}"
             )
         spec = get_task(task) if task else _custom_task(columns)
-        ex = _from_dataset(data, spec, columns, split, data_label(data))
+        ex = _from_dataset(data, spec, columns, split, data_label(data), optional)
         return _limited(ex, limit)
     path = Path(data).expanduser()
     if (path / SAVED_DATASET).is_file() or (path / SAVED_DATASET_DICT).is_file():
         spec = get_task(task) if task else _custom_task(columns)
-        ex = _from_dataset(_load_from_disk(path), spec, columns, split, str(path))
+        ex = _from_dataset(_load_from_disk(path), spec, columns, split, str(path), optional)
     elif path.is_dir():
         spec = get_task(task) if task else _task_from_folder(path)
         file = path / f"{spec.dev_file if split == 'dev' else split}.tsv"
         if not file.is_file():
             raise DataFormatError(str(file), f"not found; a GLUE folder needs {split}.tsv")
         rows, header = _read_tsv(file, spec.has_header)
-        ex = _from_rows(rows, header, spec, columns, str(file), split)
+        ex = _from_rows(rows, header, spec, columns, str(file), optional)
     elif path.is_file():
         spec = get_task(task) if task else _custom_task(columns)
-        ex = _from_table(path, spec, columns, split)
+        ex = _from_table(path, spec, columns, optional)
     elif path.suffix in TABLE_SUFFIXES or "/" in data or data.startswith("."):
         raise DataFormatError(data, "no such file or folder; pass a GLUE folder or a table file")
     elif not hub_offline() and not hub_reachable():
@@ -230,12 +234,12 @@ def _column_index(key: str | int, header: list[str] | None, where: str) -> int:
     return header.index(key)
 
 
-def _from_rows(rows, header, spec, columns, where, split, numbered=True) -> Examples:
+def _from_rows(rows, header, spec, columns, where, optional, numbered=True) -> Examples:
     text_i = _column_index(columns.text or spec.text, header, where)
     pair_key = columns.text_pair or spec.text_pair
     pair_i = None if pair_key is None else _column_index(pair_key, header, where)
     label_key = columns.label or spec.label
-    has_label = not (split == "test" and header is not None and label_key not in header)
+    has_label = not (optional and header is not None and label_key not in header)
     label_i = _column_index(label_key, header, where) if has_label else None
     need = max(i for i in (text_i, pair_i, label_i) if i is not None)
     texts, pairs, raw, lines = [], [] if pair_i is not None else None, [], []
@@ -294,10 +298,10 @@ def _text(row: list, i: int, header: list[str] | None, at: _Row) -> str:
     )
 
 
-def _from_table(path: Path, spec: TaskSpec, columns: Columns, split: str) -> Examples:
+def _from_table(path: Path, spec: TaskSpec, columns: Columns, optional: bool) -> Examples:
     if path.suffix == ".tsv" and spec.name != "custom":
         rows, header = _read_tsv(path, spec.has_header)
-        return _from_rows(rows, header, spec, columns, str(path), split)
+        return _from_rows(rows, header, spec, columns, str(path), optional)
     # lazy: pyarrow only for csv/jsonl/parquet inputs (GLUE TSVs are read without it)
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -326,7 +330,7 @@ def _from_table(path: Path, spec: TaskSpec, columns: Columns, split: str) -> Exa
     header = table.column_names
     rows = [list(r) for r in zip(*(table.column(c).to_pylist() for c in header), strict=True)]
     spec = _named_columns(spec)
-    return _from_rows(rows, header, spec, columns, str(path), split, numbered=False)
+    return _from_rows(rows, header, spec, columns, str(path), optional, numbered=False)
 
 
 def _named_columns(spec: TaskSpec) -> TaskSpec:
@@ -363,7 +367,9 @@ def _dataset_split(data, spec: TaskSpec, split: str, where: str):
     return data[name], f"{where}:{name}"
 
 
-def _from_dataset(data, spec: TaskSpec, columns: Columns, split: str, where: str) -> Examples:
+def _from_dataset(
+    data, spec: TaskSpec, columns: Columns, split: str, where: str, optional: bool
+) -> Examples:
     """Rows of a `datasets.Dataset` (or a `DatasetDict`'s split), columns resolved as a table's.
 
     A `ClassLabel` label column holds class ids: they are the task's ids for a GLUE task (as
@@ -379,7 +385,7 @@ def _from_dataset(data, spec: TaskSpec, columns: Columns, split: str, where: str
     cols = ds.with_format(None)[:]  # every row as lists, whatever format the user set
     rows = [list(r) for r in zip(*(cols[c] for c in header), strict=True)]
     if not isinstance(feature, datasets.ClassLabel):
-        return _from_rows(rows, header, spec, columns, where, split, numbered=False)
+        return _from_rows(rows, header, spec, columns, where, optional, numbered=False)
     if spec.name == "custom":
         spec = replace(spec, labels=tuple(feature.names))
     elif spec.num_labels != feature.num_classes:
@@ -397,7 +403,7 @@ def _from_dataset(data, spec: TaskSpec, columns: Columns, split: str, where: str
             )
         row[label_i] = None if v is None or v == -1 else spec.labels[v]
     return replace(
-        _from_rows(rows, header, spec, columns, where, split, numbered=False),
+        _from_rows(rows, header, spec, columns, where, optional, numbered=False),
         class_names=tuple(feature.names),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,16 @@ from hsktrain.students import check_vocab
 
 
 @torch.no_grad()
-def predict(model, rows: ArraySource, regression: bool, batch_size: int, device: str):
-    """Logits of every row, in order: (N, C). The model's train/eval mode is restored."""
+def predict(
+    model,
+    rows: ArraySource,
+    regression: bool,
+    batch_size: int,
+    device: str,
+    advance: Callable[[int], None] = lambda n: None,
+):
+    """Logits of every row, in order: (N, C). The model's train/eval mode is restored;
+    `advance(rows)` is called after each batch (a progress bar)."""
     was_training = model.training
     model.eval()
     loader = ChunkShuffleLoader(rows, batch_size, shuffle=False)
@@ -30,6 +39,7 @@ def predict(model, rows: ArraySource, regression: bool, batch_size: int, device:
     for r in loader.iterate(0):
         b = inputs(r, device, regression)
         out.append(model(**b.model_inputs(model)).logits.float().cpu())
+        advance(len(r["lengths"]))
     model.train(was_training)
     return torch.cat(out).numpy()
 
