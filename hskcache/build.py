@@ -100,6 +100,7 @@ def make_manifest(
             "num_examples": n,
             "limit": cfg.limit,
             "label_names": list(ex.label_names) if ex.label_names is not None else None,
+            "class_names": list(ex.class_names) if ex.class_names is not None else None,
             "regression": ex.label_names is None,
             "pair": ex.pairs is not None,
         },

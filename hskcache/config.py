@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from hskcache.data import utf8_text
+from hskcache.data import HFDataset, utf8_text
 from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError
 from hskcache.hsk import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
@@ -114,7 +114,7 @@ class BuildConfig:
     of `SelectionConfig`; `selection` gathers them.
     """
 
-    data: str
+    data: str | HFDataset  # a path or hub name, or (from Python) rows in memory
     out: str
     task: str | None = None
     split: str = "train"

@@ -1,7 +1,9 @@
-"""Load a task split from a GLUE folder, a local table (tsv/csv/jsonl/parquet) or the HF hub.
+"""Load a task split from a GLUE folder, a local table (tsv/csv/jsonl/parquet), a `datasets`
+folder (`save_to_disk`), an in-memory `datasets.Dataset` / `DatasetDict`, or the HF hub.
 
 Everything becomes `Examples`: parallel lists of texts (and pair texts) plus a label array, with
-a sha256 fingerprint of the raw rows so a cache can prove which data it was built from.
+a sha256 fingerprint of the raw rows so a cache can prove which data it was built from, and the
+class names a saved model reports (`config.id2label`) where the data or the task knows them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import csv
 import hashlib
 import io
 import math
-from dataclasses import dataclass
+from abc import ABC
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,27 @@ from hskcache.tasks import TASKS, TaskSpec, get_task
 
 TABLE_SUFFIXES = {".tsv", ".csv", ".jsonl", ".json", ".parquet"}
 NO_LABEL = -1  # GLUE test splits ship without labels
+# Files `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk` write at a folder's top.
+SAVED_DATASET = "state.json"
+SAVED_DATASET_DICT = "dataset_dict.json"
+
+
+class HFDataset(ABC):  # noqa: B024 (a type test, not an interface)
+    """An in-memory `datasets.Dataset` or `DatasetDict` (`isinstance(x, HFDataset)`).
+
+    Checked by class name and module so that configs can name the type without importing
+    `datasets` (a second of import that GLUE and table inputs do not pay).
+    """
+
+    @classmethod
+    def __subclasshook__(cls, sub: type) -> bool:
+        return any(
+            k.__module__.split(".")[0] == "datasets" and k.__name__ in ("Dataset", "DatasetDict")
+            for k in sub.__mro__
+        )
+
+
+DataInput = str | HFDataset  # what `load_split` reads: a path or name, or rows in memory
 
 
 @dataclass
@@ -31,7 +55,10 @@ class Examples:
     labels: np.ndarray  # (N,) int64 class ids, or float32 for regression
     source: str
     task: TaskSpec
-    label_names: tuple[str, ...] | None  # None: regression
+    label_names: tuple[str, ...] | None  # the raw label of each class id; None: regression
+    # what a saved model calls each class id (`config.id2label`); None: nothing better known
+    # than the raw labels' digits (HF then says LABEL_0, LABEL_1, ...)
+    class_names: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -54,22 +81,34 @@ class Columns:
     label: str | None = None
 
 
+def data_label(data: DataInput | None) -> str | None:
+    """How a run's record names its data: the path or name, or `datasets.Dataset (in memory)`."""
+    if data is None or isinstance(data, str):
+        return data
+    return f"{type(data).__name__} (in memory)"
+
+
 def load_split(
-    data: str,
+    data: DataInput,
     task: str | None,
     split: str,
     columns: Columns = Columns(),
     limit: int | None = None,
+    need_labels: bool = True,
 ) -> Examples:
     """Load one split.
 
     Args:
-        data: a GLUE-format folder (holding `<split>.tsv`), a table file, or a hub dataset
-            name (`glue` means `nyu-mll/glue`).
+        data: a GLUE-format folder (holding `<split>.tsv`), a table file, a folder written by
+            `datasets`' `save_to_disk`, a hub dataset name (`glue` means `nyu-mll/glue`), or an
+            in-memory `datasets.Dataset` / `DatasetDict`. A `DatasetDict` gives the split
+            named as the hub names it (`dev` is `validation`); a `Dataset` is the split.
         task: GLUE task name; inferred from a GLUE folder's name when None.
         split: `train`, `dev` (alias `validation`) or `test`.
         columns: overrides for the text / pair / label columns.
         limit: keep only the first `limit` rows.
+        need_labels: False: a table without the label column loads (as a `test` split always
+            does), every label `NO_LABEL`; for scoring rows (`hsktrain predict`).
 
     Raises:
         DataFormatError: missing file, unknown column, bad label or text, malformed row, a
@@ -78,18 +117,31 @@ def load_split(
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"limit {limit} must be >= 1 (it keeps the first N rows)")
-    path = Path(data).expanduser()
     split = "dev" if split == "validation" else split
-    if path.is_dir():
+    optional = split == "test" or not need_labels  # rows may come without labels
+    if not isinstance(data, str):
+        if not isinstance(data, HFDataset):
+            raise ConfigError(
+                f"data must be a path, a hub name or a datasets.Dataset / DatasetDict, not "
+                f"{type(data).__name__}"
+            )
+        spec = get_task(task) if task else _custom_task(columns)
+        ex = _from_dataset(data, spec, columns, split, data_label(data), optional)
+        return _limited(ex, limit)
+    path = Path(data).expanduser()
+    if (path / SAVED_DATASET).is_file() or (path / SAVED_DATASET_DICT).is_file():
+        spec = get_task(task) if task else _custom_task(columns)
+        ex = _from_dataset(_load_from_disk(path), spec, columns, split, str(path), optional)
+    elif path.is_dir():
         spec = get_task(task) if task else _task_from_folder(path)
         file = path / f"{spec.dev_file if split == 'dev' else split}.tsv"
         if not file.is_file():
             raise DataFormatError(str(file), f"not found; a GLUE folder needs {split}.tsv")
         rows, header = _read_tsv(file, spec.has_header)
-        ex = _from_rows(rows, header, spec, columns, str(file), split)
+        ex = _from_rows(rows, header, spec, columns, str(file), optional)
     elif path.is_file():
         spec = get_task(task) if task else _custom_task(columns)
-        ex = _from_table(path, spec, columns, split)
+        ex = _from_table(path, spec, columns, optional)
     elif path.suffix in TABLE_SUFFIXES or "/" in data or data.startswith("."):
         raise DataFormatError(data, "no such file or folder; pass a GLUE folder or a table file")
     elif not hub_offline() and not hub_reachable():
@@ -101,14 +153,17 @@ def load_split(
     else:
         spec = get_task(task) if task else _custom_task(columns)
         ex = _from_hub(data, spec, columns, split)
+    return _limited(ex, limit)
+
+
+def _limited(ex: Examples, limit: int | None) -> Examples:
+    """The first `limit` rows (all when None); no rows at all is refused."""
     if limit is not None:
-        ex = Examples(
-            ex.texts[:limit],
-            ex.pairs[:limit] if ex.pairs is not None else None,
-            ex.labels[:limit],
-            ex.source,
-            ex.task,
-            ex.label_names,
+        ex = replace(
+            ex,
+            texts=ex.texts[:limit],
+            pairs=ex.pairs[:limit] if ex.pairs is not None else None,
+            labels=ex.labels[:limit],
         )
     if len(ex) == 0:
         raise DataFormatError(ex.source, "no rows to load")
@@ -179,12 +234,12 @@ def _column_index(key: str | int, header: list[str] | None, where: str) -> int:
     return header.index(key)
 
 
-def _from_rows(rows, header, spec, columns, where, split, numbered=True) -> Examples:
+def _from_rows(rows, header, spec, columns, where, optional, numbered=True) -> Examples:
     text_i = _column_index(columns.text or spec.text, header, where)
     pair_key = columns.text_pair or spec.text_pair
     pair_i = None if pair_key is None else _column_index(pair_key, header, where)
     label_key = columns.label or spec.label
-    has_label = not (split == "test" and header is not None and label_key not in header)
+    has_label = not (optional and header is not None and label_key not in header)
     label_i = _column_index(label_key, header, where) if has_label else None
     need = max(i for i in (text_i, pair_i, label_i) if i is not None)
     texts, pairs, raw, lines = [], [] if pair_i is not None else None, [], []
@@ -202,7 +257,17 @@ def _from_rows(rows, header, spec, columns, where, split, numbered=True) -> Exam
         raw.append(row[label_i] if label_i is not None else None)
         lines.append(at)
     labels, names = _encode_labels(raw, spec, lines)
-    return Examples(texts, pairs, labels, where, spec, names)
+    return Examples(texts, pairs, labels, where, spec, names, class_names(spec, names))
+
+
+def class_names(spec: TaskSpec, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """What a saved model calls each class: the GLUE task's names, else the data's own labels
+    unless they are only digits (a `0`/`1` column names nothing)."""
+    if names is None:
+        return None
+    if spec.class_names is not None:
+        return spec.class_names
+    return None if all(n.lstrip("-").isdigit() for n in names) else names
 
 
 @dataclass(frozen=True)
@@ -233,10 +298,10 @@ def _text(row: list, i: int, header: list[str] | None, at: _Row) -> str:
     )
 
 
-def _from_table(path: Path, spec: TaskSpec, columns: Columns, split: str) -> Examples:
+def _from_table(path: Path, spec: TaskSpec, columns: Columns, optional: bool) -> Examples:
     if path.suffix == ".tsv" and spec.name != "custom":
         rows, header = _read_tsv(path, spec.has_header)
-        return _from_rows(rows, header, spec, columns, str(path), split)
+        return _from_rows(rows, header, spec, columns, str(path), optional)
     # lazy: pyarrow only for csv/jsonl/parquet inputs (GLUE TSVs are read without it)
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -265,14 +330,82 @@ def _from_table(path: Path, spec: TaskSpec, columns: Columns, split: str) -> Exa
     header = table.column_names
     rows = [list(r) for r in zip(*(table.column(c).to_pylist() for c in header), strict=True)]
     spec = _named_columns(spec)
-    return _from_rows(rows, header, spec, columns, str(path), split, numbered=False)
+    return _from_rows(rows, header, spec, columns, str(path), optional, numbered=False)
 
 
 def _named_columns(spec: TaskSpec) -> TaskSpec:
     """Tables always have headers: positional GLUE columns (CoLA) become the hub's names."""
     if isinstance(spec.text, int):
-        return TaskSpec(spec.name, "sentence", None, "label", spec.labels, spec.max_length)
+        return replace(spec, text="sentence", text_pair=None, label="label", has_header=True)
     return spec
+
+
+def _load_from_disk(path: Path):
+    # lazy: `datasets` takes about a second to import; only its own inputs need it
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises many types for a damaged folder
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataFormatError(
+            str(path), f"cannot read as a datasets save_to_disk folder ({msg})"
+        ) from e
+
+
+def _dataset_split(data, spec: TaskSpec, split: str, where: str):
+    """The split of a `DatasetDict` named as the hub names it; a `Dataset` is its own split."""
+    if type(data).__name__ != "DatasetDict":
+        return data, where
+    name = {"dev": "validation"}.get(split, split)
+    if spec.name == "mnli" and name in ("validation", "test"):
+        name += "_matched"
+    if name not in data:
+        raise DataFormatError(
+            where, f"no split '{name}'; the DatasetDict holds {list(data)}; choose one with --split"
+        )
+    return data[name], f"{where}:{name}"
+
+
+def _from_dataset(
+    data, spec: TaskSpec, columns: Columns, split: str, where: str, optional: bool
+) -> Examples:
+    """Rows of a `datasets.Dataset` (or a `DatasetDict`'s split), columns resolved as a table's.
+
+    A `ClassLabel` label column holds class ids: they are the task's ids for a GLUE task (as
+    the hub's GLUE stores them), else the feature's own classes, and its names become the
+    class names; -1 is a row without a label.
+    """
+    import datasets
+
+    ds, where = _dataset_split(data, spec, split, where)
+    spec = _named_columns(spec)
+    header = list(ds.column_names)
+    feature = ds.features.get(columns.label or spec.label)
+    cols = ds.with_format(None)[:]  # every row as lists, whatever format the user set
+    rows = [list(r) for r in zip(*(cols[c] for c in header), strict=True)]
+    if not isinstance(feature, datasets.ClassLabel):
+        return _from_rows(rows, header, spec, columns, where, optional, numbered=False)
+    if spec.name == "custom":
+        spec = replace(spec, labels=tuple(feature.names))
+    elif spec.num_labels != feature.num_classes:
+        raise DataFormatError(
+            where,
+            f"label column has {feature.num_classes} classes {feature.names}, task "
+            f"'{spec.name}' has {spec.num_labels}; pass the task these rows are for",
+        )
+    label_i = header.index(columns.label or spec.label)
+    for n, row in enumerate(rows):
+        v = row[label_i]
+        if v is not None and not -1 <= v < feature.num_classes:
+            raise _Row(where, n + 1, False).error(
+                f"class id {v} is outside the label column's {feature.num_classes} classes"
+            )
+        row[label_i] = None if v is None or v == -1 else spec.labels[v]
+    return replace(
+        _from_rows(rows, header, spec, columns, where, optional, numbered=False),
+        class_names=tuple(feature.names),
+    )
 
 
 def _from_hub(name: str, spec: TaskSpec, columns: Columns, split: str) -> Examples:
@@ -305,7 +438,9 @@ def _from_hub(name: str, spec: TaskSpec, columns: Columns, split: str) -> Exampl
             f"label {labels[bad[0]]} is not a finite number"
         )
     pairs = list(ds[pair]) if pair is not None else None
-    return Examples(list(ds[text]), pairs, labels, source, spec, spec.labels)
+    feature = ds.features[label]
+    names = tuple(feature.names) if hasattr(feature, "names") else class_names(spec, spec.labels)
+    return Examples(list(ds[text]), pairs, labels, source, spec, spec.labels, names)
 
 
 def _first(cols: list[str], candidates: tuple[str, ...]) -> str | None:

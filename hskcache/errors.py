@@ -50,3 +50,7 @@ class UnsafeNameError(CacheError):
             f"{where}: manifest field '{field}' names {name!r}, which {why}; refused: nothing "
             "a cache names may leave its folder. Get the cache again from a source you trust"
         )
+
+
+class ExportError(HskError):
+    """An exported model cannot be made, or does not compute what the PyTorch model does."""

@@ -195,6 +195,9 @@ class Data:
     label_names: tuple[str, ...] | None  # None for regression
     regression: bool
     pair: bool
+    # what a saved model calls each class (`config.id2label`); None: not known, or a cache built
+    # before the field existed
+    class_names: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -334,7 +337,13 @@ class ManifestView:
             tokenizer=Tokenizer(
                 tok["name"], tok["sha256"], tok["class"], tok["pad_token_id"], tok["sep_token_id"]
             ),
-            data=Data(**{**d, "label_names": tuple_or_none(d["label_names"])}),
+            data=Data(
+                **{
+                    **d,
+                    "label_names": tuple_or_none(d["label_names"]),
+                    "class_names": tuple_or_none(d.get("class_names")),
+                }
+            ),
             max_length=m["max_length"],
             selection=Selection(**{**s, "teacher_layers": tuple_or_none(s["teacher_layers"])}),
             layers=tuple(Layer(**la) for la in m["layers"]),

@@ -1,7 +1,8 @@
 """What each GLUE task looks like: text columns, labels, metric family, default max length.
 
 Column names are the headers of the standard GLUE TSVs; CoLA's train/dev files have no header,
-so its columns are given by position.
+so its columns are given by position. Class names are the GLUE dataset card's (the `ClassLabel`
+names of the hub's `nyu-mll/glue`), for the tasks whose files hold only 0/1.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class TaskSpec:
     has_header: bool = True
     hf_name: str = ""  # config name in the hub's `nyu-mll/glue`
     dev_file: str = "dev"
+    # what a saved model calls each class; None: the labels are names already (or regression)
+    class_names: tuple[str, ...] | None = None
 
     @property
     def is_regression(self) -> bool:
@@ -38,10 +41,47 @@ _NLI2 = ("entailment", "not_entailment")
 TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in [
-        TaskSpec("cola", 3, None, 1, _BINARY, 64, has_header=False, hf_name="cola"),
-        TaskSpec("sst2", "sentence", None, "label", _BINARY, 64, hf_name="sst2"),
-        TaskSpec("mrpc", "#1 String", "#2 String", "Quality", _BINARY, 128, hf_name="mrpc"),
-        TaskSpec("qqp", "question1", "question2", "is_duplicate", _BINARY, 128, hf_name="qqp"),
+        TaskSpec(
+            "cola",
+            3,
+            None,
+            1,
+            _BINARY,
+            64,
+            has_header=False,
+            hf_name="cola",
+            class_names=("unacceptable", "acceptable"),
+        ),
+        TaskSpec(
+            "sst2",
+            "sentence",
+            None,
+            "label",
+            _BINARY,
+            64,
+            hf_name="sst2",
+            class_names=("negative", "positive"),
+        ),
+        TaskSpec(
+            "mrpc",
+            "#1 String",
+            "#2 String",
+            "Quality",
+            _BINARY,
+            128,
+            hf_name="mrpc",
+            class_names=("not_equivalent", "equivalent"),
+        ),
+        TaskSpec(
+            "qqp",
+            "question1",
+            "question2",
+            "is_duplicate",
+            _BINARY,
+            128,
+            hf_name="qqp",
+            class_names=("not_duplicate", "duplicate"),
+        ),
         TaskSpec("stsb", "sentence1", "sentence2", "score", None, 128, hf_name="stsb"),
         TaskSpec(
             "mnli",
@@ -55,7 +95,16 @@ TASKS: dict[str, TaskSpec] = {
         ),
         TaskSpec("qnli", "question", "sentence", "label", _NLI2, 128, hf_name="qnli"),
         TaskSpec("rte", "sentence1", "sentence2", "label", _NLI2, 128, hf_name="rte"),
-        TaskSpec("wnli", "sentence1", "sentence2", "label", _BINARY, 128, hf_name="wnli"),
+        TaskSpec(
+            "wnli",
+            "sentence1",
+            "sentence2",
+            "label",
+            _BINARY,
+            128,
+            hf_name="wnli",
+            class_names=("not_entailment", "entailment"),
+        ),
     ]
 }
 

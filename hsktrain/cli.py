@@ -1,4 +1,5 @@
-"""`hsktrain`: fine-tune teachers, train students from caches, evaluate. Thin: parse and call.
+"""`hsktrain`: fine-tune teachers, train students from caches, evaluate, export, predict. Thin:
+parse and call.
 
 Shared options are declared in `hskcache.options` (the same flag means the same thing in both
 CLIs); the work is imported inside each command so that `--help` does not load torch.
@@ -292,6 +293,72 @@ def eval_cmd(
     else:
         title = f"{result['task']} {result['split']} ({result['examples']} rows)"
         console.print(metrics_table(title, {model: result["metrics"]}))
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="Model folder (e.g. RUN/best).")],
+    onnx: Annotated[str, Opt(help="ONNX file to write (dynamic batch and sequence axes).")],
+    tolerance: Annotated[
+        float, Opt(help="Largest |ONNX - PyTorch| logit accepted on the check batches.")
+    ] = 1e-4,
+    overwrite: Annotated[bool, Opt(help="Replace an existing --onnx file.")] = False,
+):
+    """Export a model to ONNX and check its logits against PyTorch's with onnxruntime."""
+
+    def body():
+        from hsktrain.export import export_onnx
+
+        quiet_transformers()
+        return export_onnx(model, onnx, tolerance, overwrite)
+
+    r = run_guarded(body)
+    say(
+        f"wrote {r.path} (inputs {', '.join(r.inputs)}); max |ONNX - PyTorch| logit on "
+        f"{r.rows} rows in {r.batches} batches: {r.max_abs_diff:.2g} (tolerance {r.tolerance:g})"
+    )
+
+
+@app.command(cls=shows_defaults(lambda: {"max_length": "the run's, else 128"}))
+def predict(
+    model: Annotated[str, typer.Argument(help="Model folder (e.g. RUN/best).")],
+    data: Annotated[
+        str,
+        Opt(
+            help="What eval reads (GLUE folder, table, save_to_disk folder; no labels needed), "
+            "or a text file with one text a line."
+        ),
+    ],
+    out: Annotated[str, Opt(help="OUT.jsonl or OUT.csv: one record a row.")],
+    task: Annotated[
+        str, Opt(help="GLUE task of the table's columns (default: the model's run's).")
+    ] = None,
+    split: o.Split = "dev",
+    limit: o.Limit = None,
+    max_length: o.MaxLength = None,
+    batch_size: Annotated[int, Opt(help="Batch size.")] = 64,
+    device: o.Device = "cpu",
+    text_column: o.TextColumn = None,
+    text_pair_column: o.TextPairColumn = None,
+    label_column: o.LabelColumn = None,
+    overwrite: Annotated[bool, Opt(help="Replace an existing --out file.")] = False,
+    quiet: o.Quiet = False,
+):
+    """Score a table or text file: class name, id and probabilities (or score) per row."""
+
+    def body():
+        from hskcache.data import Columns
+        from hsktrain.predict import predict_file
+
+        quiet_transformers()
+        columns = Columns(text_column, text_pair_column, label_column)
+        return predict_file(
+            model, data, out, task, split, columns, limit, batch_size, max_length, device,
+            overwrite, show_progress=not quiet,
+        )  # fmt: skip
+
+    r = run_guarded(body)
+    say(f"wrote {r.out}: {r.rows} rows from {r.source}")
 
 
 @app.command()

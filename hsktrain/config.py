@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import get_args, get_type_hints
 
 from hskcache.config import LAYER_CHOICES, SELECTS, matches, type_name
-from hskcache.data import Columns
+from hskcache.data import Columns, HFDataset
 from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError, HskError
 from hskcache.hsk import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
@@ -63,11 +63,11 @@ class FitConfig:
     out: str | None = None
     cache: str | None = None
     online_teacher: str | None = None
-    data: str | None = None  # training rows for online / ce modes
+    data: str | HFDataset | None = None  # training rows for online / ce modes
     task: str | None = None
     split: str | None = None  # default "train"
     limit: int | None = None
-    dev_data: str | None = None  # GLUE folder or file holding the dev split
+    dev_data: str | HFDataset | None = None  # GLUE folder, file or dataset of the dev split
     dev_split: str | None = None  # default "dev"
     dev_limit: int | None = None
     # columns of a table file (--data and --dev-data), as `hskcache build` takes them
@@ -271,7 +271,7 @@ FINETUNE_LR = 5e-5
 
 
 def finetune_config(
-    data: str,
+    data: str | HFDataset,
     out: str | None,
     model: str,
     epochs: int | None,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hskcache.data import Columns
+from hskcache.data import Columns, HFDataset
 from hskcache.devices import check_device
 from hskcache.errors import ConfigError, DataFormatError, TeacherError
 from hskcache.teacher import check_model_folder, check_token_limit
@@ -21,8 +22,16 @@ from hsktrain.students import check_vocab
 
 
 @torch.no_grad()
-def predict(model, rows: ArraySource, regression: bool, batch_size: int, device: str):
-    """Logits of every row, in order: (N, C). The model's train/eval mode is restored."""
+def predict(
+    model,
+    rows: ArraySource,
+    regression: bool,
+    batch_size: int,
+    device: str,
+    advance: Callable[[int], None] = lambda n: None,
+):
+    """Logits of every row, in order: (N, C). The model's train/eval mode is restored;
+    `advance(rows)` is called after each batch (a progress bar)."""
     was_training = model.training
     model.eval()
     loader = ChunkShuffleLoader(rows, batch_size, shuffle=False)
@@ -30,6 +39,7 @@ def predict(model, rows: ArraySource, regression: bool, batch_size: int, device:
     for r in loader.iterate(0):
         b = inputs(r, device, regression)
         out.append(model(**b.model_inputs(model)).logits.float().cpu())
+        advance(len(r["lengths"]))
     model.train(was_training)
     return torch.cat(out).numpy()
 
@@ -50,7 +60,7 @@ def predict_metrics(
 
 def evaluate_checkpoint(
     model_dir: str,
-    data: str,
+    data: str | HFDataset,
     task: str | None,
     split: str,
     limit: int | None,

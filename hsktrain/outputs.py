@@ -64,3 +64,16 @@ def _probe(p: Path, flag: str) -> None:
             f"{p}: {flag} cannot be written: nothing can be created in {anchor} ({e.strerror}); "
             "pick a place you can write to"
         ) from e
+
+
+def new_output_file(path: str | Path, flag: str, overwrite: bool) -> Path:
+    """A file a command writes whole (`export --onnx`, `predict --out`): an existing one is
+    replaced only when asked.
+
+    Raises:
+        ConfigError: the file exists and `overwrite` is False, or as `output_file`.
+    """
+    p = output_file(path, flag)
+    if p.exists() and not overwrite:
+        raise ConfigError(f"{p}: {flag} exists; pass --overwrite to replace it, or choose another")
+    return p

@@ -16,6 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from hskcache.assets import materialise
+from hskcache.data import data_label
 from hskcache.errors import CacheError, CacheMismatchError, TeacherError
 from hskcache.hsk import hsk_name
 from hskcache.importance import (
@@ -101,6 +102,7 @@ def prepare(cfg: FitConfig) -> Run:
     if info is not None:
         source, max_length = cache, info.max_length
         task, regression, label_names = info.data.task, info.data.regression, info.data.label_names
+        names = info.data.class_names
         _check_cache(cfg, cache, tokenizer, init_from or f"stored in {cfg.cache}")
     else:
         source, ex, max_length = encode_split(
@@ -114,6 +116,7 @@ def prepare(cfg: FitConfig) -> Run:
             cfg.columns,
         )
         task, regression, label_names = ex.task.name, ex.label_names is None, ex.label_names
+        names = ex.class_names
     num_labels = 1 if regression else len(label_names)
 
     # 2. the student, and the layers it distils into
@@ -131,6 +134,8 @@ def prepare(cfg: FitConfig) -> Run:
             cfg.init, init_from, cfg.student, num_labels, cfg.seed, ranking, layers
         )
     check_vocab(model.config, tokenizer, init_from or f"{cfg.cache} (its stored student)")
+    if names is not None:  # what the saved model's pipeline prints: `positive`, not LABEL_1
+        name_classes(model.config, names)
     model.to(cfg.device)
     n_student = model.config.num_hidden_layers
     if (
@@ -171,7 +176,10 @@ def prepare(cfg: FitConfig) -> Run:
         source, cfg.batch_size, cfg.seed, cfg.buffer_chunks, group_by_length=cfg.group_by_length
     )
     record = {
-        "config": dataclasses.asdict(cfg),
+        # an in-memory dataset is recorded by its type, not copied into the record
+        "config": dataclasses.asdict(
+            dataclasses.replace(cfg, data=data_label(cfg.data), dev_data=data_label(cfg.dev_data))
+        ),
         "student_init": init_info,
         "task": task,
         "max_length": max_length,
@@ -191,6 +199,13 @@ def prepare(cfg: FitConfig) -> Run:
         teacher_width,
         record,
     )
+
+
+def name_classes(config, names: tuple[str, ...]) -> None:
+    """Set a model config's `id2label` / `label2id` to the task's class names (one a class:
+    the student was built with `len(names)` labels)."""
+    config.id2label = dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
 
 
 def _ranking(teacher_dir: str, source, num_labels: int, seed: int):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from hskcache.data import Columns, Examples, load_split
+from hskcache.data import Columns, DataInput, Examples, load_split
 from hskcache.tokenize import tokenize
 from hsktrain.loader import ArraySource
 
 
 def encode_split(
-    data: str,
+    data: DataInput,
     task: str | None,
     split: str,
     limit: int | None,

@@ -303,7 +303,7 @@ def test_python_md_examples_run(world, tmp_path, monkeypatch):
 
     page = (Path(__file__).parents[1] / "docs" / "python.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", page, re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     mrpc = write_mrpc(tmp_path / "MRPC")
     swaps = {
         "caches/mrpc-1l_10t_0.1h": str(world["cache"]),
