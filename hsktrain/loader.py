@@ -16,6 +16,8 @@ every-example-once work unchanged; only the order inside a buffer differs.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -196,3 +198,51 @@ def _take(pending: list[dict], n: int) -> tuple[dict, list[dict], int]:
     rest = {k: v[n:] for k, v in merged.items()}
     left = len(next(iter(rest.values())))
     return batch, ([rest] if left else []), left
+
+
+_END = object()
+
+
+def prefetched(items: Iterator, depth: int = 2) -> Iterator:
+    """`items` as they come, made up to `depth` ahead by a background thread.
+
+    The training loop wraps its batches in this so that reading, decoding and pinning the next
+    batches overlap the current step (numpy reads and torch ops release the GIL). The order is
+    `items`' own, so resume, DDP and grouping stay exact. An exception in the thread is raised
+    here at the item it stopped at; leaving the loop early (`close()`, or the generator being
+    dropped) stops the thread within 0.1 s, without reading further.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for x in items:
+                if not put((x, None)):
+                    return
+            put((_END, None))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            put((_END, e))
+
+    thread = threading.Thread(target=run, name="hsk-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            x, error = q.get()
+            if x is _END:
+                if error is not None:
+                    raise error
+                return
+            yield x
+    finally:
+        stop.set()
+        thread.join()

@@ -42,7 +42,7 @@ from hsktrain.checkpoint import (
 )
 from hsktrain.config import FitConfig
 from hsktrain.evaluate import predict_metrics
-from hsktrain.loader import STAGE_STRIDE, ChunkShuffleLoader
+from hsktrain.loader import STAGE_STRIDE, ChunkShuffleLoader, prefetched
 from hsktrain.metrics import main_metric
 from hsktrain.outputs import output_folder
 from hsktrain.prepare import Run, Stage, prepare
@@ -186,7 +186,7 @@ def _fit(cfg: FitConfig, out: Path, w: World, show_progress: bool) -> FitResult:
 def train_stage(t: Trainer, si: int, opt, state: LoopState, show_progress: bool) -> bool:
     """Run a stage's epochs from the loop's position on; False when --max-steps stopped it."""
     stage, cfg = t.run.stages[si], t.cfg
-    steps = [steps_per_epoch(t.run.loader, si * 1000 + e) for e in range(stage.epochs)]
+    steps = [steps_per_epoch(t.run.loader, si * STAGE_STRIDE + e) for e in range(stage.epochs)]
     warmup_steps = math.ceil(cfg.warmup * sum(steps))
     total = sum(steps) if cfg.lr_decay == "linear" else None
     first = sum(steps[: state.epoch]) + state.batch
@@ -196,10 +196,11 @@ def train_stage(t: Trainer, si: int, opt, state: LoopState, show_progress: bool)
             t0 = time.perf_counter()
             t.run.model.train()
             rows = t.run.loader.iterate(si * STAGE_STRIDE + epoch, state.batch)
-            for i, batch in enumerate(islice(rows, steps[epoch] - state.batch), state.batch):
+            # the next batches are read, decoded and pinned while this one trains
+            batches = prefetched(map(t.run.make_batch, islice(rows, steps[epoch] - state.batch)))
+            for i, b in enumerate(batches, state.batch):
                 lr = lr_schedule(sum(steps[:epoch]) + i, warmup_steps, stage.lr, total)
                 try:
-                    b = t.run.make_batch(batch)
                     loss = train_step(
                         t.step_net, opt, t.scaler, b, stage.name, lr, cfg, t.world.mean
                     )

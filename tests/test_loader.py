@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hskcache.errors import ConfigError
-from hsktrain.loader import ArraySource, ChunkShuffleLoader, chunk_order
+from hsktrain.loader import ArraySource, ChunkShuffleLoader, chunk_order, prefetched
 
 
 class CountingSource(ArraySource):
@@ -90,3 +90,39 @@ def test_ddp_steps_are_the_fewest_any_rank_has():
         assert steps_per_epoch(loader, epoch) == min(per_rank)
     with pytest.raises(ConfigError, match="13 chunks cannot feed 14 processes every epoch"):
         steps_per_epoch(ChunkShuffleLoader(source(), 5, rank=0, world=14), 0)
+
+
+def test_prefetched_keeps_the_order_and_every_item():
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+    assert list(prefetched(iter([]))) == []
+
+
+def test_prefetched_raises_where_the_producer_failed():
+    def items():
+        yield from range(3)
+        raise ValueError("chunk 3: damaged")
+
+    got = []
+    with pytest.raises(ValueError, match="chunk 3: damaged"):
+        for x in prefetched(items()):
+            got.append(x)
+    assert got == [0, 1, 2]
+
+
+def test_prefetched_stops_reading_when_the_loop_leaves():
+    import threading
+    import time
+
+    read = []
+
+    def items():
+        for i in range(1000):
+            read.append(i)
+            yield i
+
+    gen = prefetched(items(), depth=2)
+    assert [next(gen) for _ in range(5)] == [0, 1, 2, 3, 4]
+    gen.close()  # as a loop's `return` does
+    time.sleep(0.3)
+    assert len(read) <= 5 + 2 + 1  # at most the queue and one item in hand ahead
+    assert not any(t.name == "hsk-prefetch" for t in threading.enumerate())
