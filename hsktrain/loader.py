@@ -192,12 +192,27 @@ class ChunkShuffleLoader:
 
 
 def _take(pending: list[dict], n: int) -> tuple[dict, list[dict], int]:
-    """Cut the first n rows off a list of row blocks."""
-    merged = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-    batch = {k: v[:n] for k, v in merged.items()}
-    rest = {k: v[n:] for k, v in merged.items()}
-    left = len(next(iter(rest.values())))
-    return batch, ([rest] if left else []), left
+    """Cut the first n rows off a list of row blocks: views of the blocks, copied only where a
+    batch spans two of them (re-concatenating what is left for every batch would copy a
+    buffer once per batch)."""
+    parts, need = [], n
+    while need:
+        head = pending[0]
+        m = len(next(iter(head.values())))
+        if m <= need:
+            parts.append(pending.pop(0))
+            need -= m
+        else:
+            parts.append({k: v[:need] for k, v in head.items()})
+            pending[0] = {k: v[need:] for k, v in head.items()}
+            need = 0
+    batch = (
+        parts[0]
+        if len(parts) == 1
+        else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    )
+    left = sum(len(next(iter(p.values()))) for p in pending)
+    return batch, pending, left
 
 
 _END = object()
