@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from hskcache import options as o
 from hskcache.cliutil import (
@@ -69,17 +68,19 @@ app = typer.Typer(
 
 
 def _bench(
-    ctx: typer.Context, run: Callable[[dict], tuple[dict, object]], results, plot, as_json
+    ctx: typer.Context, name: str, results: Path | None, plot: Path | None, as_json: bool
 ) -> None:
     """Every bench's course: refuse an output it cannot write, run it with the options typed,
     write the results file, print the JSON or the targets table."""
+    from hsktrain.bench.run import run_bench
     from hsktrain.bench.writer import Outputs, check_outputs, finish
 
     fields = given(ctx, *_OUTPUTS)
     out = Outputs(results, plot, as_json)
     run_guarded(check_outputs, out, fields.get("workdir"))
     quiet_transformers()
-    result, report = run_guarded(run, fields)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    result, report = run_guarded(run_bench, name, fields, log)
     shown = run_guarded(finish, result, report, out, "hsktrain " + " ".join(sys.argv[1:]))
     if isinstance(shown, str):
         print(shown)
@@ -87,13 +88,19 @@ def _bench(
         console.print(shown)
 
 
-def _step_defaults() -> dict:
-    from hsktrain.bench.step import StepBenchConfig
+def _defaults(name: str, **described: str) -> type[TyperCommand]:
+    """A command class whose --help shows the bench config's defaults; `described` says what a
+    None default means."""
 
-    return config_defaults(StepBenchConfig, workdir="a temp folder")
+    def shown() -> dict:
+        from hsktrain.bench.run import CONFIGS
+
+        return config_defaults(CONFIGS[name], workdir="a temp folder", **described)
+
+    return shows_defaults(shown)
 
 
-@app.command(cls=shows_defaults(_step_defaults))
+@app.command(cls=_defaults("step"))
 def step(
     ctx: typer.Context,
     preset: Annotated[
@@ -129,28 +136,17 @@ def step(
     On synthetic rows at one preset's shapes; --remote adds the stall from object storage.
     """
 
-    def run(fields: dict):
-        from hsktrain.bench.step import StepBenchConfig, run_step_bench
-        from hsktrain.bench.step_writer import STEP
-
-        return run_step_bench(StepBenchConfig(**fields)), STEP
-
-    _bench(ctx, run, results, plot, as_json)
+    _bench(ctx, "step", results, plot, as_json)
 
 
-def _build_defaults() -> dict:
-    from hsktrain.bench.build import BuildBenchConfig
-
-    return config_defaults(
-        BuildBenchConfig,
+@app.command(
+    cls=_defaults(
+        "build",
         data="MRPC and SST-2 under $GLUE or ../shared/data/glue",
         task="from --data's folder name",
         teacher="MiniLM-L6",
-        workdir="a temp folder",
     )
-
-
-@app.command(cls=shows_defaults(_build_defaults))
+)
 def build(
     ctx: typer.Context,
     data: o.Data = None,
@@ -169,30 +165,19 @@ def build(
     and a data-order build (d), and how far (c)'s stored values are from (d)'s.
     """
 
-    def run(fields: dict):
-        from hsktrain.bench.build import BuildBenchConfig, run_build_bench
-        from hsktrain.bench.build_writer import BUILD
-
-        return run_build_bench(BuildBenchConfig(**fields)), BUILD
-
-    _bench(ctx, run, results, None, as_json)
+    _bench(ctx, "build", results, None, as_json)
 
 
-def _e2e_defaults() -> dict:
-    from hsktrain.bench.e2e import E2EConfig
-
-    return config_defaults(
-        E2EConfig,
+@app.command(
+    cls=_defaults(
+        "e2e",
         data="MRPC under $GLUE or ../shared/data/glue, else the hub",
         task="from --data's folder name, else mrpc",
         teacher="MiniLM-L6",
         limit="all",
         dev_limit="all",
-        workdir="a temp folder",
     )
-
-
-@app.command(cls=shows_defaults(_e2e_defaults))
+)
 def e2e(
     ctx: typer.Context,
     data: o.Data = None,
@@ -221,11 +206,4 @@ def e2e(
     Both students' dev scores and the amortised speedup for N students from one cache.
     """
 
-    def run(fields: dict):
-        from hsktrain.bench.e2e import E2EConfig, run_e2e
-        from hsktrain.bench.e2e_writer import E2E
-
-        log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-        return run_e2e(E2EConfig(**fields), log), E2E
-
-    _bench(ctx, run, results, plot, as_json)
+    _bench(ctx, "e2e", results, plot, as_json)
