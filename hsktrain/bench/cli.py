@@ -1,5 +1,6 @@
 """`hsktrain bench step|build|e2e`: one sub-command per bench, each with only its own options.
-Thin: each parses its options into its config dataclass and calls the library.
+Thin: each hands the options it was given to `hsktrain.bench.run`, which makes the bench's
+config and runs it, then `hsktrain.bench.writer` writes and shows the result.
 
 Options default to None and only those typed reach the config (`given`), so each setting has one
 default, the dataclass's, which --help shows (`shows_defaults`). The work is imported inside each
