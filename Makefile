@@ -38,18 +38,18 @@ demo: install
 
 # The paper's shape: BERT-base-sized teacher (random weights) -> TinyBERT4, seq 128, batch 32.
 bench: install
-	$(VENV)/bin/hsktrain bench --preset bert-base-tinybert4 --results benchmarks/RESULTS.md --plot benchmarks/step_times.png
-	GLUE=$(GLUE) $(VENV)/bin/hsktrain bench --build --results benchmarks/RESULTS-build.md
+	$(VENV)/bin/hsktrain bench step --preset bert-base-tinybert4 --results benchmarks/RESULTS.md --plot benchmarks/step_times.png
+	GLUE=$(GLUE) $(VENV)/bin/hsktrain bench build --results benchmarks/RESULTS-build.md
 
 # The same step bench on the real BERT-base-sized MPNet (assembled by `make mpnet`): whether
 # random weights time like real ones. Run it beside `make bench`; ratios within a run count.
 bench-mpnet: mpnet
-	$(VENV)/bin/hsktrain bench --preset mpnet-tinybert4 --no-rss --results benchmarks/RESULTS-mpnet-tinybert4.md --plot benchmarks/step_times-mpnet-tinybert4.png
+	$(VENV)/bin/hsktrain bench step --preset mpnet-tinybert4 --no-rss --results benchmarks/RESULTS-mpnet-tinybert4.md --plot benchmarks/step_times-mpnet-tinybert4.png
 
 # Whole runs on real data: MiniLM-L6 fine-tuned on MRPC (untimed), then a complete online fit
 # vs hskcache build + a complete offline fit, and the amortised speedup for N students.
 bench-e2e: install
-	GLUE=$(GLUE) $(VENV)/bin/hsktrain bench --e2e --results benchmarks/RESULTS-e2e-mrpc.md --plot benchmarks/e2e-mrpc.png
+	GLUE=$(GLUE) $(VENV)/bin/hsktrain bench e2e --results benchmarks/RESULTS-e2e-mrpc.md --plot benchmarks/e2e-mrpc.png
 
 # The quality study (hours on 2 cores): every sweep resumes from its committed results.csv, so
 # kill it whenever and rerun; each report is regenerated from its table.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +26,7 @@ from hskcache.cliutil import (
     say,
     shows_defaults,
 )
+from hsktrain.bench.cli import app as bench_app
 
 app = typer.Typer(
     help="Train BERT-style students from HSK caches with no teacher in memory.",
@@ -353,186 +353,25 @@ def predict(
         quiet_transformers()
         columns = Columns(text_column, text_pair_column, label_column)
         return predict_file(
-            model, data, out, task, split, columns, limit, batch_size, max_length, device,
-            overwrite, show_progress=not quiet,
-        )  # fmt: skip
+            model,
+            data,
+            out,
+            task,
+            split,
+            columns,
+            limit,
+            batch_size,
+            max_length,
+            device,
+            overwrite,
+            show_progress=not quiet,
+        )
 
     r = run_guarded(body)
     say(f"wrote {r.out}: {r.rows} rows from {r.source}")
 
 
-@app.command()
-def bench(
-    ctx: typer.Context,
-    preset: Annotated[
-        str,
-        Opt(
-            help="bert-base-tinybert4 (seq 128, random-weight 12L-768 "
-            "teacher), mpnet-tinybert4 (the real 12L-768 MPNet of `make mpnet`, seq 128), "
-            "bert-base-tinybert4-64, minilm (real teacher, seq 64), tiny."
-        ),
-    ] = "bert-base-tinybert4",
-    steps: Annotated[int, Opt(help="Timed steps per mode (median).")] = 20,
-    warmup: Annotated[int, Opt(help="Untimed warm-up steps per mode.")] = 3,
-    hsk: o.Hsk = "1l_10t_0.1h",
-    device: o.Device = "cpu",
-    rss: Annotated[
-        bool, Opt(help="Also measure fit's peak RSS on a cache and one 10x larger.")
-    ] = True,
-    rss_rows: Annotated[int, Opt(help="Rows of the smaller RSS-probe cache.")] = 2000,
-    workdir: Annotated[
-        str, Opt(help="Where teachers, data and caches go (default: a temp folder).")
-    ] = None,
-    results: Annotated[Path, Opt(help="Write a markdown results file here.")] = None,
-    plot: Annotated[Path, Opt(help="Write a PNG of step times here (with --results).")] = None,
-    as_json: o.AsJson = False,
-    remote: Annotated[
-        bool,
-        Opt(
-            help="Also time the reader's stall with the cache on S3 (a loopback server the "
-            "bench starts), cold and warm through the local shard copy."
-        ),
-    ] = False,
-    e2e: Annotated[
-        bool,
-        Opt(
-            help="Whole runs on real data instead: a complete online fit vs hskcache build + "
-            "a complete offline fit, dev scores, amortised speedup for N students."
-        ),
-    ] = False,
-    build: Annotated[
-        bool,
-        Opt(
-            help="hskcache build's throughput on real rows instead: rows/s of a bare teacher "
-            "forward in data order, of one over length-sorted batches, and of the build "
-            "(length-aware), on --data (default: MRPC and SST-2 under $GLUE or "
-            "../shared/data/glue), --teacher (default MiniLM-L6), --limit rows (default 500)."
-        ),
-    ] = False,
-    data: o.Data = None,  # --e2e / --build (--e2e default: MRPC under $GLUE, else the hub)
-    task: o.Task = None,
-    teacher: Annotated[
-        str,
-        Opt(help="--e2e / --build: teacher (default MiniLM-L6); --e2e fine-tunes it first."),
-    ] = None,
-    finetune: Annotated[
-        bool,
-        Opt(
-            "--finetune/--no-finetune",
-            help="--e2e: fine-tune --teacher on the task first, untimed (default: yes).",
-        ),
-    ] = None,
-    finetune_epochs: Annotated[int, Opt(help="--e2e: teacher fine-tune epochs [3].")] = None,
-    hsk_epochs: Annotated[int, Opt(help="--e2e: HSK-stage epochs of both fits [2].")] = None,
-    pred_epochs: Annotated[int, Opt(help="--e2e: prediction epochs of both fits [2].")] = None,
-    limit: o.Limit = None,  # --e2e / --build: training rows
-    dev_limit: Annotated[int, Opt(help="--e2e: first N dev rows.")] = None,
-    student: Annotated[str, Opt(help="--e2e: student preset (default tinybert4).")] = None,
-    seed: o.Seed = None,  # --e2e: both fits and the fine-tune (default 0)
-):
-    """Measure online vs offline KD step time, reader stall, build throughput, cache size
-    (--e2e: whole online vs offline runs on real data)."""
-    flags = given(ctx)
-    run_guarded(_bench_outputs, results, plot, workdir)
-    if build:
-        return _bench_build(flags, results, as_json)
-    if e2e:
-        return _bench_e2e(flags, hsk, device, workdir, results, plot, as_json)
-
-    def body():
-        from hsktrain.bench.e2e import check_flags
-        from hsktrain.bench.step import PRESETS, BenchConfig, run_bench
-
-        check_flags(False, flags)
-        quiet_transformers()
-        work = workdir or (tempfile.mkdtemp(prefix="hskbench-") if remote else None)
-        result = run_bench(BenchConfig(preset, steps, warmup, hsk, device, rss, rss_rows, work))
-        if remote:
-            from hsktrain.bench.remote import remote_stall
-
-            p = PRESETS[preset]
-            common = dict(student=p.student, batch_size=p.batch, device=device)
-            result.update(remote_stall(Path(work) / "cache", common, Path(work)))
-            result["targets"]["remote_warm_stall_fraction"] = result.pop("remote_target")
-        return result
-
-    result = run_guarded(body)
-    from hsktrain.bench.writer import targets_table, write_results
-
-    _emit(
-        result,
-        results and (lambda cmd: write_results(result, results, plot, cmd)),
-        targets_table,
-        as_json,
-    )
-
-
-def _bench_outputs(results: Path | None, plot: Path | None, workdir: str | None) -> None:
-    """Refuse a place bench cannot write before minutes of measuring."""
-    from hsktrain.outputs import output_file, output_folder
-
-    for path, flag in ((results, "--results"), (plot, "--plot")):
-        if path is not None:
-            output_file(path, flag)
-    if workdir is not None:
-        output_folder(workdir, "--workdir")
-
-
-def _bench_build(flags: dict, results: Path | None, as_json: bool) -> None:
-    """`hsktrain bench --build`: run, write the results file, print."""
-
-    def body():
-        from hsktrain.bench.build import build_bench_config, run_build_bench
-
-        cfg = build_bench_config(flags)
-        quiet_transformers()
-        return run_build_bench(cfg)
-
-    result = run_guarded(body)
-    from hsktrain.bench.build import build_table, write_build_results
-
-    _emit(
-        result,
-        results and (lambda cmd: write_build_results(result, results, cmd)),
-        build_table,
-        as_json,
-    )
-
-
-def _bench_e2e(flags: dict, hsk, device, workdir, results, plot, as_json) -> None:
-    """`hsktrain bench --e2e`: run, write the results file and plot, print."""
-
-    def body():
-        from hsktrain.bench.e2e import E2E_ONLY, E2EConfig, check_flags, run_e2e
-
-        check_flags(True, flags)
-        quiet_transformers()
-        given_e2e = {k: v for k, v in flags.items() if k in E2E_ONLY}
-        cfg = E2EConfig(**given_e2e, hsk=hsk, device=device, workdir=workdir)
-        return run_e2e(cfg, lambda line: print(line, file=sys.stderr, flush=True))
-
-    result = run_guarded(body)
-    from hsktrain.bench.e2e_writer import e2e_table, write_e2e_results
-
-    _emit(
-        result,
-        results and (lambda cmd: write_e2e_results(result, results, plot, cmd)),
-        e2e_table,
-        as_json,
-    )
-
-
-def _emit(result: dict, write, table, as_json: bool) -> None:
-    """Every bench mode's ending: `write(command)` its results file (None: no --results), then
-    print the result as JSON or as the mode's `table`."""
-    from hsktrain.bench.step import dumps
-
-    if write:
-        write("hsktrain " + " ".join(sys.argv[1:]))
-    if as_json:
-        print(dumps(result))
-    else:
-        console.print(table(result))
+app.add_typer(bench_app, name="bench")
 
 
 # sweep's options that are not grid keys

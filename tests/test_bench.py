@@ -1,4 +1,4 @@
-"""`hsktrain bench` runs on the tiny preset and reports every field (timings are not tested)."""
+"""`hsktrain bench step` runs on the tiny preset and reports every field (timings untested)."""
 
 import json
 
@@ -13,6 +13,7 @@ def test_bench_tiny_prints_all_fields(tmp_path):
         app,
         [
             "bench",
+            "step",
             "--preset",
             "tiny",
             "--steps",

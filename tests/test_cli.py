@@ -219,8 +219,10 @@ def test_shared_options_have_one_help_text():
     }
     helps: dict[str, set[str]] = {}
     seen: dict[str, int] = {}
-    for cli in (app, train_app):
-        for name, command in typer.main.get_command(cli).commands.items():
+    groups = [typer.main.get_command(cli) for cli in (app, train_app)]
+    groups.append(groups[1].commands["bench"])  # bench step|build|e2e
+    for group in groups:
+        for name, command in group.commands.items():
             if name == "sweep":
                 continue  # its --config is a study file, its options grid axes
             for p in command.params:

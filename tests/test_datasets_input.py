@@ -115,9 +115,15 @@ def test_bad_dataset_inputs(tmp_path):
 
 def build(tiny_bert, data, out) -> ManifestView:
     cfg = BuildConfig(
-        data=data, out=str(out), task="sst2", teacher=str(tiny_bert), hsk="1l_4t_0.25h",
-        max_length=16, chunk_rows=8, student_layers=2,
-    )  # fmt: skip
+        data=data,
+        out=str(out),
+        task="sst2",
+        teacher=str(tiny_bert),
+        hsk="1l_4t_0.25h",
+        max_length=16,
+        chunk_rows=8,
+        student_layers=2,
+    )
     return open_cache(str(build_cache(cfg, show_progress=False))).info
 
 
@@ -152,9 +158,16 @@ def test_config_record_names_an_in_memory_dataset(tmp_path, tiny_bert):
 
     out = tmp_path / "run"
     cfg = FitConfig(
-        out=str(out), data=sst2_dataset(8), task="sst2", mode="ce", init="pretrained",
-        init_from=str(tiny_bert), pred_epochs=1, batch_size=8, max_length=16,
-    )  # fmt: skip
+        out=str(out),
+        data=sst2_dataset(8),
+        task="sst2",
+        mode="ce",
+        init="pretrained",
+        init_from=str(tiny_bert),
+        pred_epochs=1,
+        batch_size=8,
+        max_length=16,
+    )
     fit(cfg, show_progress=False)
     record = json.loads((out / "config.json").read_text())
     assert record["config"]["data"] == "Dataset (in memory)"
@@ -170,9 +183,14 @@ def test_fit_from_a_cache_saves_the_class_names(tmp_path, fit_world):
 
     out = tmp_path / "run"
     cfg = FitConfig(
-        out=str(out), cache=str(fit_world["cache"]), student="tiny", hsk_epochs=1,
-        pred_epochs=1, batch_size=8, buffer_chunks=2,
-    )  # fmt: skip
+        out=str(out),
+        cache=str(fit_world["cache"]),
+        student="tiny",
+        hsk_epochs=1,
+        pred_epochs=1,
+        batch_size=8,
+        buffer_chunks=2,
+    )
     fit(cfg, show_progress=False)  # no teacher: the names come from the cache's manifest
     classify = pipeline("text-classification", model=str(out / "best"), device="cpu")
     got = classify(["the movie was good", "awful"], top_k=None)

@@ -1,4 +1,4 @@
-"""`hsktrain bench --e2e` (whole runs) and the `mpnet-tinybert4` preset's missing-folder error.
+"""`hsktrain bench e2e` (whole runs) and the `mpnet-tinybert4` preset's missing-folder error.
 Timings are never asserted; what the runs compute from them and how they agree is."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_amortised_speedup_on_known_numbers():
 
 
 def test_e2e_tiny_teacher_on_mrpc(tmp_path, tiny_bert, mrpc_dir):
-    args = "bench --e2e --student tiny --finetune-epochs 1 --hsk-epochs 2 --pred-epochs 2"
+    args = "bench e2e --student tiny --finetune-epochs 1 --hsk-epochs 2 --pred-epochs 2"
     args += f" --hsk 1l_4t_0.25h --data {mrpc_dir} --teacher {tiny_bert} --json"
     args += f" --workdir {tmp_path / 'w'} --results {tmp_path / 'E.md'} --plot {tmp_path / 'e.png'}"
     r = runner.invoke(app, args.split())
@@ -67,14 +67,12 @@ def test_e2e_tiny_teacher_on_mrpc(tmp_path, tiny_bert, mrpc_dir):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--e2e", "--preset", "tiny", "--steps", "3"], "--preset, --steps: the step bench only"),
-        (["--teacher", "x", "--limit", "5"], "--teacher, --limit: --e2e only"),
-        (["--e2e", "--hsk-epochs", "0"], "--hsk-epochs must be >= 1 (got 0)"),
-        (["--e2e", "--student", "huge"], "unknown student 'huge'"),
+        (["--hsk-epochs", "0"], "--hsk-epochs must be >= 1 (got 0)"),
+        (["--student", "huge"], "unknown student 'huge'"),
     ],
 )
 def test_e2e_refusals(args, message):
-    assert message in one_error_line(runner.invoke(app, ["bench", *args]))
+    assert message in one_error_line(runner.invoke(app, ["bench", "e2e", *args]))
 
 
 def test_no_task_data_is_one_clear_error(tmp_path, monkeypatch):
@@ -104,7 +102,8 @@ def test_the_demo_looks_up_its_data_the_same_way(tmp_path, monkeypatch, capsys):
 def test_mpnet_preset_without_the_folder_names_make_mpnet(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # models/all-mpnet-base-v2 is looked up from the repo root
     r = runner.invoke(
-        app, ["bench", "--preset", "mpnet-tinybert4", "--no-rss", "--workdir", str(tmp_path)]
+        app,
+        ["bench", "step", "--preset", "mpnet-tinybert4", "--no-rss", "--workdir", str(tmp_path)],
     )
     line = one_error_line(r)
     assert "models/all-mpnet-base-v2: no MPNet teacher there" in line
@@ -112,7 +111,7 @@ def test_mpnet_preset_without_the_folder_names_make_mpnet(tmp_path, monkeypatch)
 
 
 def test_step_bench_flags_a_run_that_measured_the_load():
-    from hsktrain.bench.writer import shortfalls
+    from hsktrain.bench.step_writer import shortfalls
 
     # the offline step (more work than the bare one) timed at half of it: load moved
     result = {

@@ -126,8 +126,12 @@ def test_predict_pairs_to_jsonl_with_the_run_task(tmp_path):
     assert f"wrote {out}: 26 rows from {data / 'dev.tsv'}" in " ".join(r.output.split())
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 26 and set(rows[0]) == {
-        "text", "text_pair", "label", "label_id", "probabilities"
-    }  # fmt: skip
+        "text",
+        "text_pair",
+        "label",
+        "label_id",
+        "probabilities",
+    }
     texts, pairs = [x["text"] for x in rows[:3]], [x["text_pair"] for x in rows[:3]]
     assert texts[1:] == ["a bad film", "i loved this charming story"]  # the task's columns
     expected = torch.softmax(torch.from_numpy(torch_logits(folder, texts, pairs)), -1).numpy()

@@ -96,7 +96,7 @@ def test_an_output_that_cannot_be_written_is_one_line(tmp_path, fit_world):
         "/proc/x/report.md: --out cannot be written: nothing can be created in /proc (No such "
         "file or directory); pick a place you can write to"
     )
-    assert hsktrain("bench", "--results", "/proc/x/r.md") == (
+    assert hsktrain("bench", "step", "--results", "/proc/x/r.md") == (
         "/proc/x/r.md: --results cannot be written: nothing can be created in /proc (No such "
         "file or directory); pick a place you can write to"
     )

