@@ -41,11 +41,11 @@ from pathlib import Path
 import numpy as np
 
 from hskcache.build import build_cache, teacher_order
-from hskcache.codec import decode_dims, decode_values
 from hskcache.config import BuildConfig
 from hskcache.data import load_split
 from hskcache.errors import ConfigError
 from hskcache.reader import Cache, open_cache
+from hskcache.targets import LayerTargets, stored_targets
 from hskcache.teacher import load_teacher
 from hskcache.tokenize import tokenize
 from hsktrain.bench.timer import data_order_batches, forward_timer, machine
@@ -214,11 +214,14 @@ def agreement(by_length: Cache, by_data: Cache) -> dict:
     a, b = (c.read(0, c.num_examples) for c in (by_length, by_data))
     out = {"logits_max_abs": float(np.abs(a["logits"] - b["logits"]).max())}
     d, scale, pos_eq, dims_eq = [], [], [], []
-    for layer in by_length.layers:
-        f = by_length.layer_fields(layer.teacher)
-        pa, pb = a[f["positions"]], b[f["positions"]]
+    hidden = by_length.info.teacher.hidden_size
+    pairs = zip(
+        stored_targets(by_length.manifest, a), stored_targets(by_data.manifest, b), strict=True
+    )
+    for la, lb in pairs:
+        pa, pb = la.positions.numpy(), lb.positions.numpy()
         tok = (pa == pb) & (pa >= 0)  # the same token kept by both
-        va, vb = _by_dim(by_length, a, f), _by_dim(by_data, b, f)
+        va, vb = _by_dim(la, hidden), _by_dim(lb, hidden)
         both = ~np.isnan(va) & ~np.isnan(vb) & tok[..., None]
         d.append(np.abs(va - vb)[both])
         scale.append(np.fmax(np.abs(va), np.abs(vb))[both])
@@ -237,16 +240,14 @@ def agreement(by_length: Cache, by_data: Cache) -> dict:
     }
 
 
-def _by_dim(cache: Cache, data: dict, f: dict[str, str]) -> np.ndarray:
+def _by_dim(la: LayerTargets, hidden: int) -> np.ndarray:
     """(N, K, W) decoded values; with magnitude width (N, K, H), each value at its dim and NaN
     where not kept, so two builds compare dim by dim whatever order the format stores."""
-    scales = data[f["scales"]] if "scales" in f else None
-    values = decode_values(cache.manifest, data[f["values"]], scales)
-    if "dims" not in f:
+    values = la.values.numpy()
+    if la.dims is None or la.dims.dim() == 1:  # full width, or one fixed set for every token
         return values
-    dims = decode_dims(data[f["dims"]], data[f["dims_hi"]] if "dims_hi" in f else None)
-    out = np.full((*dims.shape[:-1], cache.info.teacher.hidden_size), np.nan, np.float32)
-    np.put_along_axis(out, dims.astype(np.int64), values, axis=-1)
+    out = np.full((*la.dims.shape[:-1], hidden), np.nan, np.float32)
+    np.put_along_axis(out, la.dims.numpy().astype(np.int64), values, axis=-1)
     return out
 
 
