@@ -103,6 +103,7 @@ def make_manifest(
             "label_names": list(ex.label_names) if ex.label_names is not None else None,
             "regression": ex.label_names is None,
             "pair": ex.pairs is not None,
+            "task_agnostic": ex.task_agnostic,
         },
         "max_length": max_length,
         **selection_fields(plan, cfg.selection),
@@ -117,6 +118,7 @@ def make_manifest(
             "num_examples": n,
             "num_chunks": math.ceil(n / chunk_rows),
             "num_shards": math.ceil(n / shard_rows),
+            "num_unlabelled": ex.num_unlabelled(),
         },
         "build": {
             "batch_size": cfg.batch_size,
@@ -143,6 +145,7 @@ def compute_batch(
     hi: int,
     value_dtype: str,
     device: str,
+    with_logits: bool = True,
 ) -> dict[str, np.ndarray]:
     """Teacher forward + selection for rows [lo, hi): every stored array's rows."""
     T = int(enc.lengths[lo:hi].max())  # dynamic padding: trim to the longest row
@@ -159,6 +162,8 @@ def compute_batch(
         "logits": t.logits.float().cpu().numpy(),
         "n_valid": t.n_valid.to(torch.int16).numpy(),
     }
+    if not with_logits:  # task-agnostic rows: the head is no task's
+        del out["logits"]
     for layer in t.layers:
         key = layer_key(layer.teacher)
         out[f"{key}/positions"] = layer.positions.to(torch.int16).numpy()
@@ -229,8 +234,12 @@ def _build(
 ) -> Path | str:
     columns = Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column)
     ex = load_split(cfg.data, cfg.task, cfg.split, columns, cfg.limit)
-    num_labels = 1 if ex.label_names is None else len(ex.label_names)
-    teacher = load_teacher(cfg.teacher, num_labels, cfg.device, cfg.dtype, cfg.seed, cfg.amp)
+    if cfg.labelled is not None:
+        ex = ex.with_labelled(cfg.labelled)
+    # task-agnostic rows: no logits array; the stored student inits get a one-label head
+    num_labels = 1 if ex.label_names is None or ex.task_agnostic else len(ex.label_names)
+    head = None if ex.task_agnostic else num_labels  # the teacher's own head, unused
+    teacher = load_teacher(cfg.teacher, head, cfg.device, cfg.dtype, cfg.seed, cfg.amp)
     max_length = cfg.max_length or ex.task.max_length
     check_max_length(teacher, max_length)
     plan = plan_selection(
@@ -242,7 +251,7 @@ def _build(
     )
     specs = plan_arrays(
         max_length,
-        num_labels,
+        0 if ex.task_agnostic else num_labels,
         ex.label_names is None,
         [la["teacher"] for la in plan.layers],
         plan.tokens,
@@ -312,7 +321,16 @@ def _build(
                     e = min(hi - lo, b + cfg.batch_size)
                     parts.append(
                         compute_batch(
-                            teacher, probe, plan, shard, labels, b, e, cfg.value_dtype, cfg.device
+                            teacher,
+                            probe,
+                            plan,
+                            shard,
+                            labels,
+                            b,
+                            e,
+                            cfg.value_dtype,
+                            cfg.device,
+                            not ex.task_agnostic,
                         )
                     )
                     if timings is not None and "t0" not in timings:

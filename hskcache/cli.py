@@ -116,6 +116,13 @@ def build(
     chunk_rows: o.ChunkRows = None,
     chunks_per_shard: o.ChunksPerShard = None,
     limit: o.Limit = None,
+    labelled: Annotated[
+        int,
+        Opt(
+            help="Keep the gold labels of the first N rows only; the rest are stored unlabelled "
+            "(teacher targets only: the KD losses train on them, CE skips them)."
+        ),
+    ] = None,
     text_column: o.TextColumn = None,
     text_pair_column: o.TextPairColumn = None,
     label_column: o.LabelColumn = None,

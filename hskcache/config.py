@@ -139,6 +139,8 @@ class BuildConfig:
     chunk_rows: int | None = None
     chunks_per_shard: int = 8
     limit: int | None = None
+    # keep gold labels for the first N rows only; the rest are unlabelled (teacher targets only)
+    labelled: int | None = None
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
@@ -178,6 +180,7 @@ class BuildConfig:
             (self.chunk_rows is None or self.chunk_rows >= 1, "chunk_rows must be >= 1"),
             (self.chunks_per_shard >= 1, "chunks_per_shard must be >= 1"),
             (self.limit is None or self.limit >= 1, "limit must be >= 1"),
+            (self.labelled is None or self.labelled >= 0, "labelled must be >= 0"),
             (self.max_length is None or self.max_length >= 2, "max_length must be >= 2"),
             (self.device == "cpu" or self.device.startswith("cuda"), "device must be cpu|cuda"),
         ]

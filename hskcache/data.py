@@ -1,7 +1,11 @@
-"""Load a task split from a GLUE folder, a local table (tsv/csv/jsonl/parquet) or the HF hub.
+"""Load a task split from a GLUE folder, a local table (tsv/csv/jsonl/parquet), a plain text
+file (one text per line) or the HF hub.
 
 Everything becomes `Examples`: parallel lists of texts (and pair texts) plus a label array, with
-a sha256 fingerprint of the raw rows so a cache can prove which data it was built from.
+a sha256 fingerprint of the raw rows so a cache can prove which data it was built from. A row
+may be unlabelled (a text file, a table without its label column, rows past `--labelled N`):
+it carries the sentinel `NO_LABEL` (classification) or NaN (regression), which the
+distillation losses read as "teacher targets only" (docs/cache-format.md).
 """
 
 from __future__ import annotations
@@ -21,7 +25,17 @@ from hskcache.hub import hub_offline, hub_reachable
 from hskcache.tasks import TASKS, TaskSpec, get_task
 
 TABLE_SUFFIXES = {".tsv", ".csv", ".jsonl", ".json", ".parquet"}
-NO_LABEL = -1  # GLUE test splits ship without labels
+TEXT_SUFFIX = ".txt"  # one text per line, no labels
+NO_LABEL = -1  # an unlabelled classification row (GLUE test splits ship without labels)
+# An unlabelled regression row: NaN, since -1 is a valid regression target.
+
+
+def labelled_mask(labels: np.ndarray) -> np.ndarray:
+    """(N,) True where a row has a gold label: not the sentinel of its dtype (NaN for float
+    regression labels, NO_LABEL for integer class ids)."""
+    if np.issubdtype(labels.dtype, np.floating):
+        return ~np.isnan(labels)
+    return labels != NO_LABEL
 
 
 @dataclass
@@ -35,6 +49,20 @@ class Examples:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def task_agnostic(self) -> bool:
+        """No class is known (unlabelled rows, no --task): the rows can carry HSK only."""
+        return self.label_names == ()
+
+    def num_unlabelled(self) -> int:
+        return int((~labelled_mask(self.labels)).sum())
+
+    def with_labelled(self, n: int) -> Examples:
+        """A copy whose rows from `n` on are unlabelled (`--labelled N`)."""
+        labels = self.labels.copy()
+        labels[n:] = np.nan if self.label_names is None else NO_LABEL
+        return Examples(self.texts, self.pairs, labels, self.source, self.task, self.label_names)
 
     def fingerprint(self) -> str:
         """sha256 over every raw row, in order: the data part of a cache's identity."""
@@ -86,11 +114,11 @@ def load_split(
         if not file.is_file():
             raise DataFormatError(str(file), f"not found; a GLUE folder needs {split}.tsv")
         rows, header = _read_tsv(file, spec.has_header)
-        ex = _from_rows(rows, header, spec, columns, str(file), split)
+        ex = _from_rows(rows, header, spec, columns, str(file))
     elif path.is_file():
         spec = get_task(task) if task else _custom_task(columns)
-        ex = _from_table(path, spec, columns, split)
-    elif path.suffix in TABLE_SUFFIXES or "/" in data or data.startswith("."):
+        ex = _from_table(path, spec, columns)
+    elif path.suffix in {*TABLE_SUFFIXES, TEXT_SUFFIX} or "/" in data or data.startswith("."):
         raise DataFormatError(data, "no such file or folder; pass a GLUE folder or a table file")
     elif not hub_offline() and not hub_reachable():
         raise DataFormatError(
@@ -179,12 +207,14 @@ def _column_index(key: str | int, header: list[str] | None, where: str) -> int:
     return header.index(key)
 
 
-def _from_rows(rows, header, spec, columns, where, split, numbered=True) -> Examples:
+def _from_rows(rows, header, spec, columns, where, numbered=True) -> Examples:
     text_i = _column_index(columns.text or spec.text, header, where)
     pair_key = columns.text_pair or spec.text_pair
     pair_i = None if pair_key is None else _column_index(pair_key, header, where)
     label_key = columns.label or spec.label
-    has_label = not (split == "test" and header is not None and label_key not in header)
+    # A header without the label column: unlabelled rows (a test split, extra in-domain text),
+    # unless --label-column named it.
+    has_label = header is None or label_key in header or columns.label is not None
     label_i = _column_index(label_key, header, where) if has_label else None
     need = max(i for i in (text_i, pair_i, label_i) if i is not None)
     texts, pairs, raw, lines = [], [] if pair_i is not None else None, [], []
@@ -233,10 +263,30 @@ def _text(row: list, i: int, header: list[str] | None, at: _Row) -> str:
     )
 
 
-def _from_table(path: Path, spec: TaskSpec, columns: Columns, split: str) -> Examples:
+def _from_text(path: Path, spec: TaskSpec, columns: Columns) -> Examples:
+    """A plain text file: every non-blank line is one unlabelled text (blank lines are skipped:
+    they separate paragraphs, they are not rows)."""
+    if spec.text_pair is not None or columns.text_pair is not None:
+        raise DataFormatError(
+            str(path),
+            f"a text file holds one text per line, and task '{spec.name}' takes sentence pairs; "
+            "give the pairs as a table (tsv/csv/jsonl/parquet) with two text columns",
+        )
+    if columns.text is not None or columns.label is not None:
+        raise DataFormatError(
+            str(path), "a text file has no columns; drop --text-column / --label-column"
+        )
+    texts = [line for line in utf8_text(path).splitlines() if line.strip()]
+    labels, names = _encode_labels([None] * len(texts), spec, [])
+    return Examples(texts, None, labels, str(path), spec, names)
+
+
+def _from_table(path: Path, spec: TaskSpec, columns: Columns) -> Examples:
+    if path.suffix == TEXT_SUFFIX:
+        return _from_text(path, spec, columns)
     if path.suffix == ".tsv" and spec.name != "custom":
         rows, header = _read_tsv(path, spec.has_header)
-        return _from_rows(rows, header, spec, columns, str(path), split)
+        return _from_rows(rows, header, spec, columns, str(path))
     # lazy: pyarrow only for csv/jsonl/parquet inputs (GLUE TSVs are read without it)
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -265,7 +315,7 @@ def _from_table(path: Path, spec: TaskSpec, columns: Columns, split: str) -> Exa
     header = table.column_names
     rows = [list(r) for r in zip(*(table.column(c).to_pylist() for c in header), strict=True)]
     spec = _named_columns(spec)
-    return _from_rows(rows, header, spec, columns, str(path), split, numbered=False)
+    return _from_rows(rows, header, spec, columns, str(path), numbered=False)
 
 
 def _named_columns(spec: TaskSpec) -> TaskSpec:
@@ -320,7 +370,9 @@ def _encode_labels(
     A missing (null) or non-finite label is refused naming its row: NaN regression targets
     train NaN weights, and a null would become a class named 'None'.
     """
-    if all(v is None for v in raw):
+    if all(v is None for v in raw):  # unlabelled rows
+        if spec.labels is None:
+            return np.full(len(raw), np.nan, dtype=np.float32), None
         return np.full(len(raw), NO_LABEL, dtype=np.int64), spec.labels
     for v, at in zip(raw, rows, strict=True):
         if v is None or v == "":

@@ -7,6 +7,7 @@ from dataclasses import asdict
 import numpy as np
 
 from hskcache.codec import decode_values
+from hskcache.data import labelled_mask
 from hskcache.manifest import ManifestView
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache
@@ -120,7 +121,9 @@ def target_stats(cache: Cache, show_progress: bool = False) -> dict:
     entropy = agree = 0.0
     fields = {t: cache.layer_fields(t) for t in tokens}
     names = [n for f in fields.values() for k, n in f.items() if k not in ("dims", "dims_hi")]
-    names += [] if info.data.regression else ["logits", "labels"]
+    scored = not (info.data.regression or info.data.task_agnostic)  # a classifier's logits
+    names += ["logits", "labels"] if scored else []
+    labelled = 0
     with progress_bar("stats", cache.num_chunks, 0, show_progress, unit="chunks") as advance:
         for i in range(cache.num_chunks):
             rows = cache.read_chunk(i, names)  # one read a chunk: every layer, then the logits
@@ -130,12 +133,14 @@ def target_stats(cache: Cache, show_progress: bool = False) -> dict:
                 tokens[t] += len(kept)
                 squares[t] += float(np.square(kept).sum())
                 peak[t] = max(peak[t], float(np.abs(kept).max(initial=0.0)))
-            if not info.data.regression:
+            if scored:
                 logits = rows["logits"].astype(np.float64)
                 logp = logits - logits.max(-1, keepdims=True)
                 logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
                 entropy -= float((np.exp(logp) * logp).sum())
-                agree += int((logits.argmax(-1) == rows["labels"]).sum())
+                gold = labelled_mask(rows["labels"])  # unlabelled rows: no gold to agree with
+                agree += int((logits.argmax(-1) == rows["labels"])[gold].sum())
+                labelled += int(gold.sum())
             advance(1)
     layers = [
         {
@@ -150,6 +155,6 @@ def target_stats(cache: Cache, show_progress: bool = False) -> dict:
     return {
         "layers": layers,
         "zero_prediction_loss": sum(la["zero_prediction_loss"] for la in layers),
-        "teacher_entropy": None if info.data.regression else entropy / n,
-        "teacher_label_accuracy": None if info.data.regression else agree / n,
+        "teacher_entropy": entropy / n if scored else None,
+        "teacher_label_accuracy": agree / labelled if scored and labelled else None,
     }

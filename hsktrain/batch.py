@@ -57,7 +57,8 @@ def inputs(rows: dict[str, np.ndarray], device: str, regression: bool) -> Batch:
 def from_cache(rows: dict[str, np.ndarray], manifest: dict, device: str, regression: bool) -> Batch:
     """A step's batch read from a cache: no teacher involved."""
     b = inputs(rows, device, regression)
-    b.logits = to_device(torch.from_numpy(rows["logits"]), device)
+    if "logits" in rows:  # a task-agnostic cache has none (HSK only)
+        b.logits = to_device(torch.from_numpy(rows["logits"]), device)
     fixed = manifest["width_dims"]
     fixed = torch.tensor(fixed, device=device) if fixed is not None else None
     for la in manifest["layers"]:
