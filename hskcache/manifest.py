@@ -37,8 +37,9 @@ IDENTITY_FIELDS = (
 )
 # Fields that enter the identity only where a cache sets them (absent or false elsewhere), so the
 # caches built before them keep their identity: task-agnostic rows (HSK only, no logits) have the
-# same data fingerprint as the same rows built with their task's logits.
-OPTIONAL_IDENTITY_FIELDS = ("data.task_agnostic",)
+# same data fingerprint as the same rows built with their task's logits; augmented rows (N,
+# seed, rule and its parameters) are not in the fingerprint of the raw rows.
+OPTIONAL_IDENTITY_FIELDS = ("data.task_agnostic", "data.augment")
 
 
 @cache
@@ -204,6 +205,7 @@ class Data:
     regression: bool
     pair: bool
     task_agnostic: bool = False  # no task: HSK only, no logits array (absent before: False)
+    augment: Mapping | None = None  # build --augment: n, seed, rule, neighbours, probability
 
     @property
     def num_logits(self) -> int:
@@ -351,7 +353,13 @@ class ManifestView:
             tokenizer=Tokenizer(
                 tok["name"], tok["sha256"], tok["class"], tok["pad_token_id"], tok["sep_token_id"]
             ),
-            data=Data(**{**d, "label_names": tuple_or_none(d["label_names"])}),
+            data=Data(
+                **{
+                    **d,
+                    "label_names": tuple_or_none(d["label_names"]),
+                    "augment": _frozen(d.get("augment")),
+                }
+            ),
             max_length=m["max_length"],
             selection=Selection(**{**s, "teacher_layers": tuple_or_none(s["teacher_layers"])}),
             layers=tuple(Layer(**la) for la in m["layers"]),
