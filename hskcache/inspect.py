@@ -37,9 +37,11 @@ def describe(cache: Cache) -> dict:
         "name": info.name,
         "teacher": f"{t.name} ({t.model_type}, {t.num_hidden_layers} layers, "
         f"hidden {t.hidden_size}, sha256 {t.weights_sha256[:12]})",
-        "teacher_head_initialised": t.head_initialised,
+        # a task-agnostic cache stores no logits: its teacher's head is not read
+        "teacher_head_initialised": t.head_initialised and not d.task_agnostic,
         "data": f"{d.task} {d.split} from {d.source} ({d.num_examples} examples, "
-        f"fingerprint {d.fingerprint[:12]})",
+        + _extra_rows(info)
+        + f"fingerprint {d.fingerprint[:12]})",
         "max_length": info.max_length,
         "selection": {
             "config": sel.name,
@@ -101,6 +103,18 @@ def describe_kit(info: ManifestView) -> dict:
         "teacher_bundled": bundle is not None,
         "teacher_bytes": size(bundle.values()) if bundle else 0,
     }
+
+
+def _extra_rows(info: ManifestView) -> str:
+    """What `inspect` says of unlabelled, augmented and task-agnostic rows ('' for none)."""
+    d, parts = info.data, []
+    if info.counts.num_unlabelled:
+        parts.append(f"{info.counts.num_unlabelled} unlabelled")
+    if d.augment is not None:
+        parts.append(f"{d.augment['n']} augmented variants a row, seed {d.augment['seed']}")
+    if d.task_agnostic:
+        parts.append("task-agnostic: HSK only")
+    return "".join(f"{p}, " for p in parts)
 
 
 def target_stats(cache: Cache, show_progress: bool = False) -> dict:

@@ -20,6 +20,7 @@ from hskcache.build import build_cache
 from hskcache.config import BuildConfig, DeriveConfig
 from hskcache.derive import derive_cache
 from hskcache.errors import ConfigError, DataFormatError
+from hskcache.inspect import describe
 from hskcache.reader import open_cache
 from hsktrain.config import FitConfig
 from hsktrain.losses import hard_label_loss, prediction_loss
@@ -112,6 +113,12 @@ def test_text_file_builds_a_task_agnostic_cache(tmp_path, tiny_bert):
     assert tasked.read(0, 10, ["logits"])["logits"].shape == (10, 2)
     assert tasked.info.data.fingerprint == d.fingerprint
     assert tasked.info.identity != general.info.identity
+    said = describe(general)
+    assert said["data"] == (
+        f"custom train from {text} (10 examples, 10 unlabelled, task-agnostic: HSK only, "
+        f"fingerprint {d.fingerprint[:12]})"
+    )
+    assert not said["teacher_head_initialised"]  # no logits stored: the head is not read
     manifest = json.loads((tmp_path / "general" / "zarr.json").read_text())
     assert manifest["attributes"]["hskcache"]["data"]["task_agnostic"] is True
 
