@@ -110,7 +110,7 @@ def make_manifest(
             "regression": ex.label_names is None,
             "pair": ex.pairs is not None,
             "task_agnostic": ex.task_agnostic,
-            **({"augment": augment.record()} if augment is not None else {}),
+            "augment": augment.record() if augment is not None else None,
         },
         "max_length": max_length,
         **selection_fields(plan, cfg.selection),

@@ -187,3 +187,22 @@ def test_fit_refuses_modes_the_rows_cannot_train(tmp_path, tiny_bert):
         f"{tasked.url}: every row is unlabelled, so --mode ce has no gold label to train on; "
         "use a KD mode (two-stage, joint, pred, hsk) or a cache with labelled rows"
     )
+
+
+def test_manifests_from_before_read_as_all_labelled(tmp_path, tiny_bert):
+    from hskcache.manifest import ManifestView, compute_identity, validate_manifest
+
+    cache = build(write_sst2(tmp_path / "SST-2"), tmp_path / "c", tiny_bert)
+    old = json.loads(json.dumps(cache.manifest))
+    for section, key in (
+        ("counts", "num_unlabelled"),
+        ("data", "task_agnostic"),
+        ("data", "augment"),
+    ):
+        del old[section][key]
+    validate_manifest(old, "old")  # a cache built before these fields stays readable
+    view = ManifestView.from_dict(old)
+    assert view.counts.num_unlabelled == 0 and not view.data.task_agnostic
+    assert view.data.augment is None
+    # the fields at their defaults leave the identity as it was before them
+    assert compute_identity(old) == cache.info.identity
