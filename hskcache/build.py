@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,10 @@ import torch
 
 from hskcache import __version__
 from hskcache.assets import asset_keys, make_kit, write_kit
+from hskcache.augment import Augment, augment_rows
 from hskcache.codec import dim_planes, encode_dims, encode_values, ids_dtype
 from hskcache.config import BuildConfig
-from hskcache.data import Columns, Examples, load_split
+from hskcache.data import NO_LABEL, Columns, Examples, labelled_mask, load_split
 from hskcache.distributed import World, start
 from hskcache.hsk import SelectionConfig
 from hskcache.importance import CALIBRATION_ROWS, activation_ranking, calibration_batches
@@ -66,9 +68,13 @@ def make_manifest(
     chunk_rows: int,
     shard_rows: int,
     assets: dict,
+    labels: np.ndarray,
+    augment: Augment | None = None,
 ) -> dict:
+    """The new cache's manifest. `labels` are every stored row's (augmented rows after the
+    source rows, unlabelled)."""
     c = teacher.config
-    n = len(ex)
+    n = len(labels)
     m = {
         "format_version": FORMAT_VERSION,
         "tool_version": __version__,
@@ -103,6 +109,8 @@ def make_manifest(
             "class_names": list(ex.class_names) if ex.class_names is not None else None,
             "regression": ex.label_names is None,
             "pair": ex.pairs is not None,
+            "task_agnostic": ex.task_agnostic,
+            "augment": augment.record() if augment is not None else None,
         },
         "max_length": max_length,
         **selection_fields(plan, cfg.selection),
@@ -117,6 +125,7 @@ def make_manifest(
             "num_examples": n,
             "num_chunks": math.ceil(n / chunk_rows),
             "num_shards": math.ceil(n / shard_rows),
+            "num_unlabelled": int((~labelled_mask(labels)).sum()),
         },
         "build": {
             "batch_size": cfg.batch_size,
@@ -143,6 +152,7 @@ def compute_batch(
     hi: int,
     value_dtype: str,
     device: str,
+    with_logits: bool = True,
 ) -> dict[str, np.ndarray]:
     """Teacher forward + selection for rows [lo, hi): every stored array's rows."""
     T = int(enc.lengths[lo:hi].max())  # dynamic padding: trim to the longest row
@@ -159,6 +169,8 @@ def compute_batch(
         "logits": t.logits.float().cpu().numpy(),
         "n_valid": t.n_valid.to(torch.int16).numpy(),
     }
+    if not with_logits:  # task-agnostic rows: the head is no task's
+        del out["logits"]
     for layer in t.layers:
         key = layer_key(layer.teacher)
         out[f"{key}/positions"] = layer.positions.to(torch.int16).numpy()
@@ -228,8 +240,12 @@ def _build(
 ) -> Path | str:
     columns = Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column)
     ex = load_split(cfg.data, cfg.task, cfg.split, columns, cfg.limit)
-    num_labels = 1 if ex.label_names is None else len(ex.label_names)
-    teacher = load_teacher(cfg.teacher, num_labels, cfg.device, cfg.dtype, cfg.seed, cfg.amp)
+    if cfg.labelled is not None:
+        ex = ex.with_labelled(cfg.labelled)
+    # task-agnostic rows: no logits array; the stored student inits get a one-label head
+    num_labels = 1 if ex.label_names is None or ex.task_agnostic else len(ex.label_names)
+    head = None if ex.task_agnostic else num_labels  # the teacher's own head, unused
+    teacher = load_teacher(cfg.teacher, head, cfg.device, cfg.dtype, cfg.seed, cfg.amp)
     max_length = cfg.max_length or ex.task.max_length
     check_max_length(teacher, max_length)
     plan = plan_selection(
@@ -241,7 +257,7 @@ def _build(
     )
     specs = plan_arrays(
         max_length,
-        num_labels,
+        0 if ex.task_agnostic else num_labels,
         ex.label_names is None,
         [la["teacher"] for la in plan.layers],
         plan.tokens,
@@ -251,15 +267,25 @@ def _build(
         ids_dtype(len(teacher.tokenizer)),
         dim_planes(teacher.config.hidden_size),
     )
-    chunk_rows = cfg.chunk_rows or default_chunk_rows(specs, len(ex))
-    shard_rows = chunk_rows * cfg.chunks_per_shard
     # a copy encodes: encoding leaves padding/truncation state on a tokenizer, and the kit must
     # store the teacher's own (it is checked to load back identical)
     enc = tokenize(copy.deepcopy(teacher.tokenizer), ex, max_length)
+    source_enc, labels, augment = enc, ex.labels, None
+    if cfg.augment:  # variants after the source rows, unlabelled: a pure function of the seed
+        augment = Augment(cfg.augment, cfg.seed, cfg.augment_neighbours, cfg.augment_probability)
+        embeddings = teacher.model.get_input_embeddings().weight
+        extra = augment_rows(enc, embeddings, teacher.tokenizer, augment)
+        enc = Encoded(
+            *(np.concatenate([a, b]) for a, b in zip(astuple(enc), astuple(extra), strict=True))
+        )
+        sentinel = np.nan if ex.label_names is None else NO_LABEL
+        labels = np.concatenate([labels, np.full(len(extra.lengths), sentinel, labels.dtype)])
+    chunk_rows = cfg.chunk_rows or default_chunk_rows(specs, len(labels))
+    shard_rows = chunk_rows * cfg.chunks_per_shard
     ranking, calibration = None, 0
     if cfg.select == "importance":  # on the build's first rows: the same on every resume
         calibration = min(CALIBRATION_ROWS, len(ex))
-        ranking = activation_ranking(teacher.model, calibration_batches(teacher.model, enc))
+        ranking = activation_ranking(teacher.model, calibration_batches(teacher.model, source_enc))
     kit = make_kit(
         teacher.name,
         teacher.tokenizer,
@@ -274,14 +300,14 @@ def _build(
         plan.l_top,
     )
     manifest = make_manifest(
-        cfg, teacher, ex, plan, max_length, chunk_rows, shard_rows, kit.section
+        cfg, teacher, ex, plan, max_length, chunk_rows, shard_rows, kit.section, labels, augment
     )
     root = local_path(cfg.out) or cfg.out  # a Path on local disk, else the URL
     name = str(root).rstrip("/").rsplit("/", 1)[-1]
     group = _open_distributed(root, manifest, specs, chunk_rows, shard_rows, cfg.overwrite, w)
     if group is None:
         return root
-    n, n_shards = len(ex), manifest["counts"]["num_shards"]
+    n, n_shards = len(labels), manifest["counts"]["num_shards"]
     mine = [s for s in range(n_shards) if s % w.world == w.rank]
     present = stored_keys(group)  # one listing: no request per shard on object storage
     todo = [s for s in mine if not shard_done(present, specs, s)]
@@ -303,13 +329,22 @@ def _build(
                 order = teacher_order(enc.lengths[lo:hi], cfg.batch_order)
                 ids, tt, lens = enc.input_ids, enc.token_type_ids, enc.lengths
                 shard = Encoded(ids[lo:hi][order], tt[lo:hi][order], lens[lo:hi][order])
-                labels = ex.labels[lo:hi][order]
+                shard_labels = labels[lo:hi][order]
                 parts = []
                 for b in range(0, hi - lo, cfg.batch_size):
                     e = min(hi - lo, b + cfg.batch_size)
                     parts.append(
                         compute_batch(
-                            teacher, probe, plan, shard, labels, b, e, cfg.value_dtype, cfg.device
+                            teacher,
+                            probe,
+                            plan,
+                            shard,
+                            shard_labels,
+                            b,
+                            e,
+                            cfg.value_dtype,
+                            cfg.device,
+                            not ex.task_agnostic,
                         )
                     )
                     if timings is not None and "t0" not in timings:

@@ -116,6 +116,28 @@ def build(
     chunk_rows: o.ChunkRows = None,
     chunks_per_shard: o.ChunksPerShard = None,
     limit: o.Limit = None,
+    labelled: Annotated[
+        int,
+        Opt(
+            help="Keep the gold labels of the first N rows only; the rest are stored unlabelled "
+            "(teacher targets only: the KD losses train on them, CE skips them)."
+        ),
+    ] = None,
+    augment: Annotated[
+        int,
+        Opt(
+            help="N seeded variants of every row (TinyBERT-style word replacement: each "
+            "whole-word token, with --augment-probability, becomes one of its "
+            "--augment-neighbours nearest tokens in the teacher's input embeddings), labelled "
+            "by the teacher in the same pass and stored as unlabelled rows after the source rows."
+        ),
+    ] = None,
+    augment_neighbours: Annotated[
+        int, Opt(help="--augment: candidates per word (nearest by cosine).")
+    ] = None,
+    augment_probability: Annotated[
+        float, Opt(help="--augment: chance that each replaceable word is replaced.")
+    ] = None,
     text_column: o.TextColumn = None,
     text_pair_column: o.TextPairColumn = None,
     label_column: o.LabelColumn = None,

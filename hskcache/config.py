@@ -145,6 +145,12 @@ class BuildConfig:
     chunk_rows: int | None = None
     chunks_per_shard: int = 8
     limit: int | None = None
+    # keep gold labels for the first N rows only; the rest are unlabelled (teacher targets only)
+    labelled: int | None = None
+    # N seeded word-replacement variants of every row, teacher-labelled only (augment.py)
+    augment: int = 0
+    augment_neighbours: int = 15  # K nearest tokens in the teacher's input embeddings
+    augment_probability: float = 0.4  # chance that each replaceable word is replaced
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
@@ -184,6 +190,10 @@ class BuildConfig:
             (self.chunk_rows is None or self.chunk_rows >= 1, "chunk_rows must be >= 1"),
             (self.chunks_per_shard >= 1, "chunks_per_shard must be >= 1"),
             (self.limit is None or self.limit >= 1, "limit must be >= 1"),
+            (self.labelled is None or self.labelled >= 0, "labelled must be >= 0"),
+            (self.augment >= 0, "augment must be >= 0 (variants per row)"),
+            (self.augment_neighbours >= 1, "augment_neighbours must be >= 1"),
+            (0 < self.augment_probability <= 1, "augment_probability must be in (0, 1]"),
             (self.max_length is None or self.max_length >= 2, "max_length must be >= 2"),
             (self.device == "cpu" or self.device.startswith("cuda"), "device must be cpu|cuda"),
         ]

@@ -1,9 +1,13 @@
-"""Load a task split from a GLUE folder, a local table (tsv/csv/jsonl/parquet), a `datasets`
-folder (`save_to_disk`), an in-memory `datasets.Dataset` / `DatasetDict`, or the HF hub.
+"""Load a task split from a GLUE folder, a local table (tsv/csv/jsonl/parquet), a plain text
+file (one text per line), a `datasets` folder (`save_to_disk`), an in-memory
+`datasets.Dataset` / `DatasetDict`, or the HF hub.
 
 Everything becomes `Examples`: parallel lists of texts (and pair texts) plus a label array, with
 a sha256 fingerprint of the raw rows so a cache can prove which data it was built from, and the
-class names a saved model reports (`config.id2label`) where the data or the task knows them.
+class names a saved model reports (`config.id2label`) where the data or the task knows them. A
+row may be unlabelled (a text file, a table without its label column, rows past `--labelled
+N`): it carries the sentinel `NO_LABEL` (classification) or NaN (regression), which the
+distillation losses read as "teacher targets only" (docs/cache-format.md).
 """
 
 from __future__ import annotations
@@ -24,7 +28,19 @@ from hskcache.hub import hub_offline, hub_reachable
 from hskcache.tasks import TASKS, TaskSpec, get_task
 
 TABLE_SUFFIXES = {".tsv", ".csv", ".jsonl", ".json", ".parquet"}
-NO_LABEL = -1  # GLUE test splits ship without labels
+TEXT_SUFFIX = ".txt"  # one text per line, no labels
+NO_LABEL = -1  # an unlabelled classification row (GLUE test splits ship without labels)
+# An unlabelled regression row: NaN, since -1 is a valid regression target.
+
+
+def labelled_mask(labels: np.ndarray) -> np.ndarray:
+    """(N,) True where a row has a gold label: not the sentinel of its dtype (NaN for float
+    regression labels, NO_LABEL for integer class ids)."""
+    if np.issubdtype(labels.dtype, np.floating):
+        return ~np.isnan(labels)
+    return labels != NO_LABEL
+
+
 # Files `datasets.Dataset.save_to_disk` / `DatasetDict.save_to_disk` write at a folder's top.
 SAVED_DATASET = "state.json"
 SAVED_DATASET_DICT = "dataset_dict.json"
@@ -63,6 +79,20 @@ class Examples:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def task_agnostic(self) -> bool:
+        """No class is known (unlabelled rows, no --task): the rows can carry HSK only."""
+        return self.label_names == ()
+
+    def num_unlabelled(self) -> int:
+        return int((~labelled_mask(self.labels)).sum())
+
+    def with_labelled(self, n: int) -> Examples:
+        """A copy whose rows from `n` on are unlabelled (`--labelled N`)."""
+        labels = self.labels.copy()
+        labels[n:] = np.nan if self.label_names is None else NO_LABEL
+        return Examples(self.texts, self.pairs, labels, self.source, self.task, self.label_names)
+
     def fingerprint(self) -> str:
         """sha256 over every raw row, in order: the data part of a cache's identity."""
         h = hashlib.sha256()
@@ -94,7 +124,6 @@ def load_split(
     split: str,
     columns: Columns = Columns(),
     limit: int | None = None,
-    need_labels: bool = True,
 ) -> Examples:
     """Load one split.
 
@@ -106,9 +135,8 @@ def load_split(
         task: GLUE task name; inferred from a GLUE folder's name when None.
         split: `train`, `dev` (alias `validation`) or `test`.
         columns: overrides for the text / pair / label columns.
-        limit: keep only the first `limit` rows.
-        need_labels: False: a table without the label column loads (as a `test` split always
-            does), every label `NO_LABEL`; for scoring rows (`hsktrain predict`).
+        limit: keep only the first `limit` rows. A table without its label column (and no
+            `columns.label` naming one) loads as unlabelled rows, every label the sentinel.
 
     Raises:
         DataFormatError: missing file, unknown column, bad label or text, malformed row, a
@@ -118,7 +146,6 @@ def load_split(
     if limit is not None and limit < 1:
         raise ConfigError(f"limit {limit} must be >= 1 (it keeps the first N rows)")
     split = "dev" if split == "validation" else split
-    optional = split == "test" or not need_labels  # rows may come without labels
     if not isinstance(data, str):
         if not isinstance(data, HFDataset):
             raise ConfigError(
@@ -126,23 +153,23 @@ def load_split(
                 f"{type(data).__name__}"
             )
         spec = get_task(task) if task else _custom_task(columns)
-        ex = _from_dataset(data, spec, columns, split, data_label(data), optional)
+        ex = _from_dataset(data, spec, columns, split, data_label(data))
         return _limited(ex, limit)
     path = Path(data).expanduser()
     if (path / SAVED_DATASET).is_file() or (path / SAVED_DATASET_DICT).is_file():
         spec = get_task(task) if task else _custom_task(columns)
-        ex = _from_dataset(_load_from_disk(path), spec, columns, split, str(path), optional)
+        ex = _from_dataset(_load_from_disk(path), spec, columns, split, str(path))
     elif path.is_dir():
         spec = get_task(task) if task else _task_from_folder(path)
         file = path / f"{spec.dev_file if split == 'dev' else split}.tsv"
         if not file.is_file():
             raise DataFormatError(str(file), f"not found; a GLUE folder needs {split}.tsv")
         rows, header = _read_tsv(file, spec.has_header)
-        ex = _from_rows(rows, header, spec, columns, str(file), optional)
+        ex = _from_rows(rows, header, spec, columns, str(file))
     elif path.is_file():
         spec = get_task(task) if task else _custom_task(columns)
-        ex = _from_table(path, spec, columns, optional)
-    elif path.suffix in TABLE_SUFFIXES or "/" in data or data.startswith("."):
+        ex = _from_table(path, spec, columns)
+    elif path.suffix in {*TABLE_SUFFIXES, TEXT_SUFFIX} or "/" in data or data.startswith("."):
         raise DataFormatError(data, "no such file or folder; pass a GLUE folder or a table file")
     elif not hub_offline() and not hub_reachable():
         raise DataFormatError(
@@ -234,12 +261,14 @@ def _column_index(key: str | int, header: list[str] | None, where: str) -> int:
     return header.index(key)
 
 
-def _from_rows(rows, header, spec, columns, where, optional, numbered=True) -> Examples:
+def _from_rows(rows, header, spec, columns, where, numbered=True) -> Examples:
     text_i = _column_index(columns.text or spec.text, header, where)
     pair_key = columns.text_pair or spec.text_pair
     pair_i = None if pair_key is None else _column_index(pair_key, header, where)
     label_key = columns.label or spec.label
-    has_label = not (optional and header is not None and label_key not in header)
+    # A header without the label column: unlabelled rows (a test split, extra in-domain text),
+    # unless --label-column named it.
+    has_label = header is None or label_key in header or columns.label is not None
     label_i = _column_index(label_key, header, where) if has_label else None
     need = max(i for i in (text_i, pair_i, label_i) if i is not None)
     texts, pairs, raw, lines = [], [] if pair_i is not None else None, [], []
@@ -298,10 +327,30 @@ def _text(row: list, i: int, header: list[str] | None, at: _Row) -> str:
     )
 
 
-def _from_table(path: Path, spec: TaskSpec, columns: Columns, optional: bool) -> Examples:
+def _from_text(path: Path, spec: TaskSpec, columns: Columns) -> Examples:
+    """A plain text file: every non-blank line is one unlabelled text (blank lines are skipped:
+    they separate paragraphs, they are not rows)."""
+    if spec.text_pair is not None or columns.text_pair is not None:
+        raise DataFormatError(
+            str(path),
+            f"a text file holds one text per line, and task '{spec.name}' takes sentence pairs; "
+            "give the pairs as a table (tsv/csv/jsonl/parquet) with two text columns",
+        )
+    if columns.text is not None or columns.label is not None:
+        raise DataFormatError(
+            str(path), "a text file has no columns; drop --text-column / --label-column"
+        )
+    texts = [line for line in utf8_text(path).splitlines() if line.strip()]
+    labels, names = _encode_labels([None] * len(texts), spec, [])
+    return Examples(texts, None, labels, str(path), spec, names)
+
+
+def _from_table(path: Path, spec: TaskSpec, columns: Columns) -> Examples:
+    if path.suffix == TEXT_SUFFIX:
+        return _from_text(path, spec, columns)
     if path.suffix == ".tsv" and spec.name != "custom":
         rows, header = _read_tsv(path, spec.has_header)
-        return _from_rows(rows, header, spec, columns, str(path), optional)
+        return _from_rows(rows, header, spec, columns, str(path))
     # lazy: pyarrow only for csv/jsonl/parquet inputs (GLUE TSVs are read without it)
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -330,7 +379,7 @@ def _from_table(path: Path, spec: TaskSpec, columns: Columns, optional: bool) ->
     header = table.column_names
     rows = [list(r) for r in zip(*(table.column(c).to_pylist() for c in header), strict=True)]
     spec = _named_columns(spec)
-    return _from_rows(rows, header, spec, columns, str(path), optional, numbered=False)
+    return _from_rows(rows, header, spec, columns, str(path), numbered=False)
 
 
 def _named_columns(spec: TaskSpec) -> TaskSpec:
@@ -367,9 +416,7 @@ def _dataset_split(data, spec: TaskSpec, split: str, where: str):
     return data[name], f"{where}:{name}"
 
 
-def _from_dataset(
-    data, spec: TaskSpec, columns: Columns, split: str, where: str, optional: bool
-) -> Examples:
+def _from_dataset(data, spec: TaskSpec, columns: Columns, split: str, where: str) -> Examples:
     """Rows of a `datasets.Dataset` (or a `DatasetDict`'s split), columns resolved as a table's.
 
     A `ClassLabel` label column holds class ids: they are the task's ids for a GLUE task (as
@@ -385,7 +432,7 @@ def _from_dataset(
     cols = ds.with_format(None)[:]  # every row as lists, whatever format the user set
     rows = [list(r) for r in zip(*(cols[c] for c in header), strict=True)]
     if not isinstance(feature, datasets.ClassLabel):
-        return _from_rows(rows, header, spec, columns, where, optional, numbered=False)
+        return _from_rows(rows, header, spec, columns, where, numbered=False)
     if spec.name == "custom":
         spec = replace(spec, labels=tuple(feature.names))
     elif spec.num_labels != feature.num_classes:
@@ -403,7 +450,7 @@ def _from_dataset(
             )
         row[label_i] = None if v is None or v == -1 else spec.labels[v]
     return replace(
-        _from_rows(rows, header, spec, columns, where, optional, numbered=False),
+        _from_rows(rows, header, spec, columns, where, numbered=False),
         class_names=tuple(feature.names),
     )
 
@@ -455,7 +502,9 @@ def _encode_labels(
     A missing (null) or non-finite label is refused naming its row: NaN regression targets
     train NaN weights, and a null would become a class named 'None'.
     """
-    if all(v is None for v in raw):
+    if all(v is None for v in raw):  # unlabelled rows
+        if spec.labels is None:
+            return np.full(len(raw), np.nan, dtype=np.float32), None
         return np.full(len(raw), NO_LABEL, dtype=np.int64), spec.labels
     for v, at in zip(raw, rows, strict=True):
         if v is None or v == "":

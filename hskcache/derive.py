@@ -221,6 +221,7 @@ def derived_manifest(
             "ids_dtype": m.storage.ids_dtype,  # the same tokenizer's ids
         },
         "counts": {
+            **src.manifest["counts"],  # the rows are the source's: so are their counts
             "num_examples": n,
             "num_chunks": -(-n // chunk_rows),
             "num_shards": -(-n // shard_rows),
@@ -240,6 +241,8 @@ def derived_manifest(
 def cut_rows(src: Cache, cut: Cut, lo: int, hi: int) -> dict[str, np.ndarray]:
     """Rows [lo, hi) of every derived array, from the source's rows."""
     copied = ["input_ids", "token_type_ids", "lengths", "labels", "logits", "n_valid"]
+    if src.info.data.task_agnostic:  # HSK only: no logits array
+        copied.remove("logits")
     wanted = copied + [name for t in cut.layers for name in src.layer_fields(t).values()]
     a = src.read(lo, hi, wanted)
     out = {k: a[k] for k in copied}

@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from hskcache.data import labelled_mask
 from hskcache.manifest import ManifestView
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache
@@ -36,9 +37,11 @@ def describe(cache: Cache) -> dict:
         "name": info.name,
         "teacher": f"{t.name} ({t.model_type}, {t.num_hidden_layers} layers, "
         f"hidden {t.hidden_size}, sha256 {t.weights_sha256[:12]})",
-        "teacher_head_initialised": t.head_initialised,
+        # a task-agnostic cache stores no logits: its teacher's head is not read
+        "teacher_head_initialised": t.head_initialised and not d.task_agnostic,
         "data": f"{d.task} {d.split} from {d.source} ({d.num_examples} examples, "
-        f"fingerprint {d.fingerprint[:12]})",
+        + _extra_rows(info)
+        + f"fingerprint {d.fingerprint[:12]})",
         "max_length": info.max_length,
         "selection": {
             "config": sel.name,
@@ -102,6 +105,18 @@ def describe_kit(info: ManifestView) -> dict:
     }
 
 
+def _extra_rows(info: ManifestView) -> str:
+    """What `inspect` says of unlabelled, augmented and task-agnostic rows ('' for none)."""
+    d, parts = info.data, []
+    if info.counts.num_unlabelled:
+        parts.append(f"{info.counts.num_unlabelled} unlabelled")
+    if d.augment is not None:
+        parts.append(f"{d.augment['n']} augmented variants a row, seed {d.augment['seed']}")
+    if d.task_agnostic:
+        parts.append("task-agnostic: HSK only")
+    return "".join(f"{p}, " for p in parts)
+
+
 def target_stats(cache: Cache, show_progress: bool = False) -> dict:
     """How big the teacher's targets are, read from every chunk (`inspect --stats`).
 
@@ -120,7 +135,9 @@ def target_stats(cache: Cache, show_progress: bool = False) -> dict:
     entropy = agree = 0.0
     fields = [cache.layer_fields(t) for t in tokens]  # values and positions: dims do not count
     names = [n for f in fields for k, n in f.items() if k not in ("dims", "dims_hi")]
-    names += [] if info.data.regression else ["logits", "labels"]
+    scored = not (info.data.regression or info.data.task_agnostic)  # a classifier's logits
+    names += ["logits", "labels"] if scored else []
+    labelled = 0
     with progress_bar("stats", cache.num_chunks, 0, show_progress, unit="chunks") as advance:
         for i in range(cache.num_chunks):
             rows = cache.read_chunk(i, names)  # one read a chunk: every layer, then the logits
@@ -130,12 +147,14 @@ def target_stats(cache: Cache, show_progress: bool = False) -> dict:
                 tokens[t] += len(kept)
                 squares[t] += float(np.square(kept).sum())
                 peak[t] = max(peak[t], float(np.abs(kept).max(initial=0.0)))
-            if not info.data.regression:
+            if scored:
                 logits = rows["logits"].astype(np.float64)
                 logp = logits - logits.max(-1, keepdims=True)
                 logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
                 entropy -= float((np.exp(logp) * logp).sum())
-                agree += int((logits.argmax(-1) == rows["labels"]).sum())
+                gold = labelled_mask(rows["labels"])  # unlabelled rows: no gold to agree with
+                agree += int((logits.argmax(-1) == rows["labels"])[gold].sum())
+                labelled += int(gold.sum())
             advance(1)
     layers = [
         {
@@ -150,6 +169,6 @@ def target_stats(cache: Cache, show_progress: bool = False) -> dict:
     return {
         "layers": layers,
         "zero_prediction_loss": sum(la["zero_prediction_loss"] for la in layers),
-        "teacher_entropy": None if info.data.regression else entropy / n,
-        "teacher_label_accuracy": None if info.data.regression else agree / n,
+        "teacher_entropy": entropy / n if scored else None,
+        "teacher_label_accuracy": agree / labelled if scored and labelled else None,
     }

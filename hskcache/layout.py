@@ -8,8 +8,8 @@ crc32c (zarr's `Crc32cCodec`); the shard index carries its own.
     input_ids              (N, T)     uint16 | int32 (vocab > 65536)  token ids, padded to T  z
     token_type_ids         (N, T)     int8    segment ids (0 everywhere for MPNet-style pairs) z
     lengths                (N,)       int32   real tokens per example                          z
-    labels                 (N,)       int64 (z) | float32 (regression); -1 = no label
-    logits                 (N, C)     float32 teacher logits
+    labels                 (N,)       int64 (z) | float32 (regression); -1 (NaN) = no label
+    logits                 (N, C)     float32 teacher logits (absent from a task-agnostic cache)
     n_valid                (N,)       int16   selected tokens per example (<= K)               z
     layers/h{t}/positions  (N, K)     int16   token positions, best first, -1 padded          z
     layers/h{t}/values     (N, K, W)  float16 | uint16 (bfloat16 bits) | int8
@@ -63,7 +63,8 @@ def plan_arrays(
 ) -> list[ArraySpec]:
     """Every array of a cache with this shape, in write order.
 
-    `ids_dtype` is `codec.ids_dtype` of the vocabulary; `dim_planes` is `codec.dim_planes` of
+    `num_labels` 0 means task-agnostic rows (no logits array). `ids_dtype` is
+    `codec.ids_dtype` of the vocabulary; `dim_planes` is `codec.dim_planes` of
     the teacher's width (1: `dims` alone, 2: with `dims_hi`).
     """
     specs = [
@@ -74,6 +75,8 @@ def plan_arrays(
         ArraySpec("logits", (num_labels,), "float32"),
         ArraySpec("n_valid", (), "int16", True),
     ]
+    if num_labels == 0:  # task-agnostic rows: no task head, so no logits (HSK only)
+        specs = [s for s in specs if s.name != "logits"]
     for t in teacher_layers:
         key = layer_key(t)
         specs.append(ArraySpec(f"{key}/positions", (tokens,), "int16", True))

@@ -35,6 +35,11 @@ IDENTITY_FIELDS = (
     "max_length",
     "assets.students",  # each stored student init's shape, layers and sha256
 )
+# Fields that enter the identity only where a cache sets them (absent or false elsewhere), so the
+# caches built before them keep their identity: task-agnostic rows (HSK only, no logits) have the
+# same data fingerprint as the same rows built with their task's logits; augmented rows (N,
+# seed, rule and its parameters) are not in the fingerprint of the raw rows.
+OPTIONAL_IDENTITY_FIELDS = ("data.task_agnostic", "data.augment")
 
 
 @cache
@@ -71,6 +76,10 @@ def compute_identity(manifest: dict) -> str:
     """sha256 over (teacher weights, tokenizer, data fingerprint, selection, max length,
     stored student inits)."""
     core = {f: get_field(manifest, f) for f in IDENTITY_FIELDS}
+    for f in OPTIONAL_IDENTITY_FIELDS:
+        parent, _, leaf = f.rpartition(".")
+        if value := get_field(manifest, parent).get(leaf):
+            core[f] = value
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
@@ -198,6 +207,15 @@ class Data:
     # what a saved model calls each class (`config.id2label`); None: not known, or a cache built
     # before the field existed
     class_names: tuple[str, ...] | None = None
+    task_agnostic: bool = False  # no task: HSK only, no logits array (absent before: False)
+    augment: Mapping | None = None  # build --augment: n, seed, rule, neighbours, probability
+
+    @property
+    def num_logits(self) -> int:
+        """Columns of the `logits` array: 0 (task-agnostic, no array), 1 (regression) or C."""
+        if self.task_agnostic:
+            return 0
+        return 1 if self.regression else len(self.label_names or [0])
 
 
 @dataclass(frozen=True)
@@ -240,6 +258,7 @@ class Counts:
     num_examples: int
     num_chunks: int
     num_shards: int
+    num_unlabelled: int = 0  # rows with the sentinel label, teacher targets only (absent: 0)
 
 
 @dataclass(frozen=True)
@@ -342,6 +361,7 @@ class ManifestView:
                     **d,
                     "label_names": tuple_or_none(d["label_names"]),
                     "class_names": tuple_or_none(d.get("class_names")),
+                    "augment": _frozen(d.get("augment")),
                 }
             ),
             max_length=m["max_length"],

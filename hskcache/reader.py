@@ -44,10 +44,9 @@ def specs_for(info: ManifestView) -> list[ArraySpec]:
     """The arrays a cache with this manifest must hold."""
     sel, data = info.selection, info.data
     per_token = info.width_dims is None and sel.width_kept < info.teacher.hidden_size
-    num_labels = 1 if data.regression else len(data.label_names or [0])
     return plan_arrays(
         info.max_length,
-        num_labels,
+        data.num_logits,
         data.regression,
         [la.teacher for la in info.layers],
         sel.tokens_kept,

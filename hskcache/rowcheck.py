@@ -48,8 +48,8 @@ def chunk_problems(manifest: Mapping, rows: Mapping[str, np.ndarray]) -> list[st
     }
     if vocab is not None:
         bounds["input_ids"] = (0, vocab - 1)
-    if not manifest["data"]["regression"]:
-        bounds["labels"] = (0, len(manifest["data"]["label_names"] or [0]) - 1)
+    if not manifest["data"]["regression"]:  # -1: an unlabelled row
+        bounds["labels"] = (-1, len(manifest["data"]["label_names"] or [0]) - 1)
     problems = []
     for name, data in rows.items():
         if name.endswith("/positions"):
@@ -62,8 +62,8 @@ def chunk_problems(manifest: Mapping, rows: Mapping[str, np.ndarray]) -> list[st
             problems.append(f"array '{name}': values outside {lo}..{hi}")
     problems += dims_problems(rows, t["hidden_size"])
     regression = manifest["data"]["regression"]
-    if "labels" in rows and regression and not np.isfinite(rows["labels"]).all():
-        problems.append("array 'labels': a label is not a finite number")
+    if "labels" in rows and regression and np.isinf(rows["labels"]).any():  # NaN: unlabelled
+        problems.append("array 'labels': a label is infinite")
     if not problems and "lengths" in rows and "n_valid" in rows:
         lengths, n_valid = rows["lengths"].astype(np.int64), rows["n_valid"].astype(np.int64)
         if (n_valid > lengths).any():

@@ -120,7 +120,7 @@ class Teacher:
 
 def load_teacher(
     name_or_path: str | None,
-    num_labels: int,
+    num_labels: int | None,
     device: str = "cpu",
     dtype: str = "float32",
     seed: int = 0,
@@ -130,7 +130,8 @@ def load_teacher(
 
     Args:
         name_or_path: HF model folder or hub name; None means the default MiniLM.
-        num_labels: the task's label count (1 for regression).
+        num_labels: the task's label count (1 for regression); None for task-agnostic rows:
+            the checkpoint's own head, whatever its size (its logits are not stored).
         device: `cpu` or `cuda`.
         dtype: compute dtype, one of DTYPES.
         seed: seeds a classifier head that the checkpoint lacks, so rebuilds are identical.
@@ -171,6 +172,8 @@ def load_teacher(
             f"{src}: model type '{config.model_type}' is not a supported BERT-style encoder "
             f"({', '.join(sorted(SUPPORTED))})"
         )
+    if num_labels is None:
+        num_labels = config.num_labels
     tuned = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     if tuned and config.num_labels != num_labels:
         raise TeacherError(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hskcache.data import Columns, HFDataset
+from hskcache.data import Columns, HFDataset, labelled_mask
 from hskcache.devices import check_device
 from hskcache.errors import ConfigError, DataFormatError, TeacherError
 from hskcache.teacher import check_model_folder, check_token_limit
@@ -48,7 +48,7 @@ def predict_metrics(
     model, rows: ArraySource, task: str, regression: bool, batch_size: int, device: str
 ) -> dict[str, float]:
     labels = rows.arrays["labels"]
-    if not regression and (labels < 0).any():
+    if not labelled_mask(labels).all():  # -1 (NaN for regression): no gold label
         raise DataFormatError(
             "eval data",
             "rows without labels (a test split?) cannot be scored; evaluate a dev split",

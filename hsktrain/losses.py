@@ -51,6 +51,27 @@ def soft_cross_entropy(
     return -(target * F.log_softmax(student_logits / temperature, dim=-1)).sum(-1).mean()
 
 
+def hard_label_loss(
+    student_logits: torch.Tensor, labels: torch.Tensor, regression: bool
+) -> torch.Tensor:
+    """CE to the gold class (MSE to the gold value for regression), averaged over the rows that
+    have a gold label; unlabelled rows (label -1, or NaN for regression) add nothing, and a batch
+    without any labelled row gives 0 (not NaN).
+
+    Args:
+        student_logits: (B, C) or (B, 1) for regression.
+        labels: (B,) class ids, -1 for none; or float targets, NaN for none.
+    """
+    if regression:
+        labelled = ~torch.isnan(labels)  # (B,)
+        per_row = (student_logits.squeeze(-1).float() - labels.nan_to_num(0.0)) ** 2
+    else:
+        labelled = labels >= 0
+        per_row = F.cross_entropy(student_logits.float(), labels.clamp(min=0), reduction="none")
+    mask = labelled.to(per_row.dtype)
+    return (per_row * mask).sum() / mask.sum().clamp(min=1)
+
+
 def prediction_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -59,12 +80,16 @@ def prediction_loss(
     hard_weight: float,
     regression: bool,
 ) -> torch.Tensor:
-    """Stage-2 loss: soft CE to the teacher (+ weighted hard CE); MSE to gold for regression."""
+    """Stage-2 loss: soft CE to the teacher (+ weighted hard CE); MSE to gold for regression.
+
+    The hard terms (hard CE, regression's MSE) read gold labels, so they skip unlabelled rows
+    (`hard_label_loss`); the soft CE trains on every row.
+    """
     if regression:
-        return F.mse_loss(student_logits.squeeze(-1), labels.float())
+        return hard_label_loss(student_logits, labels.float(), True)
     loss = soft_cross_entropy(student_logits, teacher_logits, temperature)
     if hard_weight:
-        loss = loss + hard_weight * F.cross_entropy(student_logits, labels)
+        loss = loss + hard_weight * hard_label_loss(student_logits, labels, False)
     return loss
 
 

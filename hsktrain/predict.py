@@ -114,7 +114,7 @@ def _rows(data, task, split, columns, limit) -> Examples:
     """The rows to score: a text file line by line, else anything `load_split` reads."""
     file = Path(data) if isinstance(data, str) else None
     if file is None or not file.is_file() or file.suffix in TABLE_SUFFIXES:
-        return load_split(data, task, split, columns, limit, need_labels=False)
+        return load_split(data, task, split, columns, limit)  # no label column needed
     given = [c for c in ("text", "text_pair", "label") if getattr(columns, c) is not None]
     if given:
         raise ConfigError(

@@ -16,8 +16,14 @@ from pathlib import Path
 from torch import nn
 
 from hskcache.assets import materialise
-from hskcache.data import data_label
-from hskcache.errors import CacheError, CacheMismatchError, TeacherError
+from hskcache.data import data_label, labelled_mask
+from hskcache.errors import (
+    CacheError,
+    CacheMismatchError,
+    ConfigError,
+    DataFormatError,
+    TeacherError,
+)
 from hskcache.hsk import hsk_name
 from hskcache.importance import (
     CALIBRATION_ROWS,
@@ -40,10 +46,16 @@ from hskcache.teacher import (
 from hskcache.verify import require_sound
 from hsktrain import batch as batches
 from hsktrain.checkpoint import refuse_run_folder
-from hsktrain.config import PAPER_HSK_EPOCHS, FitConfig
+from hsktrain.config import DEFAULTS, PAPER_HSK_EPOCHS, FitConfig
 from hsktrain.loader import ChunkShuffleLoader
-from hsktrain.rows import encode_split
-from hsktrain.students import build_student, check_vocab, projection_for, student_from_cache
+from hsktrain.rows import encode_split, labelled_rows
+from hsktrain.students import (
+    build_student,
+    check_vocab,
+    projection_for,
+    saved_projection,
+    student_from_cache,
+)
 
 
 @dataclass
@@ -68,6 +80,7 @@ class Run:
     dev: object | None  # ArraySource of dev rows
     teacher_width: int
     record: dict  # resolved config + provenance written into every output
+    general: bool = False  # a task-agnostic cache: the run writes a general student (encoder)
 
 
 def stages_for(cfg: FitConfig, task: str) -> list[Stage]:
@@ -104,6 +117,9 @@ def prepare(cfg: FitConfig) -> Run:
         task, regression, label_names = info.data.task, info.data.regression, info.data.label_names
         names = info.data.class_names
         _check_cache(cfg, cache, tokenizer, init_from or f"stored in {cfg.cache}")
+        _check_rows(cfg, info)
+        if cfg.mode == "ce" and info.counts.num_unlabelled:  # CE reads gold labels only
+            source = labelled_rows(cache, cfg.chunk_rows or DEFAULTS["chunk_rows"])
     else:
         source, ex, max_length = encode_split(
             cfg.data,
@@ -117,7 +133,8 @@ def prepare(cfg: FitConfig) -> Run:
         )
         task, regression, label_names = ex.task.name, ex.label_names is None, ex.label_names
         names = ex.class_names
-    num_labels = 1 if regression else len(label_names)
+    # a task-agnostic cache trains a general student: its one-label head is never trained
+    num_labels = 1 if regression or not label_names else len(label_names)
 
     # 2. the student, and the layers it distils into
     if init_from is None:  # no teacher needed: the init (or its config) is in the cache
@@ -152,7 +169,9 @@ def prepare(cfg: FitConfig) -> Run:
 
     # 3. targets: read from the cache, computed live by the teacher, or none (labels only)
     teacher_width = info.teacher.hidden_size if info else model.config.hidden_size
-    if info is not None:
+    if info is not None and source is not cache:  # the labelled rows, in memory
+        make = lambda rows: batches.inputs(rows, cfg.device, regression)  # noqa: E731
+    elif info is not None:
         make = lambda rows: batches.from_cache(rows, cache.manifest, cfg.device)  # noqa: E731
     elif cfg.online_teacher is not None:
         make, teacher_width = _online(cfg, num_labels, max_length, n_student, regression)
@@ -160,6 +179,10 @@ def prepare(cfg: FitConfig) -> Run:
         make = lambda rows: batches.inputs(rows, cfg.device, regression)  # noqa: E731
     teacher_dims = info is not None or cfg.online_teacher is not None
     proj = projection_for(model, init_info, teacher_width, cfg.proj_init, cfg.seed, teacher_dims)
+    if cfg.init == "pretrained" and teacher_dims:
+        saved = saved_projection(init_from, model.config.hidden_size, teacher_width)
+        if saved is not None:  # a general student's own projection (students.saved_projection)
+            proj, init_info = saved, {**init_info, "projection": f"{init_from} (saved)"}
     dev = None
     if cfg.dev_data is not None:
         dev, _, _ = encode_split(
@@ -172,6 +195,13 @@ def prepare(cfg: FitConfig) -> Run:
             cfg.chunk_rows,
             cfg.columns,
         )
+        if unlabelled := int((~labelled_mask(dev.arrays["labels"])).sum()):
+            raise DataFormatError(
+                cfg.dev_data,
+                f"{unlabelled} of {dev.num_examples} dev rows have no label (a test split, or "
+                "text without a label column?) and cannot be scored; pass a labelled "
+                "--dev-data, or none",
+            )
     loader = ChunkShuffleLoader(
         source, cfg.batch_size, cfg.seed, cfg.buffer_chunks, group_by_length=cfg.group_by_length
     )
@@ -198,6 +228,7 @@ def prepare(cfg: FitConfig) -> Run:
         dev,
         teacher_width,
         record,
+        info is not None and info.data.task_agnostic,
     )
 
 
@@ -206,6 +237,32 @@ def name_classes(config, names: tuple[str, ...]) -> None:
     the student was built with `len(names)` labels)."""
     config.id2label = dict(enumerate(names))
     config.label2id = {n: i for i, n in enumerate(names)}
+
+
+def _check_rows(cfg: FitConfig, info) -> None:
+    """Refuse a mode the cache's rows cannot train: a task-agnostic cache holds HSK only (no
+    logits, no labels), and CE needs some gold labels.
+
+    Raises:
+        ConfigError: naming the mode to use or the cache to build.
+    """
+    if info.data.task_agnostic and cfg.mode != "hsk":
+        raise ConfigError(
+            f"{cfg.cache}: a task-agnostic cache (unlabelled rows, no task) holds HSK only, no "
+            f"logits or labels, so --mode {cfg.mode} has nothing to train on; use --mode hsk "
+            "(a general student), or build the cache with --task for the teacher's logits"
+        )
+    if info.data.task_agnostic and cfg.dev_data is not None:
+        raise ConfigError(
+            f"{cfg.cache}: a task-agnostic cache trains a general student, which has no task "
+            "head to score on --dev-data; drop --dev-data (score the task students started from "
+            "it with --init pretrained)"
+        )
+    if cfg.mode == "ce" and info.counts.num_unlabelled == info.counts.num_examples:
+        raise ConfigError(
+            f"{cfg.cache}: every row is unlabelled, so --mode ce has no gold label to train on; "
+            "use a KD mode (two-stage, joint, pred, hsk) or a cache with labelled rows"
+        )
 
 
 def _ranking(teacher_dir: str, source, num_labels: int, seed: int):

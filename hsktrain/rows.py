@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hskcache.data import Columns, DataInput, Examples, load_split
+import numpy as np
+
+from hskcache.data import Columns, DataInput, Examples, labelled_mask, load_split
 from hskcache.tokenize import tokenize
 from hsktrain.loader import ArraySource
 
@@ -31,3 +33,15 @@ def encode_split(
         "labels": ex.labels,
     }
     return ArraySource(arrays, chunk_rows), ex, max_length
+
+
+INPUT_FIELDS = ["input_ids", "token_type_ids", "lengths", "labels"]
+
+
+def labelled_rows(cache, chunk_rows: int) -> ArraySource:
+    """A cache's labelled rows alone, in memory (token inputs and labels: about 130 bytes a row
+    at 64 tokens), for the CE-only arm: batches of gold labels only, as a fine-tune on the
+    labelled subset would see them, not batches thinned by rows CE skips."""
+    rows = cache.read(0, cache.num_examples, INPUT_FIELDS)
+    keep = labelled_mask(rows["labels"])
+    return ArraySource({k: np.ascontiguousarray(v[keep]) for k, v in rows.items()}, chunk_rows)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hskcache.errors import HskError
 from hskcache.precision import autocast
 from hsktrain.batch import Batch
-from hsktrain.losses import HSKLoss, PredictionLoss
+from hsktrain.losses import HSKLoss, PredictionLoss, hard_label_loss
 
 
 class NonFiniteLossError(HskError):
@@ -36,10 +35,8 @@ class Distiller(nn.Module):
         """Args: a batch, the stage (hsk | pred | joint | ce), the FitConfig (loss weights)."""
         need_hidden = stage in ("hsk", "joint")
         out = self.model(**b.model_inputs(self.model), output_hidden_states=need_hidden)
-        if stage == "ce":
-            if self.regression:
-                return F.mse_loss(out.logits.squeeze(-1).float(), b.labels)
-            return F.cross_entropy(out.logits.float(), b.labels)
+        if stage == "ce":  # gold labels only: unlabelled rows add nothing
+            return hard_label_loss(out.logits, b.labels, self.regression)
         loss = out.logits.new_zeros((), dtype=torch.float32)
         if need_hidden:
             hsk = HSKLoss(self.proj, self.teacher_width, cfg.hsk_weight, cfg.kept_only)

@@ -276,3 +276,21 @@ def make_projection(
     elif init != "random":
         raise ConfigError(f"unknown projection init '{init}'; use select or random")
     return proj
+
+
+def saved_projection(folder: str, h_s: int, h_t: int) -> nn.Module | None:
+    """The projection a checkpoint saved beside its weights (`projection.safetensors`, as `fit`
+    writes into best/), when it maps this student's width to this teacher's; else None.
+
+    A general student (`fit --mode hsk` on a task-agnostic cache) learned its states through
+    that projection: a task run that starts from it keeps the pair, not the student alone.
+    """
+    file = Path(folder) / "projection.safetensors"
+    if not file.is_file():
+        return None
+    state = load(file.read_bytes())
+    if state.get("weight") is None or tuple(state["weight"].shape) != (h_t, h_s):
+        return None
+    proj = nn.Linear(h_s, h_t)
+    proj.load_state_dict(state)
+    return proj

@@ -173,7 +173,9 @@ def _fit(cfg: FitConfig, out: Path, w: World, show_progress: bool) -> FitResult:
                 return _result(t, state, f"stopped at step {state.step} (--max-steps)")
             state.stage, state.epoch, state.batch = si + 1, 0, 0
         if run.dev is None and w.main:  # nothing to choose by: the final weights are the best
-            save_model(out / "best", run.model, run.tokenizer, run.proj, run.record)
+            # a general student is its encoder alone: `--init pretrained` adds a task's head
+            model = run.model.base_model if run.general else run.model
+            save_model(out / "best", model, run.tokenizer, run.proj, run.record)
             state.best_written = True
         state.finished = True
         save_last(t, opt, state)
