@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +231,22 @@ def build_cache(
         raise disk_full(cfg.out) from e
 
 
+@dataclass
+class _Work:
+    """A build resolved before its store is opened: the teacher, the rows and what to write."""
+
+    teacher: Teacher
+    ex: Examples
+    plan: Plan
+    specs: list
+    enc: Encoded  # every stored row's tokens: the source rows, then any augmented variants
+    labels: np.ndarray
+    kit: object
+    manifest: dict
+    chunk_rows: int
+    shard_rows: int
+
+
 def _build(
     cfg: BuildConfig,
     lock: BuildLock,
@@ -238,6 +254,27 @@ def _build(
     show_progress: bool,
     timings: dict | None,
 ) -> Path | str:
+    work = _resolve(cfg)
+    root = local_path(cfg.out) or cfg.out  # a Path on local disk, else the URL
+    group = _open_distributed(
+        root, work.manifest, work.specs, work.chunk_rows, work.shard_rows, cfg.overwrite, w
+    )
+    if group is None:
+        return root
+    _write_shards(cfg, work, group, root, lock, w, show_progress, timings)
+    w.barrier()  # every shard written
+    if w.main:
+        stats = lambda objects: cache_stats(group, work.manifest, objects)  # noqa: E731
+        write_kit(group.store, work.kit)  # the same bytes again on a resume
+        extra = asset_keys(work.kit.section)
+        finish(group, work.manifest, work.specs, stats=stats, lock=lock, extra_keys=extra)
+    w.barrier()  # no rank returns before the cache is marked complete
+    return root
+
+
+def _resolve(cfg: BuildConfig) -> _Work:
+    """Load the rows and the teacher, plan the selection and the arrays, make the kit and the
+    manifest: everything a build (or its resume) decides before writing."""
     columns = Columns(cfg.text_column, cfg.text_pair_column, cfg.label_column)
     ex = load_split(cfg.data, cfg.task, cfg.split, columns, cfg.limit)
     if cfg.labelled is not None:
@@ -269,17 +306,8 @@ def _build(
     )
     # a copy encodes: encoding leaves padding/truncation state on a tokenizer, and the kit must
     # store the teacher's own (it is checked to load back identical)
-    enc = tokenize(copy.deepcopy(teacher.tokenizer), ex, max_length)
-    source_enc, labels, augment = enc, ex.labels, None
-    if cfg.augment:  # variants after the source rows, unlabelled: a pure function of the seed
-        augment = Augment(cfg.augment, cfg.seed, cfg.augment_neighbours, cfg.augment_probability)
-        embeddings = teacher.model.get_input_embeddings().weight
-        extra = augment_rows(enc, embeddings, teacher.tokenizer, augment)
-        enc = Encoded(
-            *(np.concatenate([a, b]) for a, b in zip(astuple(enc), astuple(extra), strict=True))
-        )
-        sentinel = np.nan if ex.label_names is None else NO_LABEL
-        labels = np.concatenate([labels, np.full(len(extra.lengths), sentinel, labels.dtype)])
+    source_enc = tokenize(copy.deepcopy(teacher.tokenizer), ex, max_length)
+    enc, labels, augment = _augmented(cfg, teacher, ex, source_enc)
     chunk_rows = cfg.chunk_rows or default_chunk_rows(specs, len(labels))
     shard_rows = chunk_rows * cfg.chunks_per_shard
     ranking, calibration = None, 0
@@ -302,49 +330,62 @@ def _build(
     manifest = make_manifest(
         cfg, teacher, ex, plan, max_length, chunk_rows, shard_rows, kit.section, labels, augment
     )
-    root = local_path(cfg.out) or cfg.out  # a Path on local disk, else the URL
-    name = str(root).rstrip("/").rsplit("/", 1)[-1]
-    group = _open_distributed(root, manifest, specs, chunk_rows, shard_rows, cfg.overwrite, w)
-    if group is None:
-        return root
-    n, n_shards = len(labels), manifest["counts"]["num_shards"]
-    mine = [s for s in range(n_shards) if s % w.world == w.rank]
+    return _Work(teacher, ex, plan, specs, enc, labels, kit, manifest, chunk_rows, shard_rows)
+
+
+def _augmented(cfg: BuildConfig, teacher: Teacher, ex: Examples, enc: Encoded):
+    """(tokens, labels, Augment or None) of every stored row: `--augment N` adds N variants of
+    each row after the source rows, unlabelled, a pure function of the seed."""
+    if not cfg.augment:
+        return enc, ex.labels, None
+    augment = Augment(cfg.augment, cfg.seed, cfg.augment_neighbours, cfg.augment_probability)
+    embeddings = teacher.model.get_input_embeddings().weight
+    extra = augment_rows(enc, embeddings, teacher.tokenizer, augment)
+    enc = Encoded(
+        *(np.concatenate([a, b]) for a, b in zip(astuple(enc), astuple(extra), strict=True))
+    )
+    sentinel = np.nan if ex.label_names is None else NO_LABEL
+    unlabelled = np.full(len(extra.lengths), sentinel, ex.labels.dtype)
+    return enc, np.concatenate([ex.labels, unlabelled]), augment
+
+
+def _write_shards(cfg, work: _Work, group, root, lock, w: World, show_progress, timings) -> None:
+    """Compute and write this rank's shards not yet complete (a resume skips the rest)."""
+    n, shard_rows, enc, specs = len(work.labels), work.shard_rows, work.enc, work.specs
+    mine = [s for s in range(work.manifest["counts"]["num_shards"]) if s % w.world == w.rank]
     present = stored_keys(group)  # one listing: no request per shard on object storage
     todo = [s for s in mine if not shard_done(present, specs, s)]
     rows = lambda s: (s * shard_rows, min(n, (s + 1) * shard_rows))  # noqa: E731
     done_rows = sum(rows(s)[1] - rows(s)[0] for s in mine if s not in todo)
-    probe_layers = {la["score_attention"] for la in plan.layers} - {None}
-    probe = ClsScoreProbe(teacher.model, probe_layers) if probe_layers else None
+    probe_layers = {la["score_attention"] for la in work.plan.layers} - {None}
+    probe = ClsScoreProbe(work.teacher.model, probe_layers) if probe_layers else None
     writer = ShardWriter(group, str(root), lock)
+    name = str(root).rstrip("/").rsplit("/", 1)[-1]
+    total = sum(rows(s)[1] - rows(s)[0] for s in mine)
     try:
-        with progress_bar(
-            f"build {name}",
-            sum(rows(s)[1] - rows(s)[0] for s in mine),
-            done_rows,
-            show_progress,
-        ) as advance:
+        with progress_bar(f"build {name}", total, done_rows, show_progress) as advance:
             for s in todo:
                 lo, hi = rows(s)
                 # the shard's rows in teacher order; batches are consecutive rows of it
                 order = teacher_order(enc.lengths[lo:hi], cfg.batch_order)
                 ids, tt, lens = enc.input_ids, enc.token_type_ids, enc.lengths
                 shard = Encoded(ids[lo:hi][order], tt[lo:hi][order], lens[lo:hi][order])
-                shard_labels = labels[lo:hi][order]
+                shard_labels = work.labels[lo:hi][order]
                 parts = []
                 for b in range(0, hi - lo, cfg.batch_size):
                     e = min(hi - lo, b + cfg.batch_size)
                     parts.append(
                         compute_batch(
-                            teacher,
+                            work.teacher,
                             probe,
-                            plan,
+                            work.plan,
                             shard,
                             shard_labels,
                             b,
                             e,
                             cfg.value_dtype,
                             cfg.device,
-                            not ex.task_agnostic,
+                            not work.ex.task_agnostic,
                         )
                     )
                     if timings is not None and "t0" not in timings:
@@ -358,13 +399,6 @@ def _build(
     if timings is not None and "t0" in timings:  # from the end of the warm-up batch
         timings["rows"] = sum(rows(s)[1] - rows(s)[0] for s in todo) - timings["skip"]
         timings["seconds"] = time.perf_counter() - timings["t0"]
-    w.barrier()  # every shard written
-    if w.main:
-        stats = lambda objects: cache_stats(group, manifest, objects)  # noqa: E731
-        write_kit(group.store, kit)  # the same bytes again on a resume
-        finish(group, manifest, specs, stats=stats, lock=lock, extra_keys=asset_keys(kit.section))
-    w.barrier()  # no rank returns before the cache is marked complete
-    return root
 
 
 @contextmanager

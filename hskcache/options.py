@@ -17,12 +17,17 @@ import typer
 Data = Annotated[
     str,
     typer.Option(
-        help="GLUE folder (with train.tsv/dev.tsv), a tsv/csv/jsonl/parquet file, or a hub "
-        "dataset name ('glue')."
+        help="GLUE folder (with train.tsv/dev.tsv), a tsv/csv/jsonl/parquet file (without its "
+        "label column: unlabelled rows), a .txt file (one text a line), a datasets save_to_disk "
+        "folder, or a hub dataset name ('glue')."
     ),
 ]
 Task = Annotated[
-    str, typer.Option(help="GLUE task (sst2, mrpc, cola, ...); inferred from a GLUE folder's name.")
+    str,
+    typer.Option(
+        help="GLUE task (sst2, mrpc, cola, ...); inferred from a GLUE folder's name (predict: "
+        "from the model's run)."
+    ),
 ]
 Split = Annotated[
     str, typer.Option(help="Split of a GLUE folder or hub dataset: train, dev or test.")

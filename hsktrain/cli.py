@@ -322,17 +322,9 @@ def export(
 @app.command(cls=shows_defaults(lambda: {"max_length": "the run's, else 128"}))
 def predict(
     model: Annotated[str, typer.Argument(help="Model folder (e.g. RUN/best).")],
-    data: Annotated[
-        str,
-        Opt(
-            help="What eval reads (GLUE folder, table, save_to_disk folder; no labels needed), "
-            "or a text file with one text a line."
-        ),
-    ],
+    data: o.Data,
     out: Annotated[str, Opt(help="OUT.jsonl or OUT.csv: one record a row.")],
-    task: Annotated[
-        str, Opt(help="GLUE task of the table's columns (default: the model's run's).")
-    ] = None,
+    task: o.Task = None,
     split: o.Split = "dev",
     limit: o.Limit = None,
     max_length: o.MaxLength = None,

@@ -97,30 +97,71 @@ def stages_for(cfg: FitConfig, task: str) -> list[Stage]:
     }[cfg.mode]
 
 
+@dataclass
+class FitRows:
+    """Where a fit's rows come from, and what they say about the task."""
+
+    source: object  # a `Cache`, or tokenized rows in memory (`ArraySource`)
+    cache: Cache | None  # the cache, when the rows come from one
+    tokenizer: object
+    init_from: str | None  # None: tokenizer and student init come from the cache's kit
+    max_length: int
+    task: str
+    regression: bool
+    label_names: tuple[str, ...] | None
+    class_names: tuple[str, ...] | None
+
+    @property
+    def info(self):
+        return None if self.cache is None else self.cache.info
+
+    @property
+    def num_labels(self) -> int:
+        # a task-agnostic cache trains a general student: its one-label head is never trained
+        return 1 if self.regression or not self.label_names else len(self.label_names)
+
+
 def prepare(cfg: FitConfig) -> Run:
     """Open the rows, check they fit the student, build student, projection and targets."""
+    r = open_rows(cfg)
+    model, init_info = make_student(cfg, r)
+    make, proj, teacher_width = make_targets(cfg, r, model, init_info)
+    info = r.info
+    record = {
+        # an in-memory dataset is recorded by its type, not copied into the record
+        "config": dataclasses.asdict(
+            dataclasses.replace(cfg, data=data_label(cfg.data), dev_data=data_label(cfg.dev_data))
+        ),
+        "student_init": init_info,
+        "task": r.task,
+        "max_length": r.max_length,
+        "cache_identity": info.identity if info else None,
+        "cache_content": info.content if info else None,
+    }
+    loader = ChunkShuffleLoader(
+        r.source, cfg.batch_size, cfg.seed, cfg.buffer_chunks, group_by_length=cfg.group_by_length
+    )
+    return Run(
+        model,
+        proj.to(cfg.device),
+        r.tokenizer,
+        loader,
+        make,
+        stages_for(cfg, r.task),
+        r.task,
+        r.regression,
+        dev_rows(cfg, r),
+        teacher_width,
+        record,
+        info is not None and info.data.task_agnostic,
+    )
 
-    # 1. where rows come from: a cache (offline, or its labels for `ce`) or raw data
-    info = None  # the cache's manifest, typed
-    if cfg.cache is not None:
-        if cfg.verify:
-            require_sound(cfg.cache, cfg.local_cache, cfg.local_cache_size)
-        # a remote cache is read through a local copy of its shards: later epochs stay local
-        cache = open_cache(cfg.cache, True, cfg.local_cache, cfg.local_cache_size)
-        info = cache.info
-        init_from = cfg.init_from  # None: tokenizer and student init come from the cache's kit
-    else:
+
+def open_rows(cfg: FitConfig) -> FitRows:
+    """The rows: a cache (offline, or its labelled rows for `ce`) or raw data, checked."""
+    if cfg.cache is None:
         init_from = cfg.init_from or cfg.online_teacher or str(default_teacher_path())
-    tokenizer = tokenizer_for(cache if init_from is None else init_from)
-    if info is not None:
-        source, max_length = cache, info.max_length
-        task, regression, label_names = info.data.task, info.data.regression, info.data.label_names
-        names = info.data.class_names
-        _check_cache(cfg, cache, tokenizer, init_from or f"stored in {cfg.cache}")
-        _check_rows(cfg, info)
-        if cfg.mode == "ce" and info.counts.num_unlabelled:  # CE reads gold labels only
-            source = labelled_rows(cache, cfg.chunk_rows or DEFAULTS["chunk_rows"])
-    else:
+        tokenizer = tokenizer_for(init_from)
         source, ex, max_length = encode_split(
             cfg.data,
             cfg.task,
@@ -131,105 +172,124 @@ def prepare(cfg: FitConfig) -> Run:
             cfg.chunk_rows,
             cfg.columns,
         )
-        task, regression, label_names = ex.task.name, ex.label_names is None, ex.label_names
-        names = ex.class_names
-    # a task-agnostic cache trains a general student: its one-label head is never trained
-    num_labels = 1 if regression or not label_names else len(label_names)
+        regression = ex.label_names is None
+        return FitRows(
+            source,
+            None,
+            tokenizer,
+            init_from,
+            max_length,
+            ex.task.name,
+            regression,
+            ex.label_names,
+            ex.class_names,
+        )
+    if cfg.verify:
+        require_sound(cfg.cache, cfg.local_cache, cfg.local_cache_size)
+    # a remote cache is read through a local copy of its shards: later epochs stay local
+    cache = open_cache(cfg.cache, True, cfg.local_cache, cfg.local_cache_size)
+    info, init_from = cache.info, cfg.init_from
+    tokenizer = tokenizer_for(cache if init_from is None else init_from)
+    _check_cache(cfg, cache, tokenizer, init_from or f"stored in {cfg.cache}")
+    _check_rows(cfg, info)
+    source = cache
+    if cfg.mode == "ce" and info.counts.num_unlabelled:  # CE reads gold labels only
+        source = labelled_rows(cache, cfg.chunk_rows or DEFAULTS["chunk_rows"])
+    d = info.data
+    return FitRows(
+        source,
+        cache,
+        tokenizer,
+        init_from,
+        info.max_length,
+        d.task,
+        d.regression,
+        d.label_names,
+        d.class_names,
+    )
 
-    # 2. the student, and the layers it distils into
-    if init_from is None:  # no teacher needed: the init (or its config) is in the cache
+
+def make_student(cfg: FitConfig, r: FitRows) -> tuple[nn.Module, dict]:
+    """The student, named classes and on the device, checked against the rows' vocabulary and
+    the cache's student depth; and how it was initialised."""
+    info = r.info
+    if r.init_from is None:  # no teacher needed: the init (or its config) is in the cache
         model, init_info = student_from_cache(
-            cache, cfg.init, cfg.student, num_labels, cfg.seed, cfg.select, cfg.layer_choice
+            r.cache, cfg.init, cfg.student, r.num_labels, cfg.seed, cfg.select, cfg.layer_choice
         )
     else:
         ranking = None
         if cfg.init == "select" and cfg.select == "importance":
-            ranking = _ranking(init_from, source, num_labels, cfg.seed)
-        l_top = info.selection.l_top if info else cfg.l_top
-        layers = (cfg.layer_choice or "even", l_top)
+            ranking = _ranking(r.init_from, r.source, r.num_labels, cfg.seed)
+        layers = (cfg.layer_choice or "even", info.selection.l_top if info else cfg.l_top)
         model, init_info = build_student(
-            cfg.init, init_from, cfg.student, num_labels, cfg.seed, ranking, layers
+            cfg.init, r.init_from, cfg.student, r.num_labels, cfg.seed, ranking, layers
         )
-    check_vocab(model.config, tokenizer, init_from or f"{cfg.cache} (its stored student)")
-    if names is not None:  # what the saved model's pipeline prints: `positive`, not LABEL_1
-        name_classes(model.config, names)
+    check_vocab(model.config, r.tokenizer, r.init_from or f"{cfg.cache} (its stored student)")
+    if r.class_names is not None:  # what the saved model's pipeline prints: `positive`
+        name_classes(model.config, r.class_names)
     model.to(cfg.device)
     n_student = model.config.num_hidden_layers
-    if (
-        info is not None
-        and cfg.mode in ("two-stage", "joint", "hsk")
-        and info.selection.student_layers != n_student
-    ):
+    distils = cfg.mode in ("two-stage", "joint", "hsk")
+    if info is not None and distils and info.selection.student_layers != n_student:
         raise CacheMismatchError(
             "selection.student_layers",
             n_student,
             info.selection.student_layers,
             "rebuild the cache with --student-layers matching the student",
         )
+    return model, init_info
 
-    # 3. targets: read from the cache, computed live by the teacher, or none (labels only)
+
+def make_targets(cfg: FitConfig, r: FitRows, model: nn.Module, init_info: dict):
+    """(rows -> Batch, the projection, the teacher's width): targets read from the cache,
+    computed live by the teacher, or none (labels only). `init_info` gains the projection's
+    source when a general student brings its own."""
+    info = r.info
     teacher_width = info.teacher.hidden_size if info else model.config.hidden_size
-    if info is not None and source is not cache:  # the labelled rows, in memory
+    regression = r.regression
+    if info is not None and r.source is not r.cache:  # the labelled rows, in memory
         make = lambda rows: batches.inputs(rows, cfg.device, regression)  # noqa: E731
     elif info is not None:
-        make = lambda rows: batches.from_cache(rows, cache.manifest, cfg.device)  # noqa: E731
+        manifest = r.cache.manifest
+        make = lambda rows: batches.from_cache(rows, manifest, cfg.device)  # noqa: E731
     elif cfg.online_teacher is not None:
-        make, teacher_width = _online(cfg, num_labels, max_length, n_student, regression)
+        n_student = model.config.num_hidden_layers
+        make, teacher_width = _online(cfg, r.num_labels, r.max_length, n_student, regression)
     else:
         make = lambda rows: batches.inputs(rows, cfg.device, regression)  # noqa: E731
     teacher_dims = info is not None or cfg.online_teacher is not None
     proj = projection_for(model, init_info, teacher_width, cfg.proj_init, cfg.seed, teacher_dims)
     if cfg.init == "pretrained" and teacher_dims:
-        saved = saved_projection(init_from, model.config.hidden_size, teacher_width)
+        saved = saved_projection(r.init_from, model.config.hidden_size, teacher_width)
         if saved is not None:  # a general student's own projection (students.saved_projection)
-            proj, init_info = saved, {**init_info, "projection": f"{init_from} (saved)"}
-    dev = None
-    if cfg.dev_data is not None:
-        dev, _, _ = encode_split(
+            proj = saved
+            init_info["projection"] = f"{r.init_from} (saved)"
+    return make, proj, teacher_width
+
+
+def dev_rows(cfg: FitConfig, r: FitRows):
+    """The dev split, tokenized as the training rows are; refused when any row is unlabelled."""
+    if cfg.dev_data is None:
+        return None
+    dev, _, _ = encode_split(
+        cfg.dev_data,
+        r.task if r.task in TASKS else None,  # a table's rows ("custom") name no GLUE task
+        cfg.dev_split,
+        cfg.dev_limit,
+        r.tokenizer,
+        r.max_length,
+        cfg.chunk_rows,
+        cfg.columns,
+    )
+    if unlabelled := int((~labelled_mask(dev.arrays["labels"])).sum()):
+        raise DataFormatError(
             cfg.dev_data,
-            task if task in TASKS else None,  # a table's rows ("custom") name no GLUE task
-            cfg.dev_split,
-            cfg.dev_limit,
-            tokenizer,
-            max_length,
-            cfg.chunk_rows,
-            cfg.columns,
+            f"{unlabelled} of {dev.num_examples} dev rows have no label (a test split, or "
+            "text without a label column?) and cannot be scored; pass a labelled "
+            "--dev-data, or none",
         )
-        if unlabelled := int((~labelled_mask(dev.arrays["labels"])).sum()):
-            raise DataFormatError(
-                cfg.dev_data,
-                f"{unlabelled} of {dev.num_examples} dev rows have no label (a test split, or "
-                "text without a label column?) and cannot be scored; pass a labelled "
-                "--dev-data, or none",
-            )
-    loader = ChunkShuffleLoader(
-        source, cfg.batch_size, cfg.seed, cfg.buffer_chunks, group_by_length=cfg.group_by_length
-    )
-    record = {
-        # an in-memory dataset is recorded by its type, not copied into the record
-        "config": dataclasses.asdict(
-            dataclasses.replace(cfg, data=data_label(cfg.data), dev_data=data_label(cfg.dev_data))
-        ),
-        "student_init": init_info,
-        "task": task,
-        "max_length": max_length,
-        "cache_identity": info.identity if info else None,
-        "cache_content": info.content if info else None,
-    }
-    return Run(
-        model,
-        proj.to(cfg.device),
-        tokenizer,
-        loader,
-        make,
-        stages_for(cfg, task),
-        task,
-        regression,
-        dev,
-        teacher_width,
-        record,
-        info is not None and info.data.task_agnostic,
-    )
+    return dev
 
 
 def name_classes(config, names: tuple[str, ...]) -> None:
