@@ -33,12 +33,7 @@ def merge_file(cls: type[T], path: str | None, flags: dict) -> T:
             or required fields set nowhere (each group with all of its keys named).
         DataFormatError: a file that is not UTF-8, naming its line.
     """
-    values: dict = {}
-    if path:
-        try:
-            values = tomllib.loads(utf8_text(Path(path)))
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read config file ({e})") from e
+    values: dict = read_toml(path, "config file") if path else {}
     values.update({k: v for k, v in flags.items() if v is not None})
     fields = dataclasses.fields(cls)
     known = {f.name for f in fields}
@@ -68,6 +63,19 @@ def merge_file(cls: type[T], path: str | None, flags: dict) -> T:
             f"{'it' if len(missing) == 1 else 'them'} in --config"
         )
     return cls(**values)
+
+
+def read_toml(path: str, what: str) -> dict:
+    """A TOML file's top table; one line naming the file (`what` it is) when it cannot be read.
+
+    Raises:
+        ConfigError: missing or unreadable file, bad TOML.
+        DataFormatError: a file that is not UTF-8, naming its line.
+    """
+    try:
+        return tomllib.loads(utf8_text(Path(path)))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read {what} ({e})") from e
 
 
 def matches(value, hint) -> bool:

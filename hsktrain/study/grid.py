@@ -7,13 +7,11 @@ for (the depth axis's all-layers point is `full`, as are K = all and p = 1) runs
 
 from __future__ import annotations
 
-import tomllib
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from hskcache.config import matches, type_name
-from hskcache.data import utf8_text
+from hskcache.config import matches, read_toml, type_name
 from hskcache.errors import ConfigError
 from hskcache.hsk import (
     LENGTH_STRATEGIES,
@@ -98,11 +96,7 @@ def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:
     """
     values: dict = {}
     if path:
-        try:
-            raw = tomllib.loads(utf8_text(Path(path)))
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read the study config ({e})") from e
-        for k, v in raw.items():
+        for k, v in read_toml(path, "the study config").items():
             if k in TABLES and isinstance(v, dict):
                 values |= {f"{k}_{kk}": vv for kk, vv in v.items()}
             else:
