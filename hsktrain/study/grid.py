@@ -140,8 +140,8 @@ def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:
 def _extra_rows_problems(g: Grid) -> list[str]:
     """An `extra_rows` axis with nothing to vary, a `labelled` count that leaves no row
     unlabelled, and online arms asked to train on rows only a cache holds."""
-    p = []
-    if not (g.augment or g.labelled) and False in g.extra_rows and True in g.extra_rows:
+    p, some = [], bool(g.augment) or g.labelled is not None
+    if not some and False in g.extra_rows and True in g.extra_rows:
         p.append("extra_rows = [false, true] needs augment or labelled (the extra rows) set")
     if g.labelled is not None:
         p += [
@@ -150,8 +150,7 @@ def _extra_rows_problems(g: Grid) -> list[str]:
             for where, n in [("limit", g.limit), *((f"limits.{k}", v) for k, v in g.limits.items())]
             if n is not None and g.labelled >= n
         ]
-    extra = (g.augment or g.labelled) and True in g.extra_rows
-    if extra and g.width_fractions and THRESHOLD in g.width_strategies:
+    if some and True in g.extra_rows and g.width_fractions and THRESHOLD in g.width_strategies:
         p.append(
             f"width.strategies '{THRESHOLD}' trains online, without a cache's extra rows; "
             "drop it or set extra_rows = [false]"
