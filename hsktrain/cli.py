@@ -401,6 +401,15 @@ def sweep(
     width_strategies: Annotated[
         str, Opt(help="Width axis: strategies, comma list (threshold: per batch, online).")
     ] = None,
+    augment: Annotated[
+        int, Opt(help="Extra rows: N augmented variants of every training row (build --augment).")
+    ] = None,
+    labelled: Annotated[
+        int, Opt(help="Extra rows: only the first N training rows keep labels, the rest do not.")
+    ] = None,
+    extra_rows: Annotated[
+        str, Opt(help="Comma list: arms with (true) and/or without (false) the extra rows.")
+    ] = None,
     device: Annotated[
         str, Opt(help="cpu, cuda or cuda:N: every fine-tune, build and fit (over fit.device).")
     ] = None,

@@ -519,7 +519,7 @@ def test_dry_run_times_a_few_steps_when_the_table_is_empty(tmp_path, tiny_bert, 
     plan = dry_run(grid, measure=True, say=lines.append)
     assert plan["pending"] == 2 and plan["seconds"] > 0
     assert any("ms/step measured here, batch 4" in x for x in lines)
-    assert any("1 build(s), 0 fine-tune epoch(s) at" in x for x in lines)
+    assert any("1 build(s) of 26 rows, 0 fine-tune epoch(s) at" in x for x in lines)
     assert lines[-1] == (
         "  timed at load 7.5 on 2 cores: other work here (a study running?) inflates the estimate"
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from hskcache.build import build_cache
@@ -13,7 +15,16 @@ from hskcache.config import BuildConfig
 from hskcache.data import load_split
 from hskcache.shapes import student_shape
 from hsktrain.config import FitConfig
-from hsktrain.study.grid import Grid, RunSpec, TaskRef, epochs, task_limit
+from hsktrain.study.grid import (
+    Grid,
+    Rows,
+    RunSpec,
+    TaskRef,
+    config_rows,
+    epochs,
+    rows_limit,
+    task_limit,
+)
 from hsktrain.study.sweep import Context, arm_sel, base_teacher, family_source, plan_sweep
 from hsktrain.study.tables import builds_table, results_table
 from hsktrain.train import fit
@@ -22,14 +33,16 @@ from hsktrain.train import fit
 def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
     """Print the grid, which runs are done, and the time the rest should take; train nothing.
 
-    The estimate, per task: seconds per epoch are the median `train_seconds / epochs` of the
-    task's rows already in the table from the same device (a GPU's seconds say nothing of a
-    CPU's); without any, a few CE steps of the student are timed on this machine (per step,
-    after the first two) and an epoch is `steps * step + dev rows scored at a third of a
-    step's cost per row`. Cache builds and fine-tunes: rows per second
-    of earlier builds in builds.csv on the same device, else a teacher pass over 96 rows
-    (batch 16) timed here; a fine-tune epoch costs three teacher passes (forward and backward).
-    Derives count as free.
+    The estimate, per task: seconds per training row and epoch are the median
+    `train_seconds / epochs / rows` of the task's rows already in the table from the same
+    device (a GPU's seconds say nothing of a CPU's); without any, a few CE steps of the student
+    are timed on this machine (per step, after the first two) and an epoch is `steps * step +
+    dev rows scored at a third of a step's cost per row`. A run's rows are its arm's: the
+    study's extra rows (augmented variants, unlabelled rows) count, the CE-only arm reads the
+    labelled ones. Cache builds and fine-tunes: rows per second of earlier builds in builds.csv
+    on the same device, else a teacher pass over 96 rows (batch 16) timed here, times the rows
+    each build labels; a fine-tune epoch costs three teacher passes (forward and backward) of
+    its labelled rows. Derives count as free.
 
     Returns:
         {"runs", "done", "pending", "seconds", "how"}.
@@ -50,23 +63,26 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
         pending = [r for r in sweep.pending if r.task == task]
         if not pending:
             continue
-        n_train, n_dev = _row_counts(grid, task)
+        count, n_dev = _row_counts(grid, task)
+        n_rows = functools.partial(_arm_rows, grid, task, count)
         teacher = ctx.teachers[task.name]
-        epoch_s, epoch_why = _epoch_seconds(ctx, task, rows, n_train, n_dev, measure)
+        epoch_s, epoch_why = _epoch_seconds(ctx, task, rows, count, n_dev, measure)
         if epoch_s is not None:
-            total += sum(sum(epochs(grid, r)) for r in pending) * epoch_s
-            how.append(f"{task.name}: {epoch_s:.1f} s/epoch ({epoch_why})")
+            total += sum(sum(epochs(grid, r)) * epoch_s(n_rows(r.arm.rows)) for r in pending)
+            plain = n_rows(Rows())
+            how.append(f"{task.name}: {epoch_s(plain):.1f} s/epoch of {plain} rows ({epoch_why})")
         builds = _builds_needed(ctx, task, pending)
         if builds or teacher.path is None:
             rate, why = _teacher_rate(ctx, task, measure)
             if rate is None:
-                how.append(f"{task.name}: {builds} build(s) not estimated ({why})")
+                how.append(f"{task.name}: {len(builds)} build(s) not estimated ({why})")
             else:
                 ft = 3 * grid.finetune_epochs if teacher.path is None else 0
-                total += (builds + ft) * n_train / rate
+                passes = sum(n_rows(b) for b in builds) + ft * n_rows(Rows())
+                total += passes / rate
                 how.append(
-                    f"{task.name}: {builds} build(s), {ft // 3} fine-tune epoch(s) at "
-                    f"{rate:.1f} teacher rows/s ({why})"
+                    f"{task.name}: {len(builds)} build(s) of {passes - ft * n_rows(Rows())} "
+                    f"rows, {ft // 3} fine-tune epoch(s) at {rate:.1f} teacher rows/s ({why})"
                 )
         if epoch_s is None:
             how.append(f"{task.name}: training not estimated ({epoch_why})")
@@ -88,12 +104,22 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
     }
 
 
-def _row_counts(grid: Grid, task: TaskRef) -> tuple[int, int]:
+def _row_counts(grid: Grid, task: TaskRef) -> tuple[Callable[[int | None], int], int]:
+    """(training rows read under a limit, dev rows)."""
     n_train = len(load_split(task.folder, task.name, "train", limit=task_limit(grid, task)))
-    return n_train, len(load_split(task.folder, task.name, "dev", limit=grid.dev_limit))
+    count = lambda limit: n_train if limit is None else min(limit, n_train)  # noqa: E731
+    return count, len(load_split(task.folder, task.name, "dev", limit=grid.dev_limit))
 
 
-def _epoch_seconds(ctx, task, rows, n_train, n_dev, measure) -> tuple[float | None, str]:
+def _arm_rows(grid: Grid, task: TaskRef, count: Callable[[int | None], int], rows: Rows) -> int:
+    """Rows an epoch of an arm with these extra rows reads (the CE-only arm's are plain)."""
+    return count(rows_limit(grid, task, rows)) * (1 + rows.augment)
+
+
+def _epoch_seconds(
+    ctx, task, rows, count, n_dev, measure
+) -> tuple[Callable[[int], float] | None, str]:
+    """Seconds of an epoch over N training rows, as a function of N, and how it was found."""
     grid = ctx.grid
     mine = [
         r
@@ -101,20 +127,26 @@ def _epoch_seconds(ctx, task, rows, n_train, n_dev, measure) -> tuple[float | No
         if r["task"] == task.name and r["student"] == grid.student and r["device"] == ctx.device
     ]
     per = [
-        float(r["train_seconds"]) / (int(r["hsk_epochs"]) + int(r["pred_epochs"]))
+        float(r["train_seconds"]) / (int(r["hsk_epochs"]) + int(r["pred_epochs"])) / trained
         for r in mine
-        if r["train_seconds"]
+        if r["train_seconds"] and (trained := _trained_rows(r, count))
     ]
     if per:
-        return statistics.median(per), (
-            f"median of {len(per)} finished runs on {ctx.device} in results.csv"
-        )
+        per_row = statistics.median(per)
+        why = f"median of {len(per)} finished runs on {ctx.device} in results.csv"
+        return lambda n: per_row * n, why
     if not measure:
         return None, "no finished run of this task, and measuring was turned off"
     step = measure_step(grid, task)
     batch = grid.fit.get("batch_size", 32)
-    steps = -(-n_train // batch) + -(-n_dev // batch) / 3
-    return step * steps, f"{step * 1000:.0f} ms/step measured here, batch {batch}"
+    why = f"{step * 1000:.0f} ms/step measured here, batch {batch}"
+    return lambda n: step * (-(-n // batch) + -(-n_dev // batch) / 3), why
+
+
+def _trained_rows(row: dict, count: Callable[[int | None], int]) -> int:
+    """Rows one epoch of a finished run read: its limit's, times its augmentation."""
+    limit = int(row["limit"]) if row["limit"] else None
+    return count(limit) * (1 + config_rows(row["config"]).augment)
 
 
 def measure_step(grid: Grid, task: TaskRef, steps: int = 6) -> float:
@@ -143,22 +175,23 @@ def measure_step(grid: Grid, task: TaskRef, steps: int = 6) -> float:
     return (ts[-1] - ts[1]) / max(1, len(ts) - 2)
 
 
-def _builds_needed(ctx: Context, task: TaskRef, pending: list[RunSpec]) -> int:
-    """Teacher passes the pending runs of a task still need (derived caches are free)."""
+def _builds_needed(ctx: Context, task: TaskRef, pending: list[RunSpec]) -> list[Rows]:
+    """The rows of each teacher pass the pending runs of a task still need (derived caches
+    are free): one per family source not built yet."""
+    sels = [arm_sel(r.arm) for r in ctx.runs if r.task == task and r.arm.kind == "hsk"]
     if ctx.teachers[task.name].key is None:
-        sels = [arm_sel(r.arm) for r in ctx.runs if r.task == task and r.arm.kind == "hsk"]
-        return len({s.family for s in sels}) or 1
-    need = set()
+        return [f[-1] for f in {s.family for s in sels}] or [Rows()]
+    need: dict = {}
     for r in pending:
-        sels = [arm_sel(x.arm) for x in ctx.runs if x.task == task and x.arm.kind == "hsk"]
-        sel = arm_sel(r.arm) if r.arm.kind == "hsk" else (sels[0] if sels else None)
+        mine = [s for s in sels if s.rows == r.arm.rows] or sels
+        sel = arm_sel(r.arm) if r.arm.kind == "hsk" else (mine[0] if mine else None)
         if sel is None:
-            need.add("base")
+            need[r.arm.rows] = r.arm.rows
             continue
         source = family_source([s for s in sels if s.family == sel.family] or [sel])
         if not ctx._complete(ctx.cache_dir(task, source)):
-            need.add(source)
-    return len(need)
+            need[source] = source.rows
+    return list(need.values())
 
 
 def _teacher_rate(ctx: Context, task: TaskRef, measure: bool) -> tuple[float | None, str]:

@@ -2,11 +2,14 @@
 
 Every problem of a grid is reported at once (unknown keys, wrong types, bad values). The
 expansion is a pure function of (grid, tasks, teacher depth) into runs; an arm several axes ask
-for (the depth axis's all-layers point is `full`, as are K = all and p = 1) runs once.
+for (the depth axis's all-layers point is `full`, as are K = all and p = 1) runs once. The
+study's extra teacher-labelled rows (`augment`, `labelled`) are one more axis (`extra_rows`):
+every KD arm with and without them; the CE-only arm reads gold labels alone, so it runs once.
 """
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -76,6 +79,13 @@ class Grid:
     length_strategies: list[str] = field(default_factory=lambda: list(LENGTH_STRATEGIES))
     width_fractions: list[float] = field(default_factory=list)
     width_strategies: list[str] = field(default_factory=lambda: list(WIDTH_STRATEGIES))
+    # extra teacher-labelled training rows: N augmented variants of every row (build --augment)
+    augment: int = 0
+    # only the first N training rows keep gold labels, the rest (to `limit`) are unlabelled
+    labelled: int | None = None
+    # the arms with the extra rows (true), without them (false), or both; without them and with
+    # `labelled`, an arm trains on the N labelled rows alone
+    extra_rows: list[bool] = field(default_factory=lambda: [True])
     chunk_rows: int = 128  # the same for every cache: every arm sees the same batches
     keep_checkpoints: bool = False  # default: a finished run keeps metrics and config only
     workdir: str | None = None  # default: STUDY/work
@@ -121,6 +131,27 @@ def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:
     return grid
 
 
+def _extra_rows_problems(g: Grid) -> list[str]:
+    """An `extra_rows` axis with nothing to vary, a `labelled` count that leaves no row
+    unlabelled, and online arms asked to train on rows only a cache holds."""
+    p, some = [], bool(g.augment) or g.labelled is not None
+    if not some and False in g.extra_rows and True in g.extra_rows:
+        p.append("extra_rows = [false, true] needs augment or labelled (the extra rows) set")
+    if g.labelled is not None:
+        p += [
+            f"labelled {g.labelled} >= {where} {n}: no row is left unlabelled; lower labelled "
+            "or raise the limit"
+            for where, n in [("limit", g.limit), *((f"limits.{k}", v) for k, v in g.limits.items())]
+            if n is not None and g.labelled >= n
+        ]
+    if some and True in g.extra_rows and g.width_fractions and THRESHOLD in g.width_strategies:
+        p.append(
+            f"width.strategies '{THRESHOLD}' trains online, without a cache's extra rows; "
+            "drop it or set extra_rows = [false]"
+        )
+    return p
+
+
 def _dotted(key: str) -> str:
     table, _, rest = key.partition("_")
     return f"{table}.{rest}" if table in TABLES and rest else key
@@ -129,12 +160,16 @@ def _dotted(key: str) -> str:
 def grid_problems(g: Grid) -> list[str]:
     """Every bad value of a well-typed grid, named (an empty list: the grid is fine)."""
     p = []
-    positive = ("finetune_epochs", "pred_epochs", "hsk_epochs", "limit", "dev_limit", "chunk_rows")
+    positive = "finetune_epochs pred_epochs hsk_epochs limit dev_limit chunk_rows labelled".split()
     p += [f"{k} must be >= 1" for k in positive if getattr(g, k) is not None and getattr(g, k) < 1]
     p += [f"limits.{k} must be >= 1" for k, v in g.limits.items() if v < 1]
     p += [f"{k} must be > 0" for k in ("finetune_lr", "ce_lr") if (getattr(g, k) or 1) <= 0]
     p += [f"baseline '{b}' is not one of {BASELINES}" for b in g.baselines if b not in BASELINES]
-    p += [f"no {k}: list at least one" for k in ("seeds", "tasks") if not getattr(g, k)]
+    p += [
+        f"no {k}: list at least one" for k in ("seeds", "tasks", "extra_rows") if not getattr(g, k)
+    ]
+    p += ["augment must be >= 0 (variants per row)"] * (g.augment < 0)
+    p += _extra_rows_problems(g)
     for name in g.configs + g.joint:
         try:
             parse_hsk(name)
@@ -183,6 +218,41 @@ class TaskRef:
 
 
 @dataclass(frozen=True)
+class Rows:
+    """An arm's training rows beyond the task's own labelled ones (none: the default)."""
+
+    augment: int = 0  # variants per row, teacher-labelled only
+    labelled: int | None = None  # gold labels on the first N rows only
+
+    @property
+    def name(self) -> str:
+        """`augment4`, `labelled8000`, both `+`-joined, or "" for none: the config's suffix."""
+        parts = [f"augment{self.augment}"] * bool(self.augment)
+        parts += [f"labelled{self.labelled}"] * (self.labelled is not None)
+        return "+".join(parts)
+
+
+def config_rows(config: str) -> Rows:
+    """The rows a table's `config` cell names (`pred+augment4` -> Rows(augment=4))."""
+    values = {k: int(v) for k, v in re.findall(r"\+(augment|labelled)(\d+)", config)}
+    return Rows(values.get("augment", 0), values.get("labelled"))
+
+
+def study_rows(grid: Grid, extra: bool) -> Rows:
+    """The rows of the study's arms with (`extra`) or without its extra rows."""
+    return Rows(grid.augment, grid.labelled) if extra else Rows()
+
+
+def rows_limit(grid: Grid, task: TaskRef, rows: Rows) -> int | None:
+    """The training rows read from the task's file: without the extra rows of a study with
+    `labelled`, only the N labelled ones (the task limit otherwise)."""
+    limit = task_limit(grid, task)
+    if grid.labelled is None or rows.labelled is not None:
+        return limit
+    return grid.labelled if limit is None else min(grid.labelled, limit)
+
+
+@dataclass(frozen=True)
 class Arm:
     """One trained configuration. For HSK arms, '-' marks a strategy that does not apply:
     length when every token is kept, width strategy at full width."""
@@ -196,6 +266,7 @@ class Arm:
     layers: int = 0
     tokens: int = 0
     width: float = 0.0
+    rows: Rows = Rows()
 
     @property
     def online(self) -> bool:
@@ -204,9 +275,11 @@ class Arm:
 
     @property
     def config(self) -> str:
-        if self.kind != "hsk":
-            return self.kind
-        return f"{self.hsk}/{self.length}/{self.width_strategy}/l_top{self.l_top}"
+        """The table's name of the arm: kind or HSK selection, `+augment4` etc. for its rows."""
+        name = self.kind
+        if self.kind == "hsk":
+            name = f"{self.hsk}/{self.length}/{self.width_strategy}/l_top{self.l_top}"
+        return f"{name}+{self.rows.name}" if self.rows.name else name
 
 
 @dataclass(frozen=True)
@@ -295,6 +368,9 @@ def expand_grid(grid: Grid, tasks: list[TaskRef], n_teacher: int) -> list[RunSpe
                     arms.append(
                         hsk_arm("width", all_layers, T, w, "left", s, l_top0, all_layers, T)
                     )
+            # the CE-only arm reads gold labels alone: the extra rows change nothing for it
+            variants = [study_rows(grid, x) for x in dict.fromkeys(grid.extra_rows)]
+            arms = [a if a.kind == "ce" else replace(a, rows=r) for r in variants for a in arms]
             for arm in arms:
                 key = (task.name, arm.config, seed)
                 if key in runs:
@@ -439,6 +515,7 @@ LIST_FLAGS = {
     "length_strategies": str,
     "width_fractions": float,
     "width_strategies": str,
+    "extra_rows": bool,
 }
 
 
@@ -468,11 +545,21 @@ def parse_flags(flags: dict) -> dict:
         items = []
         for item in (x.strip() for x in str(text).split(",") if x.strip()):
             try:
-                items.append(item if key == "length_tokens" and item == "all" else kind(item))
+                if kind is bool:
+                    items.append(_flag_bool(item))
+                else:
+                    items.append(item if key == "length_tokens" and item == "all" else kind(item))
             except ValueError:
-                what = "an integer" if kind is int else "a number"
+                what = {int: "an integer", bool: "true or false"}.get(kind, "a number")
                 p.append(f"--{key.replace('_', '-')}: '{item}' is not {what}")
         out[key] = items
     if p:
         raise ConfigError("; ".join(p))
     return out
+
+
+def _flag_bool(text: str) -> bool:
+    """`true` / `false` (any case) as a bool; ValueError otherwise."""
+    if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.lower() == "true"

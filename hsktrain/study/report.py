@@ -20,7 +20,7 @@ from pathlib import Path
 from hskcache.errors import HskError
 from hsktrain.metrics import main_metric
 from hsktrain.outputs import output_file
-from hsktrain.study.grid import parse_recipe
+from hsktrain.study.grid import config_rows, parse_recipe
 from hsktrain.study.tables import METRICS, builds_table, results_table
 
 AXES = ("depth", "length", "width")
@@ -103,6 +103,18 @@ def group_arms(rows: list[dict]) -> dict[tuple[str, str], list[ArmResults]]:
         a.devices.append(r["device"])
         a.best.append((r["best_stage"] or "-", r["best_epoch"] or "-"))
     return {k: list(v.values()) for k, v in out.items()}
+
+
+def by_rows(arms: list[ArmResults]) -> list[tuple[str, list[ArmResults]]]:
+    """A (task, teacher)'s arms per extra-rows variant (`""`: none, `augment4`, ...), each
+    with the CE-only arm, which reads gold labels alone and so belongs to every variant: the
+    claims compare arms that trained on the same rows."""
+    names = list(dict.fromkeys(config_rows(a.config).name for a in arms if a.kind != "ce"))
+    if len(names) <= 1 and not any(names):
+        return [("", arms)]
+    return [
+        (n, [a for a in arms if a.kind == "ce" or config_rows(a.config).name == n]) for n in names
+    ]
 
 
 def full_arm(arms: list[ArmResults]) -> ArmResults | None:
@@ -417,7 +429,8 @@ def _table(arms: list[ArmResults], metric: str) -> list[str]:
 
 
 def write_report(study: str | Path) -> Path:
-    """Write STUDY/README.md and one PNG per (task, teacher) from STUDY/results.csv.
+    """Write STUDY/README.md and one PNG per (task, teacher, extra rows) from
+    STUDY/results.csv.
 
     Raises:
         HskError: the study has no results yet, or a table is malformed.
@@ -443,23 +456,30 @@ def write_report(study: str | Path) -> Path:
             f"- teacher `{r['teacher']}` fine-tuned on {r['task']}: dev "
             + ", ".join(f"{k} {v:.4f}" for k, v in json.loads(r["dev"]).items())
         )
-    for (task, teacher), arms in groups.items():
+    sections = [(k, n, sub) for k, arms in groups.items() for n, sub in by_rows(arms)]
+    for (task, teacher), rows_name, arms in sections:
         metric = main_metric(task)
-        png = study / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', f'{task}-{teacher}')}.png"
+        several = sum(k == (task, teacher) for k, _, _ in sections) > 1
+        extra = f", extra rows {rows_name}" if rows_name else ", no extra rows" * several
+        name = f"{task}-{teacher}" + (f"-{rows_name or 'plain'}" if several else "")
+        png = study / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}.png"
         first = arms[0]
-        plot(arms, metric, f"{task}, teacher {teacher}", png)
+        plot(arms, metric, f"{task}, teacher {teacher}{extra}", png)
+        mine = [
+            r for r in results if r["kind"] == "ce" or config_rows(r["config"]).name == rows_name
+        ]
         md += [
             "",
-            f"## {task}, teacher `{teacher}`",
+            f"## {task}, teacher `{teacher}`{extra}",
             "",
-            f"Student `{_first(results, task, teacher, 'student')}`, epochs "
-            f"{_first(results, task, teacher, 'hsk_epochs')} HSK + "
-            f"{_first(results, task, teacher, 'pred_epochs')} prediction "
+            f"Student `{_first(mine, task, teacher, 'student')}`, epochs "
+            f"{_first(mine, task, teacher, 'hsk_epochs')} HSK + "
+            f"{_first(mine, task, teacher, 'pred_epochs')} prediction "
             "(CE-only and prediction-only arms train the same total in their one stage), "
-            f"training rows limit {_first(results, task, teacher, 'limit') or 'none'}, "
+            f"training rows limit {_first(mine, task, teacher, 'limit') or 'none'}, "
             f"teacher depth {first.teacher_depth}.",
             "",
-            *_recipes(results, task, teacher),
+            *_recipes(mine, task, teacher),
             "",
             *_table(arms, metric),
             "",

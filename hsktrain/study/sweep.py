@@ -6,6 +6,8 @@ the rest cut out of it by `hskcache derive` (a direct build when a cut is not ex
 appended to `STUDY/results.csv` one flushed row per run, so a killed sweep loses at most the run
 in progress and a rerun skips every (task, teacher, config, seed) already there; `--shard I/N`
 sweeps of one study split its runs and share its tables, teachers and caches under file locks.
+A study's extra rows (`augment`, `labelled`) are part of a cache's identity: they name its
+folder and its family, so derive never cuts a plain cache out of an augmented one.
 Trade-off: every cache of a study uses the same `chunk_rows`, so every arm of a task sees the
 same batches for a seed (only the HSK differs), at the price of fixed-size chunks.
 """
@@ -37,13 +39,14 @@ from hsktrain.metrics import main_metric
 from hsktrain.study.grid import (
     Arm,
     Grid,
+    Rows,
     RunSpec,
     TaskRef,
     epochs,
     expand_grid,
     fit_options,
     resolve_tasks,
-    task_limit,
+    rows_limit,
 )
 from hsktrain.study.tables import (
     METRICS,
@@ -143,7 +146,9 @@ def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) 
         base,
         grid.finetune_epochs,
         grid.finetune_lr,
-        task_limit(grid, task),
+        # with `labelled`, the N labelled rows only: gold labels of the rows the students see
+        # unlabelled must not reach them through the teacher
+        rows_limit(grid, task, Rows()),
         grid.dev_limit,
         seed=0,
         task=task.name,
@@ -189,16 +194,17 @@ class Sel:
     length: str
     width_strategy: str
     l_top: int
+    rows: Rows = Rows()
 
     def hsk(self, all_layers: int, all_tokens: int) -> str:
         return hsk_name(self.layers, self.tokens, self.width, all_layers, all_tokens)
 
     @property
     def family(self) -> tuple:
-        """Caches one source can be cut into: same token order, same depth map; magnitude dims
-        from a wider magnitude cache, fixed masks (and full width) from a full-width one."""
+        """Caches one source can be cut into: same rows, token order and depth map; magnitude
+        dims from a wider magnitude cache, fixed masks (and full width) from a full-width one."""
         per_token = self.width_strategy == "magnitude" and self.width < 1
-        return (self.length, "magnitude" if per_token else "fixed", self.l_top)
+        return (self.length, "magnitude" if per_token else "fixed", self.l_top, self.rows)
 
 
 def arm_sel(arm: Arm) -> Sel:
@@ -207,7 +213,7 @@ def arm_sel(arm: Arm) -> Sel:
     fraction (both keep the same share of values: top-k per token, or over the batch)."""
     length = "left" if arm.length == "-" else arm.length
     wstrat = "magnitude" if arm.width_strategy == "-" or arm.online else arm.width_strategy
-    return Sel(arm.layers, arm.tokens, arm.width, length, wstrat, arm.l_top)
+    return Sel(arm.layers, arm.tokens, arm.width, length, wstrat, arm.l_top, arm.rows)
 
 
 def family_source(members: list[Sel]) -> Sel:
@@ -223,6 +229,7 @@ def family_source(members: list[Sel]) -> Sel:
         m0.length,
         "magnitude",
         m0.l_top,
+        m0.rows,
     )
 
 
@@ -251,6 +258,7 @@ class Context:
         t = self.teachers[task.name].key.replace("@", "-")
         hsk = sel.hsk(self.n_student + 1, task.max_length)
         name = f"{hsk}-{sel.length}-{sel.width_strategy}-l_top{sel.l_top}"
+        name += f"-{sel.rows.name}" if sel.rows.name else ""
         return self.grid.work / "caches" / t / task.name / name
 
     def run_dir(self, run: RunSpec) -> Path:
@@ -260,14 +268,19 @@ class Context:
 
     def cache_for(self, run: RunSpec) -> Path:
         """The run's cache, built (its family's source first) or cut out when missing. The
-        CE-only and prediction-only arms read the task's smallest cache: rows, labels and
-        logits are the same in every cache of a task, and so are the batches."""
+        prediction-only arm reads the task's smallest cache of its rows: rows, labels and
+        logits are the same in every such cache, and so are the batches. The CE-only arm reads
+        the smallest plain one, else the smallest with extra rows: it reads their labelled rows
+        alone, the same ones."""
         task = run.task
         sels = [arm_sel(r.arm) for r in self.runs if r.task == task and r.arm.kind == "hsk"]
         if run.arm.kind != "hsk":
             l_top = default_l_top(self.teachers[task.name].depth)
-            fallback = Sel(1, 1, 0.1, "left", "magnitude", l_top)
-            sel = min(sels, key=lambda s: (s.layers * s.tokens * s.width, str(s)), default=fallback)
+            fallback = Sel(1, 1, 0.1, "left", "magnitude", l_top, run.arm.rows)
+            mine = [s for s in sels if s.rows == run.arm.rows]
+            if run.arm.kind == "ce" and not mine and sels:
+                mine = [s for s in sels if s.rows == sels[0].rows]
+            sel = min(mine, key=lambda s: (s.layers * s.tokens * s.width, str(s)), default=fallback)
         else:
             sel = arm_sel(run.arm)
         source = family_source([s for s in sels if s.family == sel.family] or [sel])
@@ -301,7 +314,9 @@ class Context:
             student=[self.grid.student],
             teacher=teacher.path,
             max_length=task.max_length,
-            limit=task_limit(self.grid, task),
+            limit=rows_limit(self.grid, task, sel.rows),
+            labelled=sel.rows.labelled,
+            augment=sel.rows.augment,
             chunk_rows=self.grid.chunk_rows,
             device=self.grid.fit.get("device", "cpu"),
             # the stored init made as [fit] asks, so fit takes it instead of refusing it
@@ -378,7 +393,7 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
             online_teacher=ctx.teachers[task.name].path,
             data=task.folder,
             task=task.name,
-            limit=task_limit(grid, task),
+            limit=rows_limit(grid, task, arm.rows),
             chunk_rows=grid.chunk_rows,
             hsk=arm.hsk,
             length=sel.length,

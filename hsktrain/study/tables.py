@@ -14,7 +14,7 @@ from pathlib import Path
 from hskcache import __version__
 from hskcache.data import utf8_text
 from hskcache.errors import ConfigError, DataFormatError, HskError
-from hsktrain.study.grid import Grid, RunSpec, epochs, parse_recipe, recipe, task_limit
+from hsktrain.study.grid import Grid, RunSpec, epochs, parse_recipe, recipe, rows_limit
 
 METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
 COLUMNS = [
@@ -245,6 +245,6 @@ def planned(grid: Grid, run: RunSpec) -> dict:
         "seed": run.seed,
         "hsk_epochs": h,
         "pred_epochs": pr,
-        "limit": task_limit(grid, run.task),
+        "limit": rows_limit(grid, run.task, a.rows),  # with `labelled`: N without extra rows
         "recipe": recipe(grid, a),
     }
