@@ -3,7 +3,7 @@
 student step's rows/s on the same device, so a run says which side a training run waits on.
 
 For each cache (by default three built here: `1l_10t_0.1h`, `3l_20t_0.5h` and `full`, from a
-random-weight teacher in MiniLM-L6's shape, 6L-384, as the step bench's presets build theirs;
+random-weight 4L-384 teacher, MiniLM-L6's width, as the step bench's presets build theirs;
 or `--cache`) and each batch size (32, 256) it times the loader + decode with the process held
 to one core (the issue's budget: one core for the reader, the rest for the step), without and
 with `loader.prefetched` (the background thread `fit` reads ahead with; alone on one core it
@@ -57,11 +57,11 @@ class ReaderBenchConfig:
     """`hsktrain bench reader`."""
 
     cache: str | None = None  # time this cache (path or URL) instead of building three
-    teacher: str | None = None  # None: a random-weight teacher in MiniLM-L6's shape (6L-384)
-    rows: int = 2048  # rows of each cache built
+    teacher: str | None = None  # None: a random-weight 4L-384 teacher (MiniLM-L6's width)
+    rows: int = 1024  # rows of each cache built
     seq: int = 64  # tokens per synthetic row
     seconds: float = 1.0  # each reader figure reads for at least this long, and one epoch
-    steps: int = 3  # timed bare student steps per batch size (median), after one warm-up
+    steps: int = 2  # timed bare student steps per batch size (median), after one warm-up
     student: str = "tinybert4"  # the bare step's student
     remote: bool = False  # also read the built caches from a loopback S3 server
     device: str = "cpu"
@@ -160,23 +160,27 @@ _DD = re.compile(r"^(\d+) bytes .* copied, ([\d.]+) s", re.MULTILINE)
 
 
 def disk_read_bandwidth(folder: Path) -> dict:
-    """MB/s of `dd` reading the largest shard of the cache `folder` with O_DIRECT (past the page
-    cache); where the file system refuses O_DIRECT (tmpfs), a plain read after `drop_pages`.
+    """MB/s of `dd` reading every shard file of the cache `folder`'s layers with O_DIRECT
+    (past the page cache); where the file system refuses O_DIRECT (tmpfs), plain reads after
+    `drop_pages`.
 
     Returns:
-        {"file", "bytes", "seconds", "mb_per_s", "method"}.
+        {"files", "bytes", "seconds", "mb_per_s", "method"}.
     """
-    shards = (p for p in (folder / "layers").rglob("*") if p.is_file())
-    path = max(shards, key=lambda p: p.stat().st_size)
+    shards = sorted(p for p in (folder / "layers").rglob("*") if p.is_file())
     for flags, method in ((["iflag=direct"], "dd iflag=direct"), ([], "dd, pages dropped")):
-        drop_pages(path.parent)
-        cmd = ["dd", f"if={path}", "of=/dev/null", "bs=4M", *flags]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={"LC_ALL": "C"})
-        found = _DD.search(proc.stderr)
-        if proc.returncode == 0 and found:
-            nbytes, secs = int(found[1]), float(found[2])
+        drop_pages(folder / "layers")
+        nbytes, secs = 0, 0.0
+        for path in shards:
+            cmd = ["dd", f"if={path}", "of=/dev/null", "bs=4M", *flags]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={"LC_ALL": "C"})
+            found = _DD.search(proc.stderr)
+            if proc.returncode != 0 or not found:
+                break
+            nbytes, secs = nbytes + int(found[1]), secs + float(found[2])
+        else:
             return {
-                "file": str(path.relative_to(folder)),
+                "files": len(shards),
                 "bytes": nbytes,
                 "seconds": secs,
                 "mb_per_s": nbytes / secs / 1e6,
@@ -192,7 +196,7 @@ def cache_bytes_per_row(cache: Cache) -> float:
 
 def build_caches(cfg: ReaderBenchConfig, work: Path) -> dict[str, str]:
     """The three caches of the default run, built from one set of synthetic rows."""
-    teacher = cfg.teacher or make_teacher("minilm-shape", work / "teacher")[0]
+    teacher = cfg.teacher or make_teacher("minilm-width", work / "teacher")[0]
     data = synthetic_sst2(work / "data", cfg.rows, cfg.seq)
     caches = {}
     for hsk in CONFIGS:
@@ -256,7 +260,8 @@ def run_reader_bench(cfg: ReaderBenchConfig, log: Callable[[str], None]) -> dict
         "student": cfg.student,
         "seq": cfg.seq,
         "rows": rows,
-        "teacher": cfg.teacher or ("minilm-shape (random weights)" if cfg.cache is None else None),
+        "teacher": cfg.teacher
+        or ("a random-weight 4L-384 teacher (MiniLM-L6's width)" if cfg.cache is None else None),
         "cache": cfg.cache,
         "bytes_per_row": bytes_per_row,
         "rows_per_s": rows_per_s,

@@ -41,8 +41,8 @@ def results_lines(result: dict, command: str) -> list[str]:
     disk = result.get("disk")
     disk_line = (
         f"Disk read bandwidth: {disk['mb_per_s']:,.0f} MB/s ({disk['method']}, "
-        f"{disk['bytes'] / 1e6:,.0f} MB of the full cache's `{disk['file']}` in "
-        f"{disk['seconds']:.3f} s)."
+        f"{disk['bytes'] / 1e6:,.0f} MB, the full cache's {disk['files']} layer shard files, "
+        f"in {disk['seconds']:.3f} s)."
         if disk
         else "Disk read bandwidth: not measured (no local `full` cache in this run)."
     )
