@@ -215,7 +215,7 @@ def e2e(
     cls=_defaults(
         "reader",
         cache="three built here",
-        teacher="a random-weight 4L-384 teacher (MiniLM-L6's width)",
+        teacher="a random-weight 6L-384 teacher (MiniLM-L6's shape)",
     )
 )
 def reader(

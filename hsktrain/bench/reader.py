@@ -3,7 +3,7 @@
 student step's rows/s on the same device, so a run says which side a training run waits on.
 
 For each cache (by default three built here: `1l_10t_0.1h`, `3l_20t_0.5h` and `full`, from a
-random-weight 4L-384 teacher, MiniLM-L6's width, as the step bench's presets build theirs;
+random-weight 6L-384 teacher, MiniLM-L6's shape, as the step bench's presets build theirs;
 or `--cache`) and each batch size (32, 256) it times the loader + decode with the process held
 to one core (the issue's budget: one core for the reader, the rest for the step), without and
 with `loader.prefetched` (the background thread `fit` reads ahead with; alone on one core it
@@ -57,7 +57,7 @@ class ReaderBenchConfig:
     """`hsktrain bench reader`."""
 
     cache: str | None = None  # time this cache (path or URL) instead of building three
-    teacher: str | None = None  # None: a random-weight 4L-384 teacher (MiniLM-L6's width)
+    teacher: str | None = None  # None: a random-weight 6L-384 teacher (MiniLM-L6's shape)
     rows: int = 1024  # rows of each cache built
     seq: int = 64  # tokens per synthetic row
     seconds: float = 1.0  # each reader figure reads for at least this long, and one epoch
@@ -196,7 +196,7 @@ def cache_bytes_per_row(cache: Cache) -> float:
 
 def build_caches(cfg: ReaderBenchConfig, work: Path) -> dict[str, str]:
     """The three caches of the default run, built from one set of synthetic rows."""
-    teacher = cfg.teacher or make_teacher("minilm-width", work / "teacher")[0]
+    teacher = cfg.teacher or make_teacher("minilm-shape", work / "teacher")[0]
     data = synthetic_sst2(work / "data", cfg.rows, cfg.seq)
     caches = {}
     for hsk in CONFIGS:
@@ -261,7 +261,7 @@ def run_reader_bench(cfg: ReaderBenchConfig, log: Callable[[str], None]) -> dict
         "seq": cfg.seq,
         "rows": rows,
         "teacher": cfg.teacher
-        or ("a random-weight 4L-384 teacher (MiniLM-L6's width)" if cfg.cache is None else None),
+        or ("a random-weight 6L-384 teacher (MiniLM-L6's shape)" if cfg.cache is None else None),
         "cache": cfg.cache,
         "bytes_per_row": bytes_per_row,
         "rows_per_s": rows_per_s,

@@ -62,10 +62,8 @@ TEACHERS = {  # random-weight teacher shapes; None = a real pretrained teacher (
         "num_attention_heads": 4,
         "intermediate_size": 64,
     },
-    # `bench reader`'s caches: MiniLM-L6's width (the demo's teacher), 4 layers deep to build
-    # faster; a cache's bytes per row depend on width, kept layers and seq, not teacher depth
-    "minilm-width": {
-        "num_hidden_layers": 4,
+    "minilm-shape": {  # MiniLM-L6's shape (the demo's teacher): `bench reader`'s caches
+        "num_hidden_layers": 6,
         "hidden_size": 384,
         "num_attention_heads": 12,
         "intermediate_size": 1536,
