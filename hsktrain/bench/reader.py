@@ -156,18 +156,18 @@ def drop_pages(folder: Path) -> None:
             os.close(fd)
 
 
-_DD = re.compile(r"^(\d+) bytes .* copied, ([\d.]+) s", re.MULTILINE)
+_DD = re.compile(r"^(\d+) bytes.* copied, ([\d.]+) s", re.MULTILINE)  # "(1.0 MB, ...)" or none
 
 
 def disk_read_bandwidth(folder: Path) -> dict:
-    """MB/s of `dd` reading every shard file of the cache `folder`'s layers with O_DIRECT
+    """MB/s of `dd` reading every shard file of the cache `folder`'s layer values with O_DIRECT
     (past the page cache); where the file system refuses O_DIRECT (tmpfs), plain reads after
     `drop_pages`.
 
     Returns:
         {"files", "bytes", "seconds", "mb_per_s", "method"}.
     """
-    shards = sorted(p for p in (folder / "layers").rglob("*") if p.is_file())
+    shards = sorted(p for p in (folder / "layers").glob("*/values/**/*") if p.is_file())
     for flags, method in ((["iflag=direct"], "dd iflag=direct"), ([], "dd, pages dropped")):
         drop_pages(folder / "layers")
         nbytes, secs = 0, 0.0

@@ -41,7 +41,7 @@ def results_lines(result: dict, command: str) -> list[str]:
     disk = result.get("disk")
     disk_line = (
         f"Disk read bandwidth: {disk['mb_per_s']:,.0f} MB/s ({disk['method']}, "
-        f"{disk['bytes'] / 1e6:,.0f} MB, the full cache's {disk['files']} layer shard files, "
+        f"{disk['bytes'] / 1e6:,.0f} MB, the full cache's {disk['files']} value shard files, "
         f"in {disk['seconds']:.3f} s)."
         if disk
         else "Disk read bandwidth: not measured (no local `full` cache in this run)."
