@@ -62,6 +62,11 @@ def test_bench_tiny_prints_all_fields(tmp_path):
     assert out["int8_floor_ratio"] == pytest.approx(int8["zstd"] / floor)
     assert out["floor_ratio"] == pytest.approx(out["cache_bytes_per_example"] / floor)
     assert all(v > 0 for v in out["step_ms"].values())
+    assert set(out["step_spread_ms"]) == set(out["step_ms"])  # each median with its spread
+    # ratios of step times are judged with their per-round spread; sizes as measured
+    for k in ("offline_over_bare", "stall_fraction", "efficiency", "offline_int8_over_bare"):
+        assert out["targets"][k]["spread"] == out["spreads"][k] >= 0
+    assert "spread" not in out["targets"]["size_ratio"]
     assert out["rss"]["large_rows"] == 10 * out["rss"]["small_rows"]
     # the tiny preset judges every target but the BERT-base-only speedup
     assert set(out["targets"]) == {

@@ -1,12 +1,19 @@
 """`hsktrain bench`'s sub-commands: the old flag spellings name the new ones, each sub-command
-takes only its own options, and the one verdict every target gets. Nothing here measures."""
+takes only its own options, the one verdict every target gets (undecided within a spread), and
+the step bench's interleaved rounds on fake clocks. Nothing here measures."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 from typer.testing import CliRunner
 
+from hsktrain.bench.step import step_figures
+from hsktrain.bench.step_writer import shortfalls
+from hsktrain.bench.timer import interleaved, median_spread
 from hsktrain.bench.verdict import verdict, verdicts
+from hsktrain.bench.writer import targets_markdown
 from hsktrain.cli import app
 
 runner = CliRunner()
@@ -30,7 +37,8 @@ def test_an_old_spelling_is_one_line_naming_the_new_one(old, new):
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 1 and len(lines) == 1, r.output
     assert lines[0] == (
-        f"error: `hsktrain bench` takes the bench as a sub-command (step, build, e2e): use `{new}`"
+        "error: `hsktrain bench` takes the bench as a sub-command (step, build, e2e, reader): "
+        f"use `{new}`"
     )
 
 
@@ -56,3 +64,92 @@ def test_verdict_spells_the_bound_and_judges_it():
     bounds = {"b": ("<=", 1.0), "rss": ("<=", 0.1), "a": (">=", 2.0)}
     assert list(verdicts({"a": 3.0, "b": 1.5}, bounds)) == ["b", "a"]
     assert [v["met"] for v in verdicts({"a": 3.0, "b": 1.5}, bounds).values()] == [False, True]
+
+
+def test_a_bound_within_the_spread_is_undecided():
+    assert verdict(1.04, "<=", 1.05, 0.02) == {
+        "value": 1.04,
+        "target": "<= 1.05",
+        "met": None,
+        "spread": 0.02,
+    }
+    assert verdict(1.02, "<=", 1.05, 0.02)["met"] is True  # the whole interval meets it
+    assert verdict(1.08, "<=", 1.05, 0.02)["met"] is False
+    assert verdict(0.96, ">=", 0.95, 0.02)["met"] is None
+    targets = verdicts({"a": 1.04, "b": 2.0}, {"a": ("<=", 1.05), "b": ("<=", 1.0)}, {"a": 0.02})
+    assert "spread" not in targets["b"]  # a figure without a spread is judged exactly
+    assert targets_markdown(targets)[2:] == [
+        "| a | 1.040 +- 0.020 | <= 1.05 | undecided |",
+        "| b | 2.000 | <= 1.0 | **no** |",
+    ]
+    result = {"targets": targets, "offline_over_bare": 1.04, "speedup": 1.0}
+    assert shortfalls(result)[2] == (
+        "- `a` undecided (1.040 +- 0.020, bound <= 1.05): the steps' spread in this run holds "
+        "the bound; rerun on a quieter machine or with more --steps."
+    )
+
+
+def _fake_clocks(calls: list[str], seconds: dict[str, list[float]]) -> dict:
+    """Clocks that record their calls and return the given step seconds (stall 1/10 of it)."""
+
+    def clock(name: str):
+        left = iter(seconds[name])
+
+        def one_step():
+            calls.append(name)
+            t = next(left, None)
+            return None if t is None else (t, t / 10)
+
+        return one_step
+
+    return {name: clock(name) for name in seconds}
+
+
+def test_interleaved_times_one_step_of_every_side_per_round_after_warmup():
+    sides = ["bare", "offline", "online", "offline_int8"]
+    seconds = {name: [10.0 * k + r for r in range(3)] for k, name in enumerate(sides, 1)}
+    calls: list[str] = []
+    out = interleaved(_fake_clocks(calls, seconds), warmup=1, rounds=2)
+    assert calls == sides * 3  # bare, offline, online, int8, then again
+    assert out == {n: [(t, t / 10) for t in seconds[n][1:]] for n in sides}  # warm-up dropped
+    calls.clear()
+    short = dict(seconds, online=[1.0])
+    with pytest.raises(ValueError, match="side 'online' ran out of batches in round 1"):
+        interleaved(_fake_clocks(calls, short), warmup=1, rounds=2)
+
+
+def test_median_spread_is_the_median_and_its_notch():
+    median, spread = median_spread([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert median == 3.0
+    assert spread == pytest.approx(1.57 * (4.0 - 2.0) / math.sqrt(5))
+    assert median_spread([2.0, 2.0, 2.0]) == (2.0, 0.0)
+
+
+def test_step_figures_judge_ratios_by_their_per_round_values():
+    rounds = {
+        "bare": [(1.0, 0.0), (2.0, 0.0), (1.0, 0.0)],
+        "offline": [(1.1, 0.01), (2.2, 0.02), (1.1, 0.01)],
+        "online": [(4.0, 0.0), (8.0, 0.0), (4.0, 0.0)],
+        "offline_int8": [(1.0, 0.0), (2.0, 0.0), (1.0, 0.0)],
+    }
+    f = step_figures(rounds)
+    assert f["step_ms"] == {
+        "bare": 1000.0,
+        "offline": 1100.0,
+        "online": 4000.0,
+        "offline_int8": 1000.0,
+    }
+    # load doubled the second round on every side: each side spreads, every ratio does not
+    assert f["step_spread_ms"]["bare"] == pytest.approx(1.57 * 500.0 / math.sqrt(3))
+    assert f["offline_over_bare"] == pytest.approx(1.1)
+    assert f["speedup"] == pytest.approx(4.0 / 1.1)
+    assert f["efficiency"] == pytest.approx(1.0 / 1.1)
+    assert f["offline_stall_ms"] == pytest.approx(10.0)
+    assert f["stall_fraction"] == pytest.approx(0.01 / 1.1)
+    assert f["spreads"] == pytest.approx(
+        dict.fromkeys(
+            ["offline_over_bare", "speedup", "ceiling", "efficiency", "offline_int8_over_bare"],
+            0.0,
+        )
+        | {"stall_fraction": 0.0}
+    )

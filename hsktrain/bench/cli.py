@@ -1,5 +1,5 @@
-"""`hsktrain bench step|build|e2e`: one sub-command per bench, each with only its own options.
-Thin: each hands the options it was given to `hsktrain.bench.run`, which makes the bench's
+"""`hsktrain bench step|build|e2e|reader`: one sub-command per bench, each with only its own
+options. Thin: each hands the options it was given to `hsktrain.bench.run`, which makes the bench's
 config and runs it, then `hsktrain.bench.writer` writes and shows the result.
 
 Options default to None and only those typed reach the config (`given`), so each setting has one
@@ -30,7 +30,7 @@ from hskcache.cliutil import (
 from hskcache.errors import ConfigError
 
 Opt = typer.Option
-SUBCOMMANDS = ("step", "build", "e2e")
+SUBCOMMANDS = ("step", "build", "e2e", "reader")
 Results = Annotated[Path, Opt(help="Write a markdown results file here.")]
 Plot = Annotated[Path, Opt(help="Write a PNG here (with --results).")]
 Workdir = Annotated[str, Opt(help="Where teachers, data and caches go.")]
@@ -63,7 +63,8 @@ class _BenchGroup(TyperGroup):
 
 app = typer.Typer(
     cls=_BenchGroup,
-    help="Measure the offline speedup: KD steps (step), the build (build), whole runs (e2e).",
+    help="Measure the offline speedup: KD steps (step), the build (build), whole runs (e2e), "
+    "the cache reader (reader).",
     pretty_exceptions_enable=False,
 )
 
@@ -208,3 +209,46 @@ def e2e(
     """
 
     _bench(ctx, "e2e", results, plot, as_json)
+
+
+@app.command(
+    cls=_defaults(
+        "reader",
+        cache="three built here",
+        teacher="a random-weight 6L-384 teacher (MiniLM-L6's shape)",
+    )
+)
+def reader(
+    ctx: typer.Context,
+    cache: Annotated[
+        str,
+        Opt(
+            help="Time this cache (path or URL; a remote one through the local shard copy, "
+            "cold then warm) instead of building 1l_10t_0.1h, 3l_20t_0.5h and full."
+        ),
+    ] = None,
+    teacher: Teacher = None,
+    rows: Annotated[int, Opt(help="Rows of each cache built.")] = None,
+    seq: Annotated[int, Opt(help="Tokens per synthetic row.")] = None,
+    seconds: Annotated[
+        float, Opt(help="Each reader figure reads at least this long (and one epoch).")
+    ] = None,
+    steps: Annotated[int, Opt(help="Timed bare student steps per batch size (median).")] = None,
+    student: Annotated[str, Opt(help="The bare step's student preset.")] = None,
+    remote: Annotated[
+        bool,
+        Opt(
+            help="Also read the built caches from S3 (a loopback server the bench starts), "
+            "cold and warm through the local shard copy."
+        ),
+    ] = None,
+    device: o.Device = None,
+    workdir: Workdir = None,
+    results: Results = None,
+    as_json: o.AsJson = False,
+):
+    """Rows/s of the cache reader alone (read, decode, pin) on one core, beside the bare
+    student step's, at batch 32 and 256; the disk's read bandwidth in the same run.
+    """
+
+    _bench(ctx, "reader", results, None, as_json)

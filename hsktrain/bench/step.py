@@ -3,7 +3,10 @@ size, and `fit`'s peak memory, all measured in one process and one run (docs/ben
 with `remote`, the reader's stall with the same cache on object storage (`remote.py`).
 
 Step times are medians after warm-up, on identical shapes: every synthetic row is exactly `seq`
-tokens, so the three step kinds see the same batch shapes. The BERT-base-shaped teachers carry
+tokens, so the step kinds see the same batch shapes. The kinds are timed in interleaved rounds
+(bare, offline, online, int8, then again), so a shared machine's drifting load falls on every
+kind alike; each median comes with its spread, and a target whose bound lies within its figure's
+spread is "undecided" rather than met or missed (`verdict`). The BERT-base-shaped teachers carry
 random weights (labelled so); the `mpnet-tinybert4` preset times the real BERT-base-sized MPNet
 (`make mpnet` assembles it) at the same shapes, to check that random weights time like real ones.
 """
@@ -11,7 +14,6 @@ random weights (labelled so); the `mpnet-tinybert4` preset times the real BERT-b
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,8 +40,10 @@ from hsktrain.bench.timer import (
     data_order_batches,
     every_epoch,
     forward_timer,
+    interleaved,
     machine,
-    time_steps,
+    median_spread,
+    step_clock,
 )
 from hsktrain.bench.verdict import verdicts
 from hsktrain.config import FitConfig
@@ -57,6 +61,12 @@ TEACHERS = {  # random-weight teacher shapes; None = a real pretrained teacher (
         "hidden_size": 32,
         "num_attention_heads": 4,
         "intermediate_size": 64,
+    },
+    "minilm-shape": {  # MiniLM-L6's shape (the demo's teacher): `bench reader`'s caches
+        "num_hidden_layers": 6,
+        "hidden_size": 384,
+        "num_attention_heads": 12,
+        "intermediate_size": 1536,
     },
     "minilm": None,
     "mpnet": None,
@@ -267,7 +277,7 @@ def run_step_bench(cfg: StepBenchConfig) -> dict:
     data = synthetic_sst2(work / "data", n, p.seq)
     build = _time_build(cfg, p, teacher, data, work / "cache")
     sizes = _cache_sizes(work / "cache", work, cfg.hsk, n)
-    step, stall = _time_steps(cfg, p, teacher, data, work)
+    steps = step_figures(_time_steps(cfg, p, teacher, data, work))
     result = {
         "preset": cfg.preset,
         "teacher": f"{p.teacher} ({'random weights' if random_weights else 'pretrained'})",
@@ -280,18 +290,11 @@ def run_step_bench(cfg: StepBenchConfig) -> dict:
         "device": cfg.device,
         "machine": machine(),
         "load": {"start": load_start, "end": os.getloadavg()},
-        "step_ms": {k: v * 1e3 for k, v in step.items()},
-        "offline_stall_ms": stall["offline"] * 1e3,
-        "stall_fraction": stall["offline"] / step["offline"],
-        "offline_over_bare": step["offline"] / step["bare"],
-        "speedup": step["online"] / step["offline"],
-        "ceiling": step["online"] / step["bare"],
+        **steps,
         "build_rows_per_s": build["rows_per_s"],
         "forward_rows_per_s": (n - p.batch) / build["forward_s"],
         **sizes,
-        "offline_int8_over_bare": step["offline_int8"] / step["bare"],
     }
-    result["efficiency"] = result["speedup"] / result["ceiling"]
     result["build_over_forward"] = result["build_rows_per_s"] / result["forward_rows_per_s"]
     cache_bytes, floor = result["cache_bytes_per_example"], result["floor_bytes_per_example"]
     result["size_ratio"] = result["full_fp16_bytes_per_example"] / cache_bytes
@@ -302,7 +305,7 @@ def run_step_bench(cfg: StepBenchConfig) -> dict:
         result["rss_growth"] = result["rss"]["growth"]
     bert_base = p.teacher in BERT_BASE_SIZED
     judged = {k: b for k, b in TARGETS.items() if bert_base or k not in BERT_BASE_ONLY}
-    result["targets"] = verdicts(result, judged)
+    result["targets"] = verdicts(result, judged, result["spreads"])
     if cfg.remote:  # after every local figure, as its own run: the server shares this process
         common = dict(student=p.student, batch_size=p.batch, device=cfg.device)
         remote = remote_stall(work / "cache", common, work)
@@ -377,10 +380,11 @@ def _cache_sizes(cache: Path, work: Path, hsk: str, n: int) -> dict:
 
 def _time_steps(
     cfg: StepBenchConfig, p: Preset, teacher: str, data: str, work: Path
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Median step and reader stall (seconds) of each kind of step, after warm-up: the bare
-    student (CE on raw rows), offline KD from the fp16 cache, online KD with the teacher live,
-    and offline KD from the int8 + zstd cache; in that order, each from seed 0."""
+) -> dict[str, list[tuple[float, float]]]:
+    """(total, reader stall) seconds of each kind of step in `cfg.steps` interleaved rounds
+    after `cfg.warmup` (`timer.interleaved`): the bare student (CE on raw rows), offline KD from
+    the fp16 cache, online KD with the teacher live, and offline KD from the int8 + zstd cache,
+    in that order within a round, each from seed 0."""
     common = dict(
         student=p.student,
         init_from=teacher,
@@ -390,7 +394,7 @@ def _time_steps(
     )
     rows, cached = dict(data=data, task="sst2"), dict(mode="hsk", verify=False, **common)
     out = lambda name: str(work / name)  # noqa: E731
-    runs = {  # name: (stage, config), timed in this order
+    runs = {  # name: (stage, config), in a round's order
         "bare": ("ce", FitConfig(out=out("r-bare"), mode="ce", **rows, **common)),
         "offline": ("hsk", FitConfig(out=out("r-off"), cache=out("cache"), **cached)),
         "online": (
@@ -404,17 +408,53 @@ def _time_steps(
             FitConfig(out=out("r-off-int8"), cache=out("cache-int8-zstd"), **cached),
         ),
     }
-    step, stall = {}, {}
+    clocks = {}
     for name, (stage, fcfg) in runs.items():
         torch.manual_seed(0)
         fcfg.validate()
         fcfg = fcfg.resolved()
         run = prepare(fcfg)
         batches = islice(every_epoch(run.loader), cfg.warmup + cfg.steps)
-        totals, ready = time_steps(run, stage, fcfg, batches)
-        step[name] = statistics.median(totals[cfg.warmup :])
-        stall[name] = statistics.median(ready[cfg.warmup :])
-    return step, stall
+        clocks[name] = step_clock(run, stage, fcfg, batches)
+    return interleaved(clocks, cfg.warmup, cfg.steps)
+
+
+# Figures of the step times measured round by round, as (numerator, denominator) sides: each
+# figure's spread is that of its per-round values, where the sides shared a round's load.
+RATIOS = {
+    "offline_over_bare": ("offline", "bare"),
+    "speedup": ("online", "offline"),
+    "ceiling": ("online", "bare"),
+    "efficiency": ("bare", "offline"),  # speedup / ceiling
+    "offline_int8_over_bare": ("offline_int8", "bare"),
+}
+
+
+def step_figures(rounds: dict[str, list[tuple[float, float]]]) -> dict:
+    """Each side's median step and stall with their spreads (`timer.median_spread`), and each
+    ratio (the ratio of the medians) with the spread of its per-round values.
+
+    Args:
+        rounds: `_time_steps`' (total, stall) seconds of each side in each round.
+    """
+    totals = {k: [t for t, _ in v] for k, v in rounds.items()}
+    step = {k: median_spread(v) for k, v in totals.items()}
+    stall = median_spread([s for _, s in rounds["offline"]])
+    per_round = {
+        name: [a / b for a, b in zip(totals[num], totals[den], strict=True)]
+        for name, (num, den) in RATIOS.items()
+    }
+    per_round["stall_fraction"] = [s / t for t, s in rounds["offline"]]
+    out = {
+        "step_ms": {k: m * 1e3 for k, (m, _) in step.items()},
+        "step_spread_ms": {k: d * 1e3 for k, (_, d) in step.items()},
+        "offline_stall_ms": stall[0] * 1e3,
+        "stall_fraction": stall[0] / step["offline"][0],
+        "spreads": {k: median_spread(v)[1] for k, v in per_round.items()},
+    }
+    for name, (num, den) in RATIOS.items():
+        out[name] = step[num][0] / step[den][0]
+    return out
 
 
 def synthetic_cache(data: str, out: Path, teacher: str, timings: dict | None = None, **fields):

@@ -1,5 +1,6 @@
 """The benches' clocks: a training step (`fit`'s own `train_step`, so a bench times exactly the
-update the training loop makes), a bare teacher forward (the ceiling a build is measured
+update the training loop makes), several kinds of step in interleaved rounds with each one's
+median and spread, a bare teacher forward (the ceiling a build is measured
 against), and the machine they ran on (every results file names it).
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,31 +25,84 @@ from hsktrain.step import Distiller, make_optimizer, make_scaler, train_step
 LR, WEIGHT_DECAY = 5e-5, 0.01  # any fixed values: the step's cost does not depend on them
 
 
-def time_steps(
+def step_clock(
     run: Run, stage: str, cfg: FitConfig, batches: Iterable
-) -> tuple[list[float], list[float]]:
-    """Time one `train_step` of `stage` per item of `batches` (rows from the run's loader).
+) -> Callable[[], tuple[float, float] | None]:
+    """A function that runs and times one `train_step` of `stage` on the next item of
+    `batches` (rows from the run's loader); None once they run out.
 
-    Returns:
-        (total, batch-ready) seconds of each step: the clock starts before the loader is asked
-        for the rows, so `ready` is the reader's stall (rows in hand, batch on the device).
+    Each call returns (total, batch-ready) seconds: the clock starts before the loader is asked
+    for the rows, so `ready` is the reader's stall (rows in hand, batch on the device).
     """
     net = Distiller(run.model, run.proj, run.teacher_width, run.regression)
     opt = make_optimizer(net, LR, WEIGHT_DECAY)
     scaler = make_scaler(cfg.device, cfg.amp)
-    run.model.train()
-    totals, ready = [], []
     it = iter(batches)
-    while True:
+
+    def one_step() -> tuple[float, float] | None:
+        run.model.train()
         t0 = time.perf_counter()
         rows = next(it, None)
         if rows is None:
-            return totals, ready
+            return None
         b = run.make_batch(rows)
         t1 = time.perf_counter()
         train_step(net, opt, scaler, b, stage, LR, cfg)
-        totals.append(time.perf_counter() - t0)
-        ready.append(t1 - t0)
+        return time.perf_counter() - t0, t1 - t0
+
+    return one_step
+
+
+def time_steps(
+    run: Run, stage: str, cfg: FitConfig, batches: Iterable
+) -> tuple[list[float], list[float]]:
+    """`step_clock` over every item of `batches`.
+
+    Returns:
+        (total, batch-ready) seconds of each step.
+    """
+    step = step_clock(run, stage, cfg, batches)
+    totals, ready = [], []
+    while (t := step()) is not None:
+        totals.append(t[0])
+        ready.append(t[1])
+    return totals, ready
+
+
+def interleaved(
+    clocks: dict[str, Callable[[], tuple[float, float] | None]], warmup: int, rounds: int
+) -> dict[str, list[tuple[float, float]]]:
+    """Time the sides in rounds: each round one step of every side, in the dict's order (bare,
+    offline, online, int8, then again), `warmup` untimed rounds first.
+
+    Each side timed in its own block put any drift of a shared machine's load between blocks on
+    one side (a 2-core Xeon at load 0.9-1.9 measured the offline step at 0.83x the bare one,
+    although it does the bare step's work and more); in rounds, drift lands on every side alike,
+    and round r's sides can be compared with each other.
+
+    Returns:
+        {side: [(total, batch-ready) seconds of each timed round]}.
+
+    Raises:
+        ValueError: a side ran out of batches before the last round.
+    """
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in clocks}
+    for r in range(warmup + rounds):
+        for name, clock in clocks.items():
+            t = clock()
+            if t is None:
+                raise ValueError(f"side '{name}' ran out of batches in round {r}")
+            if r >= warmup:
+                out[name].append(t)
+    return out
+
+
+def median_spread(xs: Sequence[float]) -> tuple[float, float]:
+    """The median of `xs` and the half-width of its ~95% interval, 1.57 IQR / sqrt(n) (the
+    notch of a box plot, McGill, Tukey and Larsen 1978): a bound inside median +- spread is one
+    these measurements cannot place on either side."""
+    q1, med, q3 = np.percentile(xs, [25, 50, 75])
+    return float(med), float(1.57 * (q3 - q1) / np.sqrt(len(xs)))
 
 
 def every_epoch(loader: ChunkShuffleLoader) -> Iterator:

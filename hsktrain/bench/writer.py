@@ -16,6 +16,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from hsktrain.bench.verdict import shown
+
 
 @dataclass(frozen=True)
 class Report:
@@ -84,9 +86,15 @@ def dumps(result: dict) -> str:
 def targets_table(title: str, targets: dict) -> Table:
     """The terminal report of every bench: each target's value, bound and verdict."""
     table = Table("target", "value", "bound", "met", title=title)
+    style = {True: "", False: "[red]", None: "[yellow]"}
     for k, v in targets.items():
-        table.add_row(k, f"{v['value']:.3f}", v["target"], "yes" if v["met"] else "[red]no")
+        table.add_row(k, _value(v), v["target"], style[v["met"]] + shown(v))
     return table
+
+
+def _value(v: dict) -> str:
+    """A verdict's figure, with its spread where it has one (1.026 +- 0.012)."""
+    return f"{v['value']:.3f}" + (f" +- {v['spread']:.3f}" if "spread" in v else "")
 
 
 def targets_markdown(targets: dict) -> list[str]:
@@ -95,7 +103,7 @@ def targets_markdown(targets: dict) -> list[str]:
         "| target | value | bound | met |",
         "|---|---|---|---|",
         *[
-            f"| {k} | {v['value']:.3f} | {v['target']} | {'yes' if v['met'] else '**no**'} |"
+            f"| {k} | {_value(v)} | {v['target']} | {'**no**' if v['met'] is False else shown(v)} |"
             for k, v in targets.items()
         ],
     ]
