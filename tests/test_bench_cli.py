@@ -37,8 +37,8 @@ def test_an_old_spelling_is_one_line_naming_the_new_one(old, new):
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 1 and len(lines) == 1, r.output
     assert lines[0] == (
-        "error: `hsktrain bench` takes the bench as a sub-command (step, build, e2e, reader): "
-        f"use `{new}`"
+        "error: `hsktrain bench` takes the bench as a sub-command "
+        f"(step, build, e2e, reader, inference): use `{new}`"
     )
 
 

@@ -1,6 +1,6 @@
-"""`hsktrain bench step|build|e2e|reader`: one sub-command per bench, each with only its own
-options. Thin: each hands the options it was given to `hsktrain.bench.run`, which makes the bench's
-config and runs it, then `hsktrain.bench.writer` writes and shows the result.
+"""`hsktrain bench step|build|e2e|reader|inference`: one sub-command per bench, each with only
+its own options. Thin: each hands the options it was given to `hsktrain.bench.run`, which makes
+the bench's config and runs it, then `hsktrain.bench.writer` writes and shows the result.
 
 Options default to None and only those typed reach the config (`given`), so each setting has one
 default, the dataclass's, which --help shows (`shows_defaults`). The work is imported inside each
@@ -30,7 +30,7 @@ from hskcache.cliutil import (
 from hskcache.errors import ConfigError
 
 Opt = typer.Option
-SUBCOMMANDS = ("step", "build", "e2e", "reader")
+SUBCOMMANDS = ("step", "build", "e2e", "reader", "inference")
 Results = Annotated[Path, Opt(help="Write a markdown results file here.")]
 Plot = Annotated[Path, Opt(help="Write a PNG here (with --results).")]
 Workdir = Annotated[str, Opt(help="Where teachers, data and caches go.")]
@@ -64,7 +64,7 @@ class _BenchGroup(TyperGroup):
 app = typer.Typer(
     cls=_BenchGroup,
     help="Measure the offline speedup: KD steps (step), the build (build), whole runs (e2e), "
-    "the cache reader (reader).",
+    "the cache reader (reader); and what a student is for: its answers' speed (inference).",
     pretty_exceptions_enable=False,
 )
 
@@ -252,3 +252,38 @@ def reader(
     """
 
     _bench(ctx, "reader", results, None, as_json)
+
+
+def _batch_sizes(value: str | None) -> tuple | None:
+    """`--batch-sizes 1,32` as (1, 32); a part that is no integer stays as written, for the
+    config's one-line refusal."""
+    if value is None:
+        return None
+    return tuple(int(v) if v.strip().lstrip("-").isdigit() else v for v in value.split(","))
+
+
+@app.command(cls=_defaults("inference", task="the teacher's run's", max_length="the models'"))
+def inference(
+    ctx: typer.Context,
+    teacher: Annotated[str, Opt(help="The teacher's model folder (RUN/best).")],
+    student: Annotated[str, Opt(help="The student's model folder (RUN/best).")],
+    data: o.Data,
+    task: o.Task = None,
+    split: o.Split = None,
+    limit: o.Limit = None,
+    batch_sizes: Annotated[
+        str, Opt(help="Batch sizes, comma-separated.", callback=_batch_sizes)
+    ] = None,
+    rounds: Annotated[int, Opt(help="Rounds; each times every side at every batch size.")] = None,
+    warmup: Annotated[int, Opt(help="Untimed batches before each timed pass.")] = None,
+    device: o.Device = None,
+    onnx: Annotated[bool, Opt(help="Also time both models exported to ONNX.")] = None,
+    onnx_dir: Annotated[str, Opt(help="Keep teacher.onnx / student.onnx here.")] = None,
+    max_length: o.MaxLength = None,
+    tolerance: Annotated[float, Opt(help="Largest |ONNX - PyTorch| logit accepted.")] = None,
+    results: Results = None,
+    as_json: o.AsJson = False,
+):
+    """Rows/s and p50 / p95 latency of a student vs its teacher on real rows, at batch 1 and
+    32, in PyTorch and ONNX: how much faster the student answers."""
+    _bench(ctx, "inference", results, None, as_json)

@@ -39,8 +39,8 @@ from hskcache.devices import check_device
 from hskcache.errors import ConfigError, ExportError
 from hskcache.tasks import TASKS
 from hskcache.teacher import check_token_limit
-from hsktrain.bench.step import machine
-from hsktrain.bench.writer import load_line
+from hsktrain.bench.timer import machine
+from hsktrain.bench.verdict import verdicts
 from hsktrain.export import TOLERANCE, ExportReport, export_onnx
 from hsktrain.saved import SavedModel, load_saved
 
@@ -61,7 +61,7 @@ class InferenceBenchConfig:
     data: DataInput  # anything `load_split` reads: GLUE folder, table, save_to_disk folder
     task: str | None = None  # None: the teacher's run's task, else inferred from the folder
     split: str = "dev"
-    rows: int = 256  # the first rows of the split (flag --limit)
+    limit: int = 256  # the first rows of the split
     batch_sizes: tuple[int, ...] = (1, 32)
     rounds: int = 3  # each round times every side at every batch size once
     warmup: int = 2  # untimed batches before each timed pass
@@ -83,13 +83,13 @@ class InferenceBenchConfig:
             p.append(f"--batch-sizes {_csv(self.batch_sizes)}: each must be an integer >= 1")
         elif len(set(self.batch_sizes)) != len(self.batch_sizes):
             p.append(f"--batch-sizes {_csv(self.batch_sizes)}: a batch size is repeated")
-        elif self.rows < max(self.batch_sizes):
+        elif self.limit < max(self.batch_sizes):
             p.append(
-                f"--limit {self.rows}: fewer rows than batch size {max(self.batch_sizes)}; "
+                f"--limit {self.limit}: fewer rows than batch size {max(self.batch_sizes)}; "
                 "give at least one full batch"
             )
-        if self.rows < 1:
-            p.append(f"--limit {self.rows} must be >= 1")
+        if self.limit < 1:
+            p.append(f"--limit {self.limit} must be >= 1")
         if self.rounds < 1:
             p.append(f"--rounds {self.rounds} must be >= 1 (3 or more give a spread)")
         if self.warmup < 0:
@@ -131,7 +131,7 @@ def run_inference_bench(cfg: InferenceBenchConfig) -> dict:
     models = {name: _seeded(load_saved, getattr(cfg, name), cfg.device) for name in MODELS}
     max_length = _common_max_length(models, cfg.max_length)
     task = cfg.task or (models["teacher"].task if models["teacher"].task in TASKS else None)
-    ex = load_split(cfg.data, task, cfg.split, Columns(), cfg.rows, need_labels=False)
+    ex = load_split(cfg.data, task, cfg.split, Columns(), cfg.limit)  # no labels needed
     if len(ex) < max(cfg.batch_sizes):
         raise ConfigError(
             f"{ex.source}: {len(ex)} rows, fewer than batch size {max(cfg.batch_sizes)}; "
@@ -148,6 +148,11 @@ def run_inference_bench(cfg: InferenceBenchConfig) -> dict:
         for name, report in exports.items():
             calls[f"{name}-onnx"] = _onnx_call(report.path, cfg.device)
         timed, diffs = _rounds(cfg, calls, batches)
+    speedup = {
+        runtime: {str(b): _speedup(timed, runtime, b) for b in cfg.batch_sizes}
+        for runtime in RUNTIMES
+        if runtime == "pytorch" or exports
+    }
     return {
         "teacher": str(models["teacher"].folder),
         "student": str(models["student"].folder),
@@ -176,12 +181,20 @@ def run_inference_bench(cfg: InferenceBenchConfig) -> dict:
             for name, r in exports.items()
         },
         "sides": {side: {str(b): timed[side, b] for b in cfg.batch_sizes} for side in calls},
-        "speedup": {
-            runtime: {str(b): _speedup(timed, runtime, b) for b in cfg.batch_sizes}
-            for runtime in RUNTIMES
-            if runtime == "pytorch" or exports
-        },
+        "speedup": speedup,
+        "targets": _targets(speedup),
     }
+
+
+def _targets(speedup: dict) -> dict:
+    """The student answers faster than its teacher at every batch size and runtime: each
+    speedup >= 1, undecided where the rounds' min-max range holds 1."""
+    figures, spreads = {}, {}
+    for runtime, by in speedup.items():
+        for b, f in by.items():
+            name = f"{runtime}_batch_{b}_speedup"
+            figures[name], spreads[name] = f["median"], (f["max"] - f["min"]) / 2
+    return verdicts(figures, dict.fromkeys(figures, (">=", 1.0)), spreads)
 
 
 def _common_max_length(models: dict[str, SavedModel], asked: int | None) -> int:
@@ -355,101 +368,3 @@ def _speedup(timed: dict, runtime: str, b: int) -> dict:
 
 def _csv(values) -> str:
     return ",".join(str(v) for v in values)
-
-
-SIDE_NAMES = {
-    "teacher": "teacher, PyTorch",
-    "student": "student, PyTorch",
-    "teacher-onnx": "teacher, ONNX",
-    "student-onnx": "student, ONNX",
-}
-
-
-def inference_markdown(result: dict, command: str) -> str:
-    """A results file of one `hsktrain bench inference` run: the speedup first, then every
-    side's figures, each as `median (min-max over rounds)`."""
-    sizes = [str(b) for b in result["batch_sizes"]]
-    p = result["parameters"]
-    lines = [
-        "# Benchmark: inference, student vs teacher",
-        "",
-        f"Generated by `{command}`. Machine: {result['machine']}; device {result['device']}; "
-        f"onnxruntime with {result['threads']['onnxruntime']} intra-op threads.",
-        load_line(result["load"]),
-        "",
-        f"Teacher `{result['teacher']}` ({p['teacher']:,} parameters), student "
-        f"`{result['student']}` ({p['student']:,}). The first {result['rows']} "
-        f"{result['split']} rows of `{result['data']}` ({result['task']}), in data order, each "
-        f"batch padded to its longest row (at most {result['max_length']} tokens); the model "
-        "call only (token arrays in, logits out, tokenization excluded). "
-        f"{result['rounds']} rounds, each timing every side at every batch size in turn after "
-        f"{result['warmup']} untimed warm-up batches; figures are medians over rounds "
-        "(min-max in brackets), speedups the median of each round's own ratio.",
-        "",
-        "| student / teacher rows/s | " + " | ".join(f"batch {b}" for b in sizes) + " |",
-        "|---|" + "---|" * len(sizes),
-    ]
-    for runtime, by in result["speedup"].items():
-        name = "PyTorch" if runtime == "pytorch" else "ONNX (onnxruntime)"
-        lines.append(f"| {name} | " + " | ".join(_fmt(by[b], "{:.2f}x") for b in sizes) + " |")
-    lines += [
-        "",
-        "| side | batch | rows/s | p50 ms / batch | p95 ms / batch |",
-        "|---|---|---|---|---|",
-    ]
-    for b in sizes:
-        for side, by in result["sides"].items():
-            f = by[b]
-            lines.append(
-                f"| {SIDE_NAMES[side]} | {b} | {_fmt(f['rows_per_s'], '{:.1f}')} | "
-                f"{_fmt(f['p50_ms'], '{:.2f}')} | {_fmt(f['p95_ms'], '{:.2f}')} |"
-            )
-    if result["onnx"]:
-        checks = "; ".join(
-            f"{name} {c['export_max_abs_diff']:.2g} on the exporter's {c['export_rows']} rows, "
-            f"{c['bench_max_abs_diff']:.2g} on the bench rows"
-            for name, c in result["onnx"].items()
-        )
-        lines += [
-            "",
-            f"Largest |ONNX - PyTorch| logit: {checks} (tolerance {result['tolerance']:g}).",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def write_inference_results(result: dict, md: Path, command: str) -> None:
-    """Write `inference_markdown` to `md` (`--results`)."""
-    md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(inference_markdown(result, command))
-
-
-def inference_table(result: dict):
-    """The terminal report: the speedups in the title, then every side's figures."""
-    from rich.table import Table
-
-    speedups = ", ".join(
-        f"{runtime} batch {b} {f['median']:.2f}x"
-        for runtime, by in result["speedup"].items()
-        for b, f in by.items()
-    )
-    table = Table(
-        "side", "batch", "rows/s", "p50 ms", "p95 ms", title=f"student / teacher: {speedups}"
-    )
-    for b in (str(b) for b in result["batch_sizes"]):
-        for side, by in result["sides"].items():
-            f = by[b]
-            table.add_row(
-                SIDE_NAMES[side],
-                b,
-                f"{f['rows_per_s']['median']:.1f}",
-                f"{f['p50_ms']['median']:.2f}",
-                f"{f['p95_ms']['median']:.2f}",
-            )
-    return table
-
-
-def _fmt(figure: dict, fmt: str) -> str:
-    """`median (min-max)`."""
-    return (
-        f"{fmt.format(figure['median'])} ({fmt.format(figure['min'])}-{fmt.format(figure['max'])})"
-    )

@@ -9,6 +9,8 @@ from hsktrain.bench.build import BuildBenchConfig, run_build_bench
 from hsktrain.bench.build_writer import BUILD
 from hsktrain.bench.e2e import E2EConfig, run_e2e
 from hsktrain.bench.e2e_writer import E2E
+from hsktrain.bench.inference import InferenceBenchConfig, run_inference_bench
+from hsktrain.bench.inference_writer import INFERENCE
 from hsktrain.bench.reader import ReaderBenchConfig, run_reader_bench
 from hsktrain.bench.reader_writer import READER
 from hsktrain.bench.step import StepBenchConfig, run_step_bench
@@ -20,6 +22,7 @@ CONFIGS = {
     "build": BuildBenchConfig,
     "e2e": E2EConfig,
     "reader": ReaderBenchConfig,
+    "inference": InferenceBenchConfig,
 }
 
 
@@ -40,4 +43,6 @@ def run_bench(name: str, fields: dict, log: Callable[[str], None]) -> tuple[dict
         return run_build_bench(cfg), BUILD
     if name == "reader":
         return run_reader_bench(cfg, log), READER
+    if name == "inference":
+        return run_inference_bench(cfg), INFERENCE
     return run_e2e(cfg, log), E2E
