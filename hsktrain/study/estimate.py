@@ -25,7 +25,7 @@ from hsktrain.study.grid import (
     rows_limit,
     task_limit,
 )
-from hsktrain.study.sweep import Context, arm_sel, base_teacher, family_source, plan_sweep
+from hsktrain.study.sweep import Context, base_teacher, cache_plan, family_source, plan_sweep
 from hsktrain.study.tables import builds_table, results_table
 from hsktrain.train import fit
 
@@ -178,13 +178,13 @@ def measure_step(grid: Grid, task: TaskRef, steps: int = 6) -> float:
 def _builds_needed(ctx: Context, task: TaskRef, pending: list[RunSpec]) -> list[Rows]:
     """The rows of each teacher pass the pending runs of a task still need (derived caches
     are free): one per family source not built yet."""
-    sels = [arm_sel(r.arm) for r in ctx.runs if r.task == task and r.arm.kind == "hsk"]
+    sels = [cache_plan(r.arm) for r in ctx.runs if r.task == task and r.arm.kind == "hsk"]
     if ctx.teachers[task.name].key is None:
         return [f[-1] for f in {s.family for s in sels}] or [Rows()]
     need: dict = {}
     for r in pending:
         mine = [s for s in sels if s.rows == r.arm.rows] or sels
-        sel = arm_sel(r.arm) if r.arm.kind == "hsk" else (mine[0] if mine else None)
+        sel = cache_plan(r.arm) if r.arm.kind == "hsk" else (mine[0] if mine else None)
         if sel is None:
             need[r.arm.rows] = r.arm.rows
             continue

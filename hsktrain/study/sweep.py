@@ -185,8 +185,11 @@ def _folder_bytes(folder: Path) -> int:
 
 
 @dataclass(frozen=True)
-class Sel:
-    """A cache's selection, with real strategy names (what `hskcache build` takes)."""
+class CachePlan:
+    """One cache a study trains from: its selection, with real strategy names (what `hskcache
+    build` takes), and its rows. Frozen, so runs that need the same cache share it and a family
+    of caches cut from one source is a dict key; `_build` / `_derive` turn it into the
+    command's own selection settings."""
 
     layers: int
     tokens: int
@@ -207,22 +210,22 @@ class Sel:
         return (self.length, "magnitude" if per_token else "fixed", self.l_top, self.rows)
 
 
-def arm_sel(arm: Arm) -> Sel:
+def cache_plan(arm: Arm) -> CachePlan:
     """The arm's cache selection. An online (per-batch threshold) arm trains without a cache;
     its selection is its per-token magnitude twin's, whose cache gives the run's rows and HSK
     fraction (both keep the same share of values: top-k per token, or over the batch)."""
     length = "left" if arm.length == "-" else arm.length
     wstrat = "magnitude" if arm.width_strategy == "-" or arm.online else arm.width_strategy
-    return Sel(arm.layers, arm.tokens, arm.width, length, wstrat, arm.l_top, arm.rows)
+    return CachePlan(arm.layers, arm.tokens, arm.width, length, wstrat, arm.l_top, arm.rows)
 
 
-def family_source(members: list[Sel]) -> Sel:
+def family_source(members: list[CachePlan]) -> CachePlan:
     """The one cache a family is cut from: the most layers, tokens and width any member keeps
     (full width for fixed masks: a subset of every mask)."""
     m0 = members[0]
     per_token = m0.family[1] == "magnitude"
     width = max(m.width for m in members) if per_token else 1.0
-    return Sel(
+    return CachePlan(
         max(m.layers for m in members),
         max(m.tokens for m in members),
         width,
@@ -254,7 +257,7 @@ class Context:
     def n_student(self) -> int:
         return student_shape(self.grid.student)["num_hidden_layers"]
 
-    def cache_dir(self, task: TaskRef, sel: Sel) -> Path:
+    def cache_dir(self, task: TaskRef, sel: CachePlan) -> Path:
         t = self.teachers[task.name].key.replace("@", "-")
         hsk = sel.hsk(self.n_student + 1, task.max_length)
         name = f"{hsk}-{sel.length}-{sel.width_strategy}-l_top{sel.l_top}"
@@ -273,16 +276,16 @@ class Context:
         the smallest plain one, else the smallest with extra rows: it reads their labelled rows
         alone, the same ones."""
         task = run.task
-        sels = [arm_sel(r.arm) for r in self.runs if r.task == task and r.arm.kind == "hsk"]
+        sels = [cache_plan(r.arm) for r in self.runs if r.task == task and r.arm.kind == "hsk"]
         if run.arm.kind != "hsk":
             l_top = default_l_top(self.teachers[task.name].depth)
-            fallback = Sel(1, 1, 0.1, "left", "magnitude", l_top, run.arm.rows)
+            fallback = CachePlan(1, 1, 0.1, "left", "magnitude", l_top, run.arm.rows)
             mine = [s for s in sels if s.rows == run.arm.rows]
             if run.arm.kind == "ce" and not mine and sels:
                 mine = [s for s in sels if s.rows == sels[0].rows]
             sel = min(mine, key=lambda s: (s.layers * s.tokens * s.width, str(s)), default=fallback)
         else:
-            sel = arm_sel(run.arm)
+            sel = cache_plan(run.arm)
         source = family_source([s for s in sels if s.family == sel.family] or [sel])
         family = "-".join(self.cache_dir(task, source).parts[-3:])  # teacher, task, cache
         with work_lock(self.grid, family):  # another shard may be making it now
@@ -296,7 +299,7 @@ class Context:
         except HskError:
             return False
 
-    def _build(self, task: TaskRef, sel: Sel, note: str = "") -> Path:
+    def _build(self, task: TaskRef, sel: CachePlan, note: str = "") -> Path:
         out = self.cache_dir(task, sel)
         if self._complete(out):
             return out
@@ -329,7 +332,7 @@ class Context:
         self._record(task, out, "build" + note, teacher.path, time.perf_counter() - t0)
         return out
 
-    def _derive(self, task: TaskRef, src: Path, sel: Sel) -> Path:
+    def _derive(self, task: TaskRef, src: Path, sel: CachePlan) -> Path:
         """Cut `sel` out of `src` (hskcache derive); a direct build where the cut is not exact.
         The one place to change how a smaller cache is made."""
         out = self.cache_dir(task, sel)
@@ -388,7 +391,7 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
     h, p = epochs(grid, run)
     options = fit_options(grid, arm)
     if arm.online:  # the same rows, chunks and selection as the cache, targets computed live
-        task, sel = run.task, arm_sel(arm)
+        task, sel = run.task, cache_plan(arm)
         source = dict(
             online_teacher=ctx.teachers[task.name].path,
             data=task.folder,
