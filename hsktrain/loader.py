@@ -218,14 +218,17 @@ def _take(pending: list[dict], n: int) -> tuple[dict, list[dict], int]:
 _END = object()
 
 
-def prefetched(items: Iterator, depth: int = 2) -> Iterator:
+def prefetched(items: Iterator, depth: int = 2, device: str | None = None) -> Iterator:
     """`items` as they come, made up to `depth` ahead by a background thread.
 
     The training loop wraps its batches in this so that reading, decoding and pinning the next
     batches overlap the current step (numpy reads and torch ops release the GIL). The order is
     `items`' own, so resume, DDP and grouping stay exact. An exception in the thread is raised
     here at the item it stopped at; leaving the loop early (`close()`, or the generator being
-    dropped) stops the thread within 0.1 s, without reading further.
+    dropped) stops the thread within 0.1 s, without reading further. `device`: the step's
+    device; a CUDA one with an index becomes the thread's current device too (CUDA's current
+    device is per thread: pinning there would otherwise open a context on GPU 0 from every
+    rank).
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -241,6 +244,10 @@ def prefetched(items: Iterator, depth: int = 2) -> Iterator:
 
     def run() -> None:
         try:
+            if device is not None and device.startswith("cuda:"):
+                import torch  # only here: the loader itself is numpy
+
+                torch.cuda.set_device(device)
             for x in items:
                 if not put((x, None)):
                     return

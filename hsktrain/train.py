@@ -199,7 +199,9 @@ def train_stage(t: Trainer, si: int, opt, state: LoopState, show_progress: bool)
             t.run.model.train()
             rows = t.run.loader.iterate(si * STAGE_STRIDE + epoch, state.batch)
             # the next batches are read, decoded and pinned while this one trains
-            batches = prefetched(map(t.run.make_batch, islice(rows, steps[epoch] - state.batch)))
+            batches = prefetched(
+                map(t.run.make_batch, islice(rows, steps[epoch] - state.batch)), device=cfg.device
+            )
             for i, b in enumerate(batches, state.batch):
                 lr = lr_schedule(sum(steps[:epoch]) + i, warmup_steps, stage.lr, total)
                 try:
