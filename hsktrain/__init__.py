@@ -19,7 +19,8 @@ _HOMES = {
     "HSKLoss": "hsktrain.losses",
     "PredictionLoss": "hsktrain.losses",
     "student_from_cache": "hsktrain.students",
-    "projection_for": "hsktrain.students",
+    "projection_for": "hsktrain.projection",
+    "fit_projection": "hsktrain.projection",
     "tokenizer_for": "hsktrain.prepare",  # a cache's stored tokenizer (or a folder's)
 }
 __all__ = list(_HOMES)

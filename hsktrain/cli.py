@@ -151,7 +151,12 @@ def fit_cmd(
         Opt(help="Teacher to select from, or the student checkpoint for --init pretrained."),
     ] = None,
     proj_init: Annotated[
-        str, Opt(help="Projection init: select (student dim i -> teacher dim i) | random.")
+        str,
+        Opt(
+            help="Projection init: select (student dim i -> the teacher dim it was selected "
+            "from) | random | fitted (least squares on the first 256 rows' targets: the map "
+            "that scores the lowest HSK loss for the student as it starts)."
+        ),
     ] = None,
     layer_choice: Annotated[
         str,

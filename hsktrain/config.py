@@ -17,6 +17,7 @@ from hskcache.storage.lock import local_path
 
 MODES = ("two-stage", "joint", "hsk", "pred", "ce")
 INITS = ("select", "random", "pretrained")  # the student's weights: hsktrain/students.py
+PROJ_INITS = ("select", "random", "fitted")  # how the projection starts (projection.py)
 LR_DECAYS = ("none", "linear")  # after warmup: constant (the paper's) or linear to 0 per stage
 # Stage-1 epochs per task in the paper (section 4); other tasks default to 10.
 PAPER_HSK_EPOCHS = {
@@ -186,8 +187,13 @@ class FitConfig:
             p.append(f"init must be one of {INITS}")
         if self.init != "pretrained":
             p += student_problems(self.student)
-        if self.proj_init not in ("select", "random"):
-            p.append("proj_init must be select or random")
+        if self.proj_init not in PROJ_INITS:
+            p.append(f"proj_init must be one of {list(PROJ_INITS)}")
+        elif self.proj_init == "fitted" and self.kept_only:
+            p.append(
+                "--proj-init fitted solves for the loss over every dim; --kept-only compares the "
+                "kept dims only: use one of them"
+            )
         if self.select not in (None, *SELECTS):
             p.append(f"select must be one of {list(SELECTS)}")
         elif self.select is not None and self.init != "select":

@@ -99,7 +99,7 @@ class HSKLoss(nn.Module):
     (so an optimizer over the module's parameters trains it too), summed over layers.
 
     Args:
-        proj: student width -> teacher width (`hsktrain.students.make_projection`).
+        proj: student width -> teacher width (`hsktrain.projection.make_projection`).
         teacher_width: the teacher's hidden size (the cache's `info.teacher.hidden_size`).
         weight: multiplies the sum (`fit --hsk-weight`).
         kept_only: compare the kept dims only (`fit --kept-only`).

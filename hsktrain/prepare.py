@@ -10,9 +10,11 @@ Offline runs never load the teacher: the tokenizer and student init come from th
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from hskcache.assets import materialise
@@ -26,13 +28,14 @@ from hskcache.errors import (
 )
 from hskcache.hsk import hsk_name
 from hskcache.importance import (
+    CALIBRATION_BATCH,
     CALIBRATION_ROWS,
     activation_ranking,
     calibration_batches,
     calibration_rows,
 )
 from hskcache.reader import Cache, open_cache
-from hskcache.targets import plan_selection
+from hskcache.targets import Batch, plan_selection
 from hskcache.tasks import TASKS
 from hskcache.teacher import (
     ClsScoreProbe,
@@ -48,14 +51,9 @@ from hsktrain import batch as batches
 from hsktrain.checkpoint import refuse_run_folder
 from hsktrain.config import DEFAULTS, PAPER_HSK_EPOCHS, FitConfig
 from hsktrain.loader import ChunkShuffleLoader
+from hsktrain.projection import fit_projection, projection_for, saved_projection
 from hsktrain.rows import encode_split, labelled_rows
-from hsktrain.students import (
-    build_student,
-    check_vocab,
-    projection_for,
-    saved_projection,
-    student_from_cache,
-)
+from hsktrain.students import build_student, check_vocab, student_from_cache
 
 
 @dataclass
@@ -244,7 +242,7 @@ def make_student(cfg: FitConfig, r: FitRows) -> tuple[nn.Module, dict]:
 def make_targets(cfg: FitConfig, r: FitRows, model: nn.Module, init_info: dict):
     """(rows -> Batch, the projection, the teacher's width): targets read from the cache,
     computed live by the teacher, or none (labels only). `init_info` gains the projection's
-    source when a general student brings its own."""
+    source when a general student brings its own, or what `--proj-init fitted` solved."""
     info = r.info
     teacher_width = info.teacher.hidden_size if info else model.config.hidden_size
     regression = r.regression
@@ -265,7 +263,23 @@ def make_targets(cfg: FitConfig, r: FitRows, model: nn.Module, init_info: dict):
         if saved is not None:  # a general student's own projection (students.saved_projection)
             proj = saved
             init_info["projection"] = f"{r.init_from} (saved)"
+    if cfg.proj_init == "fitted" and teacher_dims and cfg.mode in ("two-stage", "joint", "hsk"):
+        fitted = fit_projection(model, proj, calibration(r.source, make), teacher_width)
+        proj, init_info["projection"] = fitted.proj, fitted.record()
     return make, proj, teacher_width
+
+
+def calibration(source, make) -> Iterator[Batch]:
+    """The source's first `CALIBRATION_ROWS` rows in stored order, as batches of
+    `CALIBRATION_BATCH` made by `make` (the run's own targets): the sample `--proj-init fitted`
+    solves on, the same rows `--select importance` ranks on."""
+    blocks, have, i = [], 0, 0
+    while have < min(CALIBRATION_ROWS, source.num_examples):
+        blocks.append(source.read_chunk(i))
+        have, i = have + len(next(iter(blocks[-1].values()))), i + 1
+    rows = {k: np.concatenate([b[k] for b in blocks])[:CALIBRATION_ROWS] for k in blocks[0]}
+    for lo in range(0, min(have, CALIBRATION_ROWS), CALIBRATION_BATCH):
+        yield make({k: v[lo : lo + CALIBRATION_BATCH] for k, v in rows.items()})
 
 
 def dev_rows(cfg: FitConfig, r: FitRows):

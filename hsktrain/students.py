@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load
-from torch import nn
 
 from hskcache import assets
 from hskcache.assets import materialise
@@ -241,56 +240,3 @@ def check_vocab(config, tokenizer, where: str) -> None:
             f"{len(tokenizer)} tokens; use the tokenizer it was trained with, or resize it "
             "(model.resize_token_embeddings(len(tokenizer))) and save it again"
         )
-
-
-def projection_for(
-    model: nn.Module, init_info: dict, teacher_width: int, init: str, seed: int, teacher_dims: bool
-) -> nn.Module:
-    """The projection a fit with this student and seed trains (the same however its targets
-    are made); `teacher_dims`: the targets are the teacher's, so the student's kept channels
-    (`init_info["hidden_dims"]`) name teacher channels."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed + 1)
-        dims = init_info.get("hidden_dims") if teacher_dims else None
-        return make_projection(model.config.hidden_size, teacher_width, init, dims)
-
-
-def make_projection(
-    h_s: int, h_t: int, init: str, hidden_dims: list[int] | None = None
-) -> nn.Module:
-    """Student -> teacher width map shared by all distilled layers (TinyBERT's fit_dense).
-
-    `select` starts as the transpose of weight selection (student dim i -> the teacher channel
-    it was selected from: `hidden_dims[i]`, or i for a prefix selection), which is what a
-    selected student's states already mean; `random` is nn.Linear's default.
-    """
-    if h_s == h_t and init == "select" and hidden_dims in (None, list(range(h_s))):
-        return nn.Identity()
-    proj = nn.Linear(h_s, h_t)
-    if init == "select":
-        dims = torch.arange(h_s) if hidden_dims is None else torch.tensor(hidden_dims)
-        with torch.no_grad():
-            proj.weight.zero_()
-            proj.weight[dims, torch.arange(h_s)] = 1.0
-            proj.bias.zero_()
-    elif init != "random":
-        raise ConfigError(f"unknown projection init '{init}'; use select or random")
-    return proj
-
-
-def saved_projection(folder: str, h_s: int, h_t: int) -> nn.Module | None:
-    """The projection a checkpoint saved beside its weights (`projection.safetensors`, as `fit`
-    writes into best/), when it maps this student's width to this teacher's; else None.
-
-    A general student (`fit --mode hsk` on a task-agnostic cache) learned its states through
-    that projection: a task run that starts from it keeps the pair, not the student alone.
-    """
-    file = Path(folder) / "projection.safetensors"
-    if not file.is_file():
-        return None
-    state = load(file.read_bytes())
-    if state.get("weight") is None or tuple(state["weight"].shape) != (h_t, h_s):
-        return None
-    proj = nn.Linear(h_s, h_t)
-    proj.load_state_dict(state)
-    return proj

@@ -226,7 +226,8 @@ def test_trainer_trains_as_fit_does(world, tmp_path):
     another parameter order), and students that predict the same."""
     from hskcache.targets import decode_rows
     from hsktrain.config import FitConfig
-    from hsktrain.students import projection_for, student_from_cache
+    from hsktrain.projection import projection_for
+    from hsktrain.students import student_from_cache
     from hsktrain.train import fit
 
     cfg = FitConfig(

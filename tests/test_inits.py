@@ -18,7 +18,7 @@ from hskcache.build import build_cache
 from hskcache.importance import activation_ranking
 from hskcache.reader import open_cache
 from hskcache.weight_selection import select_weights, student_config
-from hsktrain.students import make_projection
+from hsktrain.projection import make_projection
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ from transformers import AutoModelForSequenceClassification
 
 from hskcache.errors import ConfigError
 from hskcache.weight_selection import layer_subset, load_weights
-from hsktrain.students import build_student, make_projection
+from hsktrain.projection import make_projection
+from hsktrain.students import build_student
 
 
 def test_layer_subset():
