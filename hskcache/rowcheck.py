@@ -19,13 +19,21 @@ from hskcache.codec import dim_planes
 
 @lru_cache(maxsize=8)
 def _vocab_sizes(model_type: str, config_json: str) -> tuple[int | None, int]:
-    """(vocab size, segment-id count) of the teacher, from the config the manifest stores
-    (which omits default values, so the family's defaults fill them in)."""
+    """(vocab size, segment-id count) of the teacher, from the config the manifest stores.
+
+    transformers >= 5 writes every field of the family into that config, so a field it lacks
+    is one the family lacks (MPNet has no segment ids: one count, all 0) and nothing is
+    imported: the first read stays cheap. Older versions omit the family's default values,
+    which the family's config class then fills in (importing transformers, once).
+    """
     import json
 
+    stored = json.loads(config_json)
+    major = str(stored.get("transformers_version", "0")).partition(".")[0]
+    if "vocab_size" in stored and major.isdigit() and int(major) >= 5:
+        return stored["vocab_size"], stored.get("type_vocab_size") or 1
     from transformers import AutoConfig
 
-    stored = json.loads(config_json)
     kw = {k: v for k, v in stored.items() if k not in ("model_type", "transformers_version")}
     try:
         cfg = AutoConfig.for_model(model_type, **kw)

@@ -309,3 +309,29 @@ def test_fit_full_disk_raised_by_safetensors_is_one_line(built, tmp_path, monkey
         f"{out}: disk full; last/ holds the last complete checkpoint: free space and rerun with "
         "--resume"
     )
+
+
+def test_range_bounds_come_from_the_stored_config_without_transformers(built, tiny_mpnet):
+    """The id bounds read from a transformers-5 config (every family field written) equal the
+    family class's own, for a family with segment ids (BERT) and one without (MPNet); reading a
+    chunk then imports no transformers."""
+    import subprocess
+    import sys
+
+    from hskcache.rowcheck import _vocab_sizes
+
+    bert = dict(open_cache(built["cache"]).manifest["teacher"]["config"])
+    mpnet = json.loads((tiny_mpnet / "config.json").read_text())
+    for family, config in (("bert", bert), ("mpnet", mpnet)):
+        old = {**config, "transformers_version": "4.48.0"}  # filled in by the family's class
+        assert _vocab_sizes(family, json.dumps(config)) == _vocab_sizes(family, json.dumps(old))
+    assert _vocab_sizes("bert", json.dumps(bert))[1] == 2
+    assert _vocab_sizes("mpnet", json.dumps(mpnet)) == (mpnet["vocab_size"], 1)
+    code = (
+        "import sys, hskcache; c = hskcache.open_cache(sys.argv[1]); c.read_chunk(0); "
+        "print('transformers' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(built["cache"])], capture_output=True, text=True
+    )
+    assert run.stdout.strip() == "False", run.stderr[-1000:]
