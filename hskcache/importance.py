@@ -128,16 +128,20 @@ CALIBRATION_ROWS = 256
 CALIBRATION_BATCH = 32
 
 
-def calibration_rows(source, n: int) -> Encoded:
-    """The first `n` rows of a cache or in-memory source (anything with `read_chunk`)."""
-    fields = ["input_ids", "token_type_ids", "lengths"]
+def first_rows(source, n: int, fields: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The first `n` rows (every row when there are fewer) of a cache or in-memory source
+    (anything with `read_chunk`), in stored order: every array, or the named ones."""
     parts, have, i = [], 0, 0
     while have < min(n, source.num_examples):
-        chunk = source.read_chunk(i, fields)
-        parts.append(chunk)
-        have, i = have + len(chunk["lengths"]), i + 1
-    joined = {f: np.concatenate([p[f] for p in parts])[:n] for f in fields}
-    return Encoded(joined["input_ids"], joined["token_type_ids"], joined["lengths"])
+        parts.append(source.read_chunk(i, fields))
+        have, i = have + len(next(iter(parts[-1].values()))), i + 1
+    return {f: np.concatenate([p[f] for p in parts])[:n] for f in parts[0]}
+
+
+def calibration_rows(source, n: int) -> Encoded:
+    """The first `n` rows' token inputs: what the ranking runs the teacher on."""
+    rows = first_rows(source, n, ["input_ids", "token_type_ids", "lengths"])
+    return Encoded(rows["input_ids"], rows["token_type_ids"], rows["lengths"])
 
 
 def calibration_batches(

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from torch import nn
 
 from hskcache.assets import materialise
@@ -33,6 +32,7 @@ from hskcache.importance import (
     activation_ranking,
     calibration_batches,
     calibration_rows,
+    first_rows,
 )
 from hskcache.reader import Cache, open_cache
 from hskcache.targets import Batch, plan_selection
@@ -273,12 +273,9 @@ def calibration(source, make) -> Iterator[Batch]:
     """The source's first `CALIBRATION_ROWS` rows in stored order, as batches of
     `CALIBRATION_BATCH` made by `make` (the run's own targets): the sample `--proj-init fitted`
     solves on, the same rows `--select importance` ranks on."""
-    blocks, have, i = [], 0, 0
-    while have < min(CALIBRATION_ROWS, source.num_examples):
-        blocks.append(source.read_chunk(i))
-        have, i = have + len(next(iter(blocks[-1].values()))), i + 1
-    rows = {k: np.concatenate([b[k] for b in blocks])[:CALIBRATION_ROWS] for k in blocks[0]}
-    for lo in range(0, min(have, CALIBRATION_ROWS), CALIBRATION_BATCH):
+    rows = first_rows(source, CALIBRATION_ROWS)
+    n = len(next(iter(rows.values())))
+    for lo in range(0, n, CALIBRATION_BATCH):
         yield make({k: v[lo : lo + CALIBRATION_BATCH] for k, v in rows.items()})
 
 
