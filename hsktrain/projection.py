@@ -137,7 +137,8 @@ def fit_projection(
     ridge[h_s, h_s] = 0.0  # the bias is not shrunk
     w = torch.linalg.solve(xtx + ridge, xty)  # (h_s + 1, h_t)
     residual = yty - 2 * (w * xty).sum() + (w * (xtx @ w)).sum()  # ||Y - XW||^2
-    proj = nn.Linear(h_s, teacher_width)
+    with torch.random.fork_rng():  # its init is overwritten: leave the caller's RNG alone
+        proj = nn.Linear(h_s, teacher_width)
     proj.weight.copy_(w[:h_s].T.float())
     proj.bias.copy_(w[h_s].float())
     zero = float(yty) or 1.0

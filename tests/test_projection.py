@@ -51,7 +51,7 @@ def loss_vs_zero(model, proj, b: Batch) -> float:
 def test_fitted_recovers_an_exact_linear_map(student):
     """Targets that are a linear map of the student's states (two layers, every token) are fit
     exactly: the solved map predicts them (its weights may differ along the direction LayerNorm
-    leaves constant), the loss left is 0."""
+    leaves constant), the loss left is 0; the global RNG and the model's mode are untouched."""
     b = batch(student, [])
     positions = torch.where(b.attention_mask.bool(), torch.arange(9), -1)
     hs = hidden(student, b)
@@ -61,8 +61,10 @@ def test_fitted_recovers_an_exact_linear_map(student):
         x = gather_tokens(hs[layer], positions)
         b.layers.append(LayerTargets(layer, layer, positions, x @ a.T + bias, None))
     student.train()
-    fitted = fit_projection(student, make_projection(32, H_T, "select"), [b], H_T)
+    start, rng = make_projection(32, H_T, "select"), torch.get_rng_state()
+    fitted = fit_projection(student, start, [b], H_T)
     assert student.training  # put back as it was
+    assert torch.equal(torch.get_rng_state(), rng)  # a fit's seeded stream is left alone
     assert (fitted.rows, fitted.pairs) == (6, 2 * int(b.attention_mask.sum()))
     assert fitted.after < 1e-6 < fitted.before
     with torch.no_grad():
