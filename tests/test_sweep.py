@@ -26,7 +26,7 @@ from hsktrain.study.grid import (
 )
 from hsktrain.study.report import compare, write_report
 from hsktrain.study.sweep import plan_sweep, run_sweep
-from hsktrain.study.tables import results_table
+from hsktrain.study.tables import builds_table, results_table
 
 SST2 = TaskRef("sst2", "SST-2", 64)
 
@@ -684,3 +684,21 @@ def test_a_studys_init_choices_reach_its_caches_and_its_table(tmp_path):
     assert recipe(grid, sweep.runs[0].arm).endswith("select=importance layer_choice=bottom")
     plain = recipe(fake_grid(tmp_path, teacher), sweep.runs[0].arm).split()
     assert not any(kv.startswith(("select=", "layer_choice=")) for kv in plain)
+
+
+def test_report_names_a_teacher_fine_tuned_twice_once(tmp_path):
+    """A teacher whose folder did not survive is fine-tuned again: the same key and scores, so
+    the report lists it once and says how many times."""
+    study = tmp_path / "study"
+    table = results_table(study)
+    for row in fake_rows():
+        table.append(row)
+    tune = {"task": "mrpc", "teacher": "t+ft@abc", "cache": "teacher", "how": "finetune"}
+    tune |= {"source": "t", "seconds": 60.0, "device": "cpu", "bytes": 1, "rows": None}
+    tune |= {"dev": json.dumps({"accuracy": 0.8, "f1": 0.86}), "code_version": "x"}
+    for stamp in ("2026-12-02T10:00:00", "2026-12-02T14:00:00"):
+        builds_table(study).append(tune | {"timestamp": stamp})
+    md = write_report(study).read_text()
+    line = "- teacher `t+ft@abc` fine-tuned on mrpc: dev accuracy 0.8000, f1 0.8600"
+    assert md.count(line) == 1
+    assert f"{line} (fine-tuned 2 times here, the same weights each time)" in md

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -450,11 +451,15 @@ def write_report(study: str | Path) -> Path:
         f"once overlapped, so less time passed): {'; '.join(_wall_clock(results, builds))}.",
         "",
     ]
-    teachers = [r for r in builds if r["how"] == "finetune" and r["dev"]]
-    for r in teachers:
+    # a teacher fine-tuned again (its folder did not survive) has the same key, weights and scores
+    tunes = Counter((r["teacher"], r["task"], r["dev"]) for r in builds if r["how"] == "finetune")
+    for (teacher, task, dev), times in tunes.items():
+        if not dev:
+            continue
         md.append(
-            f"- teacher `{r['teacher']}` fine-tuned on {r['task']}: dev "
-            + ", ".join(f"{k} {v:.4f}" for k, v in json.loads(r["dev"]).items())
+            f"- teacher `{teacher}` fine-tuned on {task}: dev "
+            + ", ".join(f"{k} {v:.4f}" for k, v in json.loads(dev).items())
+            + (f" (fine-tuned {times} times here, the same weights each time)" if times > 1 else "")
         )
     sections = [(k, n, sub) for k, arms in groups.items() for n, sub in by_rows(arms)]
     for (task, teacher), rows_name, arms in sections:
