@@ -57,6 +57,21 @@ def decode_values(manifest: dict, values: np.ndarray, scales: np.ndarray | None)
     return values.astype(np.float32) * scales[..., None]
 
 
+def values_tensor(
+    manifest: dict, values: np.ndarray, scales: np.ndarray | None, widen: bool = True
+) -> torch.Tensor:
+    """Stored HSK values as a tensor: float32 (`widen`), or float16 and bfloat16 values in
+    their own dtype without a copy, so the step widens them on its device (free on a GPU, and
+    half the bytes to copy there); int8 values are always scaled to float32 here."""
+    import torch
+
+    kind = manifest["storage"]["value_dtype"]
+    if widen or kind == "int8":
+        return torch.from_numpy(decode_values(manifest, values, scales))
+    t = torch.from_numpy(values)
+    return t if kind == "float16" else t.view(torch.bfloat16)
+
+
 # --- magnitude dims ------------------------------------------------------------------------
 # A token's kept dims are stored ascending, as gaps (the first dim, then each dim minus the one
 # before): gaps of a 10% width are mostly < 32, so their low bytes compress to about half a

@@ -118,17 +118,20 @@ class Cache:
         return lo, min(self.num_examples, lo + self.chunk_rows)
 
     def read_chunk(
-        self, i: int, fields: list[str] | None = None, check: bool = True
+        self, i: int, fields: list[str] | None = None, check: bool = True, copy: bool = True
     ) -> dict[str, np.ndarray]:
         """Every (or the named) array's rows of chunk i, as fresh numpy arrays.
 
         `check`: refuse values no build writes (an id past the vocabulary, a position outside
         its row), so a damaged cache read unverified fails here, naming array and chunk.
+        `copy=False`: read-only arrays instead, a raw chunk a view of its memory map (unmapped
+        when the array goes), for a caller that copies what it keeps anyway (the loader's
+        buffer, `read`'s join): a pass over every byte saved.
 
         Raises:
             CacheError: the first impossible value's array and chunk.
         """
-        rows = self._read_chunk(i, fields)
+        rows = self._read_chunk(i, fields, copy)
         problems = chunk_problems(self.manifest, rows) if check else []
         if problems:
             raise CacheError(
@@ -137,7 +140,7 @@ class Cache:
             )
         return rows
 
-    def _read_chunk(self, i: int, fields: list[str] | None = None) -> dict[str, np.ndarray]:
+    def _read_chunk(self, i: int, fields: list[str] | None, copy: bool) -> dict[str, np.ndarray]:
         if not 0 <= i < self.num_chunks:
             raise IndexError(f"chunk {i} out of range 0..{self.num_chunks - 1}")
         lo, hi = self.chunk_bounds(i)
@@ -145,28 +148,29 @@ class Cache:
         if self.local is not None:
             for _ in range(8):  # another process evicted a shard after our check: again
                 try:
-                    return self._read_local_copy(names, i)
+                    return self._read_local_copy(names, i, copy)
                 except FileNotFoundError:
                     continue
-            return self._read_local_copy(names, i)
+            return self._read_local_copy(names, i, copy)
         if self.direct:
             root = self._root
-            return {n: np.array(self._direct_chunk(n, i, root)[: hi - lo]) for n in names}
+            return {n: _kept(self._direct_chunk(n, i, root)[: hi - lo], copy) for n in names}
         return {n: self.group[n][lo:hi] for n in names}
 
-    def _read_local_copy(self, names: list[str], i: int) -> dict[str, np.ndarray]:
+    def _read_local_copy(self, names: list[str], i: int, copy: bool) -> dict[str, np.ndarray]:
         """Chunk i of a remote cache, from local copies of its shards (downloaded if absent)."""
         lo, hi = self.chunk_bounds(i)
         shard = i // (self.info.storage.shard_rows // self.chunk_rows)
         keep: set[Path] = set()  # this read's shards: never evicted to make room for another
         for n in names:
             keep.add(self.local.path(shard_key(self.specs[n], shard), keep))
-        return {n: np.array(self._direct_chunk(n, i, self.local.dir)[: hi - lo]) for n in names}
+        local = self.local.dir
+        return {n: _kept(self._direct_chunk(n, i, local)[: hi - lo], copy) for n in names}
 
     def read(self, lo: int, hi: int, fields: list[str] | None = None) -> dict[str, np.ndarray]:
         """Rows [lo, hi) of every (or the named) array, assembled from whole chunks."""
         first, last = lo // self.chunk_rows, (max(hi, lo + 1) - 1) // self.chunk_rows
-        parts = [self.read_chunk(i, fields) for i in range(first, last + 1)]
+        parts = [self.read_chunk(i, fields, copy=False) for i in range(first, last + 1)]
         off = first * self.chunk_rows
         return {k: np.concatenate([p[k] for p in parts])[lo - off : hi - off] for k in parts[0]}
 
@@ -250,6 +254,11 @@ class Cache:
                 f"{want + CRC_BYTES}; run `hskcache verify`"
             )
         return np.memmap(path, dtype=dtype, mode="r", offset=int(offset), shape=shape)
+
+
+def _kept(chunk: np.ndarray, copy: bool) -> np.ndarray:
+    """A chunk as read (`copy=False`) or as a fresh array of its own."""
+    return np.array(chunk) if copy else chunk
 
 
 def open_cache(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hskcache.codec import decode_dims, decode_values
+from hskcache.codec import decode_dims, values_tensor
 from hskcache.errors import ConfigError
 from hskcache.hsk import HskConfig, SelectionConfig, depth_pairs, width_count
 from hskcache.layout import layer_key
@@ -204,29 +204,32 @@ def row_inputs(rows: dict[str, np.ndarray], regression: bool) -> Batch:
     )
 
 
-def decode_rows(manifest: dict, rows: dict[str, np.ndarray]) -> Batch:
+def decode_rows(manifest: dict, rows: dict[str, np.ndarray], widen: bool = True) -> Batch:
     """Rows read from a cache (`Cache.read`, a loader's batch) as a decoded CPU batch: the
     teacher's logits and every stored layer's targets (`stored_targets`) with the inputs."""
     b = row_inputs(rows, manifest["data"]["regression"])
     b.logits = torch.from_numpy(rows["logits"]) if "logits" in rows else None
-    b.layers = stored_targets(manifest, rows)
+    b.layers = stored_targets(manifest, rows, widen)
     return b
 
 
-def stored_targets(manifest: dict, rows: dict[str, np.ndarray]) -> list[LayerTargets]:
-    """Every stored layer of some rows read from a cache, decoded to float32 on the CPU.
+def stored_targets(
+    manifest: dict, rows: dict[str, np.ndarray], widen: bool = True
+) -> list[LayerTargets]:
+    """Every stored layer of some rows read from a cache, decoded on the CPU.
 
     `rows` maps array names to the rows read (`Cache.read`, a loader's batch); int8 values
-    come back scaled, float16 widened, and per-token dims unpacked from their gap bytes (one
-    cumsum) to ascending indices. Fixed width dims (random / uniform) come back as one (W,)
-    tensor shared by every token; a full-width layer has none.
+    come back scaled to float32, float16 and bfloat16 ones widened to float32 (or, without
+    `widen`, as stored: the training step widens them on its device), and per-token dims
+    unpacked from their gap bytes (one cumsum) to ascending indices. Fixed width dims (random /
+    uniform) come back as one (W,) tensor shared by every token; a full-width layer has none.
     """
     fixed = manifest["width_dims"]
     fixed = torch.tensor(fixed) if fixed is not None else None
     out = []
     for la in manifest["layers"]:
         key = layer_key(la["teacher"])
-        values = decode_values(manifest, rows[f"{key}/values"], rows.get(f"{key}/scales"))
+        values = values_tensor(manifest, rows[f"{key}/values"], rows.get(f"{key}/scales"), widen)
         dims = rows.get(f"{key}/dims")
         if dims is not None:
             dims = torch.from_numpy(decode_dims(dims, rows.get(f"{key}/dims_hi")))
@@ -236,7 +239,7 @@ def stored_targets(manifest: dict, rows: dict[str, np.ndarray]) -> list[LayerTar
                 la["student"],
                 la["teacher"],
                 positions,
-                torch.from_numpy(values),
+                values,
                 dims if dims is not None else fixed,
             )
         )

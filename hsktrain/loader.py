@@ -38,7 +38,9 @@ class RowSource(Protocol):
 
     def chunk_bounds(self, i: int) -> tuple[int, int]: ...
 
-    def read_chunk(self, i: int, fields: list[str] | None = None) -> dict[str, np.ndarray]: ...
+    def read_chunk(
+        self, i: int, fields: list[str] | None = None, copy: bool = True
+    ) -> dict[str, np.ndarray]: ...
 
 
 @dataclass
@@ -60,7 +62,10 @@ class ArraySource:
         lo = i * self.chunk_rows
         return lo, min(self.num_examples, lo + self.chunk_rows)
 
-    def read_chunk(self, i: int, fields: list[str] | None = None) -> dict[str, np.ndarray]:
+    def read_chunk(
+        self, i: int, fields: list[str] | None = None, copy: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Rows of chunk i, views of the arrays held (in memory already: `copy` changes nothing)."""
         lo, hi = self.chunk_bounds(i)
         return {k: v[lo:hi] for k, v in self.arrays.items() if fields is None or k in fields}
 
@@ -160,7 +165,7 @@ class ChunkShuffleLoader:
         """Yield the epoch's batches from number `start_batch` on (0 = the whole epoch)."""
         skip = start_batch * self.batch_size  # rows of the stream already consumed
         end = 0  # rows of the stream up to the end of this buffer
-        pending: list[dict[str, np.ndarray]] = []
+        pending: list[_Block] = []
         have = 0
         fields = self.fields
         if self.group_by_length and fields is not None and "lengths" not in fields:
@@ -171,7 +176,7 @@ class ChunkShuffleLoader:
             if skip >= n:  # resume: this buffer was consumed before; no read needed
                 skip -= n
                 continue
-            parts = [self.source.read_chunk(int(c), fields) for c in chunks]
+            parts = [self.source.read_chunk(int(c), fields, copy=False) for c in chunks]
             rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             if self.group_by_length and self.shuffle:
                 head = -start % self.batch_size  # rows the batch left open still needs
@@ -182,37 +187,50 @@ class ChunkShuffleLoader:
                 perm = buffer_permutation(n, self.seed, epoch, g, self.shuffle)
             perm = perm[skip:]
             skip = 0
-            pending.append({k: v[perm] for k, v in rows.items()})
+            pending.append(_Block(rows, perm))
             have += len(perm)
             while have >= self.batch_size:
-                batch, pending, have = _take(pending, self.batch_size)
-                yield batch
+                yield _take(pending, self.batch_size)
+                have -= self.batch_size
         if have and not self.drop_last:
-            yield _take(pending, have)[0]
+            yield _take(pending, have)
 
 
-def _take(pending: list[dict], n: int) -> tuple[dict, list[dict], int]:
-    """Cut the first n rows off a list of row blocks: views of the blocks, copied only where a
-    batch spans two of them (re-concatenating what is left for every batch would copy a
-    buffer once per batch)."""
-    parts, need = [], n
+@dataclass
+class _Block:
+    """A buffer's rows in chunk order, and the rows of it the stream has still to yield, in
+    stream order: the permutation is applied batch by batch, so a row is copied once from the
+    buffer into its batch (not a whole permuted buffer first, then a batch cut out of it)."""
+
+    rows: dict[str, np.ndarray]
+    order: np.ndarray
+
+
+def _take(pending: list[_Block], n: int) -> dict[str, np.ndarray]:
+    """The stream's next n rows, cut off the pending blocks (emptied ones dropped): one gather
+    per array from the blocks' rows straight into the batch, a batch that spans two blocks
+    included."""
+    pieces, need = [], n
     while need:
-        head = pending[0]
-        m = len(next(iter(head.values())))
-        if m <= need:
-            parts.append(pending.pop(0))
-            need -= m
+        block = pending[0]
+        if len(block.order) <= need:
+            pieces.append((block.rows, block.order))
+            need -= len(pending.pop(0).order)
         else:
-            parts.append({k: v[:need] for k, v in head.items()})
-            pending[0] = {k: v[need:] for k, v in head.items()}
+            pieces.append((block.rows, block.order[:need]))
+            block.order = block.order[need:]
             need = 0
-    batch = (
-        parts[0]
-        if len(parts) == 1
-        else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    )
-    left = sum(len(next(iter(p.values()))) for p in pending)
-    return batch, pending, left
+    if len(pieces) == 1:
+        rows, idx = pieces[0]
+        return {k: np.take(v, idx, axis=0) for k, v in rows.items()}
+    batch = {}
+    for k, v in pieces[0][0].items():
+        out = batch[k] = np.empty((n, *v.shape[1:]), dtype=v.dtype)
+        at = 0
+        for rows, idx in pieces:
+            np.take(rows[k], idx, axis=0, out=out[at : at + len(idx)])
+            at += len(idx)
+    return batch
 
 
 _END = object()

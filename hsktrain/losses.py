@@ -24,7 +24,8 @@ def hsk_layer_loss(
         student_hidden: (B, T, h_s) one student hidden state.
         proj: h_s -> h_t map.
         positions: (B, K) token positions, -1 where an example has fewer than K.
-        values: (B, K, W) teacher values.
+        values: (B, K, W) teacher values, any float dtype: widened to float32 here, on their
+            device (a cache's batches carry them as stored, float16 or bfloat16).
         dims: (B, K, W) or (W,) kept teacher dims; None when W is the full width.
         teacher_width: h_t.
         kept_only: compare only the kept dims; otherwise unkept dims are targets of 0 (paper).
@@ -33,6 +34,7 @@ def hsk_layer_loss(
         Mean squared error over every valid token and compared dim.
     """
     p = proj(gather_tokens(student_hidden, positions))  # (B, K, h_t); gather first: cheaper
+    values = values.float()
     valid = (positions >= 0).to(p.dtype)[..., None]  # (B, K, 1)
     if kept_only and dims is not None:
         p = p[..., dims] if dims.dim() == 1 else torch.gather(p, -1, dims)  # (B, K, W)

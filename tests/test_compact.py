@@ -30,6 +30,8 @@ from hskcache.tokenize import tokenize
 from hskcache.verify import verify_cache
 from hsktrain.batch import from_cache
 
+# What a training batch carries of each stored value dtype: 16-bit ones as stored.
+CARRIED = {"float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.float32}
 SHARD = 8  # rows per shard (4-row chunks, 2 per shard); one teacher batch per shard
 
 
@@ -108,6 +110,7 @@ def test_round_trip_equals_the_selection(tmp_path, sst2_dir, tiny_bert, value_dt
         online, h = online_layers(cfg, lo, hi)
         for off, on in zip(offline, online, strict=True):
             assert torch.equal(off.positions, on.positions)
+            assert off.values.dtype == CARRIED[value_dtype]  # widened by the loss, on device
             stored = encode_values(on.values, value_dtype)  # what the cache keeps of them
             values = decode_values(cache.manifest, stored["values"], stored.get("scales"))
             want = dense(torch.from_numpy(values), on.dims, h)

@@ -50,6 +50,20 @@ def test_hsk_loss_fixed_dims_and_full_width():
     assert full.item() == 0.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kept_only", [False, True])
+def test_hsk_loss_widens_16_bit_targets_exactly(dtype, kept_only):
+    """A cache's batches carry values as stored; the loss is the float32 targets' to the bit,
+    in float32."""
+    h = torch.randn(2, 5, 2)
+    positions, dims = torch.tensor([[4, 0, -1], [1, 2, 3]]), torch.tensor([[[0, 2]] * 3] * 2)
+    stored = torch.randn(2, 3, 2).to(dtype)
+    args = (proj_2_to_4(), positions)
+    got = hsk_layer_loss(h, *args, stored, dims, 4, kept_only)
+    want = hsk_layer_loss(h, *args, stored.float(), dims, 4, kept_only)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
 def test_soft_ce_temperature_scales_both_sides():
     s, t = torch.tensor([[2 * math.log(3.0), 0.0]]), torch.tensor([[0.0, 2 * math.log(3.0)]])
     # T=1: target softmax([0, 2 ln3]) = [1/10, 9/10]; student log softmax = [ln .9, ln .1]
