@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 GLUE   ?= $(abspath ../shared/data/glue)
 
-.PHONY: install test lint demo bench bench-mpnet bench-e2e clean wheel-check mpnet study study-paper
+.PHONY: install test lint demo bench bench-mpnet bench-e2e bench-gpu clean wheel-check mpnet study study-paper
 
 install: $(STAMP)
 
@@ -50,6 +50,23 @@ bench-mpnet: mpnet
 # vs hskcache build + a complete offline fit, and the amortised speedup for N students.
 bench-e2e: install
 	GLUE=$(GLUE) $(VENV)/bin/hsktrain bench e2e --results benchmarks/RESULTS-e2e-mrpc.md --plot benchmarks/e2e-mrpc.png
+
+# The GPU figures, in one go (a few minutes on one H200): the step bench for a slice and the full
+# HSK at batch 32 and 256, the reader, the build and a short whole run, all on cuda under bf16
+# autocast, each into its own benchmarks/RESULTS-gpu-*.md. Where the package is installed
+# another way: `make bench-gpu HSKTRAIN="python3 -m hsktrain.cli"`.
+HSKTRAIN ?= $(VENV)/bin/hsktrain
+GPU      := --device cuda --amp bf16
+bench-gpu: $(if $(filter $(VENV)/bin/hsktrain,$(HSKTRAIN)),install)
+	for hsk in 1l_10t_0.1h full; do for b in 32 256; do \
+	  $(HSKTRAIN) bench step --preset bert-base-tinybert4 --hsk $$hsk --batch $$b --steps 50 \
+	    --warmup 10 --no-rss $(GPU) --results benchmarks/RESULTS-gpu-step-$$hsk-b$$b.md \
+	    || exit 1; \
+	done; done
+	$(HSKTRAIN) bench reader $(GPU) --results benchmarks/RESULTS-gpu-reader.md
+	GLUE=$(GLUE) $(HSKTRAIN) bench build $(GPU) --limit 4000 --results benchmarks/RESULTS-gpu-build.md
+	GLUE=$(GLUE) $(HSKTRAIN) bench e2e $(GPU) --finetune-epochs 1 --hsk-epochs 1 --pred-epochs 1 \
+	  --results benchmarks/RESULTS-gpu-e2e.md --plot benchmarks/e2e-gpu.png
 
 # The quality study (hours on 2 cores): every sweep resumes from its committed results.csv, so
 # kill it whenever and rerun; each report is regenerated from its table.

@@ -83,3 +83,40 @@ def test_bench_tiny_prints_all_fields(tmp_path):
     assert out["remote_warm_stall_ms"] > 0 and out["remote_cold_stall_ms"] > 0
     assert "| speedup online / offline |" in (tmp_path / "R.md").read_text()
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_bench_step_at_a_batch_under_autocast(tmp_path):
+    """--batch replaces the preset's and --amp autocasts every forward (bf16 runs on CPU too);
+    fp16 is refused off CUDA."""
+    args = ["bench", "step", "--preset", "tiny", "--steps", "3", "--warmup", "1", "--no-rss"]
+    r = CliRunner().invoke(
+        app,
+        [*args, "--batch", "6", "--amp", "bf16", "--json"]
+        + ["--workdir", str(tmp_path / "w"), "--results", str(tmp_path / "R.md")],
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert (out["batch"], out["amp"]) == (6, "bf16")
+    assert "device cpu, bf16 autocast" in (tmp_path / "R.md").read_text()
+    r = CliRunner().invoke(app, [*args, "--amp", "fp16"])
+    assert r.exit_code != 0 and "--amp fp16 needs --device cuda" in r.output
+
+
+def test_a_full_cache_step_is_held_to_1_2x_the_bare_one():
+    """A `full` cache's offline step may take 1.2x the bare one, a slice's 1.05x, and its size
+    is not judged; the speedup is judged for BERT-base-sized teachers only."""
+    from hsktrain.bench.step import StepBenchConfig, judged_targets
+
+    full = judged_targets(StepBenchConfig(preset="bert-base-tinybert4", hsk="full"))
+    assert full["offline_over_bare"] == ("<=", 1.2) and "speedup" in full
+    assert "size_ratio" not in full  # the full HSK is what a slice's size is measured against
+    tiny = judged_targets(StepBenchConfig(preset="tiny"))
+    assert tiny["offline_over_bare"] == ("<=", 1.05) and "speedup" not in tiny
+
+
+@pytest.mark.parametrize("bench", ["build", "e2e", "reader"])
+def test_every_bench_takes_amp_and_refuses_fp16_off_cuda(bench, tmp_path):
+    """The GPU figures (`make bench-gpu`) autocast every bench's forwards; the choice is checked
+    before anything loads."""
+    r = CliRunner().invoke(app, ["bench", bench, "--amp", "fp16", "--workdir", str(tmp_path)])
+    assert r.exit_code != 0 and "--amp fp16 needs --device cuda" in r.output

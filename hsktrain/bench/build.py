@@ -43,6 +43,7 @@ import numpy as np
 from hskcache.build import build_cache, teacher_order
 from hskcache.config import BuildConfig
 from hskcache.data import load_split
+from hskcache.devices import amp_problem
 from hskcache.errors import ConfigError
 from hskcache.reader import Cache, open_cache
 from hskcache.targets import LayerTargets, stored_targets
@@ -71,10 +72,13 @@ class BuildBenchConfig:
     batch: int = 32
     hsk: str = "1l_10t_0.1h"
     device: str = "cpu"
+    amp: str = "none"  # autocast of the teacher's forward, in the build and the bare pass alike
     workdir: str | None = None
 
     def validate(self) -> None:
         """Raises: ConfigError naming each bad setting."""
+        if problem := amp_problem(self.amp, self.device):
+            raise ConfigError(problem)
         if self.limit <= self.batch:
             raise ConfigError(
                 f"--limit {self.limit}: `bench build` needs more rows than one batch "
@@ -132,6 +136,7 @@ def bench_task(cfg: BuildBenchConfig, data: str, task: str | None, work: Path) -
         limit=cfg.limit,
         batch_size=cfg.batch,
         device=cfg.device,
+        amp=cfg.amp,
         overwrite=True,
     )
     data_cfg = replace(build_cfg, out=f"{build_cfg.out}-data-order", batch_order="data")
@@ -149,7 +154,7 @@ def bench_task(cfg: BuildBenchConfig, data: str, task: str | None, work: Path) -
     calls.clear()
     info = open_cache(build_cfg.out).info
     num_labels = 1 if ex.label_names is None else len(ex.label_names)
-    teacher = load_teacher(cfg.teacher, num_labels, cfg.device)
+    teacher = load_teacher(cfg.teacher, num_labels, cfg.device, amp=cfg.amp)
     enc = tokenize(teacher.tokenizer, ex, info.max_length)
     batches = {
         "data": data_order_batches(n, cfg.batch),
@@ -264,6 +269,7 @@ def run_build_bench(cfg: BuildBenchConfig) -> dict:
         "batch": cfg.batch,
         "hsk": cfg.hsk,
         "device": cfg.device,
+        "amp": cfg.amp,
         "rounds": cfg.rounds,
         "machine": machine(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

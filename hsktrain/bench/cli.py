@@ -116,7 +116,9 @@ def step(
     steps: Annotated[int, Opt(help="Timed steps per kind of step (median).")] = None,
     warmup: Annotated[int, Opt(help="Untimed warm-up steps per kind of step.")] = None,
     hsk: o.Hsk = None,
+    batch: Annotated[int, Opt(help="Rows a step, instead of the preset's.")] = None,
     device: o.Device = None,
+    amp: o.Amp = None,
     rss: Annotated[
         bool, Opt(help="Also measure fit's peak RSS on a cache and one 10x larger.")
     ] = None,
@@ -157,6 +159,7 @@ def build(
     limit: o.Limit = None,
     hsk: o.Hsk = None,
     device: o.Device = None,
+    amp: o.Amp = None,
     workdir: Workdir = None,
     results: Results = None,
     as_json: o.AsJson = False,
@@ -198,6 +201,7 @@ def e2e(
     seed: o.Seed = None,
     hsk: o.Hsk = None,
     device: o.Device = None,
+    amp: o.Amp = None,
     workdir: Workdir = None,
     results: Results = None,
     plot: Plot = None,
@@ -243,6 +247,7 @@ def reader(
         ),
     ] = None,
     device: o.Device = None,
+    amp: o.Amp = None,
     workdir: Workdir = None,
     results: Results = None,
     as_json: o.AsJson = False,

@@ -32,6 +32,7 @@ from pathlib import Path
 from hskcache.build import build_cache
 from hskcache.config import BuildConfig
 from hskcache.data import load_split
+from hskcache.devices import amp_problem
 from hskcache.errors import ConfigError
 from hskcache.reader import open_cache
 from hskcache.shapes import student_shape
@@ -69,6 +70,7 @@ class E2EConfig:
     batch_size: int = 32
     seed: int = 0
     device: str = "cpu"
+    amp: str = "none"  # autocast of every forward (fine-tune, online teacher, build, students)
     workdir: str | None = None
 
     def validate(self) -> None:
@@ -86,6 +88,8 @@ class E2EConfig:
             student_shape(self.student)
         except ConfigError as e:
             p.append(str(e))
+        if problem := amp_problem(self.amp, self.device):
+            p.append(problem)
         if self.task is not None:
             try:
                 get_task(self.task)
@@ -144,6 +148,7 @@ def run_e2e(cfg: E2EConfig, log: Callable[[str], None] = lambda _: None) -> dict
         "seed": cfg.seed,
         "chunk_rows": online.chunk_rows,
         "device": cfg.device,
+        "amp": cfg.amp,
         "machine": machine(),
         "load": {"start": load_start, "end": os.getloadavg()},
         "seconds": seconds,
@@ -190,6 +195,7 @@ def _teacher(cfg: E2EConfig, data: str, task: str, work: Path, log: Callable) ->
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         device=cfg.device,
+        amp=cfg.amp,
     )
     t0 = time.perf_counter()
     out["teacher_dev"] = fit(ft, show_progress=False).metrics
@@ -211,6 +217,7 @@ def _configs(
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         device=cfg.device,
+        amp=cfg.amp,
         dev_data=data,
         dev_limit=cfg.dev_limit,
     )
@@ -238,6 +245,7 @@ def _configs(
         student_layers=student_shape(cfg.student)["num_hidden_layers"],
         batch_size=cfg.batch_size,
         device=cfg.device,
+        amp=cfg.amp,
         overwrite=True,
     )
     offline = FitConfig(out=str(work / "offline"), cache=build.out, **common)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from hskcache.devices import amp_problem
 from hskcache.errors import ConfigError
 from hskcache.reader import Cache, open_cache
 from hskcache.shapes import student_shape
@@ -65,6 +66,7 @@ class ReaderBenchConfig:
     student: str = "tinybert4"  # the bare step's student
     remote: bool = False  # also read the built caches from a loopback S3 server
     device: str = "cpu"
+    amp: str = "none"  # autocast of the bare step's forward: none | bf16 | fp16
     workdir: str | None = None  # None: a temporary folder
 
     def validate(self) -> None:
@@ -73,6 +75,8 @@ class ReaderBenchConfig:
             problems.append(f"rows must be >= {max(BATCHES)} (one batch of each size)")
         if self.seconds <= 0 or self.steps < 1:
             problems.append("seconds must be > 0 and steps >= 1")
+        if problem := amp_problem(self.amp, self.device):
+            problems.append(problem)
         if self.cache is not None and (self.remote or self.teacher is not None):
             problems.append("--cache times that cache as it is: drop --remote and --teacher")
         if problems:
@@ -133,6 +137,7 @@ def step_rows_per_s(cache: str, batch: int, cfg: ReaderBenchConfig, work: Path) 
         student=cfg.student,
         batch_size=batch,
         device=cfg.device,
+        amp=cfg.amp,
         verify=False,
         local_cache=str(work / "local-cache") if "://" in cache else None,
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hskcache.precision import autocast
 from hskcache.teacher import Teacher, accepts
 from hskcache.tokenize import Encoded
 from hsktrain.config import FitConfig
@@ -48,9 +49,17 @@ def step_clock(
         b = run.make_batch(rows)
         t1 = time.perf_counter()
         train_step(net, opt, scaler, b, stage, LR, cfg)
+        sync(cfg.device)  # the backward and the update run on after train_step returns
         return time.perf_counter() - t0, t1 - t0
 
     return one_step
+
+
+def sync(device: str) -> None:
+    """Wait for `device`'s queued kernels (CUDA runs them after the call that launched them
+    returns), so that a clock read next counts them; nothing on CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_steps(
@@ -132,7 +141,7 @@ def forward_timer(
 
     def one_pass() -> float:
         t0 = None
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, teacher.amp):
             for idx in batches:
                 rows = torch.from_numpy(idx)
                 T = int(enc.lengths[idx].max())
@@ -141,7 +150,10 @@ def forward_timer(
                 teacher.model(
                     input_ids=ids[rows, :T].to(device), attention_mask=mask.long().to(device), **kw
                 )
-                t0 = t0 or time.perf_counter()
+                if t0 is None:
+                    sync(device)
+                    t0 = time.perf_counter()
+        sync(device)
         return time.perf_counter() - t0
 
     return one_pass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from hskcache.devices import device_name
 from hsktrain.bench.verdict import shown
 
 
@@ -117,3 +118,10 @@ def load_line(load: dict) -> str:
         f"{fmt(load['end'])} at the end ({os.cpu_count()} cores); ratios within one run are "
         "what counts."
     )
+
+
+def device_words(result: dict) -> str:
+    """Where a bench computed: `device cpu`, or `device cuda (NVIDIA H200), bf16 autocast`."""
+    amp = result.get("amp", "none")
+    where = f"device {device_name(result['device'])}"
+    return where if amp == "none" else f"{where}, {amp} autocast"
