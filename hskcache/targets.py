@@ -181,9 +181,10 @@ class Batch:
 
 
 def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
-    """Host -> device. To CUDA through pinned memory with a non-blocking copy, so the copy
-    overlaps the previous step's kernels; on CPU the tensor itself (no copy)."""
-    if torch.device(device).type == "cuda":
+    """Host -> device. A CPU tensor goes to CUDA through pinned memory with a non-blocking
+    copy, so the copy overlaps the previous step's kernels; a tensor already there, or any on
+    CPU, is itself (no copy)."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
 

@@ -39,17 +39,16 @@ def from_teacher(
     regression: bool,
     batch_threshold: float | None = None,
 ) -> Batch:
-    """The same batch with targets computed live by the teacher (the online baseline)."""
+    """The same batch with targets computed live by the teacher (the online baseline): the
+    inputs go to the device first (the teacher runs there), the targets it returns on the CPU
+    follow."""
     b = inputs(rows, device, regression)
     t = teacher_targets(teacher, probe, plan, b.input_ids, b.attention_mask, b.token_type_ids)
-    b.logits = t.logits.to(device)
-    for la in t.layers:
-        if batch_threshold is not None:
-            la = batch_magnitude(la, batch_threshold, teacher.config.hidden_size)
-        la.positions, la.values = la.positions.to(device), la.values.to(device)
-        la.dims = la.dims.to(device) if la.dims is not None else None
-        b.layers.append(la)
-    return b
+    b.logits, b.layers = t.logits, t.layers
+    if batch_threshold is not None:
+        hidden = teacher.config.hidden_size
+        b.layers = [batch_magnitude(la, batch_threshold, hidden) for la in t.layers]
+    return b.to(device)
 
 
 def batch_magnitude(la: LayerTargets, fraction: float, hidden: int) -> LayerTargets:
