@@ -36,7 +36,7 @@ from hskcache.reader import Cache, open_cache
 from hskcache.shapes import student_shape
 from hsktrain.batch import from_cache
 from hsktrain.bench.step import make_teacher, synthetic_cache, synthetic_sst2
-from hsktrain.bench.timer import every_epoch, machine, time_steps
+from hsktrain.bench.timer import every_epoch, machine, sync, time_steps
 from hsktrain.bench.verdict import verdicts
 from hsktrain.config import FitConfig
 from hsktrain.loader import ChunkShuffleLoader, prefetched
@@ -119,8 +119,7 @@ def reader_rows_per_s(
         elapsed = time.perf_counter() - t0
         if rows >= epoch and (not warm or elapsed >= seconds):
             break
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     elapsed = time.perf_counter() - t0
     if prefetch:
         batches.close()  # stops the thread
