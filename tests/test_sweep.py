@@ -702,3 +702,39 @@ def test_report_names_a_teacher_fine_tuned_twice_once(tmp_path):
     line = "- teacher `t+ft@abc` fine-tuned on mrpc: dev accuracy 0.8000, f1 0.8600"
     assert md.count(line) == 1
     assert f"{line} (fine-tuned 2 times here, the same weights each time)" in md
+
+
+def test_report_sets_students_against_their_teacher_and_their_extra_rows(tmp_path):
+    """A study that fine-tuned its teacher shows each arm as a share of the teacher's score; a
+    KD arm run with and without the teacher-labelled extra rows is judged pair by pair."""
+    study = tmp_path / "study"
+    table = results_table(study)
+    by_config = {
+        "ce": ("ce", (0.70, 0.72)),
+        "pred": ("pred", (0.80, 0.80)),
+        "pred+labelled8": ("pred", (0.84, 0.86)),
+        "full/-/-/l_top4": ("hsk", (0.81, 0.83)),
+        "full/-/-/l_top4+labelled8": ("hsk", (0.80, 0.80)),
+    }
+    base = fake_rows()[0] | {"teacher": "t+ft@abc", "axis": "baseline", "hsk": ""}
+    for config, (kind, scores) in by_config.items():
+        hsk = {"axis": "config", "hsk": "full", "hsk_fraction": 1.0} if kind == "hsk" else {}
+        for seed, score in enumerate(scores):
+            row = {"config": config, "kind": kind, "seed": seed, "dev_accuracy": score}
+            table.append(base | row | hsk)
+    tune = {"task": "sst2", "teacher": "t+ft@abc", "cache": "teacher", "how": "finetune"}
+    tune |= {"source": "t", "seconds": 60.0, "device": "cpu", "bytes": 1, "rows": None}
+    tune |= {"dev": json.dumps({"accuracy": 0.9}), "code_version": "x", "timestamp": "t"}
+    builds_table(study).append(tune)
+    md = write_report(study).read_text()
+    # 0.85 / 0.9 = 94.4%, 5 points under
+    assert "| `pred+labelled8` | pred | baseline | - | 2 | 0.8500 +- 0.0141 | 94.4% (-5.0) |" in md
+    assert "| `ce` | ce | baseline | - | 2 | 0.7100 +- 0.0141 | 78.9% (-19.0) |" in md
+    claim = "- **teacher-labelled extra rows help KD (the same arm without them)**: "
+    assert md.count(claim) == 1  # in the extra rows' section only
+    assert f"{claim}partly held (1 of 2 arms)" in md
+    assert (
+        "  - pred+labelled8: 0.8500 +- 0.0141 (n=2) vs pred 0.8000 +- 0.0000 (n=2): > "
+        "(difference outside the seeds' spread (0.0141))" in md
+    )
+    assert "  - full/-/-/l_top4+labelled8: 0.8000 +- 0.0000 (n=2) vs full/-/-/l_top4 " in md

@@ -265,6 +265,34 @@ def claim_joint(arms: list[ArmResults], metric: str) -> tuple[str, list[str]]:
     return f"{'held' if all(wins) else 'not held'} ({sum(wins)} of {len(wins)})", lines
 
 
+def plain_config(config: str) -> str:
+    """An arm's config without its extra rows (`pred+labelled8000` -> `pred`)."""
+    return re.sub(r"\+(augment|labelled)\d+", "", config)
+
+
+def claim_extra_rows(
+    plain: list[ArmResults], extra: list[ArmResults], metric: str
+) -> tuple[str, list[str]]:
+    """Each KD arm trained with the teacher-labelled extra rows against the same arm without
+    them: the rows CE-only cannot use, and the reason to distil offline."""
+    without = {a.config: a for a in plain if a.kind != "ce"}
+    pairs = [
+        (a, without[plain_config(a.config)])
+        for a in extra
+        if a.kind != "ce" and plain_config(a.config) in without
+    ]
+    if not pairs:
+        return "not enough data", ["needs a KD arm run both with and without the extra rows"]
+    lines = [
+        f"{a.config}: {a.show(metric)} vs {b.config} {b.show(metric)}: "
+        f"{'>' if a.mean(metric) > b.mean(metric) else '<='} ({_spread(a, b, metric)})"
+        for a, b in pairs
+    ]
+    won = sum(a.mean(metric) > b.mean(metric) for a, b in pairs)
+    verdict = "held" if won == len(pairs) else "not held" if not won else "partly held"
+    return f"{verdict} ({won} of {len(pairs)} arms)", lines
+
+
 NOT_RUN = "not run here"
 
 
@@ -398,7 +426,9 @@ def _wall_clock(results: list[dict], builds: list[dict]) -> list[str]:
     return out
 
 
-def _table(arms: list[ArmResults], metric: str) -> list[str]:
+def _table(arms: list[ArmResults], metric: str, teacher: float | None) -> list[str]:
+    """The arms' Markdown table; with the teacher's own dev score (`teacher`, when this study
+    fine-tuned it), each arm's main metric also as a share of it and the points under it."""
     several = len({d for a in arms for d in a.devices}) > 1  # name the device in every cell
     others = [m for m in METRICS if m != metric and any(m in a.scores for a in arms)]
     head = [
@@ -408,6 +438,7 @@ def _table(arms: list[ArmResults], metric: str) -> list[str]:
         "HSK kept",
         "n",
         f"dev {metric}",
+        *["of teacher (points)"] * (teacher is not None),
         *others,
         "best epoch",
         "train s",
@@ -421,12 +452,18 @@ def _table(arms: list[ArmResults], metric: str) -> list[str]:
             f"{100 * a.fraction:.3g}%" if a.kind == "hsk" else "-",
             str(a.n),
             a.show(metric).rsplit(" (", 1)[0],
+            *([_of_teacher(a.mean(metric), teacher)] if teacher is not None else []),
             *(a.show(m).rsplit(" (", 1)[0] if m in a.scores else "-" for m in others),
             _best(a),
             _seconds(a, several),
         ]
         out.append("| " + " | ".join(cells) + " |")
     return out
+
+
+def _of_teacher(score: float, teacher: float) -> str:
+    """`88.4% (-10.4)`: a student's score as a share of its teacher's, and the points between."""
+    return f"{100 * score / teacher:.1f}% ({100 * (score - teacher):+.1f})"
 
 
 def write_report(study: str | Path) -> Path:
@@ -453,12 +490,14 @@ def write_report(study: str | Path) -> Path:
     ]
     # a teacher fine-tuned again (its folder did not survive) has the same key, weights and scores
     tunes = Counter((r["teacher"], r["task"], r["dev"]) for r in builds if r["how"] == "finetune")
+    scores: dict[tuple[str, str], dict[str, float]] = {}
     for (teacher, task, dev), times in tunes.items():
         if not dev:
             continue
+        scores[(task, teacher)] = json.loads(dev)
         md.append(
             f"- teacher `{teacher}` fine-tuned on {task}: dev "
-            + ", ".join(f"{k} {v:.4f}" for k, v in json.loads(dev).items())
+            + ", ".join(f"{k} {v:.4f}" for k, v in scores[(task, teacher)].items())
             + (f" (fine-tuned {times} times here, the same weights each time)" if times > 1 else "")
         )
     sections = [(k, n, sub) for k, arms in groups.items() for n, sub in by_rows(arms)]
@@ -486,7 +525,7 @@ def write_report(study: str | Path) -> Path:
             "",
             *_recipes(mine, task, teacher),
             "",
-            *_table(arms, metric),
+            *_table(arms, metric, scores.get((task, teacher), {}).get(metric)),
             "",
             f"![marginal utility]({png.name})",
             "",
@@ -494,6 +533,10 @@ def write_report(study: str | Path) -> Path:
             "",
         ]
         checked = claims(arms, metric)
+        if rows_name:
+            plain = next((a for k, n, a in sections if k == (task, teacher) and not n), [])
+            claim = "teacher-labelled extra rows help KD (the same arm without them)"
+            checked.insert(2, (claim, *claim_extra_rows(plain, arms, metric)))
         for name, verdict, lines in checked:
             if verdict != NOT_RUN:
                 md.append(f"- **{name}**: {verdict}")
