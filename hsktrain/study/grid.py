@@ -232,10 +232,18 @@ class Rows:
         return "+".join(parts)
 
 
+ROWS_SUFFIX = re.compile(r"\+(augment|labelled)(\d+)")
+
+
 def config_rows(config: str) -> Rows:
     """The rows a table's `config` cell names (`pred+augment4` -> Rows(augment=4))."""
-    values = {k: int(v) for k, v in re.findall(r"\+(augment|labelled)(\d+)", config)}
+    values = {k: int(v) for k, v in ROWS_SUFFIX.findall(config)}
     return Rows(values.get("augment", 0), values.get("labelled"))
+
+
+def plain_config(config: str) -> str:
+    """A `config` cell without its extra rows (`pred+labelled8000` -> `pred`)."""
+    return ROWS_SUFFIX.sub("", config)
 
 
 def study_rows(grid: Grid, extra: bool) -> Rows:

@@ -21,7 +21,7 @@ from pathlib import Path
 from hskcache.errors import HskError
 from hsktrain.metrics import main_metric
 from hsktrain.outputs import output_file
-from hsktrain.study.grid import config_rows, parse_recipe
+from hsktrain.study.grid import config_rows, parse_recipe, plain_config
 from hsktrain.study.tables import METRICS, builds_table, results_table
 
 AXES = ("depth", "length", "width")
@@ -132,6 +132,12 @@ def baseline(arms: list[ArmResults], kind: str) -> ArmResults | None:
 # --- claims -----------------------------------------------------------------------------------
 
 
+def _tally(won: int, n: int, of: str = "arms") -> str:
+    """`held (3 of 3 arms)`, `partly held (...)` or `not held (...)`: how many arms won."""
+    verdict = "held" if won == n else "not held" if not won else "partly held"
+    return f"{verdict} ({won} of {n} {of})"
+
+
 def _spread(a: ArmResults, b: ArmResults, metric: str) -> str:
     """Whether a difference of means is inside the seeds' spread (the larger std)."""
     s = [x for x in (a.std(metric), b.std(metric)) if x is not None]
@@ -154,8 +160,7 @@ def claim_compressed(arms: list[ArmResults], metric: str) -> tuple[str, list[str
         for a in small
     ]
     held = sum(a.mean(metric) >= full.mean(metric) for a in small)
-    verdict = "held" if held == len(small) else "not held" if not held else "partly held"
-    return f"{verdict} ({held} of {len(small)} compressed arms)", lines
+    return _tally(held, len(small), "compressed arms"), lines
 
 
 def claim_beats(arms: list[ArmResults], metric: str, kind: str) -> tuple[str, list[str]]:
@@ -171,8 +176,7 @@ def claim_beats(arms: list[ArmResults], metric: str, kind: str) -> tuple[str, li
         for a in kd
     ]
     won = sum(a.mean(metric) > base.mean(metric) for a in kd)
-    verdict = "held" if won == len(kd) else "not held" if not won else "partly held"
-    return f"{verdict} ({won} of {len(kd)} arms)", lines
+    return _tally(won, len(kd)), lines
 
 
 def _curves(arms: list[ArmResults], axis: str) -> dict[str, list[ArmResults]]:
@@ -265,11 +269,6 @@ def claim_joint(arms: list[ArmResults], metric: str) -> tuple[str, list[str]]:
     return f"{'held' if all(wins) else 'not held'} ({sum(wins)} of {len(wins)})", lines
 
 
-def plain_config(config: str) -> str:
-    """An arm's config without its extra rows (`pred+labelled8000` -> `pred`)."""
-    return re.sub(r"\+(augment|labelled)\d+", "", config)
-
-
 def claim_extra_rows(
     plain: list[ArmResults], extra: list[ArmResults], metric: str
 ) -> tuple[str, list[str]]:
@@ -289,8 +288,7 @@ def claim_extra_rows(
         for a, b in pairs
     ]
     won = sum(a.mean(metric) > b.mean(metric) for a, b in pairs)
-    verdict = "held" if won == len(pairs) else "not held" if not won else "partly held"
-    return f"{verdict} ({won} of {len(pairs)} arms)", lines
+    return _tally(won, len(pairs)), lines
 
 
 NOT_RUN = "not run here"
