@@ -130,6 +130,19 @@ class HSKLoss(nn.Module):
             )
         return loss
 
+    def zero_prediction(self, layers: list) -> torch.Tensor:
+        """What `forward` gives a projection that outputs zeros: the loss of knowing nothing
+        (the mean square of the targets, weighted and normalised as `forward` does). An HSK
+        loss reads as a share of it, whatever the teacher's scale: `fit` logs both."""
+        loss = torch.zeros((), dtype=torch.float32)
+        for la in layers:  # a 0-dim CPU tensor adds to one on any device
+            valid = (la.positions >= 0).float()[..., None]  # (B, K, 1)
+            kept = la.values.shape[-1] if self.kept_only and la.dims is not None else None
+            width = kept or self.teacher_width  # unkept dims: targets of 0, squared to 0
+            sq = (la.values.float() ** 2 * valid).sum()
+            loss = loss + self.weight * sq / (valid.sum() * width).clamp(min=1)
+        return loss
+
 
 class PredictionLoss(nn.Module):
     """The prediction stage's loss as a module: soft cross-entropy to the teacher's logits at

@@ -43,6 +43,7 @@ from hsktrain.checkpoint import (
 from hsktrain.config import FitConfig
 from hsktrain.evaluate import predict_metrics
 from hsktrain.loader import STAGE_STRIDE, ChunkShuffleLoader, prefetched
+from hsktrain.losses import HSKLoss
 from hsktrain.metrics import main_metric
 from hsktrain.outputs import output_folder
 from hsktrain.prepare import Run, Stage, prepare
@@ -66,6 +67,7 @@ class LoopState:
     step: int = 0  # optimizer steps in all
     loss_sum: float = 0.0  # this epoch's losses so far: a resumed epoch still averages all of it
     loss_count: int = 0
+    zero_sum: float = 0.0  # HSK stage: this epoch's all-zero prediction losses (the scale)
     best: float | None = None  # best dev score of the task's main metric
     best_metrics: dict = dataclasses.field(default_factory=dict)
     best_written: bool = False
@@ -193,6 +195,9 @@ def train_stage(t: Trainer, si: int, opt, state: LoopState, show_progress: bool)
     total = sum(steps) if cfg.lr_decay == "linear" else None
     first = sum(steps[: state.epoch]) + state.batch
     bar = progress_bar(f"{stage.name} stage", sum(steps), first, show_progress, unit="steps")
+    # the HSK loss alone means little (it scales with the teacher's states): log its scale too
+    hsk = stage.name == "hsk"
+    hsk_loss = HSKLoss(t.net.proj, t.net.teacher_width, cfg.hsk_weight, cfg.kept_only)
     with bar as advance:
         for epoch in range(state.epoch, stage.epochs):
             t0 = time.perf_counter()
@@ -214,17 +219,13 @@ def train_stage(t: Trainer, si: int, opt, state: LoopState, show_progress: bool)
                 state.step, state.batch = state.step + 1, i + 1
                 state.loss_sum, state.loss_count = state.loss_sum + loss, state.loss_count + 1
                 advance(1, f"loss {state.loss_sum / state.loss_count:.4f}")
-                t.write(
-                    {
-                        "stage": stage.name,
-                        "epoch": epoch,
-                        "batch": i,
-                        "step": state.step,
-                        "loss": loss,
-                        "lr": lr,
-                        "t": time.perf_counter(),
-                    }
-                )
+                record = {"stage": stage.name, "epoch": epoch, "batch": i, "step": state.step}
+                record |= {"loss": loss, "lr": lr, "t": time.perf_counter()}
+                if hsk:
+                    with torch.no_grad():
+                        record["zero_loss"] = t.world.mean(hsk_loss.zero_prediction(b.layers))
+                    state.zero_sum += record["zero_loss"]
+                t.write(record)
                 if cfg.save_every and state.step % cfg.save_every == 0:
                     save_last(t, opt, state)
                 if cfg.max_steps and state.step >= cfg.max_steps:
@@ -243,7 +244,10 @@ def end_epoch(t: Trainer, stage: Stage, epoch: int, opt, state: LoopState, secon
         "train_loss": state.loss_sum / state.loss_count if state.loss_count else None,
         "epoch_seconds": seconds,
     }
+    if stage.name == "hsk" and state.loss_count:  # the all-zero prediction's, averaged alike
+        record["zero_loss"] = state.zero_sum / state.loss_count
     state.epoch, state.batch, state.loss_sum, state.loss_count = epoch + 1, 0, 0.0, 0
+    state.zero_sum = 0.0
     run = t.run
     if run.dev is not None and t.world.main:
         scores = predict_metrics(

@@ -50,7 +50,11 @@ def step_losses(out: Path) -> list[tuple[str, float]]:
 
 def epoch_losses(out: Path) -> list[tuple[str, int, float]]:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [(r["stage"], r["epoch"], r["train_loss"]) for r in rows if "train_loss" in r]
+    return [
+        (r["stage"], r["epoch"], r["train_loss"], r.get("zero_loss"))
+        for r in rows
+        if "train_loss" in r
+    ]
 
 
 def base(world, out, **kw) -> FitConfig:
@@ -127,6 +131,12 @@ def test_stages_and_best_checkpoint(world, tmp_path):
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if "dev" in r]
     assert [r["stage"] for r in epochs] == ["hsk", "pred", "pred", "pred"]
+    # the HSK stage logs its scale: the all-zero prediction's loss, each step and its mean
+    steps = [r for r in records if "loss" in r]
+    zeros = [r["zero_loss"] for r in steps if r["stage"] == "hsk"]
+    assert len(zeros) == 6 and all(z > 0 for z in zeros) and len(set(zeros)) > 1
+    assert epochs[0]["zero_loss"] == pytest.approx(sum(zeros) / len(zeros))
+    assert not any("zero_loss" in r for r in [*steps, *epochs] if r["stage"] == "pred")
     pred_scores = [r["dev"]["accuracy"] for r in epochs if r["stage"] == "pred"]
     assert best.metrics["accuracy"] == max(pred_scores) and best.best == out / "best"
     saved = json.loads((out / "best" / "hsktrain.json").read_text())

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hsktrain.losses import hsk_layer_loss, prediction_loss, soft_cross_entropy
+from hskcache.targets import LayerTargets
+from hsktrain.losses import HSKLoss, hsk_layer_loss, prediction_loss, soft_cross_entropy
 from hsktrain.metrics import main_metric, task_metrics
 
 
@@ -38,6 +39,23 @@ def test_hsk_loss_kept_only():
     want = (1 + 100 + 1 + 0) / (2 * 2)
     got = hsk_layer_loss(H, proj_2_to_4(), POS, VALUES, DIMS, 4, kept_only=True)
     assert got.item() == pytest.approx(want)
+
+
+@pytest.mark.parametrize("kept_only", [False, True])
+def test_zero_prediction_is_the_loss_of_a_projection_that_outputs_zeros(kept_only):
+    # by hand: valid tokens hold 4, 1 and 1, 3: squares 17 + 10 = 27 over 2 tokens x 4 dims (2
+    # kept), the full-width layer 1 + 4 + 9 + 16 = 30 over 1 token x 4 dims; weight 0.5
+    full = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])
+    layers = [
+        LayerTargets(1, 2, POS, VALUES, DIMS),
+        LayerTargets(2, 4, torch.tensor([[1]]), full, None),
+    ]
+    want = 0.5 * (27 / (2 * (2 if kept_only else 4)) + 30 / 4)
+    loss = HSKLoss(proj_2_to_4(), 4, weight=0.5, kept_only=kept_only)
+    assert loss.zero_prediction(layers).item() == pytest.approx(want)
+    zeros = HSKLoss(lambda x: x.new_zeros(*x.shape[:-1], 4), 4, 0.5, kept_only)
+    hidden = (H, H, H[:, :2])
+    assert zeros(hidden, layers).item() == pytest.approx(want)
 
 
 def test_hsk_loss_fixed_dims_and_full_width():

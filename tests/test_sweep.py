@@ -25,8 +25,8 @@ from hsktrain.study.grid import (
     task_limit,
 )
 from hsktrain.study.report import compare, write_report
-from hsktrain.study.sweep import plan_sweep, run_sweep
-from hsktrain.study.tables import builds_table, results_table
+from hsktrain.study.sweep import log_summary, plan_sweep, run_sweep
+from hsktrain.study.tables import builds_table, logs_table, results_table
 
 SST2 = TaskRef("sst2", "SST-2", 64)
 
@@ -462,6 +462,14 @@ def test_a_real_tiny_sweep_writes_rows_and_skips_them_on_rerun(tmp_path, tiny_be
     assert [(b["how"], b["device"]) for b in builds] == [("build", "cpu")]  # one cache for both
     run_dirs = list((grid.work / "runs").rglob("metrics.jsonl"))
     assert len(run_dirs) == 2 and not any((p.parent / "best").exists() for p in run_dirs)
+    # logs.csv: how each run learned, read back from its metrics.jsonl
+    logs = logs_table(grid.study).rows()
+    assert [(r["config"], r["seed"]) for r in logs] == [(r["config"], r["seed"]) for r in rows]
+    pred, hsk_log = logs
+    assert pred["hsk_start"] == pred["hsk_end"] == ""  # prediction-only: no HSK stage
+    assert len(pred["dev_curve"].split()) == 2 and len(hsk_log["dev_curve"].split()) == 1
+    assert float(hsk_log["dev_curve"]) == pytest.approx(float(hsk["dev_accuracy"]), abs=1e-4)
+    assert float(hsk_log["hsk_end"]) > 0 and float(hsk_log["hsk_start"]) > 0
     again = run_sweep(grid, show_progress=False, say=lambda _: None)
     assert again.pending == [] and len(results_table(grid.study).rows()) == 2
 
@@ -738,3 +746,22 @@ def test_report_sets_students_against_their_teacher_and_their_extra_rows(tmp_pat
         "(difference outside the seeds' spread (0.0141))" in md
     )
     assert "  - full/-/-/l_top4+labelled8: 0.8000 +- 0.0000 (n=2) vs full/-/-/l_top4 " in md
+
+
+def test_log_summary_reads_how_a_run_learned():
+    log = [
+        {"stage": "hsk", "epoch": 0, "batch": 0, "step": 1, "loss": 0.6, "zero_loss": 0.5},
+        {"stage": "hsk", "epoch": 0, "batch": 1, "step": 2, "loss": 0.4, "zero_loss": 0.5},
+        {"stage": "hsk", "epoch": 0, "train_loss": 0.5, "zero_loss": 0.5, "dev": {"accuracy": 0.5}},
+        {"stage": "hsk", "epoch": 1, "train_loss": 0.2, "zero_loss": 0.4, "dev": {"accuracy": 0.5}},
+        {"stage": "pred", "epoch": 0, "batch": 0, "step": 5, "loss": 0.9},
+        {"stage": "pred", "epoch": 0, "train_loss": 0.3, "dev": {"accuracy": 0.8}},
+        {"stage": "pred", "epoch": 1, "train_loss": 0.25, "dev": {"accuracy": 0.85}},
+    ]
+    got = log_summary(log, "sst2")
+    assert got["hsk_start"] == pytest.approx(1.2) and got["hsk_end"] == pytest.approx(0.5)
+    assert got["dev_curve"] == "0.8000 0.8500" and got["train_end"] == 0.25
+    # a log written before fit logged the all-zero prediction's loss: no shares, the rest
+    old = [{k: v for k, v in r.items() if k != "zero_loss"} for r in log]
+    assert log_summary(old, "sst2") == got | {"hsk_start": None, "hsk_end": None}
+    assert log_summary([], "sst2") == dict.fromkeys(got)

@@ -49,10 +49,12 @@ from hsktrain.study.grid import (
     rows_limit,
 )
 from hsktrain.study.tables import (
+    KEY,
     METRICS,
     Table,
     builds_table,
     code_version,
+    logs_table,
     now,
     planned,
     results_table,
@@ -422,7 +424,8 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
     t0 = time.perf_counter()
     result = fit(cfg, show_progress=ctx.show_progress)
     seconds = time.perf_counter() - t0
-    stage, epoch = best_epoch(out / "metrics.jsonl", run.task.name)
+    log = read_log(out / "metrics.jsonl")
+    stage, epoch = best_epoch(log, run.task.name)
     if not grid.keep_checkpoints:  # metrics.jsonl and config.json stay
         for sub in ("best", "last"):
             shutil.rmtree(out / sub, ignore_errors=True)
@@ -432,6 +435,7 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
         "metrics": result.metrics,
         "best_stage": stage,
         "best_epoch": epoch,
+        "log": log_summary(log, run.task.name),
         "train_seconds": seconds,
         "hsk_fraction": m.stats.hsk_fraction if hsk else 0.0,
         "cache_bytes": sum(o.bytes for o in (m.objects or {}).values())
@@ -440,16 +444,40 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
     }
 
 
-def best_epoch(log: Path, task: str) -> tuple[str | None, int | None]:
+def read_log(path: Path) -> list[dict]:
+    """A run's metrics.jsonl records (none when it is missing)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def best_epoch(log: list[dict], task: str) -> tuple[str | None, int | None]:
     """(stage, 1-based epoch in it) of the best dev score, chosen as `fit` chooses: the first
     epoch with the highest main metric, HSK-stage epochs excluded."""
     metric = main_metric(task)
     best = (None, None, None)
-    for line in log.read_text().splitlines() if log.is_file() else []:
-        r = json.loads(line)
+    for r in log:
         if "dev" in r and r["stage"] != "hsk" and (best[0] is None or r["dev"][metric] > best[0]):
             best = (r["dev"][metric], r["stage"], r["epoch"] + 1)
     return best[1], best[2]
+
+
+def log_summary(log: list[dict], task: str) -> dict:
+    """How a run learned, for logs.csv: its HSK loss as a share of an all-zero prediction's at
+    the first step (`hsk_start`: how near the student starts) and over the HSK stage's last
+    epoch (`hsk_end`: how near it got), the main dev metric after each scored epoch
+    (`dev_curve`, space-separated: still rising at the end means it wanted more), and the last
+    epoch's mean train loss (`train_end`). A field the log cannot give is None."""
+    steps = [r for r in log if r.get("stage") == "hsk" and "zero_loss" in r and "loss" in r]
+    ends = [r for r in log if r.get("stage") == "hsk" and "zero_loss" in r and "train_loss" in r]
+    epochs = [r for r in log if "train_loss" in r]
+    metric = main_metric(task)
+    dev = [r["dev"][metric] for r in epochs if r["stage"] != "hsk" and metric in r.get("dev", {})]
+    share = lambda r, k: r[k] / r["zero_loss"] if r["zero_loss"] else None  # noqa: E731
+    return {
+        "hsk_start": share(steps[0], "loss") if steps else None,
+        "hsk_end": share(ends[-1], "train_loss") if ends else None,
+        "dev_curve": " ".join(f"{d:.4f}" for d in dev) or None,
+        "train_end": epochs[-1]["train_loss"] if epochs else None,
+    }
 
 
 @dataclass
@@ -489,12 +517,14 @@ def run_sweep(
     say=print,
     shard: tuple[int, int] = (0, 1),
 ):
-    """Run every pending run of the grid, appending one row to results.csv after each.
+    """Run every pending run of the grid, appending one row to results.csv (and logs.csv) after
+    each.
 
     Args:
         grid: the study.
         runner: trains one run and returns its measured fields (`train_run`; tests inject a
-            fake): metrics, best_stage, best_epoch, train_seconds, hsk_fraction, cache_bytes.
+            fake): metrics, best_stage, best_epoch, train_seconds, hsk_fraction, cache_bytes,
+            and `log` (logs.csv's fields, `log_summary`; without it, no logs.csv row).
         show_progress: progress bars of builds and fits.
         say: where one line per run goes.
         shard: (i, n): run only the grid's runs at positions i, i + n, i + 2n, ...: n sweeps
@@ -504,7 +534,7 @@ def run_sweep(
         The Sweep (its `pending`: the runs this call ran).
     """
     sweep = plan_sweep(grid, True, show_progress, say)
-    table = results_table(grid.study)
+    table, logs = results_table(grid.study), logs_table(grid.study)
     say(f"{len(sweep.runs)} runs in the grid, {len(sweep.done)} already in {table.path}")
     part, parts = shard
     if parts > 1:
@@ -536,6 +566,8 @@ def run_sweep(
             "timestamp": now(),
         }
         table.append(row)
+        if got.get("log"):  # after its results row: a kill between them loses the summary only
+            logs.append({k: row[k] for k in KEY} | got["log"])
         scores = ", ".join(f"{k} {v:.4f}" for k, v in got["metrics"].items())
         say(f"  dev {scores or '-'} ({got.get('train_seconds') or 0:.0f} s)")
     return sweep

@@ -1,5 +1,6 @@
-"""A study's tables: `results.csv` (one row per finished run) and `builds.csv` (every fine-tune,
-build and derive), appended one flushed row at a time, and which runs they already hold."""
+"""A study's tables: `results.csv` (one row per finished run), `logs.csv` (how each run learned)
+and `builds.csv` (every fine-tune, build and derive), appended one flushed row at a time, and
+which runs they already hold."""
 
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ BUILD_COLUMNS = [
     "timestamp",
 ]
 KEY = ("task", "teacher", "config", "seed")  # one run: a second row of it would count twice
+# logs.csv: how each run learned, from its metrics.jsonl (`sweep.log_summary` says what each is)
+LOG_COLUMNS = [*KEY, "hsk_start", "hsk_end", "dev_curve", "train_end"]
 # what `hsktrain report` reads as numbers
 NUMBERS = {"seed": int, "teacher_depth": int, "hsk_fraction": float, "train_seconds": float}
 NUMBERS |= {f"dev_{m}": float for m in METRICS}
@@ -182,6 +185,11 @@ def _cell(v) -> str:
 
 def results_table(study: str | Path) -> Table:
     return Table(Path(study) / "results.csv", COLUMNS, KEY, NUMBERS)
+
+
+def logs_table(study: str | Path) -> Table:
+    numbers = {"seed": int, "hsk_start": float, "hsk_end": float, "train_end": float}
+    return Table(Path(study) / "logs.csv", LOG_COLUMNS, KEY, numbers)
 
 
 def builds_table(study: str | Path) -> Table:
