@@ -765,3 +765,56 @@ def test_log_summary_reads_how_a_run_learned():
     old = [{k: v for k, v in r.items() if k != "zero_loss"} for r in log]
     assert log_summary(old, "sst2") == got | {"hsk_start": None, "hsk_end": None}
     assert log_summary([], "sst2") == dict.fromkeys(got)
+
+
+def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
+    """A study.toml's [targets] are judged for its arm (met, met inside the spread, missed by
+    how much, with fewer seeds said); logs.csv's rows become the arms' learning table."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.toml").write_text(
+        'study = "s"\ntasks = ["SST-2"]\nconfigs = ["full", "1l_10t_0.1h"]\n[targets]\n'
+        'arm = "1l_10t_0.1h"\nof_teacher = 0.85\nover_ce = 0.09\nwithin_full = 0.005\n'
+    )
+    table = results_table(study)
+    base = fake_rows()[0] | {"teacher": "t+ft@abc", "axis": "baseline", "hsk": ""}
+    by_config = {
+        "ce": ("ce", "", (0.70, 0.72)),
+        "full/-/-/l_top4": ("hsk", "full", (0.81, 0.83)),
+        "1l_10t_0.1h/a/m/l_top4": ("hsk", "1l_10t_0.1h", (0.80, 0.81, 0.82)),
+    }
+    for config, (kind, hsk, scores) in by_config.items():
+        for seed, score in enumerate(scores):
+            row = {"config": config, "kind": kind, "hsk": hsk, "seed": seed, "dev_accuracy": score}
+            table.append(base | row | ({"axis": "config"} if hsk else {}))
+    tune = {"task": "sst2", "teacher": "t+ft@abc", "cache": "teacher", "how": "finetune"}
+    tune |= {"source": "t", "seconds": 60.0, "device": "cpu", "bytes": 1, "rows": None}
+    tune |= {"dev": json.dumps({"accuracy": 0.9}), "code_version": "x", "timestamp": "t"}
+    builds_table(study).append(tune)
+    logs = logs_table(study)
+    for seed, (start, curve) in enumerate([(1.0, "0.70 0.80"), (0.9, "0.72 0.82")]):
+        key = {"task": "sst2", "teacher": "t+ft@abc", "config": "1l_10t_0.1h/a/m/l_top4"}
+        logs.append(key | {"seed": seed, "hsk_start": start, "hsk_end": 0.4, "dev_curve": curve})
+    md = write_report(study).read_text()
+    assert (
+        "### Targets\n\n`1l_10t_0.1h` + prediction, mean over seeds:\n\n"
+        "- >= 85% of the teacher's (>= 0.7650): 0.8100 +- 0.0100 (n=3): met\n"
+        "- >= CE-only + 9 points (>= 0.8000): 0.8100 +- 0.0100 (n=3): met inside the seeds' "
+        "spread\n"
+        "- within 0.5 points of full HSK (>= 0.8150): 0.8100 +- 0.0100 (n=3): **missed by 0.5 "
+        "points**\n\n### Claims"
+    ) in md
+    assert "| `1l_10t_0.1h/a/m/l_top4` | 2 | 95% | 40% | 0.7100 0.8100 |" in md
+    assert "| `ce` |" not in md.split("### How the arms learned")[1]  # no log, no line
+    # fewer than 3 seeds: said; a bad [targets]: refused by name
+    table.path.write_text("\n".join(table.path.read_text().splitlines()[:-1]) + "\n")
+    assert "- 2 seeds so far: a target is judged on 3" in write_report(study).read_text()
+    (study / "study.toml").write_text(
+        'study = "s"\ntasks = ["SST-2"]\n[targets]\narm = "2l_10t_0.1h"\nof_teacher = 95\nx = 1\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        write_report(study)
+    assert str(e.value).endswith(
+        "unknown key 'targets.x'; targets.of_teacher = 95 must be a number in (0, 1]; "
+        "targets.arm '2l_10t_0.1h' must be one of configs ['full', '1l_10t_0.1h']"
+    )

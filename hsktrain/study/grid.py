@@ -36,6 +36,14 @@ from hsktrain.config import (
 from hsktrain.glue import find_task_data
 
 BASELINES = ("ce", "pred")
+# a study's [targets]: `arm` (an HSK config) must score at least each bound, in points of the
+# main metric as fractions (0.05 = 5 points) or as a share of the teacher (of_teacher)
+TARGETS = {
+    "of_teacher": ">= {share} of the teacher's",
+    "under_teacher": ">= the teacher's - {points}",
+    "over_ce": ">= CE-only + {points}",
+    "within_full": "within {points} of full HSK",
+}
 # The width axis's one online strategy: the paper's per-batch magnitude threshold (a cache holds
 # a fixed number of dims per token, so these arms run `fit --online-teacher --batch-threshold`).
 THRESHOLD = "threshold"
@@ -90,6 +98,9 @@ class Grid:
     keep_checkpoints: bool = False  # default: a finished run keeps metrics and config only
     workdir: str | None = None  # default: STUDY/work
     fit: dict = field(default_factory=dict)  # any other FitConfig option, for every run
+    # what `hsktrain report` judges (TARGETS): one HSK config + prediction against the teacher,
+    # CE-only and full HSK; the sweep itself ignores them
+    targets: dict = field(default_factory=dict)
 
     @property
     def work(self) -> Path:
@@ -129,6 +140,24 @@ def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}{'; '.join(p)}")
     return grid
+
+
+def _targets_problems(g: Grid) -> list[str]:
+    """[targets]: known bounds, each a fraction in (0, 1], and an `arm` among the configs."""
+    if not g.targets:
+        return []
+    t = g.targets
+    p = [f"unknown key 'targets.{k}'" for k in t if k != "arm" and k not in TARGETS]
+    p += [
+        f"targets.{k} = {v!r} must be a number in (0, 1]"
+        for k, v in t.items()
+        if k in TARGETS and (isinstance(v, bool) or not (isinstance(v, int | float) and 0 < v <= 1))
+    ]
+    if t.get("arm") not in g.configs:
+        p.append(f"targets.arm {t.get('arm')!r} must be one of configs {g.configs}")
+    if not TARGETS.keys() & t.keys():
+        p.append(f"targets: set at least one of {', '.join(TARGETS)}")
+    return p
 
 
 def _extra_rows_problems(g: Grid) -> list[str]:
@@ -194,6 +223,7 @@ def grid_problems(g: Grid) -> list[str]:
         if s not in GRID_WIDTH_STRATEGIES
     ]
 
+    p += _targets_problems(g)
     p += student_problems(g.student)
     names = {f.name for f in fields(FitConfig)}
     bad = [f"fit.{k} is set by the sweep itself" for k in g.fit if k in SWEEP_SETS]

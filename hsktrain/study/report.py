@@ -21,8 +21,8 @@ from pathlib import Path
 from hskcache.errors import HskError
 from hsktrain.metrics import main_metric
 from hsktrain.outputs import output_file
-from hsktrain.study.grid import config_rows, parse_recipe, plain_config
-from hsktrain.study.tables import METRICS, builds_table, results_table
+from hsktrain.study.grid import TARGETS, config_rows, load_grid, parse_recipe, plain_config
+from hsktrain.study.tables import METRICS, builds_table, logs_table, results_table
 
 AXES = ("depth", "length", "width")
 # The field whose value names an axis's curve; '-' (does not apply) joins every curve.
@@ -291,6 +291,49 @@ def claim_extra_rows(
     return _tally(won, len(pairs)), lines
 
 
+def check_targets(
+    arms: list[ArmResults], metric: str, teacher: float | None, targets: dict
+) -> list[str]:
+    """The study's [targets] (`grid.TARGETS`) for this section's `targets['arm']` + prediction:
+    each bound, the arm's mean, and `met`, `met inside the seeds' spread` (by less than the
+    larger std of the arms compared: not firmly) or `missed by N points`; under 3 seeds, said."""
+    arm = next((a for a in arms if a.kind == "hsk" and a.hsk == targets["arm"]), None)
+    if arm is None:
+        return [f"no `{targets['arm']}` arm here yet"]
+    full, ce = full_arm(arms), baseline(arms, "ce")
+    refs = {  # target -> (the bound, the arm it is set from, or None for the teacher)
+        "of_teacher": (teacher * targets.get("of_teacher", 0), None) if teacher else None,
+        "under_teacher": (teacher - targets.get("under_teacher", 0), None) if teacher else None,
+        "over_ce": (ce.mean(metric) + targets.get("over_ce", 0), ce) if ce else None,
+        "within_full": (full.mean(metric) - targets.get("within_full", 0), full) if full else None,
+    }
+    got, lines = arm.mean(metric), []
+    for key, text in TARGETS.items():
+        if key not in targets:
+            continue
+        points = 100 * targets[key]
+        what = text.format(
+            share=f"{targets[key]:.0%}", points=f"{points:.3g} point" + "s" * (points != 1)
+        )
+        if refs[key] is None:
+            need = "the teacher's dev score" if "teacher" in key else "its reference arm"
+            lines.append(f"{what}: not judged, needs {need}")
+            continue
+        bound, ref = refs[key]
+        spread = max((x for x in (arm.std(metric), ref and ref.std(metric)) if x), default=0.0)
+        verdict = (
+            f"**missed by {100 * (bound - got):.1f} points**"
+            if got < bound
+            else "met inside the seeds' spread"
+            if got - bound < spread
+            else "met"
+        )
+        lines.append(f"{what} (>= {bound:.4f}): {arm.show(metric)}: {verdict}")
+    if arm.n < 3:
+        lines.append(f"{arm.n} seed{'s' * (arm.n > 1)} so far: a target is judged on 3")
+    return lines
+
+
 NOT_RUN = "not run here"
 
 
@@ -459,6 +502,55 @@ def _table(arms: list[ArmResults], metric: str, teacher: float | None) -> list[s
     return out
 
 
+def _log_table(arms: list[ArmResults], logs: list[dict]) -> list[str]:
+    """How the arms learned, from logs.csv (means over the seeds with a log): the HSK loss as a
+    share of an all-zero prediction's at step 1 and over the HSK stage's last epoch, and the
+    main dev metric after each scored epoch; empty when no arm here has a log."""
+    out = []
+    for a in sorted(arms, key=_arm_order):
+        mine = [r for r in logs if r["config"] == a.config]
+        if not mine:
+            continue
+        curves = [[float(x) for x in r["dev_curve"].split()] for r in mine if r["dev_curve"]]
+        epochs = min(map(len, curves), default=0)  # seeds logged alike; a short one cuts it
+        cells = [
+            f"`{a.config}`",
+            str(len(mine)),
+            *(_mean_share([float(r[k]) for r in mine if r[k]]) for k in HSK_SHARES),
+            " ".join(f"{statistics.fmean(c[e] for c in curves):.4f}" for e in range(epochs)) or "-",
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    if not out:
+        return []
+    head = [
+        "config",
+        "logs",
+        "HSK loss at step 1",
+        "at the HSK stage's end",
+        "dev after each epoch",
+    ]
+    return [
+        "### How the arms learned",
+        "",
+        "From each run's log (`logs.csv`, means over the seeds logged): the HSK loss as a share "
+        "of what an all-zero prediction scores on the same targets (100%: the student knows "
+        "nothing of the teacher's states), and the main dev metric after each scored epoch "
+        "(still rising at the end: the arm wanted more epochs).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *out,
+        "",
+    ]
+
+
+HSK_SHARES = ("hsk_start", "hsk_end")
+
+
+def _mean_share(v: list[float]) -> str:
+    return f"{100 * statistics.fmean(v):.0f}%" if v else "-"
+
+
 def _of_teacher(score: float, teacher: float) -> str:
     """`88.4% (-10.4)`: a student's score as a share of its teacher's, and the points between."""
     return f"{100 * score / teacher:.1f}% ({100 * (score - teacher):+.1f})"
@@ -473,9 +565,11 @@ def write_report(study: str | Path) -> Path:
         ConfigError: the report cannot be written in the study folder.
     """
     study = Path(study)
-    results, builds = load_rows(study), builds_table(study).rows()
+    results, builds, logs = load_rows(study), builds_table(study).rows(), logs_table(study).rows()
     output_file(study / "README.md", "the report")
     groups = group_arms(results)
+    config = study / "study.toml"  # the study's own config, when it sits in its folder
+    targets = load_grid(str(config), {}).targets if config.is_file() else {}
     md = [
         f"# Study `{study.name}`",
         "",
@@ -527,9 +621,14 @@ def write_report(study: str | Path) -> Path:
             "",
             f"![marginal utility]({png.name})",
             "",
-            "### Claims checked here",
-            "",
         ]
+        md += _log_table(arms, [r for r in logs if (r["task"], r["teacher"]) == (task, teacher)])
+        if targets:
+            md += ["### Targets", "", f"`{targets['arm']}` + prediction, mean over seeds:", ""]
+            teacher_score = scores.get((task, teacher), {}).get(metric)
+            md += [f"- {x}" for x in check_targets(arms, metric, teacher_score, targets)]
+            md.append("")
+        md += ["### Claims checked here", ""]
         checked = claims(arms, metric)
         if rows_name:
             plain = next((a for k, n, a in sections if k == (task, teacher) and not n), [])
