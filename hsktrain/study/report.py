@@ -502,6 +502,13 @@ def _table(arms: list[ArmResults], metric: str, teacher: float | None) -> list[s
     return out
 
 
+HSK_SHARES = ("hsk_start", "hsk_end")  # logs.csv's shares of an all-zero prediction's loss
+
+
+def _mean_share(v: list[float]) -> str:
+    return f"{100 * statistics.fmean(v):.0f}%" if v else "-"
+
+
 def _log_table(arms: list[ArmResults], logs: list[dict]) -> list[str]:
     """How the arms learned, from logs.csv (means over the seeds with a log): the HSK loss as a
     share of an all-zero prediction's at step 1 and over the HSK stage's last epoch, and the
@@ -542,13 +549,6 @@ def _log_table(arms: list[ArmResults], logs: list[dict]) -> list[str]:
         *out,
         "",
     ]
-
-
-HSK_SHARES = ("hsk_start", "hsk_end")
-
-
-def _mean_share(v: list[float]) -> str:
-    return f"{100 * statistics.fmean(v):.0f}%" if v else "-"
 
 
 def _of_teacher(score: float, teacher: float) -> str:
