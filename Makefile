@@ -78,7 +78,7 @@ MPNET_INITS := reports/mpnet-distil6 reports/mpnet-full4-bottom reports/mpnet-im
 # The paper-scale study: both inits x extra teacher-labelled rows, MRPC (augment,
 # reusing distil6's teacher) and SST-2 (8,000 labelled of 20,000; importance fine-tunes its teacher).
 PAPER := reports/paper-mrpc-importance reports/paper-mrpc-full4 reports/paper-sst2-importance \
-	reports/paper-sst2-full4
+	reports/paper-sst2-budget reports/paper-sst2-full4
 STUDIES := reports/minilm-core reports/minilm-grouped $(RECIPES) reports/minilm-mrpc-augment \
 	reports/mpnet-core $(MPNET_RECIPES) $(MPNET_INITS) $(PAPER) reports/minilm-mrpc-curves
 # On a GPU: `make study DEVICE=cuda SHARDS=8` runs each study as 8 sweeps at once on it
@@ -98,7 +98,8 @@ study: install mpnet
 	$(VENV)/bin/hsktrain compare reports/mpnet-core $(MPNET_RECIPES) --out reports/mpnet-recipe.md
 	$(VENV)/bin/hsktrain compare reports/paper-mrpc-importance reports/paper-mrpc-full4 \
 	  --out reports/paper-mrpc.md
-	$(VENV)/bin/hsktrain compare reports/paper-sst2-importance reports/paper-sst2-full4 \
+	$(VENV)/bin/hsktrain compare reports/paper-sst2-importance reports/paper-sst2-budget \
+	  reports/paper-sst2-full4 \
 	  --out reports/paper-sst2.md
 
 # The paper-scale studies alone, after the study that fine-tunes the MRPC teacher they reuse:
