@@ -6,6 +6,7 @@ import csv
 import json
 import statistics
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 
@@ -818,3 +819,13 @@ def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
         "unknown key 'targets.x'; targets.of_teacher = 95 must be a number in (0, 1]; "
         "targets.arm '2l_10t_0.1h' must be one of configs ['full', '1l_10t_0.1h']"
     )
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in ROOT.glob("reports/*/study.toml")))
+def test_every_committed_study_file_loads(name):
+    """A committed study that its own sweep (or its report's [targets]) would refuse is stale."""
+    grid = load_grid(str(ROOT / "reports" / name / "study.toml"), {})
+    assert grid.study == f"reports/{name}"
