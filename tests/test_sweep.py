@@ -793,7 +793,7 @@ def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
     tune |= {"dev": json.dumps({"accuracy": 0.9}), "code_version": "x", "timestamp": "t"}
     builds_table(study).append(tune)
     logs = logs_table(study)
-    for seed, (start, curve) in enumerate([(1.0, "0.70 0.80"), (0.9, "0.72 0.82")]):
+    for seed, (start, curve) in enumerate([(1.0, "0.70 0.80"), (0.9, "0.72 0.82"), (None, "")]):
         key = {"task": "sst2", "teacher": "t+ft@abc", "config": "1l_10t_0.1h/a/m/l_top4"}
         logs.append(key | {"seed": seed, "hsk_start": start, "hsk_end": 0.4, "dev_curve": curve})
     md = write_report(study).read_text()
@@ -805,7 +805,8 @@ def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
         "- within 0.5 points of full HSK (>= 0.8150): 0.8100 +- 0.0100 (n=3): **missed by 0.5 "
         "points**\n\n### Claims"
     ) in md
-    assert "| `1l_10t_0.1h/a/m/l_top4` | 2 | 95% | 40% | 0.7100 0.8100 |" in md
+    # a log without the all-zero prediction's loss (older fits) or a dev curve: its n said
+    assert "| `1l_10t_0.1h/a/m/l_top4` | 3 | 95% (n=2) | 40% | 0.7100 0.8100 |" in md
     assert "| `ce` |" not in md.split("### How the arms learned")[1]  # no log, no line
     # fewer than 3 seeds: said; a bad [targets]: refused by name
     table.path.write_text("\n".join(table.path.read_text().splitlines()[:-1]) + "\n")

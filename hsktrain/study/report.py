@@ -505,8 +505,11 @@ def _table(arms: list[ArmResults], metric: str, teacher: float | None) -> list[s
 HSK_SHARES = ("hsk_start", "hsk_end")  # logs.csv's shares of an all-zero prediction's loss
 
 
-def _mean_share(v: list[float]) -> str:
-    return f"{100 * statistics.fmean(v):.0f}%" if v else "-"
+def _mean_share(v: list[float], logs: int) -> str:
+    """`83%`, or `83% (n=1)` when fewer seeds than the arm's logs have it (older logs lack it)."""
+    if not v:
+        return "-"
+    return f"{100 * statistics.fmean(v):.0f}%" + (f" (n={len(v)})" if len(v) < logs else "")
 
 
 def _log_table(arms: list[ArmResults], logs: list[dict]) -> list[str]:
@@ -523,7 +526,7 @@ def _log_table(arms: list[ArmResults], logs: list[dict]) -> list[str]:
         cells = [
             f"`{a.config}`",
             str(len(mine)),
-            *(_mean_share([float(r[k]) for r in mine if r[k]]) for k in HSK_SHARES),
+            *(_mean_share([float(r[k]) for r in mine if r[k]], len(mine)) for k in HSK_SHARES),
             " ".join(f"{statistics.fmean(c[e] for c in curves):.4f}" for e in range(epochs)) or "-",
         ]
         out.append("| " + " | ".join(cells) + " |")
