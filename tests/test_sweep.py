@@ -776,6 +776,7 @@ def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
     (study / "study.toml").write_text(
         'study = "s"\ntasks = ["SST-2"]\nconfigs = ["full", "1l_10t_0.1h"]\n[targets]\n'
         'arm = "1l_10t_0.1h"\nof_teacher = 0.85\nover_ce = 0.09\nwithin_full = 0.005\n'
+        '[fit]\ndevice = "cuda:7"\n'  # the sweep's machine's: the report reads [targets] alone
     )
     table = results_table(study)
     base = fake_rows()[0] | {"teacher": "t+ft@abc", "axis": "baseline", "hsk": ""}

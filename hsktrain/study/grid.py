@@ -36,6 +36,7 @@ from hsktrain.config import (
 from hsktrain.glue import find_task_data
 
 BASELINES = ("ce", "pred")
+CONFIGS = ("full", "1l_10t_0.1h")  # a grid's HSK configs when it names none
 # a study's [targets]: `arm` (an HSK config) must score at least each bound, in points of the
 # main metric as fractions (0.05 = 5 points) or as a share of the teacher (of_teacher)
 TARGETS = {
@@ -79,7 +80,7 @@ class Grid:
     limits: dict[str, int] = field(default_factory=dict)  # ...or per task, by its name
     dev_limit: int | None = None
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
-    configs: list[str] = field(default_factory=lambda: ["full", "1l_10t_0.1h"])
+    configs: list[str] = field(default_factory=lambda: list(CONFIGS))
     joint: list[str] = field(default_factory=list)
     depth_layers: list[int] = field(default_factory=list)
     depth_l_top: list[int] = field(default_factory=list)  # empty: the default l_top
@@ -142,19 +143,36 @@ def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:
     return grid
 
 
-def _targets_problems(g: Grid) -> list[str]:
+def read_targets(path: str) -> dict:
+    """A study file's [targets] alone, checked (what `hsktrain report` judges): the rest of the
+    file is the sweep's, and a setting only the sweep's machine has (`[fit] device = "cuda"`)
+    must not stop a report elsewhere.
+
+    Raises:
+        ConfigError: an unreadable file or a bad [targets], every problem named.
+    """
+    values = read_toml(path, "the study config")
+    targets = values.get("targets", {})
+    if not isinstance(targets, dict):
+        raise ConfigError(f"{path}: targets must be a table ([targets])")
+    configs = values.get("configs", list(CONFIGS))
+    if p := targets_problems(targets, configs):
+        raise ConfigError(f"{path}: {'; '.join(p)}")
+    return targets
+
+
+def targets_problems(t: dict, configs: list[str]) -> list[str]:
     """[targets]: known bounds, each a fraction in (0, 1], and an `arm` among the configs."""
-    if not g.targets:
+    if not t:
         return []
-    t = g.targets
     p = [f"unknown key 'targets.{k}'" for k in t if k != "arm" and k not in TARGETS]
     p += [
         f"targets.{k} = {v!r} must be a number in (0, 1]"
         for k, v in t.items()
         if k in TARGETS and (isinstance(v, bool) or not (isinstance(v, int | float) and 0 < v <= 1))
     ]
-    if t.get("arm") not in g.configs:
-        p.append(f"targets.arm {t.get('arm')!r} must be one of configs {g.configs}")
+    if t.get("arm") not in configs:
+        p.append(f"targets.arm {t.get('arm')!r} must be one of configs {configs}")
     if not TARGETS.keys() & t.keys():
         p.append(f"targets: set at least one of {', '.join(TARGETS)}")
     return p
@@ -223,7 +241,7 @@ def grid_problems(g: Grid) -> list[str]:
         if s not in GRID_WIDTH_STRATEGIES
     ]
 
-    p += _targets_problems(g)
+    p += targets_problems(g.targets, g.configs)
     p += student_problems(g.student)
     names = {f.name for f in fields(FitConfig)}
     bad = [f"fit.{k} is set by the sweep itself" for k in g.fit if k in SWEEP_SETS]

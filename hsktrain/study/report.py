@@ -21,7 +21,7 @@ from pathlib import Path
 from hskcache.errors import HskError
 from hsktrain.metrics import main_metric
 from hsktrain.outputs import output_file
-from hsktrain.study.grid import TARGETS, config_rows, load_grid, parse_recipe, plain_config
+from hsktrain.study.grid import TARGETS, config_rows, parse_recipe, plain_config, read_targets
 from hsktrain.study.tables import METRICS, builds_table, logs_table, results_table
 
 AXES = ("depth", "length", "width")
@@ -572,7 +572,7 @@ def write_report(study: str | Path) -> Path:
     output_file(study / "README.md", "the report")
     groups = group_arms(results)
     config = study / "study.toml"  # the study's own config, when it sits in its folder
-    targets = load_grid(str(config), {}).targets if config.is_file() else {}
+    targets = read_targets(str(config)) if config.is_file() else {}
     md = [
         f"# Study `{study.name}`",
         "",
