@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -226,6 +227,24 @@ def resume_point(out: Path, cfg, w: World) -> tuple[dict, dict]:
             f"--resume: {out} is already at step {state['step']}; raise --max-steps (or drop it)"
         )
     return state, saved
+
+
+def can_resume(out: Path, cfg) -> bool:
+    """Whether `out` holds an unfinished run of `cfg` (a FitConfig) with every setting equal but
+    `resume` itself, so `fit` with `resume` continues it exactly: what a sweep killed mid-run
+    leaves. A run of other settings, a finished one or no checkpoint: False (start over)."""
+    last = out / "last"
+    recover(last)  # a kill between a checkpoint's two renames
+    recover(out / "best", "hsktrain.json")
+    try:
+        meta = read_state(last)
+    except (OSError, ValueError):  # none, or half-written by hand
+        return False
+    if meta.get("loop", {}).get("finished"):
+        return False
+    was = meta.get("config", {}).get("config", {}) | {"resume": False}
+    now = json.loads(json.dumps(replace(cfg.resolved(), resume=False).record()))
+    return was == now
 
 
 def _setting(name: str, value) -> str:

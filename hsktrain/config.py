@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import get_args, get_type_hints
 
 from hskcache.config import LAYER_CHOICES, SELECTS, matches, type_name
-from hskcache.data import Columns, HFDataset
+from hskcache.data import Columns, HFDataset, data_label
 from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError, HskError
 from hskcache.hsk import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
@@ -137,6 +137,11 @@ class FitConfig:
     def resolved(self) -> FitConfig:
         """A copy with every option that was not given set to its default (after `validate`)."""
         return replace(self, **{k: v for k, v in DEFAULTS.items() if getattr(self, k) is None})
+
+    def record(self) -> dict:
+        """Every setting as a run's `config.json` records it (data in memory named by its type,
+        not copied); what `--resume` and a sweep compare a saved run against."""
+        return asdict(replace(self, data=data_label(self.data), dev_data=data_label(self.dev_data)))
 
     @property
     def columns(self) -> Columns:

@@ -9,7 +9,6 @@ Offline runs never load the teacher: the tokenizer and student init come from th
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from hskcache.assets import materialise
-from hskcache.data import data_label, labelled_mask
+from hskcache.data import labelled_mask
 from hskcache.errors import (
     CacheError,
     CacheMismatchError,
@@ -127,9 +126,7 @@ def prepare(cfg: FitConfig) -> Run:
     info = r.info
     record = {
         # an in-memory dataset is recorded by its type, not copied into the record
-        "config": dataclasses.asdict(
-            dataclasses.replace(cfg, data=data_label(cfg.data), dev_data=data_label(cfg.dev_data))
-        ),
+        "config": cfg.record(),
         "student_init": init_info,
         "task": r.task,
         "max_length": r.max_length,

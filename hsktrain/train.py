@@ -72,6 +72,7 @@ class LoopState:
     best_metrics: dict = dataclasses.field(default_factory=dict)
     best_written: bool = False
     finished: bool = False
+    seconds: float = 0.0  # the run's time up to this save, over every process that worked on it
 
 
 @dataclass
@@ -81,6 +82,9 @@ class FitResult:
     last: Path
     note: str  # what a user should know about what was (not) written
     rank: int = 0
+    # the run's time: preparing, training, scoring and saving, summed over a resumed run's
+    # processes (each up to its last save: what a kill lost after it does not count)
+    seconds: float = 0.0
 
 
 @dataclass
@@ -95,6 +99,11 @@ class Trainer:
     world: World
     out: Path
     log: object | None  # metrics.jsonl, open on rank 0 only
+    clock: float = 0.0  # perf_counter() when the run would have started, had it run unbroken
+
+    def seconds(self) -> float:
+        """The run's time so far, a resumed run's earlier processes included."""
+        return time.perf_counter() - self.clock
 
     def write(self, record: dict) -> None:
         if self.log is not None:
@@ -142,7 +151,7 @@ def fit(cfg: FitConfig, show_progress: bool = True) -> FitResult:
 
 def _fit(cfg: FitConfig, out: Path, w: World, show_progress: bool) -> FitResult:
     """The run: check a resume, prepare, then each stage from the saved position on."""
-    state, saved = LoopState(), None
+    started, state, saved = time.perf_counter(), LoopState(), None
     if cfg.resume:
         loop, saved = resume_point(out, cfg, w)
         state = LoopState(**loop)
@@ -160,6 +169,7 @@ def _fit(cfg: FitConfig, out: Path, w: World, show_progress: bool) -> FitResult:
     net = Distiller(run.model, run.proj, run.teacher_width, run.regression)
     scaler = make_scaler(cfg.device, cfg.amp)
     t = Trainer(cfg, run, net, ddp.wrap(w, net, cfg.device), scaler, w, out, None)
+    t.clock = started - state.seconds
     torch.manual_seed(cfg.seed + w.rank)  # dropout draws start here, whatever prepare consumed
     t.log = open_log(out, state, w, run.record, cfg.resume)
     resuming = cfg.resume
@@ -279,6 +289,7 @@ def steps_per_epoch(loader: ChunkShuffleLoader, epoch: int) -> int:
 def save_last(t: Trainer, opt, state: LoopState) -> None:
     """`last/`: weights, optimizer, every rank's RNG and the loop state, written by rank 0."""
     rngs = t.world.gather(rng_state(t.world.rank))
+    state.seconds = t.seconds()
     if t.world.main:
         save_state(
             t.out / "last",
@@ -315,7 +326,7 @@ def open_log(out: Path, state: LoopState, w: World, record: dict, resume: bool):
 
 def _result(t: Trainer, state: LoopState, note: str) -> FitResult:
     best = t.out / "best" if state.best_written else None
-    return FitResult(state.best_metrics, best, t.out / "last", note, t.world.rank)
+    return FitResult(state.best_metrics, best, t.out / "last", note, t.world.rank, t.seconds())
 
 
 def _trim_log(path: Path, step: int) -> None:

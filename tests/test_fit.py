@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def test_resume_equals_uninterrupted(world, tmp_path):
     assert len(step_losses(tmp_path / "b")) == 9
     with (tmp_path / "b" / "metrics.jsonl").open("a") as f:  # logged after the save, then killed
         f.write(json.dumps({"stage": "hsk", "step": 10, "loss": 9.9}) + "\n")
-    fit(
+    before = json.loads((tmp_path / "b" / "last" / "state.json").read_text())["loop"]["seconds"]
+    t0 = time.perf_counter()
+    resumed = fit(
         base(
             world,
             tmp_path / "b",
@@ -107,6 +110,9 @@ def test_resume_equals_uninterrupted(world, tmp_path):
         ),
         show_progress=False,
     )
+    wall = time.perf_counter() - t0
+    # the run's seconds: the first process's up to its save, plus all of the second's
+    assert before > 0 and wall < resumed.seconds <= before + wall
     assert step_losses(tmp_path / "b") == step_losses(tmp_path / "a")
     # the epoch cut by the resume still averages all its batches, not only those after it
     assert epoch_losses(tmp_path / "b") == epoch_losses(tmp_path / "a")

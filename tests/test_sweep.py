@@ -28,6 +28,7 @@ from hsktrain.study.grid import (
 from hsktrain.study.report import compare, write_report
 from hsktrain.study.sweep import log_summary, plan_sweep, run_sweep
 from hsktrain.study.tables import builds_table, logs_table, results_table
+from hsktrain.train import train_step
 
 SST2 = TaskRef("sst2", "SST-2", 64)
 
@@ -482,6 +483,72 @@ def test_a_real_tiny_sweep_writes_rows_and_skips_them_on_rerun(tmp_path, tiny_be
     assert lines[0] == "4 runs: 2 done, 2 to run"
     assert any("median of 2 finished runs on cpu in results.csv" in x for x in lines)
     assert "  sst2   pred" in lines[1] and lines[1].endswith("seeds 0* 1")
+
+
+class Killed(BaseException):
+    """A kill, as the sweep sees it: nothing catches it."""
+
+
+def test_a_run_a_kill_cut_short_continues_from_its_last_epoch(tmp_path, tiny_bert, monkeypatch):
+    kw = dict(
+        baselines=[],
+        seeds=[0],
+        chunk_rows=8,
+        hsk_epochs=2,
+        fit={"max_length": 16, "batch_size": 8, "buffer_chunks": 2},
+    )
+
+    def step_records(grid) -> list[dict]:
+        [log] = (grid.work / "runs").rglob("metrics.jsonl")
+        return [r for r in map(json.loads, log.read_text().splitlines()) if "batch" in r]
+
+    straight = fake_grid(tmp_path / "a", tiny_bert, **kw)
+    run_sweep(straight, show_progress=False, say=lambda _: None)
+    steps = step_records(straight)
+    first_epoch = sum(r["stage"] == "hsk" and r["epoch"] == 0 for r in steps)
+    assert 2 <= first_epoch < len(steps) - 2
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        if len(calls) == kill_at:
+            raise Killed
+        calls.append(1)
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr("hsktrain.train.train_step", counted)
+
+    def cut_short(grid):  # killed in the second HSK epoch, after the first one's checkpoint
+        nonlocal kill_at
+        calls.clear()
+        kill_at = first_epoch + 1
+        with pytest.raises(Killed):
+            run_sweep(grid, show_progress=False, say=lambda _: None)
+        assert results_table(grid.study).rows() == []
+        calls.clear()
+        kill_at = None
+
+    kill_at = None
+    cut = fake_grid(tmp_path / "b", tiny_bert, **kw)
+    cut_short(cut)
+    lines = []
+    run_sweep(cut, show_progress=False, say=lines.append)
+    assert any(x.startswith("  resuming ") for x in lines)
+    assert len(calls) == len(steps) - first_epoch  # from the second epoch's first batch
+    assert [r["loss"] for r in step_records(cut)] == [r["loss"] for r in steps]
+    [a], [b] = results_table(straight.study).rows(), results_table(cut.study).rows()
+    assert b["dev_accuracy"] == a["dev_accuracy"] and float(b["train_seconds"]) > 0
+    [log_a], [log_b] = logs_table(straight.study).rows(), logs_table(cut.study).rows()
+    assert log_b == log_a
+
+    # a cut run whose settings changed since starts over with the new ones
+    changed = fake_grid(tmp_path / "c", tiny_bert, **kw)
+    cut_short(changed)
+    changed = replace(changed, fit=changed.fit | {"hsk_lr": 1e-4})
+    lines.clear()
+    run_sweep(changed, show_progress=False, say=lines.append)
+    assert not any("resuming" in x for x in lines) and len(calls) == len(steps)
+    assert {r["lr"] for r in step_records(changed) if r["stage"] == "hsk"} == {1e-4}
 
 
 def test_cli_refuses_a_bad_grid_and_an_empty_study_in_one_line(tmp_path):

@@ -1,10 +1,12 @@
 """`hsktrain sweep`: a study grid (HSK configs x seeds x tasks), run a piece at a time.
 
-Features (the grid is in grid.py, the tables in results.py, the dry run in estimate.py):
+Features (the grid is in grid.py, the tables in tables.py, the dry run in estimate.py):
 one largest cache built per (teacher, task, length strategy, width family, l_top),
 the rest cut out of it by `hskcache derive` (a direct build when a cut is not exact); results
-appended to `STUDY/results.csv` one flushed row per run, so a killed sweep loses at most the run
-in progress and a rerun skips every (task, teacher, config, seed) already there; `--shard I/N`
+appended to `STUDY/results.csv` one flushed row per run, so a rerun skips every (task, teacher,
+config, seed) already there and continues the run a kill interrupted from its last saved epoch
+(`fit --resume`, when none of its settings changed: a killed sweep loses at most one epoch of
+one run per process); `--shard I/N`
 sweeps of one study split its runs and share its tables, teachers and caches under file locks.
 A study's extra rows (`augment`, `labelled`) are part of a cache's identity: they name its
 folder and its family, so derive never cuts a plain cache out of an augmented one.
@@ -20,7 +22,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from hskcache.reader import open_cache
 from hskcache.shapes import student_shape
 from hskcache.tasks import get_task
 from hskcache.teacher import default_teacher_path, load_teacher
+from hsktrain.checkpoint import can_resume
 from hsktrain.config import FitConfig, finetune_config
 from hsktrain.metrics import main_metric
 from hsktrain.study.grid import (
@@ -389,7 +392,6 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
     grid, arm = ctx.grid, run.arm
     cache = ctx.cache_for(run)
     out = ctx.run_dir(run)
-    shutil.rmtree(out, ignore_errors=True)  # a run killed earlier starts over
     h, p = epochs(grid, run)
     options = fit_options(grid, arm)
     if arm.online:  # the same rows, chunks and selection as the cache, targets computed live
@@ -421,9 +423,13 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
         dev_limit=grid.dev_limit,
         **options,
     )
-    t0 = time.perf_counter()
+    # a run killed earlier continues from its last epoch if nothing about it changed
+    if can_resume(out, cfg):
+        ctx.say(f"  resuming {out} from its last checkpoint")
+        cfg = replace(cfg, resume=True)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
     result = fit(cfg, show_progress=ctx.show_progress)
-    seconds = time.perf_counter() - t0
     log = read_log(out / "metrics.jsonl")
     stage, epoch = best_epoch(log, run.task.name)
     if not grid.keep_checkpoints:  # metrics.jsonl and config.json stay
@@ -436,7 +442,7 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
         "best_stage": stage,
         "best_epoch": epoch,
         "log": log_summary(log, run.task.name),
-        "train_seconds": seconds,
+        "train_seconds": result.seconds,
         "hsk_fraction": m.stats.hsk_fraction if hsk else 0.0,
         "cache_bytes": sum(o.bytes for o in (m.objects or {}).values())
         if hsk and not arm.online
