@@ -587,6 +587,35 @@ def test_finetuned_teacher_is_trained_once_and_reused(tmp_path, tiny_bert):
     assert (grid.work / "teachers" / f"sst2-{tiny_bert.name}" / "best" / "config.json").is_file()
 
 
+def test_a_fine_tune_a_kill_cut_short_continues_to_the_same_teacher(
+    tmp_path, tiny_bert, monkeypatch
+):
+    def runner(run, ctx):
+        return {"metrics": {"accuracy": 0.5}, "train_seconds": 1.0}
+
+    kw = dict(finetune=True, finetune_epochs=2, seeds=[0], fit={"max_length": 16})
+    straight = fake_grid(tmp_path / "a", tiny_bert, **kw)
+    key = run_sweep(straight, runner, show_progress=False, say=lambda _: None).ctx.teachers
+    [log] = (straight.work / "teachers").rglob("metrics.jsonl")
+    per_epoch = sum(r.get("epoch") == 0 and "batch" in r for r in map(json.loads, log.open()))
+    calls, kill_at = [], per_epoch  # killed in the second epoch, after the first one's save
+
+    def counted(*args, **kwargs):
+        if len(calls) == kill_at:
+            raise Killed
+        calls.append(1)
+        return train_step(*args, **kwargs)
+
+    cut = fake_grid(tmp_path / "b", tiny_bert, **kw)
+    monkeypatch.setattr("hsktrain.train.train_step", counted)
+    with pytest.raises(Killed):
+        run_sweep(cut, runner, show_progress=False, say=lambda _: None)
+    calls, kill_at, lines = [], None, []
+    again = run_sweep(cut, runner, show_progress=False, say=lines.append)
+    assert any(x.startswith("  resuming ") for x in lines) and len(calls) == per_epoch
+    assert again.ctx.teachers["sst2"].key == key["sst2"].key  # the same weights' sha256
+
+
 def test_dry_run_times_a_few_steps_when_the_table_is_empty(tmp_path, tiny_bert, monkeypatch):
     grid = fake_grid(tmp_path, tiny_bert, seeds=[0], fit={"max_length": 16, "batch_size": 4})
     lines = []

@@ -63,7 +63,7 @@ from hsktrain.study.tables import (
     results_table,
     split_done,
 )
-from hsktrain.train import fit
+from hsktrain.train import FitResult, fit
 
 # --- teachers and caches ----------------------------------------------------------------------
 
@@ -143,7 +143,6 @@ def resolve_teacher(grid: Grid, task: TaskRef, base: str, ctx: Context | None) -
 
 
 def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) -> None:
-    shutil.rmtree(folder, ignore_errors=True)  # a fine-tune killed earlier starts over
     ctx.say(f"fine-tune {teacher_name(base, False)} on {task.name} -> {folder}")
     cfg = finetune_config(
         task.folder,
@@ -161,9 +160,7 @@ def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) 
         max_length=task.max_length,
         device=grid.fit.get("device", "cpu"),
     )
-    t0 = time.perf_counter()
-    result = fit(cfg, show_progress=ctx.show_progress)
-    seconds = time.perf_counter() - t0
+    result = fit_or_resume(cfg, ctx)
     shutil.rmtree(folder / "last", ignore_errors=True)  # best/ is the teacher
     key = teacher_key(str(folder / "best"), task.name, teacher_name(base, True))
     ctx.builds.append(
@@ -173,7 +170,7 @@ def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) 
             "cache": "teacher",
             "how": "finetune",
             "source": base,
-            "seconds": seconds,
+            "seconds": result.seconds,
             "device": ctx.device,
             "bytes": _folder_bytes(folder / "best"),
             "rows": None,
@@ -423,13 +420,7 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
         dev_limit=grid.dev_limit,
         **options,
     )
-    # a run killed earlier continues from its last epoch if nothing about it changed
-    if can_resume(out, cfg):
-        ctx.say(f"  resuming {out} from its last checkpoint")
-        cfg = replace(cfg, resume=True)
-    else:
-        shutil.rmtree(out, ignore_errors=True)
-    result = fit(cfg, show_progress=ctx.show_progress)
+    result = fit_or_resume(cfg, ctx)
     log = read_log(out / "metrics.jsonl")
     stage, epoch = best_epoch(log, run.task.name)
     if not grid.keep_checkpoints:  # metrics.jsonl and config.json stay
@@ -448,6 +439,19 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
         if hsk and not arm.online
         else None,
     }
+
+
+def fit_or_resume(cfg: FitConfig, ctx: Context) -> FitResult:
+    """`fit` into `cfg.out`, continuing from its last saved epoch the run a kill cut short there
+    when none of its settings changed (else from scratch): a sweep cut at a time limit loses
+    at most an epoch of a fine-tune or a run."""
+    out = Path(cfg.out)
+    if can_resume(out, cfg):
+        ctx.say(f"  resuming {out} from its last checkpoint")
+        cfg = replace(cfg, resume=True)
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+    return fit(cfg, show_progress=ctx.show_progress)
 
 
 def read_log(path: Path) -> list[dict]:
