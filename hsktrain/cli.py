@@ -372,7 +372,7 @@ app.add_typer(bench_app, name="bench")
 
 
 # sweep's options that are not grid keys
-_NOT_GRID = ("config", "device", "shard", "dry_run", "measure", "quiet")
+_NOT_GRID = ("config", "device", "shard", "dry_run", "prepare", "measure", "quiet")
 
 
 @app.command()
@@ -428,6 +428,13 @@ def sweep(
     dry_run: Annotated[
         bool, Opt(help="Print the grid, what is done and an estimated time; train nothing.")
     ] = False,
+    prepare: Annotated[
+        bool,
+        Opt(
+            help="Fine-tune the teachers and make every cache the pending runs read, then stop: "
+            "train nothing (the teacher's side, e.g. on the machine that has it)."
+        ),
+    ] = False,
     measure: Annotated[
         bool, Opt(help="--dry-run: time a few student steps here when the table has none.")
     ] = True,
@@ -437,8 +444,11 @@ def sweep(
     flags = given(ctx, *_NOT_GRID)
 
     def body():
+        from hskcache.errors import ConfigError
         from hsktrain.study.grid import load_grid, parse_flags, parse_shard
 
+        if dry_run and prepare:
+            raise ConfigError("--dry-run and --prepare: give one (--dry-run does no work)")
         quiet_transformers()
         part = parse_shard(shard) if shard else (0, 1)
         fit = {"device": device} if device else None
@@ -453,7 +463,9 @@ def sweep(
 
         output_folder(grid.study, "--study")
         output_folder(grid.work, "workdir")
-        done = run_sweep(grid, show_progress=not quiet, say=say, shard=part)
+        done = run_sweep(grid, show_progress=not quiet, say=say, shard=part, prepare=prepare)
+        if prepare:
+            return
         say(
             f"done: {len(done.pending)} run(s) added to {grid.study}/results.csv; "
             f"`hsktrain report {grid.study}` writes the report"

@@ -776,6 +776,41 @@ def test_shard_and_device_flags_are_checked_before_any_work(tmp_path):
     assert load_grid(str(toml), {}, {"device": "cpu"}).fit == {"device": "cpu", "temperature": 2.0}
 
 
+def test_prepare_makes_the_teachers_and_caches_and_trains_nothing(tmp_path, tiny_bert):
+    from typer.testing import CliRunner
+
+    from hsktrain.cli import app
+
+    grid = fake_grid(
+        tmp_path,
+        tiny_bert,
+        finetune=True,
+        finetune_epochs=1,
+        configs=["1l_2t_0.5h", "1l_1t_0.25h"],
+        seeds=[0],
+        chunk_rows=8,
+        fit={"max_length": 16},
+    )
+    lines = []
+    ready = run_sweep(grid, show_progress=False, say=lines.append, prepare=True)
+    builds = builds_table(grid.study).rows()
+    assert [b["how"] for b in builds] == ["finetune", "build", "derive"]  # one cut of the other
+    assert lines[-1] == "teachers and 2 cache(s) of 3 pending runs ready"
+    assert results_table(grid.study).rows() == [] and not (grid.work / "runs").exists()
+
+    def runner(run, ctx):
+        ctx.cache_for(run)  # complete already: nothing more is built
+        return {"metrics": {"accuracy": 0.5}, "train_seconds": 1.0}
+
+    done = run_sweep(grid, runner, show_progress=False, say=lambda _: None)
+    assert len(done.pending) == 3 and builds_table(grid.study).rows() == builds  # made once
+    assert done.ctx.teachers["sst2"].key == ready.ctx.teachers["sst2"].key
+    r = CliRunner().invoke(app, ["sweep", "--study", "s", "--dry-run", "--prepare"])
+    assert r.exit_code == 1 and r.output.strip() == (
+        "error: --dry-run and --prepare: give one (--dry-run does no work)"
+    )
+
+
 def test_a_studys_init_choices_reach_its_caches_and_its_table(tmp_path):
     """`[fit] select` / `layer_choice` shape the init each cache stores (else fit would refuse
     it) and are recorded in the recipe only when set (older rows stay comparable)."""

@@ -526,6 +526,7 @@ def run_sweep(
     show_progress: bool = True,
     say=print,
     shard: tuple[int, int] = (0, 1),
+    prepare: bool = False,
 ):
     """Run every pending run of the grid, appending one row to results.csv (and logs.csv) after
     each.
@@ -539,6 +540,8 @@ def run_sweep(
         say: where one line per run goes.
         shard: (i, n): run only the grid's runs at positions i, i + n, i + 2n, ...: n sweeps
             (one per GPU, say) share one study, its tables and caches, and split its runs.
+        prepare: fine-tune the teachers and make every cache the pending runs read (built, or
+            cut out of their family's largest), and train nothing: the teacher's side alone.
 
     Returns:
         The Sweep (its `pending`: the runs this call ran).
@@ -553,6 +556,10 @@ def run_sweep(
         }
         sweep.pending = [r for r in sweep.pending if (r.task.name, r.config, r.seed) in mine]
         say(f"shard {part}/{parts}: {len(sweep.pending)} of them run here")
+    if prepare:
+        caches = {sweep.ctx.cache_for(run) for run in sweep.pending}
+        say(f"teachers and {len(caches)} cache(s) of {len(sweep.pending)} pending runs ready")
+        return sweep
     for i, run in enumerate(sweep.pending, 1):
         say(f"[{i}/{len(sweep.pending)}] {run.task.name} {run.config} seed {run.seed}")
         got = (runner or train_run)(run, sweep.ctx)
