@@ -532,6 +532,12 @@ def test_a_run_a_kill_cut_short_continues_from_its_last_epoch(tmp_path, tiny_ber
     cut = fake_grid(tmp_path / "b", tiny_bert, **kw)
     cut_short(cut)
     lines = []
+    dry_run(cut, measure=False, say=lines.append)  # the estimate leaves out the saved epoch
+    assert (
+        "  sst2: 1 run(s) a kill cut short continue from their last saved epoch (1 epoch(s) "
+        "trained already, not counted)"
+    ) in lines
+    lines.clear()
     run_sweep(cut, show_progress=False, say=lines.append)
     assert any(x.startswith("  resuming ") for x in lines)
     assert len(calls) == len(steps) - first_epoch  # from the second epoch's first batch

@@ -14,6 +14,7 @@ from hskcache.build import build_cache
 from hskcache.config import BuildConfig
 from hskcache.data import load_split
 from hskcache.shapes import student_shape
+from hsktrain.checkpoint import read_state
 from hsktrain.config import FitConfig
 from hsktrain.study.grid import (
     Grid,
@@ -67,10 +68,19 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
         n_rows = functools.partial(_arm_rows, grid, task, count)
         teacher = ctx.teachers[task.name]
         epoch_s, epoch_why = _epoch_seconds(ctx, task, rows, count, n_dev, measure)
+        saved = [_epochs_saved(ctx, r) for r in pending]
         if epoch_s is not None:
-            total += sum(sum(epochs(grid, r)) * epoch_s(n_rows(r.arm.rows)) for r in pending)
+            total += sum(
+                (sum(epochs(grid, r)) - k) * epoch_s(n_rows(r.arm.rows))
+                for r, k in zip(pending, saved, strict=True)
+            )
             plain = n_rows(Rows())
             how.append(f"{task.name}: {epoch_s(plain):.1f} s/epoch of {plain} rows ({epoch_why})")
+        if any(saved):
+            how.append(
+                f"{task.name}: {sum(k > 0 for k in saved)} run(s) a kill cut short continue from "
+                f"their last saved epoch ({sum(saved)} epoch(s) trained already, not counted)"
+            )
         builds = _builds_needed(ctx, task, pending)
         if builds or teacher.path is None:
             rate, why = _teacher_rate(ctx, task, measure)
@@ -102,6 +112,19 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
         "seconds": total,
         "how": how,
     }
+
+
+def _epochs_saved(ctx: Context, run: RunSpec) -> int:
+    """Whole epochs in the last checkpoint of a run a kill cut short (0 when none): the sweep
+    continues it from there when its settings are unchanged."""
+    if ctx.teachers[run.task.name].key is None:  # its teacher is not fine-tuned yet
+        return 0
+    try:
+        loop = read_state(ctx.run_dir(run) / "last")["loop"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    hsk_epochs, _ = epochs(ctx.grid, run)  # the first stage's, when the arm has two
+    return 0 if loop.get("finished") else hsk_epochs * (loop["stage"] >= 1) + loop["epoch"]
 
 
 def _row_counts(grid: Grid, task: TaskRef) -> tuple[Callable[[int | None], int], int]:
