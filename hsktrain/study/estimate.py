@@ -43,7 +43,8 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
     labelled ones. Cache builds and fine-tunes: rows per second of earlier builds in builds.csv
     on the same device, else a teacher pass over 96 rows (batch 16) timed here, times the rows
     each build labels; a fine-tune epoch costs three teacher passes (forward and backward) of
-    its labelled rows. Derives count as free.
+    its labelled rows. Derives count as free. A run a kill cut short counts only the epochs
+    after its last saved one (the sweep continues it from there).
 
     Returns:
         {"runs", "done", "pending", "seconds", "how"}.
