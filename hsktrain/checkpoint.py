@@ -234,8 +234,7 @@ def can_resume(out: Path, cfg) -> bool:
     `resume` itself, so `fit` with `resume` continues it exactly: what a sweep killed mid-run
     leaves. A run of other settings, a finished one or no checkpoint: False (start over)."""
     last = out / "last"
-    recover(last)  # a kill between a checkpoint's two renames
-    recover(out / "best", "hsktrain.json")
+    recover(last)  # a kill between a checkpoint's two renames (resume_point recovers best/)
     try:
         meta = read_state(last)
     except (OSError, ValueError):  # none, or half-written by hand

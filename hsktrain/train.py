@@ -99,7 +99,7 @@ class Trainer:
     world: World
     out: Path
     log: object | None  # metrics.jsonl, open on rank 0 only
-    clock: float = 0.0  # perf_counter() when the run would have started, had it run unbroken
+    clock: float  # perf_counter() when the run would have started, had it run unbroken
 
     def seconds(self) -> float:
         """The run's time so far, a resumed run's earlier processes included."""
@@ -168,8 +168,8 @@ def _fit(cfg: FitConfig, out: Path, w: World, show_progress: bool) -> FitResult:
     )
     net = Distiller(run.model, run.proj, run.teacher_width, run.regression)
     scaler = make_scaler(cfg.device, cfg.amp)
-    t = Trainer(cfg, run, net, ddp.wrap(w, net, cfg.device), scaler, w, out, None)
-    t.clock = started - state.seconds
+    clock = started - state.seconds  # a resumed run counts its earlier processes' time
+    t = Trainer(cfg, run, net, ddp.wrap(w, net, cfg.device), scaler, w, out, None, clock)
     torch.manual_seed(cfg.seed + w.rank)  # dropout draws start here, whatever prepare consumed
     t.log = open_log(out, state, w, run.record, cfg.resume)
     resuming = cfg.resume
