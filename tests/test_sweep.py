@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_bert, write_sst2
-from hskcache.errors import ConfigError, HskError
+from hskcache.errors import ConfigError, HskError, TeacherError
 from hskcache.reader import open_cache
 from hsktrain.config import FitConfig
 from hsktrain.study.estimate import dry_run
@@ -26,7 +26,7 @@ from hsktrain.study.grid import (
     task_limit,
 )
 from hsktrain.study.report import compare, write_report
-from hsktrain.study.sweep import log_summary, plan_sweep, run_sweep
+from hsktrain.study.sweep import log_summary, plan_sweep, run_sweep, teacher_depth
 from hsktrain.study.tables import builds_table, logs_table, results_table
 from hsktrain.train import train_step
 
@@ -815,6 +815,24 @@ def test_prepare_makes_the_teachers_and_caches_and_trains_nothing(tmp_path, tiny
     assert r.exit_code == 1 and r.output.strip() == (
         "error: --dry-run and --prepare: give one (--dry-run does no work)"
     )
+
+
+def test_a_teacher_another_study_fine_tunes_names_that_study_while_missing(tmp_path):
+    """A study reusing another's fine-tuned teacher, run first, is told which sweep makes it
+    (not the hub's complaint about a repo id)."""
+    other = tmp_path / "reports" / "other"
+    other.mkdir(parents=True)
+    (other / "study.toml").write_text('study = "reports/other"\n')
+    path = str(other / "work" / "teachers" / "mrpc-base" / "best")
+    with pytest.raises(TeacherError) as e:
+        teacher_depth(path)
+    assert str(e.value) == (
+        f"teacher {path}: no such folder; the study {other} fine-tunes it: "
+        f"hsktrain sweep --config {other / 'study.toml'} --prepare"
+    )
+    (other / "study.toml").unlink()  # a study run from flags: its folder, the rest elided
+    with pytest.raises(TeacherError, match=rf"hsktrain sweep --study {other} \.\.\. --prepare$"):
+        teacher_depth(path)
 
 
 def test_a_studys_init_choices_reach_its_caches_and_its_table(tmp_path):

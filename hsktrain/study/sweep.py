@@ -95,8 +95,20 @@ def teacher_depth(path: str) -> int:
     """The teacher's layer count, from its config alone (no weights loaded).
 
     Raises:
-        TeacherError: not a model folder or name.
+        TeacherError: not a model folder or name; a missing folder another study fine-tunes
+            names the command that makes it.
     """
+    parts = Path(path).parts
+    if "teachers" in parts and not Path(path).exists():
+        i = parts.index("teachers")
+        if i >= 2 and parts[i - 1] == "work":
+            study = Path(*parts[: i - 1])
+            config = study / "study.toml"
+            how = f"--config {config}" if config.is_file() else f"--study {study} ..."
+            raise TeacherError(
+                f"teacher {path}: no such folder; the study {study} fine-tunes it: "
+                f"hsktrain sweep {how} --prepare"
+            )
     try:
         # lazy: transformers takes seconds to import; commands that load no model skip it
         from transformers import AutoConfig
