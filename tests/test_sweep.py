@@ -850,6 +850,32 @@ def test_a_studys_init_choices_reach_its_caches_and_its_table(tmp_path):
     assert not any(kv.startswith(("select=", "layer_choice=")) for kv in plain)
 
 
+def test_a_teacher_another_study_fine_tuned_brings_its_scores_to_the_report(tmp_path, tiny_bert):
+    """A study reusing another's fine-tuned teacher records it once (how `reuse`, with the dev
+    scores that sweep chose it by), so its report sets the students against the teacher."""
+    first = fake_grid(tmp_path, tiny_bert, finetune=True, finetune_epochs=1, seeds=[0])
+    first = replace(first, study=str(tmp_path / "first"), fit={"max_length": 16})
+    tuned = run_sweep(first, show_progress=False, say=lambda _: None, prepare=True)
+    best = tuned.ctx.teachers["sst2"].path
+    dev = json.loads((Path(best).parent / "teacher.json").read_text())["dev"]
+    grid = fake_grid(tmp_path, best, seeds=[0], fit={"max_length": 16})
+
+    def runner(run, ctx):
+        return {"metrics": {"accuracy": 0.5}, "train_seconds": 1.0}
+
+    for _ in range(2):  # a rerun records nothing again
+        done = run_sweep(grid, runner, show_progress=False, say=lambda _: None)
+    key = done.ctx.teachers["sst2"].key
+    reuse = [r for r in builds_table(grid.study).rows() if r["how"] == "reuse"]
+    assert [(r["task"], r["teacher"], r["source"]) for r in reuse] == [("sst2", key, best)]
+    assert json.loads(reuse[0]["dev"]) == dev and float(reuse[0]["seconds"]) == 0.0
+    md = write_report(grid.study).read_text()
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in dev.items())
+    assert f"- teacher `{key}` fine-tuned on sst2 by another study (`{best}`): dev {scores}" in md
+    assert f"| {0.5 / dev['accuracy']:.1%} (" in md  # each arm as a share of the teacher
+    assert "0 s fine-tuning, building and deriving" in md  # nothing made here, nothing counted
+
+
 def test_report_names_a_teacher_fine_tuned_twice_once(tmp_path):
     """A teacher whose folder did not survive is fine-tuned again: the same key and scores, so
     the report lists it once and says how many times."""

@@ -450,13 +450,18 @@ def _seconds(a: ArmResults, label: bool) -> str:
     return ", ".join(f"{statistics.fmean(v):.0f} {d}" for d, v in by.items())
 
 
+def _teacher_line(teacher: str, how: str, dev: str) -> str:
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in json.loads(dev).items())
+    return f"- teacher `{teacher}` {how}: dev {scores}"
+
+
 def _wall_clock(results: list[dict], builds: list[dict]) -> list[str]:
     """The study's compute, per device: `**1.20 h** on cpu (... s training 6 runs + ...)`."""
     devices = list(dict.fromkeys(r["device"] for r in [*results, *builds]))
     out = []
     for d in devices:
         runs = [r for r in results if r["device"] == d]
-        made = [r for r in builds if r["device"] == d]
+        made = [r for r in builds if r["device"] == d and r["how"] != "reuse"]
         train_s = sum(float(r["train_seconds"] or 0) for r in runs)
         build_s = sum(float(r["seconds"] or 0) for r in made)
         out.append(
@@ -469,7 +474,8 @@ def _wall_clock(results: list[dict], builds: list[dict]) -> list[str]:
 
 def _table(arms: list[ArmResults], metric: str, teacher: float | None) -> list[str]:
     """The arms' Markdown table; with the teacher's own dev score (`teacher`, when this study
-    fine-tuned it), each arm's main metric also as a share of it and the points under it."""
+    fine-tuned it or recorded it reused), each arm's main metric also as a share of it and the
+    points under it."""
     several = len({d for a in arms for d in a.devices}) > 1  # name the device in every cell
     others = [m for m in METRICS if m != metric and any(m in a.scores for a in arms)]
     head = [
@@ -585,16 +591,20 @@ def write_report(study: str | Path) -> Path:
     ]
     # a teacher fine-tuned again (its folder did not survive) has the same key, weights and scores
     tunes = Counter((r["teacher"], r["task"], r["dev"]) for r in builds if r["how"] == "finetune")
+    reused = {
+        (r["teacher"], r["task"], r["dev"]): r["source"] for r in builds if r["how"] == "reuse"
+    }
     scores: dict[tuple[str, str], dict[str, float]] = {}
     for (teacher, task, dev), times in tunes.items():
-        if not dev:
-            continue
-        scores[(task, teacher)] = json.loads(dev)
-        md.append(
-            f"- teacher `{teacher}` fine-tuned on {task}: dev "
-            + ", ".join(f"{k} {v:.4f}" for k, v in scores[(task, teacher)].items())
-            + (f" (fine-tuned {times} times here, the same weights each time)" if times > 1 else "")
-        )
+        if dev:
+            scores[(task, teacher)] = json.loads(dev)
+            again = f" (fine-tuned {times} times here, the same weights each time)"
+            md.append(_teacher_line(teacher, f"fine-tuned on {task}", dev) + again * (times > 1))
+    for (teacher, task, dev), source in reused.items():
+        if dev and (task, teacher) not in scores:
+            scores[(task, teacher)] = json.loads(dev)
+            how = f"fine-tuned on {task} by another study (`{source}`)"
+            md.append(_teacher_line(teacher, how, dev))
     sections = [(k, n, sub) for k, arms in groups.items() for n, sub in by_rows(arms)]
     for (task, teacher), rows_name, arms in sections:
         metric = main_metric(task)

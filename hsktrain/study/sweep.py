@@ -142,7 +142,10 @@ def resolve_teacher(grid: Grid, task: TaskRef, base: str, ctx: Context | None) -
     fine-tune leaves `teacher.json` and is reused). `ctx` None: look only, never train."""
     depth = teacher_depth(base)
     if not grid.finetune:
-        return TeacherRef(base, teacher_key(base, task.name, teacher_name(base, False)), depth)
+        key = teacher_key(base, task.name, teacher_name(base, False))
+        if ctx is not None:
+            _note_reused(ctx, task, base, key)
+        return TeacherRef(base, key, depth)
     folder = finetuned_dir(grid, task, base)
     if not (folder / "teacher.json").is_file():
         if ctx is None:
@@ -192,6 +195,36 @@ def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) 
         }
     )
     (folder / "teacher.json").write_text(json.dumps({"base": base, "dev": result.metrics}))
+
+
+def _note_reused(ctx: Context, task: TaskRef, path: str, key: str) -> None:
+    """A teacher another sweep fine-tuned (its `best/`, beside that sweep's `teacher.json`) is
+    recorded once in this study's builds table with the dev scores it was chosen by (how
+    `reuse`, no seconds: none spent here), so the report judges the teacher targets from the
+    committed tables alone."""
+    tuned = Path(path).parent / "teacher.json"
+    if Path(path).name != "best" or not tuned.is_file():
+        return
+    if any(
+        (r["task"], r["teacher"], r["how"]) == (task.name, key, "reuse") for r in ctx.builds.rows()
+    ):
+        return
+    ctx.builds.append(
+        {
+            "task": task.name,
+            "teacher": key,
+            "cache": "teacher",
+            "how": "reuse",
+            "source": path,
+            "seconds": 0.0,
+            "device": ctx.device,
+            "bytes": None,
+            "rows": None,
+            "dev": json.dumps(json.loads(tuned.read_text())["dev"]),
+            "code_version": ctx.version,
+            "timestamp": now(),
+        }
+    )
 
 
 def _folder_bytes(folder: Path) -> int:
