@@ -178,21 +178,9 @@ def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) 
     result = fit_or_resume(cfg, ctx)
     shutil.rmtree(folder / "last", ignore_errors=True)  # best/ is the teacher
     key = teacher_key(str(folder / "best"), task.name, teacher_name(base, True))
+    size = _folder_bytes(folder / "best")
     ctx.builds.append(
-        {
-            "task": task.name,
-            "teacher": key,
-            "cache": "teacher",
-            "how": "finetune",
-            "source": base,
-            "seconds": result.seconds,
-            "device": ctx.device,
-            "bytes": _folder_bytes(folder / "best"),
-            "rows": None,
-            "dev": json.dumps(result.metrics),
-            "code_version": ctx.version,
-            "timestamp": now(),
-        }
+        _teacher_row(ctx, task, key, "finetune", base, result.seconds, size, result.metrics)
     )
     (folder / "teacher.json").write_text(json.dumps({"base": base, "dev": result.metrics}))
 
@@ -205,26 +193,42 @@ def _note_reused(ctx: Context, task: TaskRef, path: str, key: str) -> None:
     tuned = Path(path).parent / "teacher.json"
     if Path(path).name != "best" or not tuned.is_file():
         return
-    if any(
-        (r["task"], r["teacher"], r["how"]) == (task.name, key, "reuse") for r in ctx.builds.rows()
-    ):
-        return
-    ctx.builds.append(
-        {
-            "task": task.name,
-            "teacher": key,
-            "cache": "teacher",
-            "how": "reuse",
-            "source": path,
-            "seconds": 0.0,
-            "device": ctx.device,
-            "bytes": None,
-            "rows": None,
-            "dev": json.dumps(json.loads(tuned.read_text())["dev"]),
-            "code_version": ctx.version,
-            "timestamp": now(),
-        }
-    )
+    with work_lock(ctx.grid, f"reuse-{task.name}"):  # shards: one row, not one each
+        if any(
+            (r["task"], r["teacher"], r["how"]) == (task.name, key, "reuse")
+            for r in ctx.builds.rows()
+        ):
+            return
+        dev = json.loads(tuned.read_text())["dev"]
+        ctx.builds.append(_teacher_row(ctx, task, key, "reuse", path, 0.0, None, dev))
+
+
+def _teacher_row(
+    ctx: Context,
+    task: TaskRef,
+    key: str,
+    how: str,
+    source: str,
+    seconds: float,
+    size: int | None,
+    dev: dict[str, float],
+) -> dict:
+    """A teacher's row of the builds table: fine-tuned here (`finetune`) or by another study
+    (`reuse`), with the dev scores the report sets the students against."""
+    return {
+        "task": task.name,
+        "teacher": key,
+        "cache": "teacher",
+        "how": how,
+        "source": source,
+        "seconds": seconds,
+        "device": ctx.device,
+        "bytes": size,
+        "rows": None,
+        "dev": json.dumps(dev),
+        "code_version": ctx.version,
+        "timestamp": now(),
+    }
 
 
 def _folder_bytes(folder: Path) -> int:
