@@ -26,7 +26,14 @@ from hsktrain.study.grid import (
     task_limit,
 )
 from hsktrain.study.report import compare, write_report
-from hsktrain.study.sweep import log_summary, plan_sweep, run_sweep, teacher_depth
+from hsktrain.study.sweep import (
+    finetuned_dir,
+    finetuning_study,
+    log_summary,
+    plan_sweep,
+    run_sweep,
+    teacher_depth,
+)
 from hsktrain.study.tables import builds_table, logs_table, results_table
 from hsktrain.train import train_step
 
@@ -823,7 +830,9 @@ def test_a_teacher_another_study_fine_tunes_names_that_study_while_missing(tmp_p
     other = tmp_path / "reports" / "other"
     other.mkdir(parents=True)
     (other / "study.toml").write_text('study = "reports/other"\n')
-    path = str(other / "work" / "teachers" / "mrpc-base" / "best")
+    folder = finetuned_dir(Grid(study=str(other), tasks=["sst2"]), SST2, "models/base")
+    assert finetuning_study(str(folder)) == other
+    path = str(folder / "best")
     with pytest.raises(TeacherError) as e:
         teacher_depth(path)
     assert str(e.value) == (
@@ -833,6 +842,8 @@ def test_a_teacher_another_study_fine_tunes_names_that_study_while_missing(tmp_p
     (other / "study.toml").unlink()  # a study run from flags: its folder, the rest elided
     with pytest.raises(TeacherError, match=rf"hsktrain sweep --study {other} \.\.\. --prepare$"):
         teacher_depth(path)
+    moved = finetuned_dir(Grid(str(other), ["sst2"], workdir=str(tmp_path / "w")), SST2, "b")
+    assert finetuning_study(str(moved)) is None  # a `workdir` names no study
 
 
 def test_a_studys_init_choices_reach_its_caches_and_its_table(tmp_path):

@@ -58,6 +58,9 @@ SWEEP_SETS = (
 ).split()
 
 
+WORK = "work"  # a study's own work folder, unless `workdir` names another
+
+
 @dataclass
 class Grid:
     """A study: what to train and compare. Lists left empty add no arms."""
@@ -105,7 +108,7 @@ class Grid:
 
     @property
     def work(self) -> Path:
-        return Path(self.workdir) if self.workdir else Path(self.study) / "work"
+        return Path(self.workdir) if self.workdir else Path(self.study) / WORK
 
 
 def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:

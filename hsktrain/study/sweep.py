@@ -40,6 +40,7 @@ from hsktrain.checkpoint import can_resume
 from hsktrain.config import FitConfig, finetune_config
 from hsktrain.metrics import main_metric
 from hsktrain.study.grid import (
+    WORK,
     Arm,
     Grid,
     Rows,
@@ -80,6 +81,9 @@ def work_lock(grid: Grid, name: str) -> Iterator[None]:
         yield
 
 
+TEACHERS = "teachers"  # under a study's work folder: one fine-tuned teacher per task
+
+
 @dataclass
 class TeacherRef:
     path: str | None  # the folder caches are built from (None: not fine-tuned yet)
@@ -98,17 +102,14 @@ def teacher_depth(path: str) -> int:
         TeacherError: not a model folder or name; a missing folder another study fine-tunes
             names the command that makes it.
     """
-    parts = Path(path).parts
-    if "teachers" in parts and not Path(path).exists():
-        i = parts.index("teachers")
-        if i >= 2 and parts[i - 1] == "work":
-            study = Path(*parts[: i - 1])
-            config = study / "study.toml"
-            how = f"--config {config}" if config.is_file() else f"--study {study} ..."
-            raise TeacherError(
-                f"teacher {path}: no such folder; the study {study} fine-tunes it: "
-                f"hsktrain sweep {how} --prepare"
-            )
+    study = finetuning_study(path)
+    if study is not None and not Path(path).exists():
+        config = study / "study.toml"
+        how = f"--config {config}" if config.is_file() else f"--study {study} ..."
+        raise TeacherError(
+            f"teacher {path}: no such folder; the study {study} fine-tunes it: "
+            f"hsktrain sweep {how} --prepare"
+        )
     try:
         # lazy: transformers takes seconds to import; commands that load no model skip it
         from transformers import AutoConfig
@@ -134,7 +135,20 @@ def teacher_key(path: str, task: str, name: str) -> str:
 
 
 def finetuned_dir(grid: Grid, task: TaskRef, base: str) -> Path:
-    return grid.work / "teachers" / f"{task.name}-{teacher_name(base, False)}"
+    return grid.work / TEACHERS / f"{task.name}-{teacher_name(base, False)}"
+
+
+def finetuning_study(path: str) -> Path | None:
+    """The study whose own work folder holds `path` as a fine-tuned teacher (the inverse of
+    `finetuned_dir` for a grid without `workdir`), so a study reusing another's teacher can
+    name the study that makes it; None for any other path."""
+    parts = Path(path).parts
+    if TEACHERS not in parts:
+        return None
+    i = parts.index(TEACHERS)
+    if i < 2 or parts[i - 1] != WORK:
+        return None
+    return Path(*parts[: i - 1])
 
 
 def resolve_teacher(grid: Grid, task: TaskRef, base: str, ctx: Context | None) -> TeacherRef:
