@@ -86,7 +86,9 @@ def test_fitted_minimises_the_loss_fit_trains(student):
     fitted = fit_projection(student, start, [b], H_T)
     assert fitted.pairs == int((positions >= 0).sum())
     assert fitted.before == pytest.approx(loss_vs_zero(student, start, b), rel=1e-5)
-    assert fitted.after == pytest.approx(loss_vs_zero(student, fitted.proj, b), rel=1e-4)
+    # the solved map leaves float32 noise (~1e-7 of the zero loss): compared on `before`'s scale
+    after = loss_vs_zero(student, fitted.proj, b)
+    assert fitted.after == pytest.approx(after, rel=1e-4, abs=1e-5 * fitted.before)
     assert fitted.after < fitted.before
     proj = fitted.proj
     loss = HSKLoss(proj, H_T)(hidden(student, b), b.layers)
