@@ -589,7 +589,8 @@ def write_report(study: str | Path) -> Path:
         f"once overlapped, so less time passed): {'; '.join(_wall_clock(results, builds))}.",
         "",
     ]
-    # a teacher fine-tuned again (its folder did not survive) has the same key, weights and scores
+    # a teacher fine-tuned again on the same machine (its folder did not survive) has the same
+    # key, weights and scores; on another CPU other weights, so another key and line
     tunes = Counter((r["teacher"], r["task"], r["dev"]) for r in builds if r["how"] == "finetune")
     reused = {
         (r["teacher"], r["task"], r["dev"]): r["source"] for r in builds if r["how"] == "reuse"

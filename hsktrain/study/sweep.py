@@ -82,6 +82,7 @@ def work_lock(grid: Grid, name: str) -> Iterator[None]:
 
 
 TEACHERS = "teachers"  # under a study's work folder: one fine-tuned teacher per task
+TUNED = "teacher.json"  # beside a fine-tuned teacher's best/: written last, so it marks one done
 
 
 @dataclass
@@ -161,11 +162,11 @@ def resolve_teacher(grid: Grid, task: TaskRef, base: str, ctx: Context | None) -
             _note_reused(ctx, task, base, key)
         return TeacherRef(base, key, depth)
     folder = finetuned_dir(grid, task, base)
-    if not (folder / "teacher.json").is_file():
+    if not (folder / TUNED).is_file():
         if ctx is None:
             return TeacherRef(None, None, depth)
         with work_lock(grid, folder.name):  # the first shard fine-tunes; the others reuse it
-            if not (folder / "teacher.json").is_file():
+            if not (folder / TUNED).is_file():
                 _finetune(grid, task, base, folder, ctx)
     best = str(folder / "best")
     return TeacherRef(best, teacher_key(best, task.name, teacher_name(base, True)), depth)
@@ -196,7 +197,7 @@ def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) 
     ctx.builds.append(
         _teacher_row(ctx, task, key, "finetune", base, result.seconds, size, result.metrics)
     )
-    (folder / "teacher.json").write_text(json.dumps({"base": base, "dev": result.metrics}))
+    (folder / TUNED).write_text(json.dumps({"base": base, "dev": result.metrics}))
 
 
 def _note_reused(ctx: Context, task: TaskRef, path: str, key: str) -> None:
@@ -204,7 +205,7 @@ def _note_reused(ctx: Context, task: TaskRef, path: str, key: str) -> None:
     recorded once in this study's builds table with the dev scores it was chosen by (how
     `reuse`, no seconds: none spent here), so the report judges the teacher targets from the
     committed tables alone."""
-    tuned = Path(path).parent / "teacher.json"
+    tuned = Path(path).parent / TUNED
     if Path(path).name != "best" or not tuned.is_file():
         return
     with work_lock(ctx.grid, f"reuse-{task.name}"):  # shards: one row, not one each
