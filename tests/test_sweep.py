@@ -14,7 +14,7 @@ from conftest import make_bert, write_sst2
 from hskcache.errors import ConfigError, HskError, TeacherError
 from hskcache.reader import open_cache
 from hsktrain.config import FitConfig
-from hsktrain.study.estimate import dry_run
+from hsktrain.study.estimate import _teacher_rate, dry_run
 from hsktrain.study.grid import (
     Grid,
     TaskRef,
@@ -562,6 +562,40 @@ def test_a_run_a_kill_cut_short_continues_from_its_last_epoch(tmp_path, tiny_ber
     run_sweep(changed, show_progress=False, say=lines.append)
     assert not any("resuming" in x for x in lines) and len(calls) == len(steps)
     assert {r["lr"] for r in step_records(changed) if r["stage"] == "hsk"} == {1e-4}
+
+
+def test_a_build_a_kill_cut_short_is_recorded_as_resumed(tmp_path, tiny_bert, monkeypatch):
+    """A resumed build's seconds are its last process's alone: builds.csv says `(resumed)`,
+    the dry run's teacher rate leaves the row out and the report says its time is partial."""
+    from hskcache import build
+
+    grid = fake_grid(
+        tmp_path,
+        tiny_bert,
+        baselines=[],
+        seeds=[0],
+        chunk_rows=8,
+        fit={"max_length": 16, "batch_size": 8, "buffer_chunks": 2},
+    )
+    straight = build.compute_batch
+
+    def killed(*args, **kwargs):  # after the cache's arrays are made, before a row is written
+        raise Killed
+
+    monkeypatch.setattr(build, "compute_batch", killed)
+    with pytest.raises(Killed):
+        run_sweep(grid, show_progress=False, say=lambda _: None)
+    assert builds_table(grid.study).rows() == []
+    monkeypatch.setattr(build, "compute_batch", straight)
+    run_sweep(grid, show_progress=False, say=lambda _: None)
+    [row] = builds_table(grid.study).rows()
+    assert row["how"] == "build (resumed)" and float(row["seconds"]) > 0
+
+    sweep = plan_sweep(grid, False, show_progress=False, say=lambda _: None)
+    rate = _teacher_rate(sweep.ctx, sweep.tasks[0], measure=False)
+    assert rate == (None, "no earlier build, and measuring was turned off")
+    md = write_report(grid.study).read_text()
+    assert "1 teachers and caches, 1 of them resumed after a kill: their earlier time" in md
 
 
 def test_cli_refuses_a_bad_grid_and_an_empty_study_in_one_line(tmp_path):

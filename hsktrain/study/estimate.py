@@ -225,6 +225,7 @@ def _teacher_rate(ctx: Context, task: TaskRef, measure: bool) -> tuple[float | N
         for r in builds_table(grid.study).rows()
         if r["task"] == task.name
         and r["how"].startswith("build")
+        and not r["how"].endswith("(resumed)")  # seconds of its last process only
         and r["rows"]
         and r["device"] == ctx.device
     ]

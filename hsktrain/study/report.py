@@ -464,10 +464,12 @@ def _wall_clock(results: list[dict], builds: list[dict]) -> list[str]:
         made = [r for r in builds if r["device"] == d and r["how"] != "reuse"]
         train_s = sum(float(r["train_seconds"] or 0) for r in runs)
         build_s = sum(float(r["seconds"] or 0) for r in made)
+        resumed = sum(r["how"].endswith("(resumed)") for r in made)
+        cut = f", {resumed} of them resumed after a kill: their earlier time not counted"
         out.append(
             f"**{(train_s + build_s) / 3600:.2f} h** on {d} ({train_s:.0f} s training "
             f"{len(runs)} runs + {build_s:.0f} s fine-tuning, building and deriving "
-            f"{len(made)} teachers and caches)"
+            f"{len(made)} teachers and caches{cut if resumed else ''})"
         )
     return out
 

@@ -392,10 +392,13 @@ class Context:
             select=self.grid.fit.get("select") or "prefix",
             layer_choice=self.grid.fit.get("layer_choice") or "even",
         )
+        # a killed build's folder: this call computes its rest, so its seconds are not the
+        # build's (the estimate leaves such rows out, the report counts them)
+        how = "build" + note + (" (resumed)" if out.exists() else "")
         self.say(f"build {out}")
         t0 = time.perf_counter()
         build_cache(cfg, self.show_progress)
-        self._record(task, out, "build" + note, teacher.path, time.perf_counter() - t0)
+        self._record(task, out, how, teacher.path, time.perf_counter() - t0)
         return out
 
     def _derive(self, task: TaskRef, src: Path, sel: CachePlan) -> Path:
