@@ -733,7 +733,10 @@ def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp
     split = tmp_path / "split"  # the HSK arms' stages split 1 + 5: a budget, named as one
     for row in fake_rows()[4:6]:
         results_table(split).append(row | {"hsk_epochs": 1, "pred_epochs": 5})
-    md = compare([first, second, split])
+    init = tmp_path / "init"  # another student shape, an option the first did not set
+    for row in fake_rows()[:2]:
+        results_table(init).append(row | {"student": "full4", "recipe": "layer_choice=bottom"})
+    md = compare([first, second, split, init])
     assert md.count("## sst2, teacher `t@abc`: dev accuracy") == 1  # the same weights
     assert "| study | recipe vs the first | `ce` | `pred` | `full/-/-/l_top4` | `5l_64t" in md
     assert "| `paper` | - | 0.8100 +- 0.0141 (n=2) | 0.8200 +- 0.0141 (n=2) | 0.8500" in md
@@ -741,6 +744,7 @@ def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp
         "| `lr` | pred: pred_lr=5e-05 | 0.8200 +- 0.0141 (n=2) | 0.8300 +- 0.0141 (n=2) | - |" in md
     )
     assert "| `split` | epochs=1+5 | - | - | 0.8500 +- 0.0141 (n=2) |" in md
+    assert "| `init` | student=full4 layer_choice=bottom pred_lr=None | 0.8100" in md
     with pytest.raises(HskError, match="compare needs two or more study folders"):
         compare([first])
 

@@ -711,20 +711,27 @@ def compare(studies: list[str | Path]) -> str:
 
 def _recipe_of(rows: list[dict]) -> dict[str, dict[str, str]]:
     """kind -> its runs' recipe as {option: value} (the first row of that kind), with its
-    budget: `epochs` HSK+prediction and the training-row `limit` (a stage split is a recipe)."""
+    student shape (an init is a recipe) and budget: `epochs` HSK+prediction and the
+    training-row `limit` (a stage split is a recipe)."""
     out: dict[str, dict[str, str]] = {}
     for r in rows:
         budget = {"epochs": f"{r['hsk_epochs']}+{r['pred_epochs']}", "limit": r["limit"] or "none"}
-        out.setdefault(r["kind"], parse_recipe(r["recipe"]) | budget)
+        out.setdefault(r["kind"], {"student": r["student"]} | parse_recipe(r["recipe"]) | budget)
     return out
 
 
 def _recipe_diff(base: dict[str, dict[str, str]], other: dict[str, dict[str, str]]) -> str:
-    """`warmup=0.1 lr_decay=linear`, per kind where kinds differ differently (`ce: ...`)."""
+    """`warmup=0.1 lr_decay=linear`, per kind where kinds differ differently (`ce: ...`); an
+    option the first study set and this one did not reads `=None`, as a recipe cell writes it."""
     diffs: dict[str, list[str]] = {}
     for kind, rec in other.items():
         ref = base.get(kind, {})
-        d = " ".join(f"{k}={v}" for k, v in rec.items() if ref.get(k) != v) if ref else "?"
+        keys = dict.fromkeys([*rec, *ref])
+        d = (
+            " ".join(f"{k}={rec.get(k, 'None')}" for k in keys if ref.get(k) != rec.get(k))
+            if ref
+            else "?"
+        )
         diffs.setdefault(d, []).append(kind)
     diffs.pop("", None)
     if len(diffs) == 1 and len(next(iter(diffs.values()))) == len(other):
