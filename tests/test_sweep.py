@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import statistics
 from dataclasses import dataclass, replace
@@ -18,6 +19,7 @@ from hsktrain.study.estimate import _teacher_rate, dry_run
 from hsktrain.study.grid import (
     Grid,
     TaskRef,
+    checkpoint_sha,
     expand_grid,
     load_grid,
     parse_flags,
@@ -718,6 +720,38 @@ def test_a_table_of_another_version_is_refused_naming_its_columns(tmp_path):
     )
     with pytest.raises(HskError, match=want):
         results_table(study).rows()
+
+
+def test_a_pretrained_init_is_recorded_by_its_weights(tmp_path, tiny_bert):
+    """`[fit] init_from`: refused by name before any work where no checkpoint lies, else in
+    each row's recipe as PATH@sha12, so a student distilled again (other weights) at the same
+    path is another recipe, not more seeds of the old one."""
+    student = tmp_path / "general" / "best"
+
+    def runner(run, ctx):
+        return {"metrics": {"accuracy": 0.5}, "train_seconds": 1.0}
+
+    grid = fake_grid(
+        tmp_path, tiny_bert, seeds=[0], fit={"init": "pretrained", "init_from": str(student)}
+    )
+    with pytest.raises(ConfigError, match=r"^\[fit\] init_from .*/general/best: no checkpoint"):
+        run_sweep(grid, runner, show_progress=False, say=lambda _: None)
+    assert not (grid.work / "caches").exists()
+    student.mkdir(parents=True)
+    (student / "model.safetensors").write_bytes(b"weights")
+    run_sweep(grid, runner, show_progress=False, say=lambda _: None)
+    recipes = {r["recipe"].split()[-1] for r in results_table(grid.study).rows()}
+    sha = hashlib.sha256(b"model.safetensors\0weights").hexdigest()[:12]
+    assert recipes == {f"init_from={student}@{sha}"}
+
+    again = tmp_path / "again" / "best"  # the same student, distilled again elsewhere
+    again.mkdir(parents=True)
+    (again / "model.safetensors").write_bytes(b"other weights")
+    student.rename(tmp_path / "old")
+    again.rename(student)
+    checkpoint_sha.cache_clear()  # a new process: the sweep reads the folder once
+    with pytest.raises(ConfigError, match=r"used other settings, .*recipe init_from="):
+        run_sweep(grid, runner, show_progress=False, say=lambda _: None)
 
 
 def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp_path):

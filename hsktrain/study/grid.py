@@ -9,6 +9,8 @@ every KD arm with and without them; the CE-only arm reads gold labels alone, so 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -535,7 +537,28 @@ RECIPE = (
     "max_grad_norm batch_size buffer_chunks group_by_length init proj_init amp max_length"
 ).split()
 # Options added later, recorded only when set: rows written before them stay comparable.
-RECIPE_IF_SET = ("select", "layer_choice")
+RECIPE_IF_SET = ("select", "layer_choice", "init_from")
+
+
+@functools.cache
+def checkpoint_sha(folder: str) -> str:
+    """The first 12 hex digits of the sha256 over a checkpoint folder's safetensors files in
+    name order: which weights an `--init pretrained` run started from, not only where they lay
+    (a student distilled again on another machine is other weights, as a teacher is).
+
+    Raises:
+        ConfigError: no checkpoint there.
+    """
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ConfigError(
+            f"[fit] init_from {folder}: no checkpoint there (no *.safetensors); make that "
+            "student first (the study.toml says how)"
+        )
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def fit_options(grid: Grid, arm: Arm) -> dict:
@@ -548,8 +571,11 @@ def fit_options(grid: Grid, arm: Arm) -> dict:
 
 def recipe(grid: Grid, arm: Arm) -> str:
     """`key=value` for every RECIPE field of the arm's runs, defaults included; an int given
-    for a float option is written as that float (`temperature = 1` is `temperature=1.0`)."""
+    for a float option is written as that float (`temperature = 1` is `temperature=1.0`), and
+    `init_from` as `PATH@sha12`, its weights (`checkpoint_sha`)."""
     values = {f.name: f.default for f in fields(FitConfig)} | fit_options(grid, arm)
+    if values["init_from"] is not None:
+        values["init_from"] = f"{values['init_from']}@{checkpoint_sha(values['init_from'])}"
     hints = typing.get_type_hints(FitConfig)
     floats = {k for k in RECIPE if float in (hints[k], *typing.get_args(hints[k]))}
     as_given = lambda k, v: float(v) if k in floats and type(v) is int else v  # noqa: E731
