@@ -76,7 +76,7 @@ RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard t2 split f
 MPNET_RECIPES := reports/mpnet-mrpc-hsklr2e-4 reports/mpnet-mrpc-lr1e-4
 # Inits near the MPNet teacher; distil6 fine-tunes the teacher the other two reuse.
 MPNET_INITS := reports/mpnet-distil6 reports/mpnet-full4-bottom reports/mpnet-importance
-# The paper-scale study: both inits x extra teacher-labelled rows, MRPC (augment,
+# The paper-scale study: the inits (on MRPC also a general-distilled one) x extra teacher-labelled rows, MRPC (augment,
 # reusing distil6's teacher) and SST-2 (8,000 labelled of 20,000; importance fine-tunes its teacher).
 PAPER := reports/paper-mrpc-importance reports/paper-mrpc-full4 reports/paper-mrpc-general \
 	reports/paper-sst2-importance reports/paper-sst2-budget reports/paper-sst2-full4
