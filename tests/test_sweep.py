@@ -1076,6 +1076,14 @@ def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
     # fewer than 3 seeds: said; a bad [targets]: refused by name
     table.path.write_text("\n".join(table.path.read_text().splitlines()[:-1]) + "\n")
     assert "- 2 seeds so far: a target is judged on 3" in write_report(study).read_text()
+    # a bound set from CE-only above the teacher's own score (0.9): said, with the miss
+    (study / "study.toml").write_text(
+        'study = "s"\ntasks = ["SST-2"]\n[targets]\narm = "1l_10t_0.1h"\nover_ce = 0.25\n'
+    )
+    assert (
+        "- >= CE-only + 25 points (>= 0.9600): 0.8050 +- 0.0071 (n=2): **missed by 15.5 points**;"
+        " the bound is above the teacher's own 0.9000, which its students rarely pass\n"
+    ) in write_report(study).read_text()
     (study / "study.toml").write_text(
         'study = "s"\ntasks = ["SST-2"]\n[targets]\narm = "2l_10t_0.1h"\nof_teacher = 95\nx = 1\n'
     )

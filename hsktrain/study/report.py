@@ -296,7 +296,9 @@ def check_targets(
 ) -> list[str]:
     """The study's [targets] (`grid.TARGETS`) for this section's `targets['arm']` + prediction:
     each bound, the arm's mean, and `met`, `met inside the seeds' spread` (by less than the
-    larger std of the arms compared: not firmly) or `missed by N points`; under 3 seeds, said."""
+    larger std of the arms compared: not firmly) or `missed by N points`; under 3 seeds, said.
+    A bound set from another arm that lies above the teacher's own score is said to: a student
+    that learns its teacher well can leave CE-only no room to beat by the target's points."""
     arm = next((a for a in arms if a.kind == "hsk" and a.hsk == targets["arm"]), None)
     if arm is None:
         return [f"no `{targets['arm']}` arm here yet"]
@@ -328,6 +330,11 @@ def check_targets(
             if got - bound < spread
             else "met"
         )
+        if ref is not None and teacher is not None and bound > teacher:
+            verdict += (
+                f"; the bound is above the teacher's own {teacher:.4f}, "
+                "which its students rarely pass"
+            )
         lines.append(f"{what} (>= {bound:.4f}): {arm.show(metric)}: {verdict}")
     if arm.n < 3:
         lines.append(f"{arm.n} seed{'s' * (arm.n > 1)} so far: a target is judged on 3")
