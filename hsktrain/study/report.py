@@ -297,7 +297,7 @@ def check_targets(
     """The study's [targets] (`grid.TARGETS`) for this section's `targets['arm']` + prediction:
     each bound, the arm's mean, and `met`, `met inside the seeds' spread` (by less than the
     larger std of the arms compared: not firmly) or `missed by N points`; under 3 seeds, said.
-    A bound set from another arm that lies above the teacher's own score is said to: a student
+    A bound set from another arm that lies above the teacher's own score is flagged: a student
     that learns its teacher well can leave CE-only no room to beat by the target's points."""
     arm = next((a for a in arms if a.kind == "hsk" and a.hsk == targets["arm"]), None)
     if arm is None:
