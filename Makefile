@@ -74,14 +74,14 @@ bench-gpu: $(if $(filter $(VENV)/bin/hsktrain,$(HSKTRAIN)),install)
 # The core table first: the others reuse the teachers it fine-tunes.
 RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard t2 split fitted)
 MPNET_RECIPES := reports/mpnet-mrpc-hsklr2e-4 reports/mpnet-mrpc-lr1e-4
-# Inits near the MPNet teacher; distil6 fine-tunes the teacher the other two reuse.
-MPNET_INITS := reports/mpnet-distil6 reports/mpnet-full4-bottom reports/mpnet-importance
+# mpnet-distil6 (an init near the MPNet teacher: 6 of its layers at full width) also fine-tunes
+# the MRPC teacher the paper-scale MRPC studies reuse.
 # The paper-scale study: the inits (on MRPC also a general-distilled one) x extra teacher-labelled rows, MRPC (augment,
 # reusing distil6's teacher) and SST-2 (8,000 labelled of 20,000; importance fine-tunes its teacher).
 PAPER := reports/paper-mrpc-importance reports/paper-mrpc-full4 reports/paper-mrpc-general \
 	reports/paper-sst2-importance reports/paper-sst2-budget reports/paper-sst2-full4
 STUDIES := reports/minilm-core reports/minilm-grouped $(RECIPES) reports/minilm-mrpc-augment \
-	reports/mpnet-core $(MPNET_RECIPES) $(MPNET_INITS) $(PAPER) reports/minilm-mrpc-curves
+	reports/mpnet-core $(MPNET_RECIPES) reports/mpnet-distil6 $(PAPER) reports/minilm-mrpc-curves
 # On a GPU: `make study DEVICE=cuda SHARDS=8` runs each study as 8 sweeps at once on it
 # (`hsktrain sweep --shard`: they share its tables and caches); small students leave a GPU idle.
 DEVICE ?= cpu
