@@ -252,6 +252,7 @@ def fit_cmd(
             title = f"best dev checkpoint: {result.best}"
             console.print(metrics_table(title, {"student": result.metrics}))
         wrote = ", ".join(str(p) for p in (result.best, result.last) if p is not None)
+        say(f"student: {result.student}")
         say(f"done: wrote {wrote}" + (f" ({result.note})" if result.note else ""))
 
     run_guarded(body)

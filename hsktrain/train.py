@@ -85,6 +85,9 @@ class FitResult:
     # the run's time: preparing, training, scoring and saving, summed over a resumed run's
     # processes (each up to its last save: what a kill lost after it does not count)
     seconds: float = 0.0
+    # the student's shape and size, e.g. "4 layers x 312, 14,350,874 parameters": what a
+    # user weighs a full-width init (nearer the teacher, larger) against a narrow one by
+    student: str = ""
 
 
 @dataclass
@@ -326,7 +329,11 @@ def open_log(out: Path, state: LoopState, w: World, record: dict, resume: bool):
 
 def _result(t: Trainer, state: LoopState, note: str) -> FitResult:
     best = t.out / "best" if state.best_written else None
-    return FitResult(state.best_metrics, best, t.out / "last", note, t.world.rank, t.seconds())
+    c, n = t.run.model.config, sum(p.numel() for p in t.run.model.parameters())
+    size = f"{c.num_hidden_layers} layers x {c.hidden_size}, {n:,} parameters"
+    return FitResult(
+        state.best_metrics, best, t.out / "last", note, t.world.rank, t.seconds(), size
+    )
 
 
 def _trim_log(path: Path, step: int) -> None:

@@ -623,6 +623,9 @@ def test_cli_says_what_was_written(world, tmp_path):
     r = runner.invoke(app, ["fit", "--out", str(tmp_path / "m"), "--max-steps", "2", *common])
     assert r.exit_code == 0, r.output
     assert "(stopped at step 2 (--max-steps))" in r.output and "best" not in r.output
+    # the student's size, counted on the weights it saved
+    n = sum(v.numel() for v in load_file(tmp_path / "m" / "last" / "model.safetensors").values())
+    assert f"student: 2 layers x 16, {n:,} parameters" in r.output
     # `out` from the TOML file alone
     toml = tmp_path / "fit.toml"
     toml.write_text(
