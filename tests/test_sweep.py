@@ -1013,6 +1013,25 @@ def test_report_sets_students_against_their_teacher_and_their_extra_rows(tmp_pat
     assert "  - full/-/-/l_top4+labelled8: 0.8000 +- 0.0000 (n=2) vs full/-/-/l_top4 " in md
 
 
+def test_report_drops_the_figure_a_split_replaced(tmp_path):
+    """A study that gains arms with extra rows splits its section in two: the one figure the
+    last report linked goes, two take its place; a PNG the report never linked stays."""
+    study = tmp_path / "study"
+    table = results_table(study)
+    base = fake_rows()[0] | {"teacher": "t@abc", "axis": "baseline", "hsk": ""}
+    for seed in (0, 1):
+        table.append(base | {"config": "pred", "kind": "pred", "seed": seed})
+    (study / "mine.png").write_bytes(b"a user's figure")
+    write_report(study)
+    assert sorted(p.name for p in study.glob("*.png")) == ["mine.png", "sst2-t-abc.png"]
+    for seed in (0, 1):
+        table.append(base | {"config": "pred+labelled8", "kind": "pred", "seed": seed})
+    md = write_report(study).read_text()
+    pngs = sorted(p.name for p in study.glob("*.png"))
+    assert pngs == ["mine.png", "sst2-t-abc-labelled8.png", "sst2-t-abc-plain.png"]
+    assert all(f"]({name})" in md for name in pngs[1:])
+
+
 def test_log_summary_reads_how_a_run_learned():
     log = [
         {"stage": "hsk", "epoch": 0, "batch": 0, "step": 1, "loss": 0.6, "zero_loss": 0.5},

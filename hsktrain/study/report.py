@@ -585,6 +585,8 @@ def write_report(study: str | Path) -> Path:
     study = Path(study)
     results, builds, logs = load_rows(study), builds_table(study).rows(), logs_table(study).rows()
     output_file(study / "README.md", "the report")
+    linked = _figures(study / "README.md")  # the last report's: one a split no longer has goes
+    written: set[str] = set()
     groups = group_arms(results)
     config = study / "study.toml"  # the study's own config, when it sits in its folder
     targets = read_targets(str(config)) if config.is_file() else {}
@@ -624,6 +626,7 @@ def write_report(study: str | Path) -> Path:
         png = study / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}.png"
         first = arms[0]
         plot(arms, metric, f"{task}, teacher {teacher}{extra}", png)
+        written.add(png.name)
         mine = [
             r for r in results if r["kind"] == "ce" or config_rows(r["config"]).name == rows_name
         ]
@@ -665,7 +668,17 @@ def write_report(study: str | Path) -> Path:
             md.append(f"- not judged, no arms on their axis in this study: {'; '.join(skipped)}")
     path = study / "README.md"
     path.write_text("\n".join(md) + "\n")
+    for name in linked - written:
+        (study / name).unlink(missing_ok=True)
     return path
+
+
+def _figures(readme: Path) -> set[str]:
+    """The PNGs a report links: its own, named in the study folder (a figure a user added and
+    the report does not link is left alone)."""
+    if not readme.is_file():
+        return set()
+    return set(re.findall(r"!\[[^\]]*\]\(([A-Za-z0-9._-]+\.png)\)", readme.read_text()))
 
 
 def compare(studies: list[str | Path]) -> str:
