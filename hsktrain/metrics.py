@@ -6,6 +6,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+# Every metric a run can score (a study table's dev_<metric> columns).
+METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
 # The metric that ranks checkpoints, per task (GLUE's headline metric).
 MAIN_METRIC = {"cola": "matthews", "mrpc": "f1", "qqp": "f1", "stsb": "pearson"}
 

@@ -1053,7 +1053,8 @@ def test_log_summary_reads_how_a_run_learned():
 
 def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
     """A study.toml's [targets] are judged for its arm (met, met inside the spread, missed by
-    how much, with fewer seeds said); logs.csv's rows become the arms' learning table."""
+    how much, with fewer seeds said) in the task's main metric or the one they name; logs.csv's
+    rows become the arms' learning table."""
     study = tmp_path / "study"
     study.mkdir()
     (study / "study.toml").write_text(
@@ -1071,6 +1072,7 @@ def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
     for config, (kind, hsk, scores) in by_config.items():
         for seed, score in enumerate(scores):
             row = {"config": config, "kind": kind, "hsk": hsk, "seed": seed, "dev_accuracy": score}
+            row["dev_f1"] = score + 0.1  # another metric [targets] may name
             table.append(base | row | ({"axis": "config"} if hsk else {}))
     tune = {"task": "sst2", "teacher": "t+ft@abc", "cache": "teacher", "how": "finetune"}
     tune |= {"source": "t", "seconds": 60.0, "device": "cpu", "bytes": 1, "rows": None}
@@ -1082,7 +1084,7 @@ def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
         logs.append(key | {"seed": seed, "hsk_start": start, "hsk_end": 0.4, "dev_curve": curve})
     md = write_report(study).read_text()
     assert (
-        "### Targets\n\n`1l_10t_0.1h` + prediction, mean over seeds:\n\n"
+        "### Targets\n\n`1l_10t_0.1h` + prediction, dev accuracy, mean over seeds:\n\n"
         "- >= 85% of the teacher's (>= 0.7650): 0.8100 +- 0.0100 (n=3): met\n"
         "- >= CE-only + 9 points (>= 0.8000): 0.8100 +- 0.0100 (n=3): met inside the seeds' "
         "spread\n"
@@ -1103,13 +1105,31 @@ def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
         "- >= CE-only + 25 points (>= 0.9600): 0.8050 +- 0.0071 (n=2): **missed by 15.5 points**;"
         " the bound is above the teacher's own 0.9000, which its students rarely pass\n"
     ) in write_report(study).read_text()
+    # targets in another metric than the task's main one: judged in it, the teacher's unknown
+    (study / "study.toml").write_text(
+        'study = "s"\ntasks = ["SST-2"]\n[targets]\narm = "1l_10t_0.1h"\nmetric = "f1"\n'
+        "over_ce = 0.09\nunder_teacher = 0.05\n"
+    )
+    assert (
+        "`1l_10t_0.1h` + prediction, dev f1, mean over seeds:\n\n"
+        "- >= the teacher's - 5 points: not judged, needs the teacher's dev score\n"
+        "- >= CE-only + 9 points (>= 0.9000): 0.9050 +- 0.0071 (n=2): met inside the seeds' "
+        "spread\n"
+    ) in write_report(study).read_text()
+    (study / "study.toml").write_text(
+        'study = "s"\ntasks = ["SST-2"]\n[targets]\narm = "1l_10t_0.1h"\nmetric = "matthews"\n'
+        "over_ce = 0.09\n"
+    )
+    assert "- not judged: this task's runs score no matthews\n" in write_report(study).read_text()
     (study / "study.toml").write_text(
         'study = "s"\ntasks = ["SST-2"]\n[targets]\narm = "2l_10t_0.1h"\nof_teacher = 95\nx = 1\n'
+        'metric = "mcc"\n'
     )
     with pytest.raises(ConfigError) as e:
         write_report(study)
     assert str(e.value).endswith(
-        "unknown key 'targets.x'; targets.of_teacher = 95 must be a number in (0, 1]; "
+        "unknown key 'targets.x'; targets.metric 'mcc' must be one of accuracy, f1, matthews, "
+        "pearson, spearman; targets.of_teacher = 95 must be a number in (0, 1]; "
         "targets.arm '2l_10t_0.1h' must be one of configs ['full', '1l_10t_0.1h']"
     )
 

@@ -36,11 +36,13 @@ from hsktrain.config import (
     student_problems,
 )
 from hsktrain.glue import find_task_data
+from hsktrain.metrics import METRICS
 
 BASELINES = ("ce", "pred")
 CONFIGS = ("full", "1l_10t_0.1h")  # a grid's HSK configs when it names none
 # a study's [targets]: `arm` (an HSK config) must score at least each bound, in points of the
-# main metric as fractions (0.05 = 5 points) or as a share of the teacher (of_teacher)
+# task's main metric (or of `metric`) as fractions (0.05 = 5 points) or as a share of the
+# teacher (of_teacher)
 TARGETS = {
     "of_teacher": ">= {share} of the teacher's",
     "under_teacher": ">= the teacher's - {points}",
@@ -167,10 +169,13 @@ def read_targets(path: str) -> dict:
 
 
 def targets_problems(t: dict, configs: list[str]) -> list[str]:
-    """[targets]: known bounds, each a fraction in (0, 1], and an `arm` among the configs."""
+    """[targets]: known bounds, each a fraction in (0, 1], an `arm` among the configs and, if
+    set, a `metric` a run scores."""
     if not t:
         return []
-    p = [f"unknown key 'targets.{k}'" for k in t if k != "arm" and k not in TARGETS]
+    p = [f"unknown key 'targets.{k}'" for k in t if k not in ("arm", "metric", *TARGETS)]
+    if "metric" in t and t["metric"] not in METRICS:
+        p.append(f"targets.metric {t['metric']!r} must be one of {', '.join(METRICS)}")
     p += [
         f"targets.{k} = {v!r} must be a number in (0, 1]"
         for k, v in t.items()

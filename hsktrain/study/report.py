@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hskcache.errors import HskError
-from hsktrain.metrics import main_metric
+from hsktrain.metrics import METRICS, main_metric
 from hsktrain.outputs import output_file
 from hsktrain.study.grid import TARGETS, config_rows, parse_recipe, plain_config, read_targets
-from hsktrain.study.tables import METRICS, builds_table, logs_table, results_table
+from hsktrain.study.tables import builds_table, logs_table, results_table
 
 AXES = ("depth", "length", "width")
 # The field whose value names an axis's curve; '-' (does not apply) joins every curve.
@@ -294,14 +294,17 @@ def claim_extra_rows(
 def check_targets(
     arms: list[ArmResults], metric: str, teacher: float | None, targets: dict
 ) -> list[str]:
-    """The study's [targets] (`grid.TARGETS`) for this section's `targets['arm']` + prediction:
-    each bound, the arm's mean, and `met`, `met inside the seeds' spread` (by less than the
-    larger std of the arms compared: not firmly) or `missed by N points`; under 3 seeds, said.
+    """The study's [targets] (`grid.TARGETS`) for this section's `targets['arm']` + prediction,
+    in `metric` (the task's main one, or the one [targets] names): each bound, the arm's mean,
+    and `met`, `met inside the seeds' spread` (by less than the larger std of the arms
+    compared: not firmly) or `missed by N points`; under 3 seeds, said.
     A bound set from another arm that lies above the teacher's own score is flagged: a student
     that learns its teacher well can leave CE-only no room to beat by the target's points."""
     arm = next((a for a in arms if a.kind == "hsk" and a.hsk == targets["arm"]), None)
     if arm is None:
         return [f"no `{targets['arm']}` arm here yet"]
+    if metric not in arm.scores:
+        return [f"not judged: this task's runs score no {metric}"]
     full, ce = full_arm(arms), baseline(arms, "ce")
     refs = {  # target -> (the bound, the arm it is set from, or None for the teacher)
         "of_teacher": (teacher * targets.get("of_teacher", 0), None) if teacher else None,
@@ -650,9 +653,11 @@ def write_report(study: str | Path) -> Path:
         ]
         md += _log_table(arms, [r for r in logs if (r["task"], r["teacher"]) == (task, teacher)])
         if targets:
-            md += ["### Targets", "", f"`{targets['arm']}` + prediction, mean over seeds:", ""]
-            teacher_score = scores.get((task, teacher), {}).get(metric)
-            md += [f"- {x}" for x in check_targets(arms, metric, teacher_score, targets)]
+            judged = targets.get("metric", metric)
+            head = f"`{targets['arm']}` + prediction, dev {judged}, mean over seeds:"
+            md += ["### Targets", "", head, ""]
+            teacher_score = scores.get((task, teacher), {}).get(judged)
+            md += [f"- {x}" for x in check_targets(arms, judged, teacher_score, targets)]
             md.append("")
         md += ["### Claims checked here", ""]
         checked = claims(arms, metric)

@@ -38,7 +38,7 @@ from hskcache.tasks import get_task
 from hskcache.teacher import default_teacher_path, load_teacher
 from hsktrain.checkpoint import can_resume
 from hsktrain.config import FitConfig, finetune_config
-from hsktrain.metrics import main_metric
+from hsktrain.metrics import METRICS, main_metric
 from hsktrain.study.grid import (
     WORK,
     Arm,
@@ -54,7 +54,6 @@ from hsktrain.study.grid import (
 )
 from hsktrain.study.tables import (
     KEY,
-    METRICS,
     Table,
     builds_table,
     code_version,

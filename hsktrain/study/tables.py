@@ -15,9 +15,9 @@ from pathlib import Path
 from hskcache import __version__
 from hskcache.data import utf8_text
 from hskcache.errors import ConfigError, DataFormatError, HskError
+from hsktrain.metrics import METRICS
 from hsktrain.study.grid import Grid, RunSpec, epochs, parse_recipe, recipe, rows_limit
 
-METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
 COLUMNS = [
     "task",
     "teacher",
