@@ -37,6 +37,17 @@ app.callback()(main)
 Opt = typer.Option
 EVAL_SPLIT = "dev"
 L_TOP = "2/3 of the teacher's depth"
+ONE_ANSWER = "one class for every row"
+
+
+def _scores(title: str, model: str, metrics: dict, one_answer: dict, warning: str) -> None:
+    """A model's dev scores beside the floor of answering one class for every row, and the
+    warning when it did not clear that floor: a student too far from its teacher (a narrow one
+    from a wide teacher) often learns only the label prior, and its scores alone do not show it."""
+    rows = {model: metrics} | ({ONE_ANSWER: one_answer} if one_answer else {})
+    console.print(metrics_table(title, rows))
+    if warning:
+        say(f"warning: {warning} (docs/hsktrain.md#a-model-that-learned-nothing)")
 
 
 def _finetune_defaults() -> dict:
@@ -94,7 +105,7 @@ def finetune(
         result = fit(cfg, show_progress=not quiet)
         if result.rank == 0:
             title = f"best dev checkpoint: {result.best}"
-            console.print(metrics_table(title, {"teacher": result.metrics}))
+            _scores(title, "teacher", result.metrics, result.one_answer, result.warning)
 
     run_guarded(body)
 
@@ -250,7 +261,7 @@ def fit_cmd(
             return
         if result.metrics:
             title = f"best dev checkpoint: {result.best}"
-            console.print(metrics_table(title, {"student": result.metrics}))
+            _scores(title, "student", result.metrics, result.one_answer, result.warning)
         wrote = ", ".join(str(p) for p in (result.best, result.last) if p is not None)
         say(f"student: {result.student}")
         say(f"done: wrote {wrote}" + (f" ({result.note})" if result.note else ""))
@@ -298,7 +309,7 @@ def eval_cmd(
         print(json.dumps(result, indent=2))
     else:
         title = f"{result['task']} {result['split']} ({result['examples']} rows)"
-        console.print(metrics_table(title, {model: result["metrics"]}))
+        _scores(title, model, result["metrics"], result["one_answer"], result["warning"])
 
 
 @app.command()

@@ -148,6 +148,8 @@ def summary(data: str, task: str | None, seconds: dict[str, float], probes: dict
     )
     for (name, r), t in zip(scores.items(), times, strict=True):
         table.add_row(name, f"{r['metrics']['accuracy']:.4f}", f"{t:.0f} s")
+    floor = next(iter(scores.values()))["one_answer"]["accuracy"]  # the majority class's
+    table.add_row("one class for every row (the floor)", f"{floor:.4f}", "-")
     console.print(table)
     stats = open_cache(OUT / "cache-1l_10t_0.1h").info.stats
     console.print(

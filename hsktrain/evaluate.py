@@ -16,7 +16,7 @@ from hskcache.teacher import check_model_folder, check_token_limit
 from hsktrain.batch import inputs
 from hsktrain.checkpoint import refuse_run_folder
 from hsktrain.loader import ArraySource, ChunkShuffleLoader
-from hsktrain.metrics import task_metrics
+from hsktrain.metrics import learned_nothing, one_answer_scores, task_metrics
 from hsktrain.rows import encode_split
 from hsktrain.students import check_vocab
 
@@ -113,10 +113,13 @@ def evaluate_checkpoint(
     model.to(device)
     regression = ex.label_names is None
     metrics = predict_metrics(model, rows, ex.task.name, regression, batch_size, device)
+    floor = one_answer_scores(ex.task.name, rows.arrays["labels"])
     return {
         "model": str(folder),
         "task": ex.task.name,
         "split": split,
         "examples": len(ex),
         "metrics": metrics,
+        "one_answer": floor,  # each metric's best from one class for every row: the floor
+        "warning": learned_nothing(ex.task.name, metrics, floor) or "",
     }

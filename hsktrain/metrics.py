@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
@@ -10,6 +12,9 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 METRICS = ("accuracy", "f1", "matthews", "pearson", "spearman")
 # The metric that ranks checkpoints, per task (GLUE's headline metric).
 MAIN_METRIC = {"cola": "matthews", "mrpc": "f1", "qqp": "f1", "stsb": "pearson"}
+# A model this close to answering one class for every row (or under it) learned the label prior,
+# not the task: 1 point is 4 rows of MRPC's 408-row dev split.
+ONE_ANSWER_MARGIN = 0.01
 
 
 def task_metrics(
@@ -34,3 +39,34 @@ def main_metric(task: str, regression: bool = False) -> str:
     """The metric that picks a run's best checkpoint and a study's headline column: the one
     place that chooses it."""
     return "pearson" if regression else MAIN_METRIC.get(task, "accuracy")
+
+
+def one_answer_scores(task: str, labels: np.ndarray) -> dict[str, float]:
+    """Each metric's best score from answering one class for every row (accuracy: the majority
+    class; MRPC's F1: always "equivalent"): the floor a classifier must clear to have learned
+    anything. Empty for regression (float labels, or STS-B), which has no classes."""
+    if task == "stsb" or np.issubdtype(labels.dtype, np.floating):
+        return {}
+    best: dict[str, float] = {}
+    with warnings.catch_warnings():  # one answer: precision or MCC undefined, scored 0
+        warnings.simplefilter("ignore")
+        for c in np.unique(labels):
+            for k, v in task_metrics(task, np.full_like(labels, c), labels).items():
+                best[k] = max(best.get(k, v), v)
+    return best
+
+
+def learned_nothing(task: str, metrics: dict[str, float], floor: dict[str, float]) -> str | None:
+    """A warning when the main metric is within ONE_ANSWER_MARGIN of `floor`
+    (`one_answer_scores`), or under it; None when the model cleared it or there is no floor
+    (regression)."""
+    metric = main_metric(task)
+    if metric not in metrics or metric not in floor:
+        return None
+    if metrics[metric] > floor[metric] + ONE_ANSWER_MARGIN:
+        return None
+    return (
+        f"dev {metric} {metrics[metric]:.4f} is within {100 * ONE_ANSWER_MARGIN:g} point of "
+        f"answering one class for every row ({floor[metric]:.4f}): it learned the label prior, "
+        "not the task"
+    )

@@ -44,7 +44,7 @@ from hsktrain.config import FitConfig
 from hsktrain.evaluate import predict_metrics
 from hsktrain.loader import STAGE_STRIDE, ChunkShuffleLoader, prefetched
 from hsktrain.losses import HSKLoss
-from hsktrain.metrics import main_metric
+from hsktrain.metrics import learned_nothing, main_metric, one_answer_scores
 from hsktrain.outputs import output_folder
 from hsktrain.prepare import Run, Stage, prepare
 from hsktrain.step import (
@@ -89,6 +89,10 @@ class FitResult:
     # MPNet): what a user weighs a full-width init (nearer the teacher, larger) against a
     # narrow one by
     student: str = ""
+    # each dev metric's best from answering one class for every row (the floor `metrics` must
+    # clear), and the warning when the best checkpoint did not clear it by a point ("" if it did)
+    one_answer: dict = dataclasses.field(default_factory=dict)
+    warning: str = ""
 
 
 @dataclass
@@ -332,8 +336,19 @@ def _result(t: Trainer, state: LoopState, note: str) -> FitResult:
     best = t.out / "best" if state.best_written else None
     c, n = t.run.model.config, sum(p.numel() for p in t.run.model.parameters())
     size = f"{c.num_hidden_layers} layers x {c.hidden_size}, {n:,} parameters"
+    run, floor = t.run, {}
+    if run.dev is not None and state.best_metrics:  # --mode hsk scores nothing: nothing to judge
+        floor = one_answer_scores(run.task, run.dev.arrays["labels"])
     return FitResult(
-        state.best_metrics, best, t.out / "last", note, t.world.rank, t.seconds(), size
+        state.best_metrics,
+        best,
+        t.out / "last",
+        note,
+        t.world.rank,
+        t.seconds(),
+        size,
+        one_answer=floor,
+        warning=learned_nothing(run.task, state.best_metrics, floor) or "",
     )
 
 

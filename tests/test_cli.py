@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from hskcache.cli import app
@@ -150,6 +151,36 @@ def test_eval_takes_table_columns(tmp_path, sst2_dir, tiny_bert):
     glue = json.loads(r.output)
     assert custom["task"] == "custom" and custom["examples"] == len(SENTENCES)
     assert custom["metrics"] == glue["metrics"]
+
+
+def test_eval_warns_of_a_model_that_answers_one_class(tmp_path, mrpc_dir, tiny_bert):
+    """A model that says "equivalent" for every pair scores exactly the one-answer floor that
+    `eval` gives beside its scores (the majority's accuracy, always-positive F1) and is warned."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from conftest import SENTENCES
+    from hsktrain.cli import app as train_app
+
+    model = BertForSequenceClassification.from_pretrained(tiny_bert)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([-10.0, 10.0]))
+    model.save_pretrained(tmp_path / "yes")
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(tmp_path / "yes")
+    share = sum(y for _, y in SENTENCES) / len(SENTENCES)  # dev pairs labelled "equivalent"
+    args = ["eval", str(tmp_path / "yes"), "--data", str(mrpc_dir)]
+    r = runner.invoke(train_app, [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output)
+    floor = {"accuracy": max(share, 1 - share), "f1": 2 * share / (1 + share)}
+    assert got["one_answer"] == pytest.approx(floor)
+    assert got["metrics"] == pytest.approx({"accuracy": share, "f1": floor["f1"]})
+    assert got["warning"] == (
+        f"dev f1 {floor['f1']:.4f} is within 1 point of answering one class for every row "
+        f"({floor['f1']:.4f}): it learned the label prior, not the task"
+    )
+    out = " ".join(runner.invoke(train_app, args).output.split())
+    assert "one class for every row" in out and f"warning: {got['warning']}" in out
 
 
 def wide_help(app_, *args) -> str:

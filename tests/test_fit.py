@@ -692,6 +692,11 @@ def test_fit_reads_table_columns_like_build(tmp_path):
     )
     result = fit(cfg, show_progress=False)
     assert 0.0 <= result.metrics["accuracy"] <= 1.0 and result.best is not None
+    # the dev rows' one-answer floor (a "custom" task: accuracy alone), and its verdict
+    share = sum(y for _, y in SENTENCES) / len(SENTENCES)
+    assert result.one_answer == pytest.approx({"accuracy": max(share, 1 - share)})
+    cleared = result.metrics["accuracy"] > max(share, 1 - share) + 0.01
+    assert (result.warning == "") == cleared
     with pytest.raises(HskError, match="no column 'text'"):
         fit(replace(cfg, out=str(tmp_path / "run2"), text_column=None), show_progress=False)
     with pytest.raises(ConfigError, match="--text-column: name columns of --data or --dev-data"):

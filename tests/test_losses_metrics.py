@@ -8,7 +8,7 @@ import torch
 
 from hskcache.targets import LayerTargets
 from hsktrain.losses import HSKLoss, hsk_layer_loss, prediction_loss, soft_cross_entropy
-from hsktrain.metrics import main_metric, task_metrics
+from hsktrain.metrics import learned_nothing, main_metric, one_answer_scores, task_metrics
 
 
 def proj_2_to_4():
@@ -117,6 +117,27 @@ def test_metrics_known_values():
     s = task_metrics("stsb", np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 6.0, 9.0]))
     assert s["spearman"] == pytest.approx(1.0) and 0.98 < s["pearson"] < 1.0
     assert main_metric("cola") == "matthews" and main_metric("sst2") == "accuracy"
+
+
+def test_one_answer_floor_and_the_warning_under_it():
+    """The floor is each metric's best over the classes answered for every row; the warning
+    comes at the floor + 1 point or under, not above, and never without a floor."""
+    y = np.array([1, 1, 1, 0])
+    assert one_answer_scores("mrpc", y) == pytest.approx({"accuracy": 0.75, "f1": 6 / 7})
+    assert one_answer_scores("cola", y) == {"accuracy": 0.75, "matthews": 0.0}
+    assert one_answer_scores("sst2", 1 - y) == {"accuracy": 0.75}  # the majority is class 0
+    assert one_answer_scores("stsb", y.astype(np.float32)) == {}
+    assert one_answer_scores("custom", np.array([0.5, 2.0], dtype=np.float32)) == {}
+    floor = {"accuracy": 0.75}
+    warned = learned_nothing("sst2", {"accuracy": 0.76}, floor)
+    assert warned == (
+        "dev accuracy 0.7600 is within 1 point of answering one class for every row (0.7500): "
+        "it learned the label prior, not the task"
+    )
+    assert learned_nothing("sst2", {"accuracy": 0.70}, floor).startswith("dev accuracy 0.7000")
+    assert learned_nothing("sst2", {"accuracy": 0.7601}, floor) is None
+    assert learned_nothing("stsb", {"pearson": 0.1}, {}) is None
+    assert learned_nothing("cola", {"accuracy": 0.9, "matthews": 0.0}, {"matthews": 0.0})
 
 
 def test_batch_magnitude_threshold_spans_the_batch():
