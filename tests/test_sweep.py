@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_bert, write_sst2
+from conftest import SENTENCES, make_bert, write_sst2
 from hskcache.errors import ConfigError, HskError, TeacherError
 from hskcache.reader import open_cache
 from hsktrain.config import FitConfig
@@ -553,6 +553,10 @@ def test_a_run_a_kill_cut_short_continues_from_its_last_epoch(tmp_path, tiny_ber
     assert [r["loss"] for r in step_records(cut)] == [r["loss"] for r in steps]
     [a], [b] = results_table(straight.study).rows(), results_table(cut.study).rows()
     assert b["dev_accuracy"] == a["dev_accuracy"] and float(b["train_seconds"]) > 0
+    # fit's warning, said after the run's scores when they do not clear the one-answer floor
+    share = sum(y for _, y in SENTENCES) / len(SENTENCES)
+    warned = [x for x in lines if x.startswith("  warning: dev accuracy ")]
+    assert len(warned) == (float(b["dev_accuracy"]) <= max(share, 1 - share) + 0.01)
     [log_a], [log_b] = logs_table(straight.study).rows(), logs_table(cut.study).rows()
     assert log_b == log_a
 

@@ -496,6 +496,7 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
     hsk = arm.kind == "hsk"
     return {
         "metrics": result.metrics,
+        "warning": result.warning,  # said, not stored: the report's tables carry the scores
         "best_stage": stage,
         "best_epoch": epoch,
         "log": log_summary(log, run.task.name),
@@ -653,4 +654,6 @@ def run_sweep(
             logs.append({k: row[k] for k in KEY} | got["log"])
         scores = ", ".join(f"{k} {v:.4f}" for k, v in got["metrics"].items())
         say(f"  dev {scores or '-'} ({got.get('train_seconds') or 0:.0f} s)")
+        if got.get("warning"):
+            say(f"  warning: {got['warning']}")
     return sweep
