@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -16,7 +17,7 @@ from hskcache.reader import open_cache
 from hsktrain.study.estimate import dry_run
 from hsktrain.study.grid import Grid, Rows, config_rows, load_grid, parse_flags
 from hsktrain.study.report import write_report
-from hsktrain.study.sweep import plan_sweep, run_sweep, train_run
+from hsktrain.study.sweep import cache_plan, plan_sweep, run_sweep, train_run
 from hsktrain.study.tables import builds_table, results_table
 
 PLAIN = "1l_2t_0.5h/attention-no-sep/magnitude/l_top1"
@@ -165,27 +166,56 @@ def test_a_labelled_study_trains_ce_on_the_labelled_rows_alone(tmp_path):
     )
 
 
-def test_dry_run_counts_the_extra_rows_and_a_rerun_skips_finished_runs(tmp_path, tiny_bert):
+def test_dry_run_counts_the_extra_rows_and_a_rerun_skips_finished_runs(
+    tmp_path, tiny_bert, monkeypatch
+):
     grid = grid_of(tmp_path, tiny_bert, n=26, augment=2, extra_rows=[False])
     calls: list = []
     run_sweep(grid, fake_runner(calls), show_progress=False, say=lambda _: None)
     assert calls == ["ce", "pred", PLAIN]
 
     # 2 s for 2 epochs of 26 rows: 1/26 s per row and epoch; an augmented arm reads 3 x 26;
-    # the teacher labelled 26 rows in 13 s, and the one augmented build labels 78
-    builds_table(grid.study).append(
-        {"task": "sst2", "how": "build", "rows": 26, "seconds": 13.0, "device": "cpu"}
-    )
+    # the teacher labelled 26 rows in 13 s, and the one augmented build labels 78. Its disk:
+    # builds of its selection took 2.6 GB at 26 rows and 4.6 GB at 52 (a line: 6.6 GB at 78)
     both = replace(grid, extra_rows=[False, True])
+    sweep = plan_sweep(both, False, False, lambda _: None)
+    run = next(r for r in sweep.pending if r.arm.kind == "hsk")
+    name = sweep.ctx.cache_dir(run.task, cache_plan(run.arm)).name
+    assert name.endswith("-augment2")
+    row = {"task": "sst2", "cache": name.removesuffix("-augment2"), "how": "build"}
+    builds = builds_table(grid.study)
+    builds.append(row | {"rows": 26, "seconds": 13.0, "device": "cpu", "bytes": 2_600_000_000})
+    builds.append(row | {"rows": 52, "bytes": 4_600_000_000})  # another machine's: no rate
+    free = lambda path: shutil._ntuple_diskusage(100e9, 95e9, 5e9)  # noqa: E731
+    monkeypatch.setattr(shutil, "disk_usage", free)
     lines: list = []
     plan = dry_run(both, measure=False, say=lines.append)
     assert (plan["done"], plan["pending"]) == (3, 2)
     assert plan["seconds"] == pytest.approx(2 * (2 * 78 / 26) + 78 / 2)
     assert "  sst2   pred+augment2" in lines[4] and lines[4].endswith("seeds 0")
-    assert lines[-2:] == [
+    assert lines[-4:] == [
         "  sst2: 1.0 s/epoch of 26 rows (median of 3 finished runs on cpu in results.csv)",
         "  sst2: 1 build(s) of 78 rows, 0 fine-tune epoch(s) at 2.0 teacher rows/s "
         "(1 earlier build(s) on cpu in builds.csv)",
+        f"disk: about 6.6 GB of caches to write, 5.0 GB free at {tmp_path / 'study'}",
+        "  warning: the caches will not fit; free space there, or run fewer arms "
+        "(--configs, --extra-rows) and remove a finished study's work/caches",
+    ]
+    # one build of the selection: its bytes per row (an upper bound); none: said, not guessed
+    (tmp_path / "study" / "builds.csv").unlink()
+    builds.append(row | {"rows": 26, "seconds": 13.0, "device": "cpu", "bytes": 2_600_000_000})
+    lines.clear()
+    dry_run(both, measure=False, say=lines.append)
+    assert (
+        lines[-2] == f"disk: about 7.8 GB of caches to write, 5.0 GB free at {tmp_path / 'study'}"
+    )
+    (tmp_path / "study" / "builds.csv").unlink()
+    builds.append(row | {"cache": "other", "rows": 26, "seconds": 13.0, "device": "cpu"})
+    lines.clear()
+    dry_run(both, measure=False, say=lines.append)
+    assert lines[-2:] == [
+        f"disk: about 0.0 GB of caches to write, 5.0 GB free at {tmp_path / 'study'}",
+        "  1 cache(s) not estimated: no cache of their selection built yet",
     ]
 
     calls.clear()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import shutil
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -60,7 +62,7 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
         marks = " ".join(f"{s}{'*' if (task, config, s) in done else ''}" for s in seeds)
         say(f"  {task:6} {config:48} {axis:24} seeds {marks}")
     say("  (* = already in results.csv)")
-    total, how = 0.0, []
+    total, how, disk = 0.0, [], [0.0, 0]  # disk: bytes of caches to write, how many unknown
     for task in sweep.tasks:
         pending = [r for r in sweep.pending if r.task == task]
         if not pending:
@@ -83,13 +85,16 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
                 f"their last saved epoch ({sum(saved)} epoch(s) trained already, not counted)"
             )
         builds = _builds_needed(ctx, task, pending)
+        size, unknown = _bytes_needed(ctx, task, pending, builds, n_rows)
+        disk[0] += size
+        disk[1] += unknown
         if builds or teacher.path is None:
             rate, why = _teacher_rate(ctx, task, measure)
             if rate is None:
                 how.append(f"{task.name}: {len(builds)} build(s) not estimated ({why})")
             else:
                 ft = 3 * grid.finetune_epochs if teacher.path is None else 0
-                passes = sum(n_rows(b) for b in builds) + ft * n_rows(Rows())
+                passes = sum(n_rows(b) for b, _ in builds) + ft * n_rows(Rows())
                 total += passes / rate
                 how.append(
                     f"{task.name}: {len(builds)} build(s) of {passes - ft * n_rows(Rows())} "
@@ -100,6 +105,7 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
     say(f"estimated time: {total / 3600:.1f} h ({total:.0f} s)")
     for line in how:
         say(f"  {line}")
+    _say_disk(grid.work, *disk, say)
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if any(" here" in line for line in how) and load > cores / 2:
         say(
@@ -199,23 +205,83 @@ def measure_step(grid: Grid, task: TaskRef, steps: int = 6) -> float:
     return (ts[-1] - ts[1]) / max(1, len(ts) - 2)
 
 
-def _builds_needed(ctx: Context, task: TaskRef, pending: list[RunSpec]) -> list[Rows]:
-    """The rows of each teacher pass the pending runs of a task still need (derived caches
-    are free): one per family source not built yet."""
+def _builds_needed(
+    ctx: Context, task: TaskRef, pending: list[RunSpec]
+) -> list[tuple[Rows, str | None]]:
+    """Each teacher pass the pending runs of a task still need (derived caches cost no pass):
+    one per family source not built yet, as its rows and its cache's folder name (None while
+    the teacher is not fine-tuned, which names the folders)."""
     sels = [cache_plan(r.arm) for r in ctx.runs if r.task == task and r.arm.kind == "hsk"]
     if ctx.teachers[task.name].key is None:
-        return [f[-1] for f in {s.family for s in sels}] or [Rows()]
+        return [(f[-1], None) for f in {s.family for s in sels}] or [(Rows(), None)]
     need: dict = {}
     for r in pending:
         mine = [s for s in sels if s.rows == r.arm.rows] or sels
         sel = cache_plan(r.arm) if r.arm.kind == "hsk" else (mine[0] if mine else None)
         if sel is None:
-            need[r.arm.rows] = r.arm.rows
+            need[r.arm.rows] = (r.arm.rows, None)
             continue
         source = family_source([s for s in sels if s.family == sel.family] or [sel])
-        if not ctx._complete(ctx.cache_dir(task, source)):
-            need[source] = source.rows
+        if not ctx._complete(path := ctx.cache_dir(task, source)):
+            need[source] = (source.rows, path.name)
     return list(need.values())
+
+
+def _bytes_needed(
+    ctx: Context,
+    task: TaskRef,
+    pending: list[RunSpec],
+    builds: list[tuple[Rows, str | None]],
+    n_rows: Callable[[Rows], int],
+) -> tuple[float, int]:
+    """Bytes the caches the pending runs still need should take (built, or cut from one), and
+    how many of them have nothing to go by. A cache's size is read off the builds of its
+    selection (any extra rows) in builds.csv: with two row counts, a line through them (a
+    stored student init weighs the same at any rows); with one, its bytes per row (an upper
+    bound)."""
+    names = {name: rows for rows, name in builds if name}
+    for r in pending:
+        if r.arm.kind != "hsk" or r.arm.online or ctx.teachers[task.name].key is None:
+            continue
+        if not ctx._complete(path := ctx.cache_dir(task, cache_plan(r.arm))):
+            names[path.name] = r.arm.rows
+    sizes: dict[str, dict[int, int]] = {}  # selection -> rows -> bytes (the newest build's)
+    for b in builds_table(ctx.grid.study).rows():
+        if b["task"] == task.name and b["how"].startswith("build") and b["bytes"] and b["rows"]:
+            sizes.setdefault(_selection(b["cache"]), {})[int(b["rows"])] = int(b["bytes"])
+    total, unknown = 0.0, sum(name is None for _, name in builds)
+    for name, rows in names.items():
+        seen = sizes.get(_selection(name))
+        if not seen:
+            unknown += 1
+            continue
+        (n0, b0), (n1, b1) = min(seen.items()), max(seen.items())
+        per_row = (b1 - b0) / (n1 - n0) if n1 > n0 else b1 / n1
+        total += b1 + per_row * (n_rows(rows) - n1)
+    return total, unknown
+
+
+def _selection(cache: str) -> str:
+    """A cache folder's name less its extra rows (`full-left-magnitude-l_top8-augment4` ->
+    `full-left-magnitude-l_top8`): caches of one selection take the same bytes per row."""
+    return re.sub(r"-(augment|labelled)\d+(\+(augment|labelled)\d+)*$", "", cache)
+
+
+def _say_disk(work: Path, size: float, unknown: int, say) -> None:
+    """The disk the caches still to write should take against the free space where they go,
+    and a warning when they do not fit (a build stops on a full disk, resumable, but hours in)."""
+    if not size and not unknown:
+        return
+    where = next(p for p in (work, *work.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    say(f"disk: about {size / 1e9:.1f} GB of caches to write, {free / 1e9:.1f} GB free at {where}")
+    if unknown:
+        say(f"  {unknown} cache(s) not estimated: no cache of their selection built yet")
+    if size > free:
+        say(
+            "  warning: the caches will not fit; free space there, or run fewer arms "
+            "(--configs, --extra-rows) and remove a finished study's work/caches"
+        )
 
 
 def _teacher_rate(ctx: Context, task: TaskRef, measure: bool) -> tuple[float | None, str]:
