@@ -66,7 +66,7 @@ def learned_nothing(task: str, metrics: dict[str, float], floor: dict[str, float
     if metrics[metric] > floor[metric] + ONE_ANSWER_MARGIN:
         return None
     return (
-        f"dev {metric} {metrics[metric]:.4f} is within {100 * ONE_ANSWER_MARGIN:g} point of "
-        f"answering one class for every row ({floor[metric]:.4f}): it learned the label prior, "
-        "not the task"
+        f"dev {metric} {metrics[metric]:.4f} is not {100 * ONE_ANSWER_MARGIN:g} point above "
+        f"answering one class for every row ({floor[metric]:.4f}): it learned no more than the "
+        "label prior"
     )

@@ -209,6 +209,13 @@ def test_dry_run_counts_the_extra_rows_and_a_rerun_skips_finished_runs(
     assert (
         lines[-2] == f"disk: about 7.8 GB of caches to write, 5.0 GB free at {tmp_path / 'study'}"
     )
+    # a larger build that took fewer bytes draws no line: the larger one's bytes per row
+    builds.append(row | {"rows": 52, "bytes": 2_080_000_000})
+    lines.clear()
+    dry_run(both, measure=False, say=lines.append)
+    assert (
+        lines[-1] == f"disk: about 3.1 GB of caches to write, 5.0 GB free at {tmp_path / 'study'}"
+    )
     (tmp_path / "study" / "builds.csv").unlink()
     builds.append(row | {"cache": "other", "rows": 26, "seconds": 13.0, "device": "cpu"})
     lines.clear()

@@ -256,7 +256,7 @@ def _bytes_needed(
             unknown += 1
             continue
         (n0, b0), (n1, b1) = min(seen.items()), max(seen.items())
-        per_row = (b1 - b0) / (n1 - n0) if n1 > n0 else b1 / n1
+        per_row = (b1 - b0) / (n1 - n0) if n1 > n0 and b1 > b0 else b1 / n1
         total += b1 + per_row * (n_rows(rows) - n1)
     return total, unknown
 
