@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import shutil
 import statistics
 import tempfile
@@ -28,7 +27,14 @@ from hsktrain.study.grid import (
     rows_limit,
     task_limit,
 )
-from hsktrain.study.sweep import Context, base_teacher, cache_plan, family_source, plan_sweep
+from hsktrain.study.sweep import (
+    Context,
+    base_teacher,
+    cache_plan,
+    family_source,
+    plain_cache_name,
+    plan_sweep,
+)
 from hsktrain.study.tables import builds_table, results_table
 from hsktrain.train import fit
 
@@ -62,7 +68,8 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
         marks = " ".join(f"{s}{'*' if (task, config, s) in done else ''}" for s in seeds)
         say(f"  {task:6} {config:48} {axis:24} seeds {marks}")
     say("  (* = already in results.csv)")
-    total, how, disk = 0.0, [], [0.0, 0]  # disk: bytes of caches to write, how many unknown
+    total, how = 0.0, []
+    disk, unknown = 0.0, 0  # bytes of the caches still to write; how many have no estimate
     for task in sweep.tasks:
         pending = [r for r in sweep.pending if r.task == task]
         if not pending:
@@ -85,9 +92,8 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
                 f"their last saved epoch ({sum(saved)} epoch(s) trained already, not counted)"
             )
         builds = _builds_needed(ctx, task, pending)
-        size, unknown = _bytes_needed(ctx, task, pending, builds, n_rows)
-        disk[0] += size
-        disk[1] += unknown
+        size, unsized = _bytes_needed(ctx, task, pending, builds, n_rows)
+        disk, unknown = disk + size, unknown + unsized
         if builds or teacher.path is None:
             rate, why = _teacher_rate(ctx, task, measure)
             if rate is None:
@@ -105,7 +111,7 @@ def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
     say(f"estimated time: {total / 3600:.1f} h ({total:.0f} s)")
     for line in how:
         say(f"  {line}")
-    _say_disk(grid.work, *disk, say)
+    _say_disk(grid.work, disk, unknown, say)
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if any(" here" in line for line in how) and load > cores / 2:
         say(
@@ -248,10 +254,10 @@ def _bytes_needed(
     sizes: dict[str, dict[int, int]] = {}  # selection -> rows -> bytes (the newest build's)
     for b in builds_table(ctx.grid.study).rows():
         if b["task"] == task.name and b["how"].startswith("build") and b["bytes"] and b["rows"]:
-            sizes.setdefault(_selection(b["cache"]), {})[int(b["rows"])] = int(b["bytes"])
+            sizes.setdefault(plain_cache_name(b["cache"]), {})[int(b["rows"])] = int(b["bytes"])
     total, unknown = 0.0, sum(name is None for _, name in builds)
     for name, rows in names.items():
-        seen = sizes.get(_selection(name))
+        seen = sizes.get(plain_cache_name(name))
         if not seen:
             unknown += 1
             continue
@@ -259,12 +265,6 @@ def _bytes_needed(
         per_row = (b1 - b0) / (n1 - n0) if n1 > n0 and b1 > b0 else b1 / n1
         total += b1 + per_row * (n_rows(rows) - n1)
     return total, unknown
-
-
-def _selection(cache: str) -> str:
-    """A cache folder's name less its extra rows (`full-left-magnitude-l_top8-augment4` ->
-    `full-left-magnitude-l_top8`): caches of one selection take the same bytes per row."""
-    return re.sub(r"-(augment|labelled)\d+(\+(augment|labelled)\d+)*$", "", cache)
 
 
 def _say_disk(work: Path, size: float, unknown: int, say) -> None:

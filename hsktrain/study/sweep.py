@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -282,6 +283,16 @@ def cache_plan(arm: Arm) -> CachePlan:
     length = "left" if arm.length == "-" else arm.length
     wstrat = "magnitude" if arm.width_strategy == "-" or arm.online else arm.width_strategy
     return CachePlan(arm.layers, arm.tokens, arm.width, length, wstrat, arm.l_top, arm.rows)
+
+
+# A cache folder's extra rows, as `Context.cache_dir` appends them (`-augment4+labelled8000`)
+CACHE_ROWS = re.compile(r"-(augment|labelled)\d+(\+(augment|labelled)\d+)*$")
+
+
+def plain_cache_name(name: str) -> str:
+    """A cache folder's name (`Context.cache_dir`) less its extra rows: the selection its
+    variants share (`full-left-magnitude-l_top8-augment4` -> `full-left-magnitude-l_top8`)."""
+    return CACHE_ROWS.sub("", name)
 
 
 def family_source(members: list[CachePlan]) -> CachePlan:
