@@ -470,7 +470,8 @@ def test_a_real_tiny_sweep_writes_rows_and_skips_them_on_rerun(tmp_path, tiny_be
     assert [r["device"] for r in rows] == ["cpu", "cpu"]  # what the seconds were measured on
     with open(grid.work.parent / "builds.csv") as f:
         builds = list(csv.DictReader(f))
-    assert [(b["how"], b["device"]) for b in builds] == [("build", "cpu")]  # one cache for both
+    # the dev rows' one-answer floor, then one cache for both runs
+    assert [(b["how"], b["device"]) for b in builds] == [("floor", "cpu"), ("build", "cpu")]
     run_dirs = list((grid.work / "runs").rglob("metrics.jsonl"))
     assert len(run_dirs) == 2 and not any((p.parent / "best").exists() for p in run_dirs)
     # logs.csv: how each run learned, read back from its metrics.jsonl
@@ -591,10 +592,10 @@ def test_a_build_a_kill_cut_short_is_recorded_as_resumed(tmp_path, tiny_bert, mo
     monkeypatch.setattr(build, "compute_batch", killed)
     with pytest.raises(Killed):
         run_sweep(grid, show_progress=False, say=lambda _: None)
-    assert builds_table(grid.study).rows() == []
+    assert [r["how"] for r in builds_table(grid.study).rows()] == ["floor"]  # no build row
     monkeypatch.setattr(build, "compute_batch", straight)
     run_sweep(grid, show_progress=False, say=lambda _: None)
-    [row] = builds_table(grid.study).rows()
+    [_, row] = builds_table(grid.study).rows()
     assert row["how"] == "build (resumed)" and float(row["seconds"]) > 0
 
     sweep = plan_sweep(grid, False, show_progress=False, say=lambda _: None)
@@ -633,7 +634,7 @@ def test_finetuned_teacher_is_trained_once_and_reused(tmp_path, tiny_bert):
     first = run_sweep(grid, runner, show_progress=False, say=lambda _: None)
     second = run_sweep(grid, runner, show_progress=False, say=lambda _: None)
     builds = list(csv.DictReader((tmp_path / "study" / "builds.csv").open()))
-    assert [b["how"] for b in builds] == ["finetune"]  # the fake runner builds no cache
+    assert [b["how"] for b in builds] == ["finetune", "floor"]  # the fake runner builds none
     key = first.ctx.teachers["sst2"].key
     assert key.startswith(f"{tiny_bert.name}+ft@") and builds[0]["teacher"] == key
     assert second.ctx.teachers["sst2"].key == key and second.pending == []
@@ -702,6 +703,7 @@ def test_smaller_caches_are_cut_out_of_each_familys_largest(tmp_path):
     caches = {r.config: sweep.ctx.cache_for(r) for r in sweep.runs}
     builds = list(csv.DictReader((tmp_path / "study" / "builds.csv").open()))
     assert [(b["how"], b["cache"]) for b in builds] == [
+        ("floor", "one-answer"),
         ("build", "full-left-magnitude-l_top3"),
         ("build", "2l_4t_0.5h-attention-no-sep-magnitude-l_top3"),
         ("derive", "1l_2t_0.5h-attention-no-sep-magnitude-l_top3"),
@@ -883,7 +885,8 @@ def test_prepare_makes_the_teachers_and_caches_and_trains_nothing(tmp_path, tiny
     lines = []
     ready = run_sweep(grid, show_progress=False, say=lines.append, prepare=True)
     builds = builds_table(grid.study).rows()
-    assert [b["how"] for b in builds] == ["finetune", "build", "derive"]  # one cut of the other
+    # one cut of the other
+    assert [b["how"] for b in builds] == ["finetune", "floor", "build", "derive"]
     assert lines[-1] == "teachers and 2 cache(s) of 3 pending runs ready"
     assert results_table(grid.study).rows() == [] and not (grid.work / "runs").exists()
 
@@ -961,6 +964,47 @@ def test_a_teacher_another_study_fine_tuned_brings_its_scores_to_the_report(tmp_
     assert f"- teacher `{key}` fine-tuned on sst2 by another study (`{best}`): dev {scores}" in md
     assert f"| {0.5 / dev['accuracy']:.1%} (" in md  # each arm as a share of the teacher
     assert "0 s fine-tuning, building and deriving" in md  # nothing made here, nothing counted
+
+
+def test_a_sweep_records_the_dev_rows_one_answer_floor_once(tmp_path, tiny_bert):
+    """Answering one class for every dev row is read off the dev labels (the first 5 of the
+    fixture: 1 0 1 0 0, so always 0 scores 3 of 5), once per task, even by a sweep that has
+    nothing left to train; the report sets every arm against it and says which cleared it."""
+    grid = fake_grid(tmp_path, tiny_bert, seeds=[0], dev_limit=5)
+    scores = iter([0.6, 0.8])  # ce at the floor, the HSK arm above it
+
+    def runner(run, ctx):
+        return {"metrics": {"accuracy": next(scores)}, "train_seconds": 1.0}
+
+    for _ in range(2):  # the rerun trains nothing and records nothing again
+        run_sweep(grid, runner, show_progress=False, say=lambda _: None)
+    [floor] = builds_table(grid.study).rows()
+    assert (floor["task"], floor["how"], floor["cache"], floor["rows"]) == (
+        "sst2",
+        "floor",
+        "one-answer",
+        "5",
+    )
+    assert json.loads(floor["dev"]) == {"accuracy": 0.6}
+    md = write_report(grid.study).read_text()
+    assert "| *one answer for every row* | floor | - | - | - | 0.6000 | - | - |" in md
+    claim = "- **the students learned the task (> 1 point above answering one class for every "
+    assert f"{claim}row, 0.6000)**: partly held (1 of 2 arms)" in md
+    assert "  - ce: 0.6000 (n=1): +0.0 points (not cleared)" in md
+    assert (
+        "  - 1l_2t_0.5h/attention-no-sep/magnitude/l_top1: 0.8000 (n=1): +20.0 points (cleared)"
+        in md
+    )
+    assert "0 s fine-tuning, building and deriving 0 teachers and caches" in md  # a read, no cost
+    other = tmp_path / "other"  # compare: the floor under every table of the task
+    row = results_table(grid.study).rows()[0]
+    results_table(other).append(row)
+    tune = {"task": "sst2", "teacher": row["teacher"], "cache": "teacher", "how": "finetune"}
+    tune |= {"source": "t", "seconds": 60.0, "device": "cpu", "bytes": 1, "rows": None}
+    tune |= {"dev": json.dumps({"accuracy": 0.9}), "code_version": "x", "timestamp": "t"}
+    builds_table(other).append(tune)
+    md = compare([grid.study, other])
+    assert "Against: the teacher 0.9000; answering one class for every row 0.6000." in md
 
 
 def test_report_names_a_teacher_fine_tuned_twice_once(tmp_path):

@@ -115,12 +115,13 @@ def test_augmented_and_plain_caches_are_built_apart_and_never_derived_from_each_
         builds = [(b["how"], b["cache"], b["rows"], b["source"]) for b in csv.DictReader(f)]
     full, small = "full-left-magnitude-l_top3", "1l_2t_0.5h-attention-no-sep-magnitude-l_top3"
     assert [b[:3] for b in builds] == [
+        ("floor", "one-answer", "20"),  # the dev rows'
         ("build", small, "20"),
         ("build", full, "20"),
         ("build", f"{small}-augment1", "40"),
         ("build", f"{full}-augment1", "40"),
     ]
-    assert {b[3] for b in builds} == {grid.teacher}  # each from the teacher, none derived
+    assert {b[3] for b in builds[1:]} == {grid.teacher}  # each from the teacher, none derived
     top3 = PLAIN.replace("l_top1", "l_top3")
     aug = open_cache(str(caches[f"{top3}+augment1"])).info
     plain = open_cache(str(caches[top3])).info
@@ -197,7 +198,7 @@ def test_dry_run_counts_the_extra_rows_and_a_rerun_skips_finished_runs(
         "  sst2: 1.0 s/epoch of 26 rows (median of 3 finished runs on cpu in results.csv)",
         "  sst2: 1 build(s) of 78 rows, 0 fine-tune epoch(s) at 2.0 teacher rows/s "
         "(1 earlier build(s) on cpu in builds.csv)",
-        f"disk: about 6.6 GB of caches to write, 5.0 GB free at {tmp_path / 'study'}",
+        f"disk: about 6.6 GB of caches to write, 5.0 GB free at {grid.work}",
         "  warning: the caches will not fit; free space there, or run fewer arms "
         "(--configs, --extra-rows) and remove a finished study's work/caches",
     ]
@@ -206,22 +207,18 @@ def test_dry_run_counts_the_extra_rows_and_a_rerun_skips_finished_runs(
     builds.append(row | {"rows": 26, "seconds": 13.0, "device": "cpu", "bytes": 2_600_000_000})
     lines.clear()
     dry_run(both, measure=False, say=lines.append)
-    assert (
-        lines[-2] == f"disk: about 7.8 GB of caches to write, 5.0 GB free at {tmp_path / 'study'}"
-    )
+    assert lines[-2] == f"disk: about 7.8 GB of caches to write, 5.0 GB free at {grid.work}"
     # a larger build that took fewer bytes draws no line: the larger one's bytes per row
     builds.append(row | {"rows": 52, "bytes": 2_080_000_000})
     lines.clear()
     dry_run(both, measure=False, say=lines.append)
-    assert (
-        lines[-1] == f"disk: about 3.1 GB of caches to write, 5.0 GB free at {tmp_path / 'study'}"
-    )
+    assert lines[-1] == f"disk: about 3.1 GB of caches to write, 5.0 GB free at {grid.work}"
     (tmp_path / "study" / "builds.csv").unlink()
     builds.append(row | {"cache": "other", "rows": 26, "seconds": 13.0, "device": "cpu"})
     lines.clear()
     dry_run(both, measure=False, say=lines.append)
     assert lines[-2:] == [
-        f"disk: about 0.0 GB of caches to write, 5.0 GB free at {tmp_path / 'study'}",
+        f"disk: about 0.0 GB of caches to write, 5.0 GB free at {grid.work}",
         "  1 cache(s) not estimated: no cache of their selection built yet",
     ]
 

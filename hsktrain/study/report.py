@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hskcache.errors import HskError
-from hsktrain.metrics import METRICS, main_metric
+from hsktrain.metrics import METRICS, ONE_ANSWER_MARGIN, main_metric
 from hsktrain.outputs import output_file
 from hsktrain.study.grid import TARGETS, config_rows, parse_recipe, plain_config, read_targets
-from hsktrain.study.tables import builds_table, logs_table, results_table
+from hsktrain.study.tables import FLOOR, builds_table, logs_table, results_table
 
 AXES = ("depth", "length", "width")
 # The field whose value names an axis's curve; '-' (does not apply) joins every curve.
@@ -291,6 +291,20 @@ def claim_extra_rows(
     return _tally(won, len(pairs)), lines
 
 
+def claim_learned(arms: list[ArmResults], metric: str, floor: float) -> tuple[str, list[str]]:
+    """Each arm against answering one class for every dev row (`floor`, the label prior): an
+    arm within ONE_ANSWER_MARGIN of it, or under it, learned nothing of the task, whatever it
+    beats."""
+    bar = floor + ONE_ANSWER_MARGIN
+    lines = [
+        f"{a.config}: {a.show(metric)}: {100 * (a.mean(metric) - floor):+.1f} points "
+        f"({'cleared' if a.mean(metric) > bar else 'not cleared'})"
+        for a in sorted(arms, key=_arm_order)
+    ]
+    learned = sum(a.mean(metric) > bar for a in arms)
+    return _tally(learned, len(arms)), lines
+
+
 def check_targets(
     arms: list[ArmResults], metric: str, teacher: float | None, targets: dict
 ) -> list[str]:
@@ -467,11 +481,12 @@ def _teacher_line(teacher: str, how: str, dev: str) -> str:
 
 def _wall_clock(results: list[dict], builds: list[dict]) -> list[str]:
     """The study's compute, per device: `**1.20 h** on cpu (... s training 6 runs + ...)`."""
-    devices = list(dict.fromkeys(r["device"] for r in [*results, *builds]))
+    spent = [r for r in builds if r["how"] != FLOOR]  # a floor is read, not computed
+    devices = list(dict.fromkeys(r["device"] for r in [*results, *spent]))
     out = []
     for d in devices:
         runs = [r for r in results if r["device"] == d]
-        made = [r for r in builds if r["device"] == d and r["how"] != "reuse"]
+        made = [r for r in spent if r["device"] == d and r["how"] != "reuse"]
         train_s = sum(float(r["train_seconds"] or 0) for r in runs)
         build_s = sum(float(r["seconds"] or 0) for r in made)
         resumed = sum(r["how"].endswith("(resumed)") for r in made)
@@ -484,10 +499,12 @@ def _wall_clock(results: list[dict], builds: list[dict]) -> list[str]:
     return out
 
 
-def _table(arms: list[ArmResults], metric: str, teacher: float | None) -> list[str]:
+def _table(
+    arms: list[ArmResults], metric: str, teacher: float | None, floor: dict[str, float]
+) -> list[str]:
     """The arms' Markdown table; with the teacher's own dev score (`teacher`, when this study
     fine-tuned it or recorded it reused), each arm's main metric also as a share of it and the
-    points under it."""
+    points under it; with the task's one-answer `floor` (builds.csv), a last row of it."""
     several = len({d for a in arms for d in a.devices}) > 1  # name the device in every cell
     others = [m for m in METRICS if m != metric and any(m in a.scores for a in arms)]
     head = [
@@ -515,6 +532,20 @@ def _table(arms: list[ArmResults], metric: str, teacher: float | None) -> list[s
             *(a.show(m).rsplit(" (", 1)[0] if m in a.scores else "-" for m in others),
             _best(a),
             _seconds(a, several),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    if metric in floor:
+        cells = [
+            "*one answer for every row*",
+            "floor",
+            "-",
+            "-",
+            "-",
+            f"{floor[metric]:.4f}",
+            *([_of_teacher(floor[metric], teacher)] if teacher is not None else []),
+            *(f"{floor[m]:.4f}" if m in floor else "-" for m in others),
+            "-",
+            "-",
         ]
         out.append("| " + " | ".join(cells) + " |")
     return out
@@ -620,6 +651,7 @@ def write_report(study: str | Path) -> Path:
             scores[(task, teacher)] = json.loads(dev)
             how = f"fine-tuned on {task} by another study (`{source}`)"
             md.append(_teacher_line(teacher, how, dev))
+    floors = _floors(builds)
     sections = [(k, n, sub) for k, arms in groups.items() for n, sub in by_rows(arms)]
     for (task, teacher), rows_name, arms in sections:
         metric = main_metric(task)
@@ -627,7 +659,7 @@ def write_report(study: str | Path) -> Path:
         extra = f", extra rows {rows_name}" if rows_name else ", no extra rows" * several
         name = f"{task}-{teacher}" + (f"-{rows_name or 'plain'}" if several else "")
         png = study / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}.png"
-        first = arms[0]
+        first, floor = arms[0], floors.get(task, {})
         plot(arms, metric, f"{task}, teacher {teacher}{extra}", png)
         written.add(png.name)
         mine = [
@@ -646,7 +678,7 @@ def write_report(study: str | Path) -> Path:
             "",
             *_recipes(mine, task, teacher),
             "",
-            *_table(arms, metric, scores.get((task, teacher), {}).get(metric)),
+            *_table(arms, metric, scores.get((task, teacher), {}).get(metric), floor),
             "",
             f"![marginal utility]({png.name})",
             "",
@@ -661,6 +693,12 @@ def write_report(study: str | Path) -> Path:
             md.append("")
         md += ["### Claims checked here", ""]
         checked = claims(arms, metric)
+        if metric in floor:
+            claim = (
+                f"the students learned the task (> {100 * ONE_ANSWER_MARGIN:g} point above "
+                f"answering one class for every row, {floor[metric]:.4f})"
+            )
+            checked.insert(0, (claim, *claim_learned(arms, metric, floor[metric])))
         if rows_name:
             plain = next((a for k, n, a in sections if k == (task, teacher) and not n), [])
             claim = "teacher-labelled extra rows help KD (the same arm without them)"
@@ -676,6 +714,29 @@ def write_report(study: str | Path) -> Path:
     for name in linked - written:
         (study / name).unlink(missing_ok=True)
     return path
+
+
+def _floors(builds: list[dict]) -> dict[str, dict[str, float]]:
+    """task -> what answering one class for every dev row scores (the sweep records it)."""
+    return {r["task"]: json.loads(r["dev"]) for r in builds if r["how"] == FLOOR and r["dev"]}
+
+
+def _references(studies: list[str | Path]) -> tuple[dict, dict]:
+    """What `compare` sets every study against: (task, teacher hash) -> the teacher's dev
+    scores, and task -> the one-answer floor, from the studies' builds tables (the first that
+    has one)."""
+    teachers: dict[tuple[str, str], dict[str, float]] = {}
+    floors: dict[str, dict[str, float]] = {}
+    for s in studies:
+        builds = builds_table(s).rows()
+        for r in builds:
+            if r["how"] in ("finetune", "reuse") and r["dev"]:
+                teachers.setdefault(
+                    (r["task"], r["teacher"].rsplit("@", 1)[-1]), json.loads(r["dev"])
+                )
+        for task, floor in _floors(builds).items():
+            floors.setdefault(task, floor)
+    return teachers, floors
 
 
 def _figures(readme: Path) -> set[str]:
@@ -703,6 +764,7 @@ def compare(studies: list[str | Path]) -> str:
         for rows in tables
     ]
     recipes = [_recipe_of(rows) for rows in tables]
+    teachers, floors = _references(studies)
     md = [
         f"# {len(studies)} studies compared",
         "",
@@ -731,6 +793,16 @@ def compare(studies: list[str | Path]) -> str:
                 cells = [by[c].show(m) if c in by and m in by[c].scores else "-" for c in configs]
                 label = _recipe_diff(recipes[0], recipe) or "-"
                 md.append(f"| `{Path(study).name}` | {label} | " + " | ".join(cells) + " |")
+            refs = [
+                f"{who} {scores[m]:.4f}"
+                for who, scores in (
+                    ("the teacher", teachers.get(key, {})),
+                    ("answering one class for every row", floors.get(task, {})),
+                )
+                if m in scores
+            ]
+            if refs:
+                md += ["", f"Against: {'; '.join(refs)}."]
     return "\n".join(md) + "\n"
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from hskcache.build import build_cache
 from hskcache.config import BuildConfig, DeriveConfig
+from hskcache.data import load_split
 from hskcache.derive import derive_cache
 from hskcache.devices import device_name
 from hskcache.errors import ConfigError, HskError, TeacherError
@@ -39,7 +40,7 @@ from hskcache.tasks import get_task
 from hskcache.teacher import default_teacher_path, load_teacher
 from hsktrain.checkpoint import can_resume
 from hsktrain.config import FitConfig, finetune_config
-from hsktrain.metrics import METRICS, main_metric
+from hsktrain.metrics import METRICS, main_metric, one_answer_scores
 from hsktrain.study.grid import (
     WORK,
     Arm,
@@ -54,6 +55,7 @@ from hsktrain.study.grid import (
     rows_limit,
 )
 from hsktrain.study.tables import (
+    FLOOR,
     KEY,
     Table,
     builds_table,
@@ -216,6 +218,35 @@ def _note_reused(ctx: Context, task: TaskRef, path: str, key: str) -> None:
             return
         dev = json.loads(tuned.read_text())["dev"]
         ctx.builds.append(_teacher_row(ctx, task, key, "reuse", path, 0.0, None, dev))
+
+
+def note_floor(ctx: Context, task: TaskRef) -> None:
+    """Record once in the builds table what answering one class for every dev row scores
+    (`one_answer_scores`; how `floor`): the label prior every arm must clear to have learned
+    the task, which the report sets beside the arms. Read off the dev labels alone, so a
+    finished study gets it from any later sweep of it, with nothing trained."""
+    with work_lock(ctx.grid, f"floor-{task.name}"):  # shards: one row, not one each
+        if any((r["task"], r["how"]) == (task.name, FLOOR) for r in ctx.builds.rows()):
+            return
+        dev = load_split(task.folder, task.name, "dev", limit=ctx.grid.dev_limit)
+        if not (floor := one_answer_scores(task.name, dev.labels)):
+            return  # regression: no classes, no floor
+        ctx.builds.append(
+            {
+                "task": task.name,
+                "teacher": None,
+                "cache": "one-answer",
+                "how": FLOOR,
+                "source": task.folder,
+                "seconds": 0.0,
+                "device": ctx.device,
+                "bytes": None,
+                "rows": len(dev),
+                "dev": json.dumps(floor),
+                "code_version": ctx.version,
+                "timestamp": now(),
+            }
+        )
 
 
 def _teacher_row(
@@ -593,6 +624,8 @@ def plan_sweep(grid: Grid, train: bool, show_progress: bool = True, say=print) -
     ctx = Context(grid, {}, runs, builds_table(grid.study), code_version(), show_progress, say)
     for task in tasks:
         ctx.teachers[task.name] = resolve_teacher(grid, task, base, ctx if train else None)
+        if train:
+            note_floor(ctx, task)
     keys = {name: t.key for name, t in ctx.teachers.items()}
     done, pending = split_done(grid, runs, keys, results_table(grid.study).rows())
     return Sweep(grid, tasks, runs, done, pending, ctx)

@@ -59,6 +59,8 @@ BUILD_COLUMNS = [
     "code_version",
     "timestamp",
 ]
+# builds.csv's `how` of a task's one-answer floor (no teacher, no cache: its dev labels alone)
+FLOOR = "floor"
 KEY = ("task", "teacher", "config", "seed")  # one run: a second row of it would count twice
 # logs.csv: how each run learned, from its metrics.jsonl (`sweep.log_summary` says what each is)
 LOG_COLUMNS = [*KEY, "hsk_start", "hsk_end", "dev_curve", "train_end"]
