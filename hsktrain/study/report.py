@@ -296,8 +296,9 @@ def claim_learned(arms: list[ArmResults], metric: str, floor: float) -> tuple[st
     arm within ONE_ANSWER_MARGIN of it, or under it, learned nothing of the task, whatever it
     beats."""
     bar = floor + ONE_ANSWER_MARGIN
+    points = lambda a: round(100 * (a.mean(metric) - floor), 1) + 0.0  # noqa: E731 (no -0.0)
     lines = [
-        f"{a.config}: {a.show(metric)}: {100 * (a.mean(metric) - floor):+.1f} points "
+        f"{a.config}: {a.show(metric)}: {points(a):+.1f} points "
         f"({'cleared' if a.mean(metric) > bar else 'not cleared'})"
         for a in sorted(arms, key=_arm_order)
     ]
@@ -693,16 +694,16 @@ def write_report(study: str | Path) -> Path:
             md.append("")
         md += ["### Claims checked here", ""]
         checked = claims(arms, metric)
-        if metric in floor:
+        if rows_name:
+            plain = next((a for k, n, a in sections if k == (task, teacher) and not n), [])
+            claim = "teacher-labelled extra rows help KD (the same arm without them)"
+            checked.insert(2, (claim, *claim_extra_rows(plain, arms, metric)))
+        if metric in floor:  # first: beating another arm means little if neither learned
             claim = (
                 f"the students learned the task (> {100 * ONE_ANSWER_MARGIN:g} point above "
                 f"answering one class for every row, {floor[metric]:.4f})"
             )
             checked.insert(0, (claim, *claim_learned(arms, metric, floor[metric])))
-        if rows_name:
-            plain = next((a for k, n, a in sections if k == (task, teacher) and not n), [])
-            claim = "teacher-labelled extra rows help KD (the same arm without them)"
-            checked.insert(2, (claim, *claim_extra_rows(plain, arms, metric)))
         for name, verdict, lines in checked:
             if verdict != NOT_RUN:
                 md.append(f"- **{name}**: {verdict}")
