@@ -176,8 +176,9 @@ def test_eval_warns_of_a_model_that_answers_one_class(tmp_path, mrpc_dir, tiny_b
     assert got["one_answer"] == pytest.approx(floor)
     assert got["metrics"] == pytest.approx({"accuracy": share, "f1": floor["f1"]})
     assert got["warning"] == (
-        f"dev f1 {floor['f1']:.4f} is not 1 point above answering one class for every row "
-        f"({floor['f1']:.4f}): it learned no more than the label prior"
+        f"dev f1 {floor['f1']:.4f} and accuracy {share:.4f} are not 1 point above answering one "
+        f"class for every row ({floor['f1']:.4f}, {floor['accuracy']:.4f}): it learned no more "
+        "than the label prior"
     )
     out = " ".join(runner.invoke(train_app, args).output.split())
     assert "one class for every row" in out and f"warning: {got['warning']}" in out

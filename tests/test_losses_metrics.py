@@ -138,6 +138,14 @@ def test_one_answer_floor_and_the_warning_under_it():
     assert learned_nothing("sst2", {"accuracy": 0.7601}, floor) is None
     assert learned_nothing("stsb", {"pearson": 0.1}, {}) is None
     assert learned_nothing("cola", {"accuracy": 0.9, "matthews": 0.0}, {"matthews": 0.0})
+    # any metric the floor scores clears it: MRPC's accuracy over the majority with F1 under
+    # always "equivalent" is learning; neither, and both are named, the main one first
+    floor = {"accuracy": 0.684, "f1": 0.812}
+    assert learned_nothing("mrpc", {"accuracy": 0.70, "f1": 0.80}, floor) is None
+    assert learned_nothing("mrpc", {"accuracy": 0.69, "f1": 0.82}, floor) == (
+        "dev f1 0.8200 and accuracy 0.6900 are not 1 point above answering one class for every "
+        "row (0.8120, 0.6840): it learned no more than the label prior"
+    )
 
 
 def test_batch_magnitude_threshold_spans_the_batch():

@@ -988,12 +988,12 @@ def test_a_sweep_records_the_dev_rows_one_answer_floor_once(tmp_path, tiny_bert)
     assert json.loads(floor["dev"]) == {"accuracy": 0.6}
     md = write_report(grid.study).read_text()
     assert "| *one answer for every row* | floor | - | - | - | 0.6000 | - | - |" in md
-    claim = "- **the students learned the task (> 1 point above answering one class for every "
-    assert f"{claim}row, 0.6000)**: partly held (1 of 2 arms)" in md
-    assert "  - ce: 0.6000 (n=1): +0.0 points (not cleared)" in md
+    claim = "- **the students learned the task (a metric > 1 point above answering one class "
+    assert f"{claim}for every row: accuracy 0.6000)**: partly held (1 of 2 arms)" in md
+    assert "  - ce: 0.6000 (n=1); points above it: accuracy +0.00 (not cleared)" in md
     assert (
-        "  - 1l_2t_0.5h/attention-no-sep/magnitude/l_top1: 0.8000 (n=1): +20.0 points (cleared)"
-        in md
+        "  - 1l_2t_0.5h/attention-no-sep/magnitude/l_top1: 0.8000 (n=1); points above it: "
+        "accuracy +20.00 (cleared)" in md
     )
     assert "0 s fine-tuning, building and deriving 0 teachers and caches" in md  # a read, no cost
     other = tmp_path / "other"  # compare: the floor under every table of the task
@@ -1005,6 +1005,28 @@ def test_a_sweep_records_the_dev_rows_one_answer_floor_once(tmp_path, tiny_bert)
     builds_table(other).append(tune)
     md = compare([grid.study, other])
     assert "Against: the teacher 0.9000; answering one class for every row 0.6000." in md
+
+
+def test_an_arm_clears_the_floor_in_any_metric_it_scores(tmp_path):
+    """MRPC: an arm whose F1 falls under always answering "equivalent" while its accuracy is
+    3 points over the majority class learned something; one at both floors did not."""
+    study = tmp_path / "study"
+    base = fake_rows()[0] | {"task": "mrpc", "seed": 0}
+    results_table(study).append(base | {"config": "ce", "dev_accuracy": 0.71, "dev_f1": 0.80})
+    pred = {"config": "pred", "kind": "pred", "dev_accuracy": 0.688, "dev_f1": 0.815}
+    results_table(study).append(base | pred)
+    floor = {"task": "mrpc", "teacher": None, "cache": "one-answer", "how": "floor"}
+    floor |= {"source": "d", "seconds": 0.0, "device": "cpu", "bytes": None, "rows": 408}
+    floor |= {"dev": json.dumps({"accuracy": 0.68, "f1": 0.81}), "code_version": "x"}
+    builds_table(study).append(floor | {"timestamp": "t"})
+    md = write_report(study).read_text()
+    assert "| *one answer for every row* | floor | - | - | - | 0.8100 | 0.6800 | - | - |" in md
+    assert (
+        "- **the students learned the task (a metric > 1 point above answering one class for "
+        "every row: f1 0.8100, accuracy 0.6800)**: partly held (1 of 2 arms)\n"
+        "  - ce: 0.8000 (n=1); points above it: f1 -1.00, accuracy +3.00 (cleared)\n"
+        "  - pred: 0.8150 (n=1); points above it: f1 +0.50, accuracy +0.80 (not cleared)" in md
+    )
 
 
 def test_report_names_a_teacher_fine_tuned_twice_once(tmp_path):

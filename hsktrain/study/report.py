@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hskcache.errors import HskError
-from hsktrain.metrics import METRICS, ONE_ANSWER_MARGIN, main_metric
+from hsktrain.metrics import METRICS, ONE_ANSWER_MARGIN, learned_nothing, main_metric
 from hsktrain.outputs import output_file
 from hsktrain.study.grid import TARGETS, config_rows, parse_recipe, plain_config, read_targets
 from hsktrain.study.tables import FLOOR, builds_table, logs_table, results_table
@@ -291,18 +291,25 @@ def claim_extra_rows(
     return _tally(won, len(pairs)), lines
 
 
-def claim_learned(arms: list[ArmResults], metric: str, floor: float) -> tuple[str, list[str]]:
-    """Each arm against answering one class for every dev row (`floor`, the label prior): an
-    arm within ONE_ANSWER_MARGIN of it, or under it, learned nothing of the task, whatever it
-    beats."""
-    bar = floor + ONE_ANSWER_MARGIN
-    points = lambda a: round(100 * (a.mean(metric) - floor), 1) + 0.0  # noqa: E731 (no -0.0)
-    lines = [
-        f"{a.config}: {a.show(metric)}: {points(a):+.1f} points "
-        f"({'cleared' if a.mean(metric) > bar else 'not cleared'})"
-        for a in sorted(arms, key=_arm_order)
-    ]
-    learned = sum(a.mean(metric) > bar for a in arms)
+def claim_learned(
+    arms: list[ArmResults], task: str, floor: dict[str, float]
+) -> tuple[str, list[str]]:
+    """Each arm's means against answering one class for every dev row (`floor`, the label
+    prior), by the rule of `fit`'s warning (`learned_nothing`): an arm no metric of which is
+    more than ONE_ANSWER_MARGIN above it learned nothing of the task, whatever it beats."""
+    shown = sorted(
+        (m for m in floor if any(m in a.scores for a in arms)), key=lambda m: m != main_metric(task)
+    )
+    points = lambda a, m: round(100 * (a.mean(m) - floor[m]), 2) + 0.0  # noqa: E731 (no -0.00)
+    lines, learned = [], 0
+    for a in sorted(arms, key=_arm_order):
+        cleared = learned_nothing(task, {m: a.mean(m) for m in a.scores}, floor) is None
+        learned += cleared
+        above = ", ".join(f"{m} {points(a, m):+.2f}" for m in shown if m in a.scores)
+        lines.append(
+            f"{a.config}: {a.show(shown[0])}; points above it: {above} "
+            f"({'cleared' if cleared else 'not cleared'})"
+        )
     return _tally(learned, len(arms)), lines
 
 
@@ -698,12 +705,14 @@ def write_report(study: str | Path) -> Path:
             plain = next((a for k, n, a in sections if k == (task, teacher) and not n), [])
             claim = "teacher-labelled extra rows help KD (the same arm without them)"
             checked.insert(2, (claim, *claim_extra_rows(plain, arms, metric)))
-        if metric in floor:  # first: beating another arm means little if neither learned
+        if floor:  # first: beating another arm means little if neither learned
+            order = sorted(floor, key=lambda m: m != metric)  # the main metric first
+            named = ", ".join(f"{m} {floor[m]:.4f}" for m in order)
             claim = (
-                f"the students learned the task (> {100 * ONE_ANSWER_MARGIN:g} point above "
-                f"answering one class for every row, {floor[metric]:.4f})"
+                f"the students learned the task (a metric > {100 * ONE_ANSWER_MARGIN:g} point "
+                f"above answering one class for every row: {named})"
             )
-            checked.insert(0, (claim, *claim_learned(arms, metric, floor[metric])))
+            checked.insert(0, (claim, *claim_learned(arms, task, floor)))
         for name, verdict, lines in checked:
             if verdict != NOT_RUN:
                 md.append(f"- **{name}**: {verdict}")
