@@ -23,6 +23,7 @@ from hsktrain.study.grid import (
     expand_grid,
     load_grid,
     parse_flags,
+    read_anchors,
     recipe,
     resolve_tasks,
     task_limit,
@@ -1209,6 +1210,63 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("name", sorted(p.parent.name for p in ROOT.glob("reports/*/study.toml")))
 def test_every_committed_study_file_loads(name):
-    """A committed study that its own sweep (or its report's [targets]) would refuse is stale."""
-    grid = load_grid(str(ROOT / "reports" / name / "study.toml"), {})
+    """A committed study that its own sweep (or its report's [targets] or anchors) would refuse
+    is stale."""
+    path = str(ROOT / "reports" / name / "study.toml")
+    grid = load_grid(path, {})
     assert grid.study == f"reports/{name}"
+    assert (grid.anchors is None) == (read_anchors(path) == [])
+
+
+ANCHOR = (
+    '[[anchors]]\nname = "TinyBERT4"\ntask = "sst2"\nmetric = "accuracy"\nscore = 0.926\n'
+    'split = "test"\nteacher = 0.935\nhad = "general distillation"\nsource = "Jiao et al."\n'
+)
+
+
+def test_report_sets_the_arms_beside_the_published_anchors(tmp_path):
+    """The anchors file a study names (relative to the study file) gives a table: each published
+    student against its own teacher, then this study's best arm against its own; an anchor of a
+    task the study did not run is left out."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.toml").write_text('study = "s"\ntasks = ["SST-2"]\nanchors = "../a.toml"\n')
+    mrpc = ANCHOR.replace("TinyBERT4", "Other").replace('"sst2"', '"mrpc"')
+    (tmp_path / "a.toml").write_text(ANCHOR + mrpc)
+    for row in fake_rows():
+        results_table(study).append(row)
+    tune = {"task": "sst2", "teacher": "t@abc", "cache": "teacher", "how": "finetune"}
+    tune |= {"source": "t", "seconds": 60.0, "device": "cpu", "bytes": 1, "rows": None}
+    tune |= {"dev": json.dumps({"accuracy": 0.9}), "code_version": "x", "timestamp": "t"}
+    builds_table(study).append(tune)
+    md = write_report(study).read_text()
+    assert (
+        "| TinyBERT4 | sst2 | test | accuracy | 0.9260 | 0.9350 | 99.0% | general distillation "
+        "| Jiao et al. |" in md
+    )
+    # the best arm of fake_rows by mean accuracy: 1l_10t_0.1h at 0.86, 95.6% of 0.9
+    assert (
+        "| here: `tinybert4`, `1l_10t_0.1h/a/m/l_top4` | sst2 | dev | accuracy | 0.8600 +- 0.0141 "
+        "(n=2) | 0.9000 | 95.6% | no extra rows; teacher `t@abc` | this report |" in md
+    )
+    assert "| Other |" not in md
+
+
+def test_a_bad_anchors_file_is_refused_naming_every_problem(tmp_path):
+    config = tmp_path / "study.toml"
+    config.write_text('study = "s"\ntasks = ["SST-2"]\nanchors = "a.toml"\n')
+    with pytest.raises(ConfigError, match=r"anchors file .*a.toml not found; fix the path"):
+        read_anchors(str(config))
+    bad = ANCHOR.replace("score = 0.926", "score = 92.6").replace('"accuracy"', '"acc"')
+    bad = bad.replace('split = "test"', 'split = "val"\nyear = 2020').replace(
+        'name = "TinyBERT4"\n', ""
+    )
+    (tmp_path / "a.toml").write_text(bad)
+    with pytest.raises(ConfigError) as e:
+        read_anchors(str(config))
+    assert str(e.value) == (
+        f"{tmp_path / 'a.toml'}: anchors[0]: unknown key 'year'; anchors[0]: missing 'name'; "
+        "anchors[0]: metric 'acc' must be one of accuracy, f1, matthews, pearson, spearman; "
+        "anchors[0]: split 'val' must be dev or test; anchors[0]: score = 92.6 must be a "
+        "fraction in (0, 1] (86.4 is 0.864)"
+    )

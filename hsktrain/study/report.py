@@ -21,7 +21,14 @@ from pathlib import Path
 from hskcache.errors import HskError
 from hsktrain.metrics import METRICS, ONE_ANSWER_MARGIN, learned_nothing, main_metric
 from hsktrain.outputs import output_file
-from hsktrain.study.grid import TARGETS, config_rows, parse_recipe, plain_config, read_targets
+from hsktrain.study.grid import (
+    TARGETS,
+    config_rows,
+    parse_recipe,
+    plain_config,
+    read_anchors,
+    read_targets,
+)
 from hsktrain.study.tables import FLOOR, builds_table, logs_table, results_table
 
 AXES = ("depth", "length", "width")
@@ -632,6 +639,7 @@ def write_report(study: str | Path) -> Path:
     groups = group_arms(results)
     config = study / "study.toml"  # the study's own config, when it sits in its folder
     targets = read_targets(str(config)) if config.is_file() else {}
+    anchors = read_anchors(str(config)) if config.is_file() else []
     md = [
         f"# Study `{study.name}`",
         "",
@@ -719,11 +727,52 @@ def write_report(study: str | Path) -> Path:
                 md += [f"  - {line}" for line in lines]
         if skipped := [name for name, verdict, _ in checked if verdict == NOT_RUN]:
             md.append(f"- not judged, no arms on their axis in this study: {'; '.join(skipped)}")
+    if mine := [a for a in anchors if a["task"] in {task for task, _ in groups}]:
+        md += _anchors(mine, sections, scores, results)
     path = study / "README.md"
     path.write_text("\n".join(md) + "\n")
     for name in linked - written:
         (study / name).unlink(missing_ok=True)
     return path
+
+
+def _anchors(
+    anchors: list[dict],
+    sections: list[tuple[tuple[str, str], str, list[ArmResults]]],
+    teachers: dict[tuple[str, str], dict[str, float]],
+    results: list[dict],
+) -> list[str]:
+    """The study file's published students, then this study's best arm in each anchor metric
+    per task, teacher and rows variant: every score also as a share of its own teacher's."""
+    share = lambda score, teacher: f"{score / teacher:.1%}" if teacher else "-"  # noqa: E731
+    out = [
+        "",
+        "## Published anchors",
+        "",
+        "Published students (the study file's `anchors` file, copied from their papers, never "
+        "measured here) and this study's best arm in each of their metrics, each against its own "
+        "teacher. A test score is GLUE's server's: not comparable with a dev score to the point.",
+        "",
+        "| student | task | split | metric | score | its teacher | share | what it had | source |",
+        "|" + "---|" * 9,
+    ]
+    for a in anchors:
+        teacher = a.get("teacher")
+        cells = [a["name"], a["task"], a["split"], a["metric"], f"{a['score']:.4f}"]
+        cells += [f"{teacher:.4f}" if teacher else "-", share(a["score"], teacher)]
+        out.append("| " + " | ".join([*cells, a.get("had", "-"), a["source"]]) + " |")
+    for (task, teacher), rows_name, arms in sections:
+        student = _first(results, task, teacher, "student")
+        for m in dict.fromkeys(a["metric"] for a in anchors if a["task"] == task):
+            if not (scored := [x for x in arms if m in x.scores]):
+                continue
+            best = max(scored, key=lambda x: x.mean(m))
+            own = teachers.get((task, teacher), {}).get(m)
+            cells = [f"here: `{student}`, `{best.config}`", task, "dev", m, best.show(m)]
+            cells += [f"{own:.4f}" if own else "-", share(best.mean(m), own)]
+            had = f"{rows_name or 'no extra rows'}; teacher `{teacher}`"
+            out.append("| " + " | ".join([*cells, had, "this report"]) + " |")
+    return out
 
 
 def _floors(builds: list[dict]) -> dict[str, dict[str, float]]:
