@@ -788,6 +788,12 @@ def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp
     assert "| `init` | student=full4 layer_choice=bottom pred_lr=None | 0.8100" in md
     with pytest.raises(HskError, match="compare needs two or more study folders"):
         compare([first])
+    # a study still to run is named and left out; with one study left, nothing to compare
+    waiting = tmp_path / "waiting"
+    md = compare([first, second, waiting])
+    assert md.startswith("# 2 studies compared") and f"left out: `{waiting}`." in md
+    with pytest.raises(HskError, match=f"with results \\({waiting}: none yet\\)"):
+        compare([first, waiting])
 
 
 def test_shards_split_the_runs_and_make_each_teacher_and_cache_once(tmp_path, tiny_bert):

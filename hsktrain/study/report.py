@@ -811,11 +811,19 @@ def compare(studies: list[str | Path]) -> str:
     mean +- std (n) of each metric; a study is labelled by the fit options in which its
     recipes differ from the first study's (the recipe question: same arms, other options).
 
+    A study with no results yet (a paper-scale one still to run) is named under the title and
+    left out, so `make study` compares the ones that ran.
+
     Raises:
-        HskError: fewer than two studies, or one without results.
+        HskError: fewer than two studies with results.
     """
+    waiting = [s for s in studies if not results_table(s).rows()]
+    studies = [s for s in studies if s not in waiting]
     if len(studies) < 2:
-        raise HskError("compare needs two or more study folders")
+        raise HskError(
+            "compare needs two or more study folders with results"
+            + (f" ({', '.join(map(str, waiting))}: none yet)" if waiting else "")
+        )
     # a teacher is its weights: studies that name one folder differently still compare
     tables = [load_rows(s) for s in studies]
     groups = [
@@ -827,9 +835,11 @@ def compare(studies: list[str | Path]) -> str:
     md = [
         f"# {len(studies)} studies compared",
         "",
-        f"Regenerate: `hsktrain compare {' '.join(str(s) for s in studies)}`. Cells: dev "
-        "score, mean +- sample std over seeds (n = seeds).",
+        f"Regenerate: `hsktrain compare {' '.join(str(s) for s in [*studies, *waiting])}`. "
+        "Cells: dev score, mean +- sample std over seeds (n = seeds).",
     ]
+    if waiting:
+        md += ["", f"No results yet, left out: {', '.join(f'`{s}`' for s in waiting)}."]
     for key in dict.fromkeys(k for g in groups for k in g):
         task, teacher = key[0], next(g[key][0] for g in groups if key in g)
         rows = [
