@@ -621,7 +621,11 @@ def test_cli_refuses_a_bad_grid_and_an_empty_study_in_one_line(tmp_path):
         f"error: {tmp_path}: no results.csv rows; run `hsktrain sweep` with this study folder first"
     )
     r = CliRunner().invoke(app, ["compare", str(tmp_path), str(tmp_path / "other")])
-    assert r.exit_code == 1 and "no results.csv rows" in r.output
+    assert r.exit_code == 1
+    assert " ".join(r.output.split()) == (
+        "error: compare needs two or more study folders with results; no results.csv rows in "
+        f"{tmp_path}, {tmp_path / 'other'}: run `hsktrain sweep` with each first"
+    )
 
 
 def test_finetuned_teacher_is_trained_once_and_reused(tmp_path, tiny_bert):
@@ -792,7 +796,7 @@ def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp
     waiting = tmp_path / "waiting"
     md = compare([first, second, waiting])
     assert md.startswith("# 2 studies compared") and f"left out: `{waiting}`." in md
-    with pytest.raises(HskError, match=f"with results \\({waiting}: none yet\\)"):
+    with pytest.raises(HskError, match=f"with results; no results.csv rows in {waiting}: run"):
         compare([first, waiting])
 
 

@@ -820,9 +820,10 @@ def compare(studies: list[str | Path]) -> str:
     waiting = [s for s in studies if not results_table(s).rows()]
     studies = [s for s in studies if s not in waiting]
     if len(studies) < 2:
+        none = f"; no results.csv rows in {', '.join(map(str, waiting))}" if waiting else ""
         raise HskError(
-            "compare needs two or more study folders with results"
-            + (f" ({', '.join(map(str, waiting))}: none yet)" if waiting else "")
+            f"compare needs two or more study folders with results{none}: run `hsktrain sweep` "
+            "with each first"
         )
     # a teacher is its weights: studies that name one folder differently still compare
     tables = [load_rows(s) for s in studies]
