@@ -28,7 +28,7 @@ from hsktrain.study.grid import (
     resolve_tasks,
     task_limit,
 )
-from hsktrain.study.report import compare, write_report
+from hsktrain.study.report import ArmResults, compare, why_missed, write_report
 from hsktrain.study.sweep import (
     finetuned_dir,
     finetuning_study,
@@ -1040,6 +1040,22 @@ def test_an_arm_clears_the_floor_in_any_metric_it_scores(tmp_path):
     )
 
 
+def test_why_a_target_was_missed_is_read_off_the_arms_logs():
+    """Each seed's dev curve: best at its first epoch, its last, or between; a one-epoch curve
+    says neither; no logs, nothing said."""
+    arm = ArmResults("a", "hsk", ["config"], "1l_10t_0.1h", "-", "-", "4", 2, 0.01)
+    logs = [
+        {"config": "a", "dev_curve": c, "hsk_start": "", "hsk_end": e}
+        for c, e in [("0.9 0.8 0.7", "0.6"), ("0.7 0.9 0.8", "0.7"), ("0.8", ""), ("", "")]
+    ]
+    assert why_missed(arm, logs) == (
+        "best at its first epoch in 1 of 2 seeds, falling after (more epochs alone would not "
+        "help); best between its first and last epochs in 1 of 2 seeds; its HSK loss ends its "
+        "stage at 65% of an all-zero prediction's"
+    )
+    assert why_missed(arm, [{**r, "config": "b"} for r in logs]) is None
+
+
 def test_report_names_a_teacher_fine_tuned_twice_once(tmp_path):
     """A teacher whose folder did not survive is fine-tuned again: the same key and scores, so
     the report lists it once and says how many times."""
@@ -1170,7 +1186,9 @@ def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
         "- >= CE-only + 9 points (>= 0.8000): 0.8100 +- 0.0100 (n=3): met inside the seeds' "
         "spread\n"
         "- within 0.5 points of full HSK (>= 0.8150): 0.8100 +- 0.0100 (n=3): **missed by 0.5 "
-        "points**\n\n### Claims"
+        "points**\n- why, from its logs: best at its last epoch in 2 of 2 seeds (it wanted more "
+        "epochs); its HSK loss ends its stage at 40% of an all-zero prediction's, from 95% at "
+        "step 1\n\n### Claims"
     ) in md
     # a log without the all-zero prediction's loss (older fits) or a dev curve: its n said
     assert "| `1l_10t_0.1h/a/m/l_top4` | 3 | 95% (n=2) | 40% | 0.7100 0.8100 |" in md

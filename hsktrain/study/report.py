@@ -618,6 +618,40 @@ def _log_table(arms: list[ArmResults], logs: list[dict]) -> list[str]:
     ]
 
 
+def why_missed(arm: ArmResults, logs: list[dict]) -> str | None:
+    """What the arm's own logs say about a missed target: where each seed's dev curve peaks
+    (at its last epoch: it wanted more epochs; at its first and falling after: more epochs alone
+    would not help) and how near the teacher's states its HSK stage got (shares of an all-zero
+    prediction's loss). None without logs."""
+    mine = [r for r in logs if r["config"] == arm.config]
+    curves = [[float(x) for x in r["dev_curve"].split()] for r in mine if r["dev_curve"]]
+    curves = [c for c in curves if len(c) > 1]  # one epoch has no first or last to tell apart
+    parts = []
+    if curves:
+        peaks = [c.index(max(c)) for c in curves]
+        last = sum(p == len(c) - 1 for p, c in zip(peaks, curves, strict=True))
+        first = sum(p == 0 for p in peaks)
+        n = len(curves)
+        if last:
+            parts.append(f"best at its last epoch in {last} of {n} seeds (it wanted more epochs)")
+        if first:
+            parts.append(
+                f"best at its first epoch in {first} of {n} seeds, falling after (more epochs "
+                "alone would not help)"
+            )
+        if between := n - first - last:
+            parts.append(f"best between its first and last epochs in {between} of {n} seeds")
+    shares = {k: [float(r[k]) for r in mine if r[k]] for k in HSK_SHARES}
+    if shares["hsk_end"]:
+        start = statistics.fmean(shares["hsk_start"]) if shares["hsk_start"] else None
+        since = f", from {start:.0%} at step 1" if start is not None else ""
+        parts.append(
+            f"its HSK loss ends its stage at {statistics.fmean(shares['hsk_end']):.0%} of an "
+            f"all-zero prediction's{since}"
+        )
+    return "; ".join(parts) or None
+
+
 def _of_teacher(score: float, teacher: float) -> str:
     """`88.4% (-10.4)`: a student's score as a share of its teacher's, and the points between."""
     return f"{100 * score / teacher:.1f}% ({100 * (score - teacher):+.1f})"
@@ -705,7 +739,12 @@ def write_report(study: str | Path) -> Path:
             head = f"`{targets['arm']}` + prediction, dev {judged}, mean over seeds:"
             md += ["### Targets", "", head, ""]
             teacher_score = scores.get((task, teacher), {}).get(judged)
-            md += [f"- {x}" for x in check_targets(arms, judged, teacher_score, targets)]
+            judgements = check_targets(arms, judged, teacher_score, targets)
+            md += [f"- {x}" for x in judgements]
+            arm = next((a for a in arms if a.kind == "hsk" and a.hsk == targets["arm"]), None)
+            mine = [r for r in logs if (r["task"], r["teacher"]) == (task, teacher)]
+            if any("missed by" in x for x in judgements) and (why := why_missed(arm, mine)):
+                md.append(f"- why, from its logs: {why}")
             md.append("")
         md += ["### Claims checked here", ""]
         checked = claims(arms, metric)
