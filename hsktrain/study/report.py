@@ -322,18 +322,19 @@ def claim_learned(
 
 def check_targets(
     arms: list[ArmResults], metric: str, teacher: float | None, targets: dict
-) -> list[str]:
+) -> tuple[list[str], ArmResults | None]:
     """The study's [targets] (`grid.TARGETS`) for this section's `targets['arm']` + prediction,
     in `metric` (the task's main one, or the one [targets] names): each bound, the arm's mean,
     and `met`, `met inside the seeds' spread` (by less than the larger std of the arms
     compared: not firmly) or `missed by N points`; under 3 seeds, said.
     A bound set from another arm that lies above the teacher's own score is flagged: a student
-    that learns its teacher well can leave CE-only no room to beat by the target's points."""
+    that learns its teacher well can leave CE-only no room to beat by the target's points.
+    Returns the lines, and the arm when it missed a target (None when it met every one)."""
     arm = next((a for a in arms if a.kind == "hsk" and a.hsk == targets["arm"]), None)
     if arm is None:
-        return [f"no `{targets['arm']}` arm here yet"]
+        return [f"no `{targets['arm']}` arm here yet"], None
     if metric not in arm.scores:
-        return [f"not judged: this task's runs score no {metric}"]
+        return [f"not judged: this task's runs score no {metric}"], None
     full, ce = full_arm(arms), baseline(arms, "ce")
     refs = {  # target -> (the bound, the arm it is set from, or None for the teacher)
         "of_teacher": (teacher * targets.get("of_teacher", 0), None) if teacher else None,
@@ -341,7 +342,7 @@ def check_targets(
         "over_ce": (ce.mean(metric) + targets.get("over_ce", 0), ce) if ce else None,
         "within_full": (full.mean(metric) - targets.get("within_full", 0), full) if full else None,
     }
-    got, lines = arm.mean(metric), []
+    got, lines, missed = arm.mean(metric), [], False
     for key, text in TARGETS.items():
         if key not in targets:
             continue
@@ -354,6 +355,7 @@ def check_targets(
             lines.append(f"{what}: not judged, needs {need}")
             continue
         bound, ref = refs[key]
+        missed |= got < bound
         spread = max((x for x in (arm.std(metric), ref and ref.std(metric)) if x), default=0.0)
         verdict = (
             f"**missed by {100 * (bound - got):.1f} points**"
@@ -370,7 +372,7 @@ def check_targets(
         lines.append(f"{what} (>= {bound:.4f}): {arm.show(metric)}: {verdict}")
     if arm.n < 3:
         lines.append(f"{arm.n} seed{'s' * (arm.n > 1)} so far: a target is judged on 3")
-    return lines
+    return lines, arm if missed else None
 
 
 NOT_RUN = "not run here"
@@ -733,17 +735,16 @@ def write_report(study: str | Path) -> Path:
             f"![marginal utility]({png.name})",
             "",
         ]
-        md += _log_table(arms, [r for r in logs if (r["task"], r["teacher"]) == (task, teacher)])
+        logged = [r for r in logs if (r["task"], r["teacher"]) == (task, teacher)]
+        md += _log_table(arms, logged)
         if targets:
             judged = targets.get("metric", metric)
             head = f"`{targets['arm']}` + prediction, dev {judged}, mean over seeds:"
             md += ["### Targets", "", head, ""]
             teacher_score = scores.get((task, teacher), {}).get(judged)
-            judgements = check_targets(arms, judged, teacher_score, targets)
-            md += [f"- {x}" for x in judgements]
-            arm = next((a for a in arms if a.kind == "hsk" and a.hsk == targets["arm"]), None)
-            mine = [r for r in logs if (r["task"], r["teacher"]) == (task, teacher)]
-            if any("missed by" in x for x in judgements) and (why := why_missed(arm, mine)):
+            judged_lines, missed = check_targets(arms, judged, teacher_score, targets)
+            md += [f"- {x}" for x in judged_lines]
+            if missed is not None and (why := why_missed(missed, logged)):
                 md.append(f"- why, from its logs: {why}")
             md.append("")
         md += ["### Claims checked here", ""]
@@ -766,8 +767,8 @@ def write_report(study: str | Path) -> Path:
                 md += [f"  - {line}" for line in lines]
         if skipped := [name for name, verdict, _ in checked if verdict == NOT_RUN]:
             md.append(f"- not judged, no arms on their axis in this study: {'; '.join(skipped)}")
-    if mine := [a for a in anchors if a["task"] in {task for task, _ in groups}]:
-        md += _anchors(mine, sections, scores, results)
+    if ours := [a for a in anchors if a["task"] in {task for task, _ in groups}]:
+        md += _anchors(ours, sections, scores, results)
     path = study / "README.md"
     path.write_text("\n".join(md) + "\n")
     for name in linked - written:
