@@ -1275,9 +1275,22 @@ def test_report_sets_the_arms_beside_the_published_anchors(tmp_path):
     # the best arm of fake_rows by mean accuracy: 1l_10t_0.1h at 0.86, 95.6% of 0.9
     assert (
         "| here: `tinybert4`, `1l_10t_0.1h/a/m/l_top4` | sst2 | dev | accuracy | 0.8600 +- 0.0141 "
-        "(n=2) | 0.9000 | 95.6% | no extra rows; teacher `t@abc` | this report |" in md
+        "(n=2) | 0.9000 | 95.6% | no extra rows; teacher `t@abc` | here |" in md
     )
     assert "| Other |" not in md
+    # compare: every study's anchors once, then each study's best arm against its teacher
+    other = tmp_path / "other"
+    (other).mkdir()
+    (other / "study.toml").write_text((study / "study.toml").read_text())
+    for row in fake_rows()[:2]:  # CE-only's two seeds; the teacher from the first's builds
+        results_table(other).append(row)
+    md = compare([study, other])
+    assert md.count("| TinyBERT4 | sst2 | test |") == 1
+    assert "| `study`, `1l_10t_0.1h/a/m/l_top4` | sst2 | dev | accuracy | 0.8600 +- 0.0141" in md
+    assert (
+        "| `other`, `ce` | sst2 | dev | accuracy | 0.8100 +- 0.0141 (n=2) | 0.9000 | 90.0% | "
+        "teacher `t@abc` | here |" in md
+    )
 
 
 def test_a_bad_anchors_file_is_refused_naming_every_problem(tmp_path):

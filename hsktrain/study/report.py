@@ -768,7 +768,17 @@ def write_report(study: str | Path) -> Path:
         if skipped := [name for name, verdict, _ in checked if verdict == NOT_RUN]:
             md.append(f"- not judged, no arms on their axis in this study: {'; '.join(skipped)}")
     if ours := [a for a in anchors if a["task"] in {task for task, _ in groups}]:
-        md += _anchors(ours, sections, scores, results)
+        entries = [
+            (
+                f"here: `{_first(results, task, teacher, 'student')}`",
+                task,
+                teacher,
+                f"{rows_name or 'no extra rows'}; teacher `{teacher}`",
+                arms,
+            )
+            for (task, teacher), rows_name, arms in sections
+        ]
+        md += _anchors(ours, entries, scores)
     path = study / "README.md"
     path.write_text("\n".join(md) + "\n")
     for name in linked - written:
@@ -776,21 +786,23 @@ def write_report(study: str | Path) -> Path:
     return path
 
 
+# one line of the anchors table a report (or compare) sets beside the published students:
+# (label, task, its teacher as `teachers` keys it, what it had, its arms)
+Entry = tuple[str, str, str, str, list[ArmResults]]
+
+
 def _anchors(
-    anchors: list[dict],
-    sections: list[tuple[tuple[str, str], str, list[ArmResults]]],
-    teachers: dict[tuple[str, str], dict[str, float]],
-    results: list[dict],
+    anchors: list[dict], entries: list[Entry], teachers: dict[tuple[str, str], dict[str, float]]
 ) -> list[str]:
-    """The study file's published students, then this study's best arm in each anchor metric
-    per task, teacher and rows variant: every score also as a share of its own teacher's."""
+    """The published students, then each entry's best arm in each anchor metric of its task:
+    every score also as a share of its own teacher's (`teachers[(task, key)]`)."""
     share = lambda score, teacher: f"{score / teacher:.1%}" if teacher else "-"  # noqa: E731
     out = [
         "",
         "## Published anchors",
         "",
         "Published students (the study file's `anchors` file, copied from their papers, never "
-        "measured here) and this study's best arm in each of their metrics, each against its own "
+        "measured here) and the best arm here in each of their metrics, each against its own "
         "teacher. A test score is GLUE's server's: not comparable with a dev score to the point.",
         "",
         "| student | task | split | metric | score | its teacher | share | what it had | source |",
@@ -801,17 +813,15 @@ def _anchors(
         cells = [a["name"], a["task"], a["split"], a["metric"], f"{a['score']:.4f}"]
         cells += [f"{teacher:.4f}" if teacher else "-", share(a["score"], teacher)]
         out.append("| " + " | ".join([*cells, a.get("had", "-"), a["source"]]) + " |")
-    for (task, teacher), rows_name, arms in sections:
-        student = _first(results, task, teacher, "student")
+    for label, task, key, had, arms in entries:
         for m in dict.fromkeys(a["metric"] for a in anchors if a["task"] == task):
             if not (scored := [x for x in arms if m in x.scores]):
                 continue
             best = max(scored, key=lambda x: x.mean(m))
-            own = teachers.get((task, teacher), {}).get(m)
-            cells = [f"here: `{student}`, `{best.config}`", task, "dev", m, best.show(m)]
+            own = teachers.get((task, key), {}).get(m)
+            cells = [f"{label}, `{best.config}`", task, "dev", m, best.show(m)]
             cells += [f"{own:.4f}" if own else "-", share(best.mean(m), own)]
-            had = f"{rows_name or 'no extra rows'}; teacher `{teacher}`"
-            out.append("| " + " | ".join([*cells, had, "this report"]) + " |")
+            out.append("| " + " | ".join([*cells, had, "here"]) + " |")
     return out
 
 
@@ -913,6 +923,20 @@ def compare(studies: list[str | Path]) -> str:
             ]
             if refs:
                 md += ["", f"Against: {'; '.join(refs)}."]
+    anchors = {  # every study's, once
+        (a["name"], a["task"], a["metric"], a["split"]): a
+        for s in studies
+        if (Path(s) / "study.toml").is_file()
+        for a in read_anchors(str(Path(s) / "study.toml"))
+    }
+    tasks = {task for g in groups for task, _ in g}
+    if ours := [a for a in anchors.values() if a["task"] in tasks]:
+        entries = [
+            (f"`{Path(s).name}`", key[0], key[1], f"teacher `{g[key][0]}`", g[key][1])
+            for s, g in zip(studies, groups, strict=True)
+            for key in g
+        ]
+        md += _anchors(ours, entries, teachers)
     return "\n".join(md) + "\n"
 
 
