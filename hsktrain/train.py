@@ -90,7 +90,8 @@ class FitResult:
     # narrow one by
     student: str = ""
     # each dev metric's best from answering one class for every row (the floor `metrics` must
-    # clear), and the warning when the best checkpoint did not clear it by a point ("" if it did)
+    # clear), and the warning when the best checkpoint cleared it by a point in no metric ("" if
+    # it did)
     one_answer: dict = dataclasses.field(default_factory=dict)
     warning: str = ""
 
