@@ -867,7 +867,8 @@ def compare(studies: list[str | Path]) -> str:
     Raises:
         HskError: fewer than two studies with results.
     """
-    waiting = [s for s in studies if not results_table(s).rows()]
+    read = {s: results_table(s).rows() for s in studies}  # each table once
+    waiting = [s for s in studies if not read[s]]
     studies = [s for s in studies if s not in waiting]
     if len(studies) < 2:
         none = f"; no results.csv rows in {', '.join(map(str, waiting))}" if waiting else ""
@@ -876,7 +877,7 @@ def compare(studies: list[str | Path]) -> str:
             "with each first"
         )
     # a teacher is its weights: studies that name one folder differently still compare
-    tables = [load_rows(s) for s in studies]
+    tables = [read[s] for s in studies]
     groups = [
         {(t, w.rsplit("@", 1)[-1]): (w, a) for (t, w), a in group_arms(rows).items()}
         for rows in tables
