@@ -89,6 +89,30 @@ def test_a_bound_within_the_spread_is_undecided():
     )
 
 
+def test_a_missed_stall_is_explained_by_the_serial_read():
+    bounds = {"stall_fraction": ("<=", 0.02), "speedup": (">=", 3.4)}
+    targets = verdicts({"stall_fraction": 0.133, "speedup": 6.2}, bounds)
+    result = {
+        "targets": targets,
+        "offline_over_bare": 1.12,
+        "speedup": 6.2,
+        "offline_stall_ms": 2.25,
+        "step_ms": {"bare": 15.2},
+        "device": "cuda",
+    }
+    lines = shortfalls(result)
+    assert lines[2] == (
+        "- The reader's 2.25 ms a step is read inside the timed offline step, before it (no "
+        "read-ahead), beside a 15.2 ms bare step on cuda: where the step is this short, the "
+        "read shows in every ratio above. `fit` reads the next batches on a thread while a step "
+        "runs; `hsktrain bench reader` sets the reader's rows/s beside the step's, so it says "
+        "whether that thread keeps up."
+    )
+    assert lines[3].startswith("- `stall_fraction` missed in this run (0.133")
+    met = {"targets": verdicts({"stall_fraction": 0.01, "speedup": 6.2}, bounds)}
+    assert shortfalls({**result, **met}) == []
+
+
 def _fake_clocks(calls: list[str], seconds: dict[str, list[float]]) -> dict:
     """Clocks that record their calls and return the given step seconds (stall 1/10 of it)."""
 
