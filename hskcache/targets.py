@@ -121,7 +121,7 @@ def teacher_targets(
     attention_mask: torch.Tensor,
     token_type_ids: torch.Tensor | None,
 ) -> BatchTargets:
-    """Run the teacher on one (trimmed) batch and select its HSK per `plan` (all on CPU)."""
+    """Run the teacher on one (trimmed) batch and select its HSK per `plan` (returned on CPU)."""
     logits, hidden, scores = teacher_forward(
         teacher, input_ids, attention_mask, token_type_ids, probe
     )
@@ -133,7 +133,9 @@ def teacher_targets(
         positions, n_valid = select_tokens(
             None if att is None else scores[att].cpu(), mask, sep, plan.tokens, plan.hsk.length
         )
-        x = gather_tokens(hidden[layer["teacher"]].float().cpu(), positions)  # (B, K, H)
+        # (B, K, H), gathered where the teacher ran: only the kept tokens are widened and copied
+        h = hidden[layer["teacher"]]
+        x = gather_tokens(h, positions.to(h.device)).float().cpu()
         dims = plan.width_dims
         if plan.per_token_dims:
             x, dims = select_width_magnitude(x, plan.width, plan.value_dtype)  # (B, K, W) each
