@@ -103,10 +103,9 @@ def test_a_missed_stall_is_explained_by_the_serial_read():
     lines = shortfalls(result)
     assert lines[2] == (
         "- The reader's 2.25 ms a step is read inside the timed offline step, before it (no "
-        "read-ahead), beside a 15.2 ms bare step on cuda: where the step is this short, the "
-        "read shows in every ratio above. `fit` reads the next batches on a thread while a step "
-        "runs; `hsktrain bench reader` sets the reader's rows/s beside the step's, so it says "
-        "whether that thread keeps up."
+        "read-ahead), beside a 15.2 ms bare step on cuda, so it adds to every ratio above. `fit` "
+        "reads the next batches on a thread while a step runs; `hsktrain bench reader` sets the "
+        "reader's rows/s beside the step's, so it says whether that thread keeps up."
     )
     assert lines[3].startswith("- `stall_fraction` missed in this run (0.133")
     met = {"targets": verdicts({"stall_fraction": 0.01, "speedup": 6.2}, bounds)}

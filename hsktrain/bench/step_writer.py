@@ -130,10 +130,9 @@ def shortfalls(result: dict) -> list[str]:
         out.append(
             f"The reader's {result['offline_stall_ms']:.2f} ms a step is read inside the timed "
             f"offline step, before it (no read-ahead), beside a {ms['bare']:.1f} ms bare step "
-            f"on {result['device']}: where the step is this short, the read shows in every "
-            "ratio above. `fit` reads the next batches on a thread while a step runs; "
-            "`hsktrain bench reader` sets the reader's rows/s beside the step's, so it says "
-            "whether that thread keeps up."
+            f"on {result['device']}, so it adds to every ratio above. `fit` reads the next "
+            "batches on a thread while a step runs; `hsktrain bench reader` sets the reader's "
+            "rows/s beside the step's, so it says whether that thread keeps up."
         )
     sizes = ("size_ratio", "floor_ratio", "int8_floor_ratio")
     for k in (k for k in missed if k not in sizes):
