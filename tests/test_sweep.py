@@ -790,6 +790,15 @@ def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp
     )
     assert "| `split` | epochs=1+5 | - | - | 0.8500 +- 0.0141 (n=2) |" in md
     assert "| `init` | student=full4 layer_choice=bottom pred_lr=None | 0.8100" in md
+    # an arm with extra rows (their limit counts them) is set against the same arm, not its twin
+    both, extra = tmp_path / "both", tmp_path / "extra"
+    for row in fake_rows()[4:6]:
+        extended = row | {"config": row["config"] + "+augment4", "limit": 20}
+        results_table(both).append(row)
+        results_table(both).append(extended)
+        results_table(extra).append(extended | {"hsk_epochs": 10})
+    md = compare([both, extra])
+    assert "| `extra` | epochs=10+3 | 0.8500 +- 0.0141 (n=2) | - |" in md
     with pytest.raises(HskError, match="compare needs two or more study folders"):
         compare([first])
     # a study still to run is named and left out; with one study left, nothing to compare

@@ -944,11 +944,14 @@ def compare(studies: list[str | Path]) -> str:
 def _recipe_of(rows: list[dict]) -> dict[str, dict[str, str]]:
     """kind -> its runs' recipe as {option: value} (the first row of that kind), with its
     student shape (an init is a recipe) and budget: `epochs` HSK+prediction and the
-    training-row `limit` (a stage split is a recipe)."""
+    training-row `limit` (a stage split is a recipe). Arms with extra rows are their own kind
+    (`hsk+augment4`): their limit counts the extra rows, so they compare with their like."""
     out: dict[str, dict[str, str]] = {}
     for r in rows:
+        extra = r["config"].partition("+")[2]
+        kind = f"{r['kind']}+{extra}" if extra else r["kind"]
         budget = {"epochs": f"{r['hsk_epochs']}+{r['pred_epochs']}", "limit": r["limit"] or "none"}
-        out.setdefault(r["kind"], {"student": r["student"]} | parse_recipe(r["recipe"]) | budget)
+        out.setdefault(kind, {"student": r["student"]} | parse_recipe(r["recipe"]) | budget)
     return out
 
 
@@ -957,7 +960,7 @@ def _recipe_diff(base: dict[str, dict[str, str]], other: dict[str, dict[str, str
     option the first study set and this one did not reads `=None`, as a recipe cell writes it."""
     diffs: dict[str, list[str]] = {}
     for kind, rec in other.items():
-        ref = base.get(kind, {})
+        ref = base.get(kind) or base.get(kind.partition("+")[0], {})  # else the plain twin
         keys = dict.fromkeys([*rec, *ref])
         d = (
             " ".join(f"{k}={rec.get(k, 'None')}" for k in keys if ref.get(k) != rec.get(k))
