@@ -224,11 +224,23 @@ def note_floor(ctx: Context, task: TaskRef) -> None:
     """Record once in the builds table what answering one class for every dev row scores
     (`one_answer_scores`; how `floor`): the label prior every arm must clear to have learned
     the task, which the report sets beside the arms. Read off the dev labels alone, so a
-    finished study gets it from any later sweep of it, with nothing trained."""
+    finished study gets it from any later sweep of it, with nothing trained.
+
+    Raises:
+        ConfigError: the study's runs were scored on another number of dev rows (a changed
+            `dev_limit`: its new rows would sit beside the old as more seeds of one arm).
+    """
     with work_lock(ctx.grid, f"floor-{task.name}"):  # shards: one row, not one each
-        if any((r["task"], r["how"]) == (task.name, FLOOR) for r in ctx.builds.rows()):
-            return
         dev = load_split(task.folder, task.name, "dev", limit=ctx.grid.dev_limit)
+        had = [r for r in ctx.builds.rows() if (r["task"], r["how"]) == (task.name, FLOOR)]
+        if had and had[0]["rows"] and int(had[0]["rows"]) != len(dev):
+            raise ConfigError(
+                f"{ctx.builds.path}: this study's {task.name} runs were scored on "
+                f"{had[0]['rows']} dev rows, this grid's dev_limit gives {len(dev)}; use "
+                "another study folder, or the same dev_limit"
+            )
+        if had:
+            return
         if not (floor := one_answer_scores(task.name, dev.labels)):
             return  # regression: no classes, no floor
         ctx.builds.append(
