@@ -754,6 +754,8 @@ def test_a_pretrained_init_is_recorded_by_its_weights(tmp_path, tiny_bert):
     recipes = {r["recipe"].split()[-1] for r in results_table(grid.study).rows()}
     sha = hashlib.sha256(b"model.safetensors\0weights").hexdigest()[:12]
     assert recipes == {f"init_from={student}@{sha}"}
+    md = write_report(grid.study).read_text()  # its cost lies outside this study's tables
+    assert f"Not counted: making the pretrained init the runs start from, `{student}@{sha}`." in md
 
     again = tmp_path / "again" / "best"  # the same student, distilled again elsewhere
     again.mkdir(parents=True)

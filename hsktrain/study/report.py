@@ -686,6 +686,12 @@ def write_report(study: str | Path) -> Path:
         f"once overlapped, so less time passed): {'; '.join(_wall_clock(results, builds))}.",
         "",
     ]
+    inits = dict.fromkeys(parse_recipe(r["recipe"]).get("init_from") for r in results)
+    if named := [f"`{i}`" for i in inits if i]:  # a general student: made by other commands
+        md += [
+            f"Not counted: making the pretrained init the runs start from, {', '.join(named)}.",
+            "",
+        ]
     # a teacher fine-tuned again on the same machine (its folder did not survive) has the same
     # key, weights and scores; on another CPU other weights, so another key and line
     tunes = Counter((r["teacher"], r["task"], r["dev"]) for r in builds if r["how"] == "finetune")
