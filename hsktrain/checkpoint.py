@@ -231,8 +231,9 @@ def resume_point(out: Path, cfg, w: World) -> tuple[dict, dict]:
 
 def can_resume(out: Path, cfg) -> bool:
     """Whether `out` holds an unfinished run of `cfg` (a FitConfig) with every setting equal but
-    `resume` itself, so `fit` with `resume` continues it exactly: what a sweep killed mid-run
-    leaves. A run of other settings, a finished one or no checkpoint: False (start over)."""
+    `resume` and `save_every` (how often it saves, not what it trains), so `fit` with `resume`
+    continues it exactly: what a sweep killed mid-run leaves. A run of other settings, a
+    finished one or no checkpoint: False (start over)."""
     last = out / "last"
     recover(last)  # a kill between a checkpoint's two renames (resume_point recovers best/)
     try:
@@ -241,8 +242,9 @@ def can_resume(out: Path, cfg) -> bool:
         return False
     if meta.get("loop", {}).get("finished"):
         return False
-    was = meta.get("config", {}).get("config", {}) | {"resume": False}
-    now = json.loads(json.dumps(replace(cfg.resolved(), resume=False).record()))
+    cadence = {"resume": False, "save_every": None}
+    was = meta.get("config", {}).get("config", {}) | cadence
+    now = json.loads(json.dumps(replace(cfg.resolved(), **cadence).record()))
     return was == now
 
 

@@ -572,6 +572,47 @@ def test_a_run_a_kill_cut_short_continues_from_its_last_epoch(tmp_path, tiny_ber
     assert {r["lr"] for r in step_records(changed) if r["stage"] == "hsk"} == {1e-4}
 
 
+def test_save_every_cuts_a_kill_to_its_steps_and_is_no_part_of_the_recipe(
+    tmp_path, tiny_bert, monkeypatch
+):
+    """`[fit] save_every`: a run killed mid-epoch continues from its last save with the same
+    losses and scores; the cadence is not in the recipe (its rows sit beside rows saved only at
+    epoch ends) and may change between the kill and the rerun."""
+    kw = dict(baselines=[], seeds=[0], chunk_rows=8, hsk_epochs=1)
+    fit = {"max_length": 16, "batch_size": 8, "buffer_chunks": 2}
+
+    def step_losses(grid) -> list[float]:
+        [log] = (grid.work / "runs").rglob("metrics.jsonl")
+        return [r["loss"] for r in map(json.loads, log.read_text().splitlines()) if "batch" in r]
+
+    straight = fake_grid(tmp_path / "a", tiny_bert, **kw, fit=fit)
+    run_sweep(straight, show_progress=False, say=lambda _: None)
+    losses = step_losses(straight)
+    assert len(losses) >= 6
+
+    calls, kill_at = [], 5  # killed in step 6, after the save at step 4
+
+    def counted(*args, **kwargs):
+        if len(calls) == kill_at:
+            raise Killed
+        calls.append(1)
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr("hsktrain.train.train_step", counted)
+    cut = fake_grid(tmp_path / "b", tiny_bert, **kw, fit=fit | {"save_every": 2})
+    with pytest.raises(Killed):
+        run_sweep(cut, show_progress=False, say=lambda _: None)
+    calls.clear()
+    kill_at, lines = None, []
+    cut = replace(cut, fit=fit | {"save_every": 3})  # another cadence: the same run continues
+    run_sweep(cut, show_progress=False, say=lines.append)
+    assert any(x.startswith("  resuming ") for x in lines)
+    assert len(calls) == len(losses) - 4  # from step 5
+    assert step_losses(cut) == losses
+    [a], [b] = results_table(straight.study).rows(), results_table(cut.study).rows()
+    assert (b["recipe"], b["dev_accuracy"]) == (a["recipe"], a["dev_accuracy"])
+
+
 def test_a_build_a_kill_cut_short_is_recorded_as_resumed(tmp_path, tiny_bert, monkeypatch):
     """A resumed build's seconds are its last process's alone: builds.csv says `(resumed)`,
     the dry run's teacher rate leaves the row out and the report says its time is partial."""
