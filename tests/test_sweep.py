@@ -500,6 +500,20 @@ class Killed(BaseException):
     """A kill, as the sweep sees it: nothing catches it."""
 
 
+class StepKiller:
+    """`fit`'s train_step, counted (`calls`), killed at its `at`-th call (None: never)."""
+
+    def __init__(self, monkeypatch):
+        self.calls, self.at = 0, None
+        monkeypatch.setattr("hsktrain.train.train_step", self)
+
+    def __call__(self, *args, **kwargs):
+        if self.calls == self.at:
+            raise Killed
+        self.calls += 1
+        return train_step(*args, **kwargs)
+
+
 def test_a_run_a_kill_cut_short_continues_from_its_last_epoch(tmp_path, tiny_bert, monkeypatch):
     kw = dict(
         baselines=[],
@@ -519,27 +533,15 @@ def test_a_run_a_kill_cut_short_continues_from_its_last_epoch(tmp_path, tiny_ber
     first_epoch = sum(r["stage"] == "hsk" and r["epoch"] == 0 for r in steps)
     assert 2 <= first_epoch < len(steps) - 2
 
-    calls = []
-
-    def counted(*args, **kwargs):
-        if len(calls) == kill_at:
-            raise Killed
-        calls.append(1)
-        return train_step(*args, **kwargs)
-
-    monkeypatch.setattr("hsktrain.train.train_step", counted)
+    step = StepKiller(monkeypatch)
 
     def cut_short(grid):  # killed in the second HSK epoch, after the first one's checkpoint
-        nonlocal kill_at
-        calls.clear()
-        kill_at = first_epoch + 1
+        step.calls, step.at = 0, first_epoch + 1
         with pytest.raises(Killed):
             run_sweep(grid, show_progress=False, say=lambda _: None)
         assert results_table(grid.study).rows() == []
-        calls.clear()
-        kill_at = None
+        step.calls, step.at = 0, None
 
-    kill_at = None
     cut = fake_grid(tmp_path / "b", tiny_bert, **kw)
     cut_short(cut)
     lines = []
@@ -551,7 +553,7 @@ def test_a_run_a_kill_cut_short_continues_from_its_last_epoch(tmp_path, tiny_ber
     lines.clear()
     run_sweep(cut, show_progress=False, say=lines.append)
     assert any(x.startswith("  resuming ") for x in lines)
-    assert len(calls) == len(steps) - first_epoch  # from the second epoch's first batch
+    assert step.calls == len(steps) - first_epoch  # from the second epoch's first batch
     assert [r["loss"] for r in step_records(cut)] == [r["loss"] for r in steps]
     [a], [b] = results_table(straight.study).rows(), results_table(cut.study).rows()
     assert b["dev_accuracy"] == a["dev_accuracy"] and float(b["train_seconds"]) > 0
@@ -568,7 +570,7 @@ def test_a_run_a_kill_cut_short_continues_from_its_last_epoch(tmp_path, tiny_ber
     changed = replace(changed, fit=changed.fit | {"hsk_lr": 1e-4})
     lines.clear()
     run_sweep(changed, show_progress=False, say=lines.append)
-    assert not any("resuming" in x for x in lines) and len(calls) == len(steps)
+    assert not any("resuming" in x for x in lines) and step.calls == len(steps)
     assert {r["lr"] for r in step_records(changed) if r["stage"] == "hsk"} == {1e-4}
 
 
@@ -590,24 +592,16 @@ def test_save_every_cuts_a_kill_to_its_steps_and_is_no_part_of_the_recipe(
     losses = step_losses(straight)
     assert len(losses) >= 6
 
-    calls, kill_at = [], 5  # killed in step 6, after the save at step 4
-
-    def counted(*args, **kwargs):
-        if len(calls) == kill_at:
-            raise Killed
-        calls.append(1)
-        return train_step(*args, **kwargs)
-
-    monkeypatch.setattr("hsktrain.train.train_step", counted)
+    step = StepKiller(monkeypatch)
+    step.at = 5  # killed in step 6, after the save at step 4
     cut = fake_grid(tmp_path / "b", tiny_bert, **kw, fit=fit | {"save_every": 2})
     with pytest.raises(Killed):
         run_sweep(cut, show_progress=False, say=lambda _: None)
-    calls.clear()
-    kill_at, lines = None, []
+    step.calls, step.at, lines = 0, None, []
     cut = replace(cut, fit=fit | {"save_every": 3})  # another cadence: the same run continues
     run_sweep(cut, show_progress=False, say=lines.append)
     assert any(x.startswith("  resuming ") for x in lines)
-    assert len(calls) == len(losses) - 4  # from step 5
+    assert step.calls == len(losses) - 4  # from step 5
     assert step_losses(cut) == losses
     [a], [b] = results_table(straight.study).rows(), results_table(cut.study).rows()
     assert (b["recipe"], b["dev_accuracy"]) == (a["recipe"], a["dev_accuracy"])
@@ -698,21 +692,14 @@ def test_a_fine_tune_a_kill_cut_short_continues_to_the_same_teacher(
     key = run_sweep(straight, runner, show_progress=False, say=lambda _: None).ctx.teachers
     [log] = (straight.work / "teachers").rglob("metrics.jsonl")
     per_epoch = sum(r.get("epoch") == 0 and "batch" in r for r in map(json.loads, log.open()))
-    calls, kill_at = [], per_epoch  # killed in the second epoch, after the first one's save
-
-    def counted(*args, **kwargs):
-        if len(calls) == kill_at:
-            raise Killed
-        calls.append(1)
-        return train_step(*args, **kwargs)
-
+    step = StepKiller(monkeypatch)
+    step.at = per_epoch  # killed in the second epoch, after the first one's save
     cut = fake_grid(tmp_path / "b", tiny_bert, **kw)
-    monkeypatch.setattr("hsktrain.train.train_step", counted)
     with pytest.raises(Killed):
         run_sweep(cut, runner, show_progress=False, say=lambda _: None)
-    calls, kill_at, lines = [], None, []
+    step.calls, step.at, lines = 0, None, []
     again = run_sweep(cut, runner, show_progress=False, say=lines.append)
-    assert any(x.startswith("  resuming ") for x in lines) and len(calls) == per_epoch
+    assert any(x.startswith("  resuming ") for x in lines) and step.calls == per_epoch
     assert again.ctx.teachers["sst2"].key == key["sst2"].key  # the same weights' sha256
 
 
