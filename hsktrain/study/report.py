@@ -954,8 +954,7 @@ def _recipe_of(rows: list[dict]) -> dict[str, dict[str, str]]:
     (`hsk+augment4`): their limit counts the extra rows, so they compare with their like."""
     out: dict[str, dict[str, str]] = {}
     for r in rows:
-        extra = r["config"].partition("+")[2]
-        kind = f"{r['kind']}+{extra}" if extra else r["kind"]
+        kind = "+".join(filter(None, (r["kind"], config_rows(r["config"]).name)))
         budget = {"epochs": f"{r['hsk_epochs']}+{r['pred_epochs']}", "limit": r["limit"] or "none"}
         out.setdefault(kind, {"student": r["student"]} | parse_recipe(r["recipe"]) | budget)
     return out
@@ -966,7 +965,7 @@ def _recipe_diff(base: dict[str, dict[str, str]], other: dict[str, dict[str, str
     option the first study set and this one did not reads `=None`, as a recipe cell writes it."""
     diffs: dict[str, list[str]] = {}
     for kind, rec in other.items():
-        ref = base.get(kind) or base.get(kind.partition("+")[0], {})  # else the plain twin
+        ref = base.get(kind) or base.get(plain_config(kind), {})  # else the plain twin
         keys = dict.fromkeys([*rec, *ref])
         d = (
             " ".join(f"{k}={rec.get(k, 'None')}" for k in keys if ref.get(k) != rec.get(k))
