@@ -233,13 +233,13 @@ def note_floor(ctx: Context, task: TaskRef) -> None:
     with work_lock(ctx.grid, f"floor-{task.name}"):  # shards: one row, not one each
         dev = load_split(task.folder, task.name, "dev", limit=ctx.grid.dev_limit)
         had = [r for r in ctx.builds.rows() if (r["task"], r["how"]) == (task.name, FLOOR)]
-        if had and had[0]["rows"] and int(had[0]["rows"]) != len(dev):
-            raise ConfigError(
-                f"{ctx.builds.path}: this study's {task.name} runs were scored on "
-                f"{had[0]['rows']} dev rows, this grid's dev_limit gives {len(dev)}; use "
-                "another study folder, or the same dev_limit"
-            )
-        if had:
+        if had:  # recorded: only check the dev rows are still the ones it counted
+            if had[0]["rows"] and int(had[0]["rows"]) != len(dev):
+                raise ConfigError(
+                    f"{ctx.builds.path}: this study's {task.name} runs were scored on "
+                    f"{had[0]['rows']} dev rows, this grid's dev_limit gives {len(dev)}; use "
+                    "another study folder, or the same dev_limit"
+                )
             return
         if not (floor := one_answer_scores(task.name, dev.labels)):
             return  # regression: no classes, no floor
