@@ -1037,7 +1037,7 @@ def test_a_sweep_records_the_dev_rows_one_answer_floor_once(tmp_path, tiny_bert)
     )
     assert json.loads(floor["dev"]) == {"accuracy": 0.6}
     fewer = replace(grid, dev_limit=4, seeds=[1])  # new seeds scored on other dev rows: refused
-    want = r"builds\.csv: this study's sst2 runs were scored on 5 dev rows, this grid's dev_limit "
+    want = r"builds\.csv: this study scores sst2 on 5 dev rows, this grid's dev_limit "
     with pytest.raises(ConfigError, match=want):
         run_sweep(fewer, runner, show_progress=False, say=lambda _: None)
     assert len(builds_table(grid.study).rows()) == 1 and len(results_table(grid.study).rows()) == 2

@@ -227,8 +227,8 @@ def note_floor(ctx: Context, task: TaskRef) -> None:
     finished study gets it from any later sweep of it, with nothing trained.
 
     Raises:
-        ConfigError: the study's runs were scored on another number of dev rows (a changed
-            `dev_limit`: its new rows would sit beside the old as more seeds of one arm).
+        ConfigError: the study's floor counted another number of dev rows than the grid's
+            `dev_limit` gives (its new runs would sit beside the old as more seeds of one arm).
     """
     with work_lock(ctx.grid, f"floor-{task.name}"):  # shards: one row, not one each
         dev = load_split(task.folder, task.name, "dev", limit=ctx.grid.dev_limit)
@@ -236,9 +236,9 @@ def note_floor(ctx: Context, task: TaskRef) -> None:
         if had:  # recorded: only check the dev rows are still the ones it counted
             if had[0]["rows"] and int(had[0]["rows"]) != len(dev):
                 raise ConfigError(
-                    f"{ctx.builds.path}: this study's {task.name} runs were scored on "
-                    f"{had[0]['rows']} dev rows, this grid's dev_limit gives {len(dev)}; use "
-                    "another study folder, or the same dev_limit"
+                    f"{ctx.builds.path}: this study scores {task.name} on {had[0]['rows']} dev "
+                    f"rows, this grid's dev_limit gives {len(dev)}; use another study folder, "
+                    "or the same dev_limit"
                 )
             return
         if not (floor := one_answer_scores(task.name, dev.labels)):
