@@ -504,8 +504,12 @@ class StepKiller:
     """`fit`'s train_step, counted (`calls`), killed at its `at`-th call (None: never)."""
 
     def __init__(self, monkeypatch):
-        self.calls, self.at = 0, None
+        self.reset()
         monkeypatch.setattr("hsktrain.train.train_step", self)
+
+    def reset(self, at: int | None = None) -> None:
+        """Count from zero again, killing at the `at`-th call from now (None: never)."""
+        self.calls, self.at = 0, at
 
     def __call__(self, *args, **kwargs):
         if self.calls == self.at:
@@ -536,11 +540,11 @@ def test_a_run_a_kill_cut_short_continues_from_its_last_epoch(tmp_path, tiny_ber
     step = StepKiller(monkeypatch)
 
     def cut_short(grid):  # killed in the second HSK epoch, after the first one's checkpoint
-        step.calls, step.at = 0, first_epoch + 1
+        step.reset(at=first_epoch + 1)
         with pytest.raises(Killed):
             run_sweep(grid, show_progress=False, say=lambda _: None)
         assert results_table(grid.study).rows() == []
-        step.calls, step.at = 0, None
+        step.reset()
 
     cut = fake_grid(tmp_path / "b", tiny_bert, **kw)
     cut_short(cut)
@@ -593,11 +597,12 @@ def test_save_every_cuts_a_kill_to_its_steps_and_is_no_part_of_the_recipe(
     assert len(losses) >= 6
 
     step = StepKiller(monkeypatch)
-    step.at = 5  # killed in step 6, after the save at step 4
+    step.reset(at=5)  # killed in step 6, after the save at step 4
     cut = fake_grid(tmp_path / "b", tiny_bert, **kw, fit=fit | {"save_every": 2})
     with pytest.raises(Killed):
         run_sweep(cut, show_progress=False, say=lambda _: None)
-    step.calls, step.at, lines = 0, None, []
+    step.reset()
+    lines = []
     cut = replace(cut, fit=fit | {"save_every": 3})  # another cadence: the same run continues
     run_sweep(cut, show_progress=False, say=lines.append)
     assert any(x.startswith("  resuming ") for x in lines)
@@ -693,11 +698,12 @@ def test_a_fine_tune_a_kill_cut_short_continues_to_the_same_teacher(
     [log] = (straight.work / "teachers").rglob("metrics.jsonl")
     per_epoch = sum(r.get("epoch") == 0 and "batch" in r for r in map(json.loads, log.open()))
     step = StepKiller(monkeypatch)
-    step.at = per_epoch  # killed in the second epoch, after the first one's save
+    step.reset(at=per_epoch)  # killed in the second epoch, after the first one's save
     cut = fake_grid(tmp_path / "b", tiny_bert, **kw)
     with pytest.raises(Killed):
         run_sweep(cut, runner, show_progress=False, say=lambda _: None)
-    step.calls, step.at, lines = 0, None, []
+    step.reset()
+    lines = []
     again = run_sweep(cut, runner, show_progress=False, say=lines.append)
     assert any(x.startswith("  resuming ") for x in lines) and step.calls == per_epoch
     assert again.ctx.teachers["sst2"].key == key["sst2"].key  # the same weights' sha256
