@@ -72,7 +72,8 @@ bench-gpu: $(if $(filter $(VENV)/bin/hsktrain,$(HSKTRAIN)),install)
 
 # The quality study (hours on 2 cores): every sweep resumes from its committed results.csv, so
 # kill it whenever and rerun; each report is regenerated from its table.
-# The core table first: the others reuse the teachers it fine-tunes.
+# The core table first: the others reuse the teachers it fine-tunes; minilm-full4 is that table
+# with fit's default student (full4) in place of the paper's TinyBERT4 shape.
 RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard t2 split fitted)
 MPNET_RECIPES := reports/mpnet-mrpc-hsklr2e-4 reports/mpnet-mrpc-lr1e-4
 # mpnet-distil6 (an init near the MPNet teacher: 6 of its layers at full width) also fine-tunes
@@ -81,7 +82,8 @@ MPNET_RECIPES := reports/mpnet-mrpc-hsklr2e-4 reports/mpnet-mrpc-lr1e-4
 # reusing distil6's teacher) and SST-2 (8,000 labelled of 20,000; importance fine-tunes its teacher).
 PAPER := reports/paper-mrpc-importance reports/paper-mrpc-full4 reports/paper-mrpc-general \
 	reports/paper-sst2-importance reports/paper-sst2-budget reports/paper-sst2-full4
-STUDIES := reports/minilm-core reports/minilm-grouped $(RECIPES) reports/minilm-mrpc-augment \
+STUDIES := reports/minilm-core reports/minilm-full4 reports/minilm-grouped $(RECIPES) \
+	reports/minilm-mrpc-augment \
 	reports/mpnet-core $(MPNET_RECIPES) reports/mpnet-distil6 $(PAPER) reports/minilm-mrpc-curves
 # On a GPU: `make study DEVICE=cuda SHARDS=8` runs each study as 8 sweeps at once on it
 # (`hsktrain sweep --shard`: they share its tables and caches); small students leave a GPU idle.
@@ -97,6 +99,7 @@ study: install mpnet $(if $(filter reports/paper-mrpc-general,$(STUDIES)),genera
 	done
 	for s in $(STUDIES); do $(VENV)/bin/hsktrain report $$s || exit 1; done
 	$(VENV)/bin/hsktrain compare reports/minilm-core $(RECIPES) --out reports/recipe.md
+	$(VENV)/bin/hsktrain compare reports/minilm-core reports/minilm-full4 --out reports/minilm-shape.md
 	$(VENV)/bin/hsktrain compare reports/mpnet-core $(MPNET_RECIPES) --out reports/mpnet-recipe.md
 	$(VENV)/bin/hsktrain compare reports/paper-mrpc-importance reports/paper-mrpc-full4 \
 	  reports/paper-mrpc-general --out reports/paper-mrpc.md

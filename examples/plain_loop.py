@@ -1,8 +1,8 @@
 """Distil a student from a cache in a plain PyTorch loop: the paper's two stages, no teacher.
 
-    python examples/plain_loop.py CACHE OUT [--student tinybert4] [--epochs 3]
+    python examples/plain_loop.py CACHE OUT [--student full4] [--epochs 3]
 
-CACHE holds the student's init (`hskcache build --student tinybert4`); OUT receives the
+CACHE holds the student's init (`hskcache build` stores full4's by default); OUT receives the
 student and its tokenizer as a Hugging Face folder (`from_pretrained`, `pipeline`).
 """
 
@@ -17,7 +17,7 @@ import hsktrain
 p = argparse.ArgumentParser()
 p.add_argument("cache")
 p.add_argument("out")
-p.add_argument("--student", default="tinybert4")
+p.add_argument("--student", default="full4")  # what `hskcache build` stores by default
 p.add_argument("--epochs", type=int, default=3)
 p.add_argument("--batch-size", type=int, default=32)
 args = p.parse_args()

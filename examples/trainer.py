@@ -1,7 +1,7 @@
 """Distil a student from a cache with a Hugging Face `Trainer`: the dataset and the trainer
 class are what changes in an existing Trainer script (needs `pip install accelerate`).
 
-    python examples/trainer.py CACHE OUT [--student tinybert4] [--epochs 3]
+    python examples/trainer.py CACHE OUT [--student full4] [--epochs 3]
 
 Stage 1 trains the student's hidden states on the stored HSK through the projection the HSK
 loss owns; stage 2 its predictions on the stored teacher logits. OUT/ receives the student
@@ -19,7 +19,7 @@ from hsktrain.hf import DistillTrainer, collate
 p = argparse.ArgumentParser()
 p.add_argument("cache")
 p.add_argument("out")
-p.add_argument("--student", default="tinybert4")
+p.add_argument("--student", default="full4")  # what `hskcache build` stores by default
 p.add_argument("--epochs", type=float, default=3)
 p.add_argument("--batch-size", type=int, default=32)
 args = p.parse_args()

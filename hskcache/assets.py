@@ -36,7 +36,14 @@ from hskcache.hub import hub_reachable
 from hskcache.importance import Ranking
 from hskcache.manifest import Assets, ManifestView, StudentInit
 from hskcache.names import check_file_name, check_key
-from hskcache.shapes import FULL_WIDTH, PRESETS, resolve_shape, student_shape
+from hskcache.shapes import (
+    DEFAULT_STUDENT,
+    FULL_WIDTH,
+    PRESETS,
+    default_layer_choice,
+    resolve_shape,
+    student_shape,
+)
 from hskcache.storage.objects import check_object, read_object
 from hskcache.teacher import tokenizer_sha256
 from hskcache.weight_selection import layer_subset, load_weights, select_into, student_config
@@ -75,8 +82,11 @@ def teacher_folder(name: str) -> Path:
 
 
 def default_student(student_layers: int) -> str | None:
-    """The first preset as deep as the cache's student (tinybert4 for 4, tiny for 2)."""
-    return next((n for n, s in PRESETS.items() if s["num_hidden_layers"] == student_layers), None)
+    """The init a build stores when no `--student` is named: `DEFAULT_STUDENT` where it is as
+    deep as the cache's student, else the first full-width subset or preset that deep (full6 for
+    6, tiny for 2), so `fit` finds the init its own default asks for."""
+    shapes = {DEFAULT_STUDENT: student_shape(DEFAULT_STUDENT)} | FULL_WIDTH | PRESETS
+    return next((n for n, s in shapes.items() if s["num_hidden_layers"] == student_layers), None)
 
 
 def student_name(student: str) -> str:
@@ -96,7 +106,7 @@ def make_kit(
     bundle_teacher: bool,
     ranking: Ranking | None = None,
     calibration_rows: int = 0,
-    layer_choice: str = "even",
+    layer_choice: str | None = None,
     l_top: int | None = None,
 ) -> Kit:
     """Everything the cache will carry for training, computed before anything is written.
@@ -111,7 +121,8 @@ def make_kit(
         ranking: select each init's dims by this importance ranking (computed on the first
             `calibration_rows` rows of the build), not as prefixes.
         layer_choice: which teacher layers each init copies (`layer_subset`, with the
-            selection's `l_top` for `mapped`).
+            selection's `l_top` for `mapped`); None: each shape's default
+            (`default_layer_choice`).
 
     Raises:
         ConfigError: an unknown or unselectable `--student`, two shapes with one name.
@@ -141,7 +152,10 @@ def make_kit(
             if student in FULL_WIDTH:  # stored whole: the teacher's width, heads and FFN
                 shape = resolve_shape(shape, teacher_config)
             layers = layer_subset(
-                teacher_config.num_hidden_layers, shape["num_hidden_layers"], layer_choice, l_top
+                teacher_config.num_hidden_layers,
+                shape["num_hidden_layers"],
+                layer_choice or default_layer_choice(student),
+                l_top,
             )
             files = _student_files(teacher_config, state, shape, num_labels, ranking, layers)
         except ConfigError as e:
@@ -297,13 +311,15 @@ def students_line(info: ManifestView) -> str:
     depth = info.selection.student_layers
     name = default_student(depth)
     t = info.teacher
-    why = (
-        f"no preset is {depth} layers deep"
-        if name is None
-        else f"the default '{name}' ({PRESETS[name]['num_hidden_layers']}L-"
-        f"{PRESETS[name]['hidden_size']}H) cannot be selected from this "
-        f"{t.num_hidden_layers}L-{t.hidden_size}H teacher"
-    )
+    if name is None:
+        why = f"no preset is {depth} layers deep"
+    else:
+        shape = student_shape(name)
+        width = f"{shape['hidden_size']}H" if "hidden_size" in shape else "the teacher's width"
+        why = (
+            f"the default '{name}' ({shape['num_hidden_layers']}L, {width}) cannot be selected "
+            f"from this {t.num_hidden_layers}L-{t.hidden_size}H teacher"
+        )
     return (
         f"no student init stored ({why}): add --student NAME_OR_JSON, or fit with "
         "--init random or --init-from TEACHER_DIR"

@@ -50,7 +50,8 @@ def _build_defaults() -> dict:
         l_top="2/3 of the teacher's depth",
         max_length="per task: 64 or 128",
         chunk_rows=CHUNK_2MIB,
-        student="the preset --student-layers deep",
+        student="full4 (or the preset --student-layers deep)",
+        layer_choice="bottom for full4 / full6, even for the others",
     )
 
 

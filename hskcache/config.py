@@ -111,7 +111,7 @@ def type_name(hint) -> str:
 
 
 SELECTS = ("prefix", "importance")
-LAYER_CHOICES = ("even", "bottom", "mapped")  # students.layer_subset's
+LAYER_CHOICES = ("even", "bottom", "mapped")  # weight_selection.layer_subset's
 
 
 @dataclass
@@ -136,8 +136,9 @@ class BuildConfig:
     bundle_teacher: bool = False  # also store the whole teacher inside the cache
     # which dims a stored student init keeps: the first ones, or the most active (importance.py)
     select: str = "prefix"
-    # which teacher layers a stored student init copies: even | bottom | mapped (students.py)
-    layer_choice: str = "even"
+    # which teacher layers a stored student init copies: even | bottom | mapped
+    # (weight_selection.py); None: each shape's own (shapes.default_layer_choice)
+    layer_choice: str | None = None
     l_top: int | None = None
     teacher_layers: list[int] = field(default_factory=list)
     seed: int = 0
@@ -192,7 +193,10 @@ class BuildConfig:
             (self.compressor in COMPRESSORS, f"compressor must be one of {COMPRESSORS}"),
             (self.student_layers >= 1, "student_layers must be >= 1"),
             (self.select in SELECTS, f"select must be one of {list(SELECTS)}"),
-            (self.layer_choice in LAYER_CHOICES, f"layer_choice must be one of {LAYER_CHOICES}"),
+            (
+                self.layer_choice in (None, *LAYER_CHOICES),
+                f"layer_choice must be one of {LAYER_CHOICES}",
+            ),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.batch_order in BATCH_ORDERS, f"batch_order must be one of {list(BATCH_ORDERS)}"),
             (self.chunk_rows is None or self.chunk_rows >= 1, "chunk_rows must be >= 1"),

@@ -46,6 +46,21 @@ FULL_WIDTH: dict[str, dict[str, int]] = {
 }
 SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
 
+# The student `fit` trains, and `build` stores an init for, when none is named. From a
+# BERT-base-sized teacher the 312-wide TinyBERT4 shape starts with none of its hidden states
+# and, selected any way, learned MRPC only over augmented rows and stayed under 95% of the
+# teacher on SST-2, where the teacher's bottom 4 layers at full width reached 98% of its MRPC F1
+# and 98-99% of its SST-2 accuracy (docs/studies.md, "The paper-scale study");
+# `--student tinybert4` is the paper's shape.
+DEFAULT_STUDENT = "full4"
+
+
+def default_layer_choice(student: str | dict) -> str:
+    """The teacher layers an init copies when `--layer-choice` is not given: the bottom ones
+    for a full-width subset (PKD; the nearest the teacher at the first step, measured in
+    docs/cache-format.md), evenly spaced for any other shape (TinyBERT)."""
+    return "bottom" if isinstance(student, str) and student in FULL_WIDTH else "even"
+
 
 def resolve_shape(shape: dict, teacher_config) -> dict:
     """`shape` with the fields it leaves out taken from the teacher's config, as the student's

@@ -150,8 +150,9 @@ def fit_cmd(
     student: Annotated[
         str,
         Opt(
-            help="Student preset (tinybert4, tinybert6, mini, tiny; full4, full6: 4 or 6 of the "
-            "teacher's layers at its full width) or a JSON file of config fields."
+            help="Student: full4 / full6 (4 or 6 of the teacher's layers at its full width; "
+            "full4 is the default), a preset of its own width (tinybert4: the paper's 4L-312, "
+            "tinybert6, mini, tiny) or a JSON file of config fields."
         ),
     ] = None,
     init: Annotated[
@@ -173,7 +174,8 @@ def fit_cmd(
         str,
         Opt(
             help="Which teacher layers --init select copies: even | bottom (PKD) | mapped (the "
-            "layer each HSK target sits after). Default: as the cache's stored init, or even."
+            "layer each HSK target sits after). Default: as the cache's stored init, or bottom for "
+            "full4 / full6 and even for the others."
         ),
     ] = None,
     select: Annotated[

@@ -11,7 +11,7 @@ from hskcache.data import Columns, HFDataset, data_label
 from hskcache.devices import amp_problem, check_device
 from hskcache.errors import ConfigError, HskError
 from hskcache.hsk import SCORE_LAYERS, SELECTION_DEFAULTS, SelectionConfig
-from hskcache.shapes import student_shape
+from hskcache.shapes import DEFAULT_STUDENT, student_shape
 from hskcache.storage.localcache import parse_size
 from hskcache.storage.lock import local_path
 
@@ -76,14 +76,15 @@ class FitConfig:
     text_pair_column: str | None = None
     label_column: str | None = None
     max_length: int | None = None
-    student: str = "tinybert4"
+    student: str = DEFAULT_STUDENT
     init: str = "select"
     init_from: str | None = None  # teacher folder to select from (default: the cache's teacher)
     proj_init: str = "select"
     # which dims `--init select` keeps: prefix | importance (importance.py); None: as the
     # cache's stored init was selected, or prefix from a teacher folder
     select: str | None = None
-    # which teacher layers `--init select` copies: even | bottom | mapped; None: as stored, or even
+    # which teacher layers `--init select` copies: even | bottom | mapped; None: as stored, or
+    # the shape's own (bottom for full4 / full6, else even: shapes.default_layer_choice)
     layer_choice: str | None = None
     mode: str = "two-stage"
     hsk_epochs: int | None = None  # default: the paper's per task

@@ -1,9 +1,9 @@
 """`make demo`: the whole pipeline on the default teacher and GLUE SST-2, in a few minutes.
 
 Fine-tunes the MiniLM-L6 teacher on the first ROWS training rows, builds a `1l_10t_0.1h` cache
-from it, trains a TinyBERT4-shaped student selected from the teacher twice (CE on labels only,
-6 epochs, and distilled from the cache with the paper's two stages, 3 + 3), evaluates all three
-on the dev split, and times online vs offline KD steps. Data: $GLUE/SST-2 when that folder
+from it, trains `fit`'s default student (the teacher's bottom 4 layers) twice (CE on labels
+only, 6 epochs, and distilled from the cache with the paper's two stages, 3 + 3), evaluates all
+three on the dev split, and times online vs offline KD steps. Data: $GLUE/SST-2 when that folder
 exists, else the Hugging Face hub's GLUE when reachable, else a clear message.
 """
 
@@ -23,6 +23,7 @@ from hskcache.cliutil import quiet_transformers
 from hskcache.config import BuildConfig
 from hskcache.errors import ConfigError
 from hskcache.reader import open_cache
+from hskcache.shapes import DEFAULT_STUDENT
 from hskcache.teacher import default_teacher_path
 from hsktrain.config import FINETUNE_LR, FitConfig, finetune_config
 from hsktrain.evaluate import evaluate_checkpoint
@@ -87,7 +88,7 @@ def train_all(data: str, task: str | None) -> dict[str, float]:
         hsk="1l_10t_0.1h",
         overwrite=True,
     )
-    student = dict(student="tinybert4", init="select", init_from=teacher, dev_data=data)
+    student = dict(init="select", init_from=teacher, dev_data=data)  # fit's default student
     ce_cfg = FitConfig(
         out=str(OUT / "student-ce"),
         data=data,
@@ -121,9 +122,7 @@ def speed_probe(data: str, task: str | None) -> dict[str, float]:
         ("offline", {"cache": str(OUT / "cache-1l_10t_0.1h")}),
     ):
         out = OUT / f"speed-{name}"
-        cfg = FitConfig(
-            out=str(out), max_steps=30, mode="hsk", student="tinybert4", init_from=teacher, **extra
-        )
+        cfg = FitConfig(out=str(out), max_steps=30, mode="hsk", init_from=teacher, **extra)
         fit(cfg, show_progress=False)
         probes[name] = step_seconds(out)
     return probes
@@ -135,7 +134,7 @@ def summary(data: str, task: str | None, seconds: dict[str, float], probes: dict
         name: evaluate_checkpoint(path, data, task, "dev", None, None, 128, "cpu")
         for name, path in (
             ("teacher (MiniLM-L6, fine-tuned)", OUT / "teacher/best"),
-            ("student CE only (TinyBERT4 shape)", OUT / "student-ce/best"),
+            (f"student CE only ({DEFAULT_STUDENT})", OUT / "student-ce/best"),
             ("student 1l_10t_0.1h KD, offline", OUT / "student-kd/best"),
         )
     }

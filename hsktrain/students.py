@@ -19,7 +19,13 @@ from hskcache import assets
 from hskcache.assets import materialise
 from hskcache.errors import ConfigError, TeacherError
 from hskcache.importance import Ranking
-from hskcache.shapes import FULL_WIDTH, resolve_shape, student_shape
+from hskcache.shapes import (
+    DEFAULT_STUDENT,
+    FULL_WIDTH,
+    default_layer_choice,
+    resolve_shape,
+    student_shape,
+)
 from hskcache.teacher import check_model_folder, refuse_custom_code
 from hskcache.weight_selection import layer_subset, load_weights, select_into, student_config
 from hsktrain.config import INITS
@@ -89,7 +95,7 @@ def _build(init: str, source: str, shape, num_labels: int, ranking: Ranking | No
 def student_from_cache(
     cache,
     init: str = "select",
-    shape: str | dict = "tinybert4",
+    shape: str | dict = DEFAULT_STUDENT,
     num_labels: int | None = None,
     seed: int = 0,
     select: str | None = None,
@@ -128,7 +134,7 @@ def student_from_cache(
             )
         with tempfile.TemporaryDirectory(prefix="hsk-teacher-") as tmp:  # read, then dropped
             folder = assets.materialise(cache, section.teacher, Path(tmp))
-            layers = (layer_choice or "even", cache.info.selection.l_top)
+            layers = (layer_choice or default_layer_choice(shape), cache.info.selection.l_top)
             model, info = build_student(
                 "select", str(folder), shape, num_labels, seed, None, layers
             )

@@ -308,8 +308,8 @@ def test_python_md_examples_run(world, tmp_path, monkeypatch):
     mrpc = write_mrpc(tmp_path / "MRPC")
     swaps = {
         "caches/mrpc-1l_10t_0.1h": str(world["cache"]),
-        'student=["tinybert4"]': 'student=["tiny"], student_layers=2',
-        "tinybert4": "tiny",
+        'student=["full4"]': 'student=["tiny"], student_layers=2',
+        "full4": "tiny",
         "GLUE/MRPC": str(mrpc),
         "teacher/best": str(world["teacher"]),
     }

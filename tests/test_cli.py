@@ -199,7 +199,7 @@ def test_help_shows_real_defaults():
     assert "[default: 1l_10t_0.1h]" in build and "[default: attention-no-sep]" in build
     assert "[default: 2/3 of the teacher's depth]" in build  # what None means, in words
     fit = wide_help(train_app, "fit")
-    assert "[default: tinybert4]" in fit and "[default: 5e-05]" in fit
+    assert "[default: full4]" in fit and "[default: 5e-05]" in fit
     assert "[default: verify]" in fit and "[default: no-kept-only]" in fit  # bool flags too
     assert "[default: train]" in fit  # a default that FitConfig resolves after validation
     derive = wide_help(app, "derive")

@@ -167,16 +167,44 @@ def test_full_width_presets_take_the_teachers_width(tmp_path):
         "num_attention_heads": 4,
         "intermediate_size": 64,
     }
-    assert entry.teacher_layers == (0, 2, 3, 5)  # evenly spaced, first and last
+    assert entry.teacher_layers == (0, 1, 2, 3)  # a full-width subset's default: the bottom
     run = prepare(FitConfig(cache=cache.url, student="full4", out=str(tmp_path / "run")))
     from transformers import AutoModelForSequenceClassification
 
     full = AutoModelForSequenceClassification.from_pretrained(teacher).state_dict()
     s = run.model.state_dict()
-    for i, t in enumerate((0, 2, 3, 5)):  # each kept layer is the teacher's, whole
+    for i, t in enumerate((0, 1, 2, 3)):  # each kept layer is the teacher's, whole
         key = "bert.encoder.layer.{}.intermediate.dense.weight"
         assert torch.equal(s[key.format(i)], full[key.format(t)])
     assert isinstance(run.proj, torch.nn.Identity)  # same width: no projection to learn
+
+
+def test_the_default_student_is_full4_from_the_bottom_layers(tmp_path):
+    """Naming no student, the build stores fit's default (full4, the teacher's bottom layers)
+    and fit trains it; from a teacher folder fit selects the same layers. A narrower shape
+    keeps evenly spaced layers by default."""
+    from hskcache.shapes import DEFAULT_STUDENT, default_layer_choice
+    from hsktrain.config import FitConfig
+    from hsktrain.prepare import prepare
+
+    assert DEFAULT_STUDENT == "full4" and default_layer_choice("full4") == "bottom"
+    assert default_layer_choice("tinybert4") == default_layer_choice({"hidden_size": 8}) == "even"
+    data = write_sst2(tmp_path / "SST-2")
+    teacher = make_bert(tmp_path / "t", layers=6, hidden=32, heads=4)
+    kw = dict(hsk="1l_4t_0.25h", student_layers=4)
+    cache = open_cache(build_cache(make_cfg(data, tmp_path / "c", teacher, **kw), False))
+    assert list(cache.info.assets.students) == ["full4"]
+    assert cache.info.assets.students["full4"].teacher_layers == (0, 1, 2, 3)
+    for init_from in (None, str(teacher)):
+        cfg = FitConfig(cache=cache.url, init_from=init_from, out=str(tmp_path / "run"))
+        run = prepare(cfg)
+        assert (run.model.config.num_hidden_layers, run.model.config.hidden_size) == (4, 32)
+        assert run.record["student_init"]["teacher_layers"] == [0, 1, 2, 3]
+    narrow = {"num_hidden_layers": 4, "hidden_size": 16, "num_attention_heads": 2}
+    run = prepare(
+        FitConfig(cache=cache.url, init_from=str(teacher), student=narrow, out=str(tmp_path / "n"))
+    )
+    assert run.record["student_init"]["teacher_layers"] == [0, 2, 3, 5]
 
 
 def test_layer_choices():

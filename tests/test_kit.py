@@ -13,7 +13,7 @@ import torch
 from test_build import KILL_SCRIPT, files
 from typer.testing import CliRunner
 
-from conftest import write_sst2
+from conftest import make_bert, write_sst2
 from hskcache.build import build_cache
 from hskcache.cli import app as cache_app
 from hskcache.config import BuildConfig
@@ -259,6 +259,14 @@ def test_default_and_bad_students(tmp_path, sst2_dir, tiny_bert):
     assert (
         "no student init stored (no preset is 3 layers deep): add --student NAME_OR_JSON, or "
         "fit with --init random or --init-from TEACHER_DIR" in r.output.replace("\n", " ")
+    )
+    args = build_args(sst2_dir, make_bert(tmp_path / "t3", layers=3), tmp_path / "c4")
+    args[args.index("--student-layers") + 1] = "4"
+    r = runner.invoke(cache_app, args)
+    assert r.exit_code == 0, r.output
+    assert (
+        "no student init stored (the default 'full4' (4L, the teacher's width) cannot be "
+        "selected from this 3L-32H teacher)" in r.output.replace("\n", " ")
     )
     r = runner.invoke(
         cache_app, [*build_args(sst2_dir, tiny_bert, tmp_path / "d"), "--student", "mini"]

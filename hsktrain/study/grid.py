@@ -26,7 +26,7 @@ from hskcache.hsk import (
     hsk_name,
     parse_hsk,
 )
-from hskcache.shapes import student_shape
+from hskcache.shapes import DEFAULT_STUDENT, student_shape
 from hskcache.tasks import get_task
 from hsktrain.config import (
     FINETUNE_EPOCHS,
@@ -90,7 +90,7 @@ class Grid:
     finetune: bool = False  # fine-tune `teacher` once per task (kept under work/teachers)
     finetune_epochs: int = FINETUNE_EPOCHS
     finetune_lr: float = FINETUNE_LR
-    student: str = "tinybert4"
+    student: str = DEFAULT_STUDENT
     seeds: list[int] = field(default_factory=lambda: [0])
     hsk_epochs: int | None = None  # None: the paper's per task
     pred_epochs: int = 5

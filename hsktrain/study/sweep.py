@@ -443,7 +443,7 @@ class Context:
             device=self.grid.fit.get("device", "cpu"),
             # the stored init made as [fit] asks, so fit takes it instead of refusing it
             select=self.grid.fit.get("select") or "prefix",
-            layer_choice=self.grid.fit.get("layer_choice") or "even",
+            layer_choice=self.grid.fit.get("layer_choice"),
         )
         # a killed build's folder: this call computes its rest, so its seconds are not the
         # build's (the estimate leaves such rows out, the report counts them)
