@@ -252,22 +252,23 @@ def test_kill_then_resume_with_assets_is_byte_identical(tmp_path, sst2_dir, tiny
 
 def test_default_and_bad_students(tmp_path, sst2_dir, tiny_bert):
     runner = CliRunner()
-    args = build_args(sst2_dir, tiny_bert, tmp_path / "c")
-    args[args.index("--student-layers") + 1] = "3"
-    r = runner.invoke(cache_app, args)
-    assert r.exit_code == 0, r.output
-    assert (
-        "no student init stored (no preset is 3 layers deep): add --student NAME_OR_JSON, or "
-        "fit with --init random or --init-from TEACHER_DIR" in r.output.replace("\n", " ")
-    )
-    args = build_args(sst2_dir, make_bert(tmp_path / "t3", layers=3), tmp_path / "c4")
-    args[args.index("--student-layers") + 1] = "4"
-    r = runner.invoke(cache_app, args)
-    assert r.exit_code == 0, r.output
-    assert (
-        "no student init stored (the default 'full4' (4L, the teacher's width) cannot be "
-        "selected from this 3L-32H teacher)" in r.output.replace("\n", " ")
-    )
+    for teacher, depth, why in (
+        (tiny_bert, "3", "no preset is 3 layers deep"),
+        (
+            make_bert(tmp_path / "t3", layers=3),
+            "4",
+            "the default 'full4' (4L, the teacher's width) cannot be selected from this 3L-32H "
+            "teacher",
+        ),
+    ):
+        args = build_args(sst2_dir, teacher, tmp_path / f"c{depth}")
+        args[args.index("--student-layers") + 1] = depth
+        r = runner.invoke(cache_app, args)
+        assert r.exit_code == 0, r.output
+        assert (
+            f"no student init stored ({why}): add --student NAME_OR_JSON, or fit with --init "
+            "random or --init-from TEACHER_DIR" in r.output.replace("\n", " ")
+        )
     r = runner.invoke(
         cache_app, [*build_args(sst2_dir, tiny_bert, tmp_path / "d"), "--student", "mini"]
     )
