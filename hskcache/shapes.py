@@ -49,7 +49,7 @@ SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "inte
 # The student `fit` trains, and `build` stores an init for, when none is named. From a
 # BERT-base-sized teacher the 312-wide TinyBERT4 shape starts with none of its hidden states
 # and, selected any way, learned MRPC only over augmented rows and stayed under 95% of the
-# teacher on SST-2, where the teacher's bottom 4 layers at full width reached 98% of its MRPC F1
+# teacher on SST-2, where the teacher's bottom 4 layers at full width reached 95-98% of its MRPC F1
 # and 98-99% of its SST-2 accuracy (docs/studies.md, "The paper-scale study");
 # `--student tinybert4` is the paper's shape.
 DEFAULT_STUDENT = "full4"
