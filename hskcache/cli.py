@@ -43,6 +43,7 @@ CHUNK_2MIB = "~2 MiB chunks"
 
 def _build_defaults() -> dict:
     from hskcache.config import BuildConfig
+    from hskcache.shapes import DEFAULT_STUDENT
 
     return config_defaults(
         BuildConfig,
@@ -50,7 +51,7 @@ def _build_defaults() -> dict:
         l_top="2/3 of the teacher's depth",
         max_length="per task: 64 or 128",
         chunk_rows=CHUNK_2MIB,
-        student="full4 (or the preset --student-layers deep)",
+        student=f"{DEFAULT_STUDENT} (or the preset --student-layers deep)",
         layer_choice="bottom for full4 / full6, even for the others",
     )
 

@@ -150,9 +150,9 @@ def fit_cmd(
     student: Annotated[
         str,
         Opt(
-            help="Student: full4 / full6 (4 or 6 of the teacher's layers at its full width; "
-            "full4 is the default), a preset of its own width (tinybert4: the paper's 4L-312, "
-            "tinybert6, mini, tiny) or a JSON file of config fields."
+            help="Student: full4 / full6 (4 or 6 of the teacher's layers at its full width), a "
+            "preset of its own width (tinybert4: the paper's 4L-312, tinybert6, mini, tiny) or a "
+            "JSON file of config fields."
         ),
     ] = None,
     init: Annotated[
