@@ -510,7 +510,7 @@ def compare(
 
     def body() -> str:
         from hsktrain.outputs import output_file
-        from hsktrain.study.report import compare as compare_studies
+        from hsktrain.study.compare import compare as compare_studies
 
         path = out and output_file(out, "--out")
         md = compare_studies(studies)

@@ -15,6 +15,9 @@ from conftest import SENTENCES, make_bert, write_sst2
 from hskcache.errors import ConfigError, HskError, TeacherError
 from hskcache.reader import open_cache
 from hsktrain.config import FitConfig
+from hsktrain.study.arms import ArmResults
+from hsktrain.study.claims import why_missed
+from hsktrain.study.compare import compare
 from hsktrain.study.estimate import _teacher_rate, dry_run
 from hsktrain.study.grid import (
     Grid,
@@ -28,7 +31,7 @@ from hsktrain.study.grid import (
     resolve_tasks,
     task_limit,
 )
-from hsktrain.study.report import ArmResults, compare, why_missed, write_report
+from hsktrain.study.report import write_report
 from hsktrain.study.sweep import (
     finetuned_dir,
     finetuning_study,

@@ -63,7 +63,8 @@ BUILD_COLUMNS = [
 FLOOR = "floor"
 KEY = ("task", "teacher", "config", "seed")  # one run: a second row of it would count twice
 # logs.csv: how each run learned, from its metrics.jsonl (`sweep.log_summary` says what each is)
-LOG_COLUMNS = [*KEY, "hsk_start", "hsk_end", "dev_curve", "train_end"]
+HSK_SHARES = ("hsk_start", "hsk_end")  # the HSK loss as shares of an all-zero prediction's
+LOG_COLUMNS = [*KEY, *HSK_SHARES, "dev_curve", "train_end"]
 # what `hsktrain report` reads as numbers
 NUMBERS = {"seed": int, "teacher_depth": int, "hsk_fraction": float, "train_seconds": float}
 NUMBERS |= {f"dev_{m}": float for m in METRICS}
