@@ -15,23 +15,21 @@ from conftest import SENTENCES, make_bert, write_sst2
 from hskcache.errors import ConfigError, HskError, TeacherError
 from hskcache.reader import open_cache
 from hsktrain.config import FitConfig
+from hsktrain.study.anchors import read_anchors
 from hsktrain.study.arms import ArmResults
 from hsktrain.study.claims import why_missed
 from hsktrain.study.compare import compare
 from hsktrain.study.estimate import _teacher_rate, dry_run
-from hsktrain.study.grid import (
-    Grid,
+from hsktrain.study.grid import Grid, load_grid, parse_flags
+from hsktrain.study.report import write_report
+from hsktrain.study.runs import (
     TaskRef,
     checkpoint_sha,
     expand_grid,
-    load_grid,
-    parse_flags,
-    read_anchors,
     recipe,
     resolve_tasks,
     task_limit,
 )
-from hsktrain.study.report import write_report
 from hsktrain.study.sweep import (
     finetuned_dir,
     finetuning_study,
@@ -277,7 +275,7 @@ def test_rerun_skips_every_finished_run(tmp_path, tiny_bert, monkeypatch):
     class NewDefault(FitConfig):  # a later version of `fit` with another default
         warmup: float = 0.1
 
-    monkeypatch.setattr("hsktrain.study.grid.FitConfig", NewDefault)
+    monkeypatch.setattr("hsktrain.study.runs.FitConfig", NewDefault)
     with pytest.raises(ConfigError, match=r"recipe warmup=0\.0 \(this grid: warmup=0\.1\)"):
         run_sweep(grid, runner, show_progress=False, say=lambda _: None)
 

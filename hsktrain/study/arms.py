@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hskcache.errors import HskError
 from hsktrain.metrics import METRICS
-from hsktrain.study.grid import config_rows
+from hsktrain.study.runs import config_rows
 from hsktrain.study.tables import FLOOR, results_table
 
 AXES = ("depth", "length", "width")

@@ -13,7 +13,8 @@ import statistics
 
 from hsktrain.metrics import learned_nothing, main_metric
 from hsktrain.study.arms import AXES, CURVE_BY, ArmResults, arm_order, baseline, curves_on, full_arm
-from hsktrain.study.grid import TARGETS, plain_config
+from hsktrain.study.grid import TARGETS
+from hsktrain.study.runs import plain_config
 from hsktrain.study.tables import HSK_SHARES
 
 

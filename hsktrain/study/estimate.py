@@ -17,16 +17,8 @@ from hskcache.data import load_split
 from hskcache.shapes import student_shape
 from hsktrain.checkpoint import read_state
 from hsktrain.config import FitConfig
-from hsktrain.study.grid import (
-    Grid,
-    Rows,
-    RunSpec,
-    TaskRef,
-    config_rows,
-    epochs,
-    rows_limit,
-    task_limit,
-)
+from hsktrain.study.grid import Grid
+from hsktrain.study.runs import Rows, RunSpec, TaskRef, config_rows, epochs, rows_limit, task_limit
 from hsktrain.study.sweep import (
     Context,
     base_teacher,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hsktrain.metrics import METRICS, ONE_ANSWER_MARGIN, main_metric
 from hsktrain.outputs import output_file
+from hsktrain.study.anchors import read_anchors
 from hsktrain.study.arms import (
     AXES,
     ArmResults,
@@ -36,7 +37,8 @@ from hsktrain.study.claims import (
     claims,
     why_missed,
 )
-from hsktrain.study.grid import config_rows, parse_recipe, read_anchors, read_targets
+from hsktrain.study.grid import read_targets
+from hsktrain.study.runs import config_rows, parse_recipe
 from hsktrain.study.tables import FLOOR, HSK_SHARES, builds_table, logs_table
 
 

@@ -41,10 +41,9 @@ from hskcache.teacher import default_teacher_path, load_teacher
 from hsktrain.checkpoint import can_resume
 from hsktrain.config import FitConfig, finetune_config
 from hsktrain.metrics import METRICS, main_metric, one_answer_scores
-from hsktrain.study.grid import (
-    WORK,
+from hsktrain.study.grid import WORK, Grid
+from hsktrain.study.runs import (
     Arm,
-    Grid,
     Rows,
     RunSpec,
     TaskRef,

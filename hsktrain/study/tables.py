@@ -16,7 +16,8 @@ from hskcache import __version__
 from hskcache.data import utf8_text
 from hskcache.errors import ConfigError, DataFormatError, HskError
 from hsktrain.metrics import METRICS
-from hsktrain.study.grid import Grid, RunSpec, epochs, parse_recipe, recipe, rows_limit
+from hsktrain.study.grid import Grid
+from hsktrain.study.runs import RunSpec, epochs, parse_recipe, recipe, rows_limit
 
 COLUMNS = [
     "task",
