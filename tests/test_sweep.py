@@ -1247,6 +1247,14 @@ def test_report_judges_the_studys_targets_and_shows_how_arms_learned(tmp_path):
     # fewer than 3 seeds: said; a bad [targets]: refused by name
     table.path.write_text("\n".join(table.path.read_text().splitlines()[:-1]) + "\n")
     assert "- 2 seeds so far: a target is judged on 3" in write_report(study).read_text()
+    # a miss under 0.05 points is printed to two decimals, not as "missed by 0.0"
+    (study / "study.toml").write_text(
+        'study = "s"\ntasks = ["SST-2"]\n[targets]\narm = "1l_10t_0.1h"\nwithin_full = 0.0146\n'
+    )
+    assert (
+        "- within 1.46 points of full HSK (>= 0.8054): 0.8050 +- 0.0071 (n=2): **missed by 0.04 "
+        "points**\n"
+    ) in write_report(study).read_text()
     # a bound set from CE-only above the teacher's own score (0.9): said, with the miss
     (study / "study.toml").write_text(
         'study = "s"\ntasks = ["SST-2"]\n[targets]\narm = "1l_10t_0.1h"\nover_ce = 0.25\n'

@@ -33,6 +33,11 @@ def _spread(a: ArmResults, b: ArmResults, metric: str) -> str:
     return f"difference {'inside' if inside else 'outside'} the seeds' spread ({max(s):.4f})"
 
 
+def _points(x: float) -> str:
+    """`1.8`, or `0.04` where one decimal would read as a miss of nothing."""
+    return f"{x:.1f}" if round(x, 1) else f"{x:.2f}"
+
+
 def claim_compressed(arms: list[ArmResults], metric: str) -> tuple[str, list[str]]:
     full = full_arm(arms)
     small = [
@@ -228,7 +233,7 @@ def check_targets(
         missed |= got < bound
         spread = max((x for x in (arm.std(metric), ref and ref.std(metric)) if x), default=0.0)
         verdict = (
-            f"**missed by {100 * (bound - got):.1f} points**"
+            f"**missed by {_points(100 * (bound - got))} points**"
             if got < bound
             else "met inside the seeds' spread"
             if got - bound < spread
