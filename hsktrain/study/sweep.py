@@ -1,6 +1,7 @@
 """`hsktrain sweep`: a study grid (HSK configs x seeds x tasks), run a piece at a time.
 
-Features (the grid is in grid.py, the tables in tables.py, the dry run in estimate.py):
+Features (the grid is in grid.py, its runs in runs.py, the tables in tables.py, the dry run in
+estimate.py):
 one largest cache built per (teacher, task, length strategy, width family, l_top),
 the rest cut out of it by `hskcache derive` (a direct build when a cut is not exact); results
 appended to `STUDY/results.csv` one flushed row per run, so a rerun skips every (task, teacher,
