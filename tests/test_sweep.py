@@ -30,15 +30,9 @@ from hsktrain.study.runs import (
     resolve_tasks,
     task_limit,
 )
-from hsktrain.study.sweep import (
-    finetuned_dir,
-    finetuning_study,
-    log_summary,
-    plan_sweep,
-    run_sweep,
-    teacher_depth,
-)
+from hsktrain.study.sweep import log_summary, plan_sweep, run_sweep
 from hsktrain.study.tables import builds_table, logs_table, results_table
+from hsktrain.study.teachers import finetuned_dir, finetuning_study, teacher_depth
 from hsktrain.train import train_step
 
 SST2 = TaskRef("sst2", "SST-2", 64)

@@ -14,11 +14,12 @@ import pytest
 from conftest import make_bert, write_sst2
 from hskcache.errors import ConfigError
 from hskcache.reader import open_cache
+from hsktrain.study.caches import cache_plan
 from hsktrain.study.estimate import dry_run
 from hsktrain.study.grid import Grid, load_grid, parse_flags
 from hsktrain.study.report import write_report
 from hsktrain.study.runs import Rows, config_rows
-from hsktrain.study.sweep import cache_plan, plan_sweep, run_sweep, train_run
+from hsktrain.study.sweep import plan_sweep, run_sweep, train_run
 from hsktrain.study.tables import builds_table, results_table
 
 PLAIN = "1l_2t_0.5h/attention-no-sep/magnitude/l_top1"

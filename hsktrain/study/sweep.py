@@ -1,7 +1,7 @@
 """`hsktrain sweep`: a study grid (HSK configs x seeds x tasks), run a piece at a time.
 
-Features (the grid is in grid.py, its runs in runs.py, the tables in tables.py, the dry run in
-estimate.py):
+Features (the grid is in grid.py, its runs in runs.py, teacher lookups in teachers.py, cache
+plans in caches.py, the tables in tables.py, the dry run in estimate.py):
 one largest cache built per (teacher, task, length strategy, width family, l_top),
 the rest cut out of it by `hskcache derive` (a direct build when a cut is not exact); results
 appended to `STUDY/results.csv` one flushed row per run, so a rerun skips every (task, teacher,
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -33,18 +32,16 @@ from hskcache.config import BuildConfig, DeriveConfig
 from hskcache.data import load_split
 from hskcache.derive import derive_cache
 from hskcache.devices import device_name
-from hskcache.errors import ConfigError, HskError, TeacherError
-from hskcache.hsk import default_l_top, hsk_name
+from hskcache.errors import ConfigError, HskError
+from hskcache.hsk import default_l_top
 from hskcache.reader import open_cache
 from hskcache.shapes import student_shape
-from hskcache.tasks import get_task
-from hskcache.teacher import default_teacher_path, load_teacher
 from hsktrain.checkpoint import can_resume
 from hsktrain.config import FitConfig, finetune_config
 from hsktrain.metrics import METRICS, main_metric, one_answer_scores
-from hsktrain.study.grid import WORK, Grid
+from hsktrain.study.caches import CachePlan, cache_plan, family_source
+from hsktrain.study.grid import Grid
 from hsktrain.study.runs import (
-    Arm,
     Rows,
     RunSpec,
     TaskRef,
@@ -66,6 +63,15 @@ from hsktrain.study.tables import (
     results_table,
     split_done,
 )
+from hsktrain.study.teachers import (
+    TUNED,
+    TeacherRef,
+    base_teacher,
+    finetuned_dir,
+    teacher_depth,
+    teacher_key,
+    teacher_name,
+)
 from hsktrain.train import FitResult, fit
 
 # --- teachers and caches ----------------------------------------------------------------------
@@ -81,77 +87,6 @@ def work_lock(grid: Grid, name: str) -> Iterator[None]:
     with (locks / f"{name}.lock").open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
-
-
-TEACHERS = "teachers"  # under a study's work folder: one fine-tuned teacher per task
-TUNED = "teacher.json"  # beside a fine-tuned teacher's best/: written last, so it marks one done
-
-
-@dataclass
-class TeacherRef:
-    path: str | None  # the folder caches are built from (None: not fine-tuned yet)
-    key: str | None  # "name@sha12": the table's teacher column
-    depth: int
-
-
-def base_teacher(grid: Grid) -> str:
-    return grid.teacher or str(default_teacher_path())
-
-
-def teacher_depth(path: str) -> int:
-    """The teacher's layer count, from its config alone (no weights loaded).
-
-    Raises:
-        TeacherError: not a model folder or name; a missing folder another study fine-tunes
-            names the command that makes it.
-    """
-    study = finetuning_study(path)
-    if study is not None and not Path(path).exists():
-        config = study / "study.toml"
-        how = f"--config {config}" if config.is_file() else f"--study {study} ..."
-        raise TeacherError(
-            f"teacher {path}: no such folder; the study {study} fine-tunes it: "
-            f"hsktrain sweep {how} --prepare"
-        )
-    try:
-        # lazy: transformers takes seconds to import; commands that load no model skip it
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(path, trust_remote_code=False).num_hidden_layers
-    except (OSError, ValueError) as e:
-        raise TeacherError(f"teacher {path}: cannot read its config ({e})") from e
-
-
-def teacher_name(path: str, finetuned: bool) -> str:
-    """A short, readable name: the folder's, or its parent's for `model`, `best`, `last`."""
-    p = Path(path)
-    name = p.parent.name if p.name in ("model", "best", "last") else p.name
-    return f"{name}+ft" if finetuned else name
-
-
-def teacher_key(path: str, task: str, name: str) -> str:
-    """`name@sha12`, the sha being the weights' as `hskcache build` records them (a head the
-    checkpoint lacks is seeded as a build seeds it)."""
-    num_labels = get_task(task).num_labels
-    sha = load_teacher(path, num_labels, "cpu", "float32", 0).weights_sha256
-    return f"{name}@{sha[:12]}"
-
-
-def finetuned_dir(grid: Grid, task: TaskRef, base: str) -> Path:
-    return grid.work / TEACHERS / f"{task.name}-{teacher_name(base, False)}"
-
-
-def finetuning_study(path: str) -> Path | None:
-    """The study whose own work folder holds `path` as a fine-tuned teacher (the inverse of
-    `finetuned_dir` for a grid without `workdir`), so a study reusing another's teacher can
-    name the study that makes it; None for any other path."""
-    parts = Path(path).parts
-    if TEACHERS not in parts:
-        return None
-    i = parts.index(TEACHERS)
-    if i < 2 or parts[i - 1] != WORK:
-        return None
-    return Path(*parts[: i - 1])
 
 
 def resolve_teacher(grid: Grid, task: TaskRef, base: str, ctx: Context | None) -> TeacherRef:
@@ -291,68 +226,6 @@ def _teacher_row(
 
 def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
-@dataclass(frozen=True)
-class CachePlan:
-    """One cache a study trains from: its selection, with real strategy names (what `hskcache
-    build` takes), and its rows. Frozen, so runs that need the same cache share it and a family
-    of caches cut from one source is a dict key; `_build` / `_derive` turn it into the
-    command's own selection settings."""
-
-    layers: int
-    tokens: int
-    width: float
-    length: str
-    width_strategy: str
-    l_top: int
-    rows: Rows = Rows()
-
-    def hsk(self, all_layers: int, all_tokens: int) -> str:
-        return hsk_name(self.layers, self.tokens, self.width, all_layers, all_tokens)
-
-    @property
-    def family(self) -> tuple:
-        """Caches one source can be cut into: same rows, token order and depth map; magnitude
-        dims from a wider magnitude cache, fixed masks (and full width) from a full-width one."""
-        per_token = self.width_strategy == "magnitude" and self.width < 1
-        return (self.length, "magnitude" if per_token else "fixed", self.l_top, self.rows)
-
-
-def cache_plan(arm: Arm) -> CachePlan:
-    """The arm's cache selection. An online (per-batch threshold) arm trains without a cache;
-    its selection is its per-token magnitude twin's, whose cache gives the run's rows and HSK
-    fraction (both keep the same share of values: top-k per token, or over the batch)."""
-    length = "left" if arm.length == "-" else arm.length
-    wstrat = "magnitude" if arm.width_strategy == "-" or arm.online else arm.width_strategy
-    return CachePlan(arm.layers, arm.tokens, arm.width, length, wstrat, arm.l_top, arm.rows)
-
-
-# A cache folder's extra rows, as `Context.cache_dir` appends them (`-augment4+labelled8000`)
-CACHE_ROWS = re.compile(r"-(augment|labelled)\d+(\+(augment|labelled)\d+)*$")
-
-
-def plain_cache_name(name: str) -> str:
-    """A cache folder's name (`Context.cache_dir`) less its extra rows: the selection its
-    variants share (`full-left-magnitude-l_top8-augment4` -> `full-left-magnitude-l_top8`)."""
-    return CACHE_ROWS.sub("", name)
-
-
-def family_source(members: list[CachePlan]) -> CachePlan:
-    """The one cache a family is cut from: the most layers, tokens and width any member keeps
-    (full width for fixed masks: a subset of every mask)."""
-    m0 = members[0]
-    per_token = m0.family[1] == "magnitude"
-    width = max(m.width for m in members) if per_token else 1.0
-    return CachePlan(
-        max(m.layers for m in members),
-        max(m.tokens for m in members),
-        width,
-        m0.length,
-        "magnitude",
-        m0.l_top,
-        m0.rows,
-    )
 
 
 @dataclass
