@@ -34,7 +34,6 @@ from hskcache.importance import (
     first_rows,
 )
 from hskcache.reader import Cache, open_cache
-from hskcache.shapes import default_layer_choice
 from hskcache.targets import Batch, plan_selection
 from hskcache.tasks import TASKS
 from hskcache.teacher import (
@@ -217,8 +216,7 @@ def make_student(cfg: FitConfig, r: FitRows) -> tuple[nn.Module, dict]:
         ranking = None
         if cfg.init == "select" and cfg.select == "importance":
             ranking = _ranking(r.init_from, r.source, r.num_labels, cfg.seed)
-        choice = cfg.layer_choice or default_layer_choice(cfg.student)
-        layers = (choice, info.selection.l_top if info else cfg.l_top)
+        layers = (cfg.layer_choice, info.selection.l_top if info else cfg.l_top)
         model, init_info = build_student(
             cfg.init, r.init_from, cfg.student, r.num_labels, cfg.seed, ranking, layers
         )

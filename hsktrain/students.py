@@ -38,7 +38,7 @@ def build_student(
     num_labels: int,
     seed: int,
     ranking: Ranking | None = None,
-    layers: tuple[str, int | None] = ("even", None),
+    layers: tuple[str | None, int | None] = (None, None),
 ):
     """Build a student model.
 
@@ -50,7 +50,8 @@ def build_student(
         num_labels: the task's labels.
         seed: seeds the fresh parameters.
         ranking: with `select`, keep the most active dims (importance.py), not the first ones.
-        layers: with `select`, (layer choice, l_top) for `layer_subset`.
+        layers: with `select`, (layer choice, l_top) for `layer_subset`; a choice of None is
+            the shape's own (`default_layer_choice`: bottom for full4 / full6, else even).
 
     Returns:
         (model, info) where info records the init for the run's config.
@@ -84,7 +85,10 @@ def _build(init: str, source: str, shape, num_labels: int, ranking: Ranking | No
         state = load_weights(source)
         choice, l_top = layers
         kept = layer_subset(
-            teacher_config.num_hidden_layers, model.config.num_hidden_layers, choice, l_top
+            teacher_config.num_hidden_layers,
+            model.config.num_hidden_layers,
+            choice or default_layer_choice(shape),
+            l_top,
         )
         info["teacher_layers"], _ = select_into(model, state, teacher_config, ranking, kept)
         if ranking is not None:  # the projection starts from the kept channels
@@ -134,7 +138,7 @@ def student_from_cache(
             )
         with tempfile.TemporaryDirectory(prefix="hsk-teacher-") as tmp:  # read, then dropped
             folder = assets.materialise(cache, section.teacher, Path(tmp))
-            layers = (layer_choice or default_layer_choice(shape), cache.info.selection.l_top)
+            layers = (layer_choice, cache.info.selection.l_top)
             model, info = build_student(
                 "select", str(folder), shape, num_labels, seed, None, layers
             )
