@@ -46,12 +46,12 @@ def cache_plan(arm: Arm) -> CachePlan:
     return CachePlan(arm.layers, arm.tokens, arm.width, length, wstrat, arm.l_top, arm.rows)
 
 
-# A cache folder's extra rows, as `sweep.Context.cache_dir` appends them (`-augment4+labelled8000`)
+# A cache folder's extra rows, as `Context.cache_dir` appends them (`-augment4+labelled8000`)
 CACHE_ROWS = re.compile(r"-(augment|labelled)\d+(\+(augment|labelled)\d+)*$")
 
 
 def plain_cache_name(name: str) -> str:
-    """A cache folder's name (`sweep.Context.cache_dir`) less its extra rows: the selection its
+    """A cache folder's name (`Context.cache_dir`) less its extra rows: the selection its
     variants share (`full-left-magnitude-l_top8-augment4` -> `full-left-magnitude-l_top8`)."""
     return CACHE_ROWS.sub("", name)
 

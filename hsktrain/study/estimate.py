@@ -18,9 +18,10 @@ from hskcache.shapes import student_shape
 from hsktrain.checkpoint import read_state
 from hsktrain.config import FitConfig
 from hsktrain.study.caches import cache_plan, family_source, plain_cache_name
+from hsktrain.study.context import Context
 from hsktrain.study.grid import Grid
 from hsktrain.study.runs import Rows, RunSpec, TaskRef, config_rows, epochs, rows_limit, task_limit
-from hsktrain.study.sweep import Context, plan_sweep
+from hsktrain.study.sweep import plan_sweep
 from hsktrain.study.tables import builds_table, results_table
 from hsktrain.study.teachers import base_teacher
 from hsktrain.train import fit
