@@ -47,13 +47,19 @@ def load_from_disk(path: Path):
         ) from e
 
 
+def _hub_split(spec: TaskSpec, split: str) -> str:
+    """A split as the hub's datasets name it: `dev` is `validation`, MNLI's are `_matched`."""
+    name = {"dev": "validation"}.get(split, split)
+    if spec.name == "mnli" and name in ("validation", "test"):
+        name += "_matched"
+    return name
+
+
 def _dataset_split(data, spec: TaskSpec, split: str, where: str):
     """The split of a `DatasetDict` named as the hub names it; a `Dataset` is its own split."""
     if type(data).__name__ != "DatasetDict":
         return data, where
-    name = {"dev": "validation"}.get(split, split)
-    if spec.name == "mnli" and name in ("validation", "test"):
-        name += "_matched"
+    name = _hub_split(spec, split)
     if name not in data:
         raise DataFormatError(
             where, f"no split '{name}'; the DatasetDict holds {list(data)}; choose one with --split"
@@ -105,9 +111,7 @@ def from_hub(name: str, spec: TaskSpec, columns: Columns, split: str) -> Example
     import datasets
 
     repo = "nyu-mll/glue" if name == "glue" else name
-    hub_split = {"dev": "validation"}.get(split, split)
-    if spec.name == "mnli" and hub_split in ("validation", "test"):
-        hub_split += "_matched"
+    hub_split = _hub_split(spec, split)
     try:
         ds = datasets.load_dataset(repo, spec.hf_name or None, split=hub_split)
     except Exception as e:  # the hub raises many types; all mean "cannot load"
