@@ -35,7 +35,7 @@ from hskcache.errors import ConfigError
 from hskcache.reader import Cache, open_cache
 from hskcache.shapes import student_shape
 from hsktrain.batch import from_cache
-from hsktrain.bench.step import make_teacher, synthetic_cache, synthetic_sst2
+from hsktrain.bench.inputs import make_teacher, synthetic_cache, synthetic_sst2
 from hsktrain.bench.timer import every_epoch, machine, sync, time_steps
 from hsktrain.bench.verdict import verdicts
 from hsktrain.config import FitConfig

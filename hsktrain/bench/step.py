@@ -1,6 +1,6 @@
 """`hsktrain bench step`: online vs offline KD step time, reader stall, build throughput, cache
-size, and `fit`'s peak memory, all measured in one process and one run (docs/benchmarks.md);
-with `remote`, the reader's stall with the same cache on object storage (`remote.py`).
+size, and `fit`'s peak memory (`memory.py`), all measured in one run (docs/benchmarks.md); with
+`remote`, the reader's stall with the same cache on object storage (`remote.py`).
 
 Step times are medians after warm-up, on identical shapes: every synthetic row is exactly `seq`
 tokens, so the step kinds see the same batch shapes. The kinds are timed in interleaved rounds
@@ -14,28 +14,26 @@ random weights (labelled so); the `mpnet-tinybert4` preset times the real BERT-b
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from hskcache.build import build_cache
-from hskcache.config import BuildConfig, DeriveConfig
+from hskcache.config import DeriveConfig
 from hskcache.data import load_split
 from hskcache.derive import derive_cache
 from hskcache.devices import amp_problem
-from hskcache.errors import ConfigError, TeacherError
+from hskcache.errors import ConfigError
 from hskcache.inspect import describe, floor_bytes
 from hskcache.reader import open_cache
 from hskcache.shapes import student_shape
-from hskcache.teacher import default_teacher_path, load_teacher
+from hskcache.teacher import load_teacher
 from hskcache.tokenize import tokenize
+from hsktrain.bench.inputs import make_teacher, synthetic_cache, synthetic_sst2
+from hsktrain.bench.memory import rss_probe
 from hsktrain.bench.remote import remote_stall
 from hsktrain.bench.timer import (
     data_order_batches,
@@ -49,32 +47,6 @@ from hsktrain.bench.timer import (
 from hsktrain.bench.verdict import verdicts
 from hsktrain.config import FitConfig
 from hsktrain.prepare import prepare
-
-TEACHERS = {  # random-weight teacher shapes; None = a real pretrained teacher (`real_teacher`)
-    "bert-base": {
-        "num_hidden_layers": 12,
-        "hidden_size": 768,
-        "num_attention_heads": 12,
-        "intermediate_size": 3072,
-    },
-    "tiny": {
-        "num_hidden_layers": 2,
-        "hidden_size": 32,
-        "num_attention_heads": 4,
-        "intermediate_size": 64,
-    },
-    "minilm-shape": {  # MiniLM-L6's shape (the demo's teacher): `bench reader`'s caches
-        "num_hidden_layers": 6,
-        "hidden_size": 384,
-        "num_attention_heads": 12,
-        "intermediate_size": 1536,
-    },
-    "minilm": None,
-    "mpnet": None,
-}
-# The real 12L-768 MPNet, assembled by `make mpnet` (relative to the repository root, where
-# `make bench-mpnet` runs).
-MPNET_DIR = Path("models/all-mpnet-base-v2")
 
 
 @dataclass(frozen=True)
@@ -147,58 +119,6 @@ class StepBenchConfig:
         return p if self.batch is None else replace(p, batch=self.batch)
 
 
-def make_teacher(kind: str, folder: Path, seed: int = 0) -> tuple[str, bool]:
-    """A teacher folder for `kind`; returns (path, random_weights)."""
-    # lazy: transformers takes seconds to import; commands that load no model skip it
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    if TEACHERS[kind] is None:
-        return real_teacher(kind), False
-    # BERT uncased, 30522
-    tok = AutoTokenizer.from_pretrained(default_teacher_path(), trust_remote_code=False)
-    config = BertConfig(
-        vocab_size=tok.vocab_size, max_position_embeddings=512, num_labels=2, **TEACHERS[kind]
-    )
-    torch.manual_seed(seed)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder), True
-
-
-def real_teacher(kind: str) -> str:
-    """The folder of a real pretrained teacher: the MiniLM-L6 package, or the assembled MPNet.
-
-    Raises:
-        TeacherError: the MPNet folder is missing (one line naming `make mpnet`).
-    """
-    if kind == "minilm":
-        return str(default_teacher_path())
-    if not (MPNET_DIR / "config.json").is_file():
-        raise TeacherError(
-            f"{MPNET_DIR}: no MPNet teacher there (no config.json); run `make mpnet` in the "
-            "repository root first (it assembles all-mpnet-base-v2 from PyPI, about 420 MB)"
-        )
-    return str(MPNET_DIR)
-
-
-def synthetic_sst2(folder: Path, rows: int, seq: int, seed: int = 0) -> str:
-    """SST-2-format rows of random vocabulary words, each longer than `seq` tokens."""
-    # lazy: transformers takes seconds to import; commands that load no model skip it
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(default_teacher_path(), trust_remote_code=False)
-    vocab = tok.get_vocab()
-    words = sorted(w for w in vocab if w.isalpha() and w.islower() and len(w) > 2)
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = ["sentence\tlabel"] + [
-        " ".join(rng.choice(words, seq)) + f"\t{rng.integers(2)}" for _ in range(rows)
-    ]
-    for split in ("train", "dev"):
-        (folder / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    return str(folder)
-
-
 def bare_forward_timer(
     teacher_path: str, data: str, rows: int, seq: int, batch: int, device: str, amp: str = "none"
 ) -> Callable[[], float]:
@@ -208,77 +128,6 @@ def bare_forward_timer(
     teacher = load_teacher(teacher_path, 2, device, amp=amp)
     enc = tokenize(teacher.tokenizer, load_split(data, "sst2", "train", limit=rows), seq)
     return forward_timer(teacher, enc, data_order_batches(rows, batch), device)
-
-
-# Peak RSS read inside the child. Not getrusage's ru_maxrss: Linux carries it across fork+exec,
-# so a child of this (BERT-base-holding) process would report the parent's peak.
-_PEAK = """
-import runpy, sys
-sys.argv = ["hsktrain"] + sys.argv[1:]
-try:
-    runpy.run_module("hsktrain.cli", run_name="__main__")
-finally:
-    hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")]
-    print("PEAK_RSS_KB", hwm[0].split()[1], file=sys.stderr)
-"""
-
-
-def peak_rss_mb(cache: str, out: str) -> float:
-    """Peak RSS (VmHWM) of a one-epoch `hsktrain fit` on `cache`, in a fresh process."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _PEAK,
-            "fit",
-            "--cache",
-            cache,
-            "--out",
-            out,
-            "--student",
-            "tiny",
-            "--mode",
-            "hsk",
-            "--hsk-epochs",
-            "1",
-            "--no-verify",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    for line in proc.stderr.splitlines():
-        if line.startswith("PEAK_RSS_KB"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"fit for the RSS probe failed: {proc.stderr[-1000:]}")
-
-
-def rss_probe(work: Path, rows: int) -> dict:
-    """`fit`'s peak RSS over one epoch of a cache and of one 10x its size.
-
-    The probe caches hold the full HSK of a tiny random teacher at seq 128 (about 25 KB a row,
-    so the 10x cache is ~0.5 GB) because only the reader's memory is in question here.
-    """
-    teacher, _ = make_teacher("tiny", work / "rss-teacher")
-    data = synthetic_sst2(work / "rss-data", rows * 10, 128)
-    out = {}
-    for label, n in (("small", rows), ("large", rows * 10)):
-        cache = work / f"rss-cache-{label}"
-        synthetic_cache(
-            data,
-            cache,
-            teacher,
-            hsk="full",
-            max_length=128,
-            student_layers=2,
-            limit=n,
-            l_top=2,
-            batch_size=256,
-        )
-        out[f"{label}_rows"] = n
-        out[f"{label}_mb"] = peak_rss_mb(str(cache), str(work / f"rss-run-{label}"))
-    out["growth"] = out["large_mb"] / out["small_mb"] - 1
-    return out
 
 
 def run_step_bench(cfg: StepBenchConfig) -> dict:
@@ -484,15 +333,3 @@ def step_figures(rounds: dict[str, list[tuple[float, float]]]) -> dict:
     for name, (num, den) in RATIOS.items():
         out[name] = step[num][0] / step[den][0]
     return out
-
-
-def synthetic_cache(data: str, out: Path, teacher: str, timings: dict | None = None, **fields):
-    """`hskcache build` of the synthetic rows `data` into `out` (overwritten), no progress bars;
-    `fields` are the BuildConfig's other settings."""
-    build_cache(
-        BuildConfig(
-            data=data, task="sst2", out=str(out), teacher=teacher, overwrite=True, **fields
-        ),
-        show_progress=False,
-        timings=timings,
-    )
