@@ -19,13 +19,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hskcache.errors import CacheError, HskError
-from hskcache.manifest import MANIFEST_KEY, ManifestView, compute_identity
+from hskcache.manifest import MANIFEST_KEY
 from hskcache.names import check_key
 from hskcache.progress import bytes_bar
-from hskcache.reader import open_cache
 from hskcache.storage import location as storage
 from hskcache.storage.location import (
     Location,
@@ -37,6 +36,7 @@ from hskcache.storage.location import (
 from hskcache.storage.lock import LOCK_KEY, BuildLock
 from hskcache.storage.objects import ROOT_KEY
 from hskcache.storage.remote import short_error
+from hskcache.storage.source import Source, check_local_source, mismatch, open_source
 from hskcache.verify import verify_cache
 
 PARTIAL = ".partial"  # suffix of local temp files; leftovers of a killed run are removed
@@ -55,81 +55,6 @@ class Report:
     already_there: bool = False
 
 
-@dataclass
-class _Source:
-    loc: Location
-    root_bytes: bytes
-    manifest: dict
-    info: ManifestView  # the same manifest, typed
-    md5: dict[str, str] = field(default_factory=dict)  # local sources only: for ETag checks
-
-    @property
-    def table(self) -> dict[str, dict]:
-        """The objects table as JSON records: compared as-is with a destination's."""
-        return self.manifest["objects"]
-
-
-def _mismatch(where: str, key: str, want: dict, sha: str, n: int) -> str | None:
-    if n != want["bytes"]:
-        return f"{where}: object '{key}' has {n} bytes, the manifest records {want['bytes']}"
-    if sha != want["sha256"]:
-        return (
-            f"{where}: object '{key}' does not match its recorded sha256 (altered, or swapped "
-            "with another)"
-        )
-    return None
-
-
-def open_source(url: str) -> _Source:
-    """A complete cache to copy from, with the exact root bytes that will be written last.
-
-    Raises:
-        CacheError: no cache, an incomplete one, or a manifest that fails its own identity.
-    """
-    loc = locate(url)
-    try:
-        root_bytes = loc.fs.cat_file(loc.path(ROOT_KEY))
-    except FileNotFoundError:
-        root_bytes = None
-    except Exception as e:
-        raise HskError(f"{url}: cannot read ({short_error(e)})") from e
-    cache = open_cache(url)  # refuses no cache, another format, a bad manifest, incomplete
-    manifest = json.loads(root_bytes)["attributes"][MANIFEST_KEY] if root_bytes else None
-    if manifest != cache.manifest:
-        raise CacheError(f"{url}: the cache changed while being opened; retry")
-    if compute_identity(manifest) != cache.info.identity:
-        raise CacheError(
-            f"{url}: manifest identity does not match its teacher/data/selection fields; run "
-            "`hskcache verify` on it"
-        )
-    return _Source(loc, root_bytes, manifest, cache.info)
-
-
-def check_local_source(src: _Source) -> None:
-    """Hash every object of a local source against the table (and keep each MD5 for the ETag
-    checks); a remote source is checked object by object as it downloads instead.
-
-    Raises:
-        CacheError: naming the first object that is missing or does not match.
-    """
-    loc = src.loc
-    if not loc.local:
-        return
-    with ThreadPoolExecutor(4) as pool:
-        jobs = {k: pool.submit(digest, object_blocks(loc.fs, loc.path(k), 0)) for k in src.table}
-    for key, job in jobs.items():
-        try:
-            sha, md5, n = job.result()
-        except FileNotFoundError:
-            raise CacheError(
-                f"{loc.url}: object '{key}' is missing; run `hskcache verify` on it"
-            ) from None
-        problem = _mismatch(loc.url, key, src.table[key], sha, n)
-        if problem:
-            raise CacheError(f"{problem}; run `hskcache verify` on it, rebuild it if damaged")
-        src.md5[key] = md5
-
-
 def _manifest_in(root_bytes: bytes) -> dict | None:
     try:
         doc = json.loads(root_bytes)
@@ -143,7 +68,7 @@ class Transfer:
     """One copy of `src` to `dst`; `run()` does it, `copy_object` moves one object."""
 
     def __init__(
-        self, src: _Source, dst: Location, jobs: int, overwrite: bool, break_lock: bool = False
+        self, src: Source, dst: Location, jobs: int, overwrite: bool, break_lock: bool = False
     ):
         if jobs < 1:
             raise HskError(f"--jobs {jobs}: must be >= 1")
@@ -222,7 +147,7 @@ class Transfer:
         if md5 and md5 == self.src.md5.get(key):
             return True
         sha, _, n = digest(object_blocks(self.dst.fs, self.dst.path(key), want["bytes"]))
-        return _mismatch("", key, want, sha, n) is None
+        return mismatch("", key, want, sha, n) is None
 
     # --- one object ---------------------------------------------------------------------
 
@@ -255,7 +180,7 @@ class Transfer:
             ) from e
 
     def _check_source(self, key: str, want: dict, sha: str, n: int) -> None:
-        problem = _mismatch(self.src.loc.url, key, want, sha, n)
+        problem = mismatch(self.src.loc.url, key, want, sha, n)
         if problem:
             raise CacheError(
                 f"{problem}; not copied, and nothing was marked complete at {self.dst.url}"
@@ -319,7 +244,7 @@ class Transfer:
         remote_md5 = store_md5(info)
         if remote_md5 and remote_md5 != md5:  # an ETag that is not an MD5 (SSE-KMS): read back
             sha, _, n = digest(object_blocks(self.dst.fs, path, want["bytes"]))
-            if _mismatch("", key, want, sha, n):
+            if mismatch("", key, want, sha, n):
                 raise HskError(
                     f"{self.dst.url}: object '{key}' differs from what was uploaded; rerun the "
                     "same command"
@@ -398,7 +323,7 @@ class Transfer:
                 raise HskError(f"{self.dst.url}: the manifest did not land whole; rerun")
 
 
-def _tee(src: _Source, key: str, size: int, sink: Callable[[bytes], object]) -> Iterator[bytes]:
+def _tee(src: Source, key: str, size: int, sink: Callable[[bytes], object]) -> Iterator[bytes]:
     for block in object_blocks(src.loc.fs, src.loc.path(key), size):
         sink(block)
         yield block
