@@ -1,6 +1,7 @@
 """Published students a study's report sets its arms beside: a TOML file of [[anchors]] (copied
 from their papers, never measured here) that a study file names by `anchors`, one file for every
-study of a task. Read and checked apart from the grid: the sweep ignores them."""
+study of a task. Read and checked apart from the grid: the sweep ignores them. `anchors_table`
+sets them beside a report's (or a comparison's) best arms."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from hskcache.config import read_toml
 from hskcache.errors import ConfigError
 from hsktrain.metrics import METRICS
+from hsktrain.study.arms import ArmResults
 
 # an anchors file's [[anchors]]: published students a report sets a study's arms beside (never
 # measured here), each against its own teacher: key -> required
@@ -73,3 +75,42 @@ def anchors_problems(anchors: list[dict]) -> list[str]:
             if k in a and not isinstance(a[k], str)
         ]
     return p
+
+
+# one line of the anchors table a report (or compare) sets beside the published students:
+# (label, task, its teacher as `teachers` keys it, what it had, its arms)
+Entry = tuple[str, str, str, str, list[ArmResults]]
+
+
+def anchors_table(
+    anchors: list[dict], entries: list[Entry], teachers: dict[tuple[str, str], dict[str, float]]
+) -> list[str]:
+    """The published students, then each entry's best arm in each anchor metric of its task:
+    every score also as a share of its own teacher's (`teachers[(task, key)]`)."""
+    share = lambda score, teacher: f"{score / teacher:.1%}" if teacher else "-"  # noqa: E731
+    out = [
+        "",
+        "## Published anchors",
+        "",
+        "Published students (the study file's `anchors` file, copied from their papers, never "
+        "measured here) and the best arm here in each of their metrics, each against its own "
+        "teacher. A test score is GLUE's server's: not comparable with a dev score to the point.",
+        "",
+        "| student | task | split | metric | score | its teacher | share | what it had | source |",
+        "|" + "---|" * 9,
+    ]
+    for a in anchors:
+        teacher = a.get("teacher")
+        cells = [a["name"], a["task"], a["split"], a["metric"], f"{a['score']:.4f}"]
+        cells += [f"{teacher:.4f}" if teacher else "-", share(a["score"], teacher)]
+        out.append("| " + " | ".join([*cells, a.get("had", "-"), a["source"]]) + " |")
+    for label, task, key, had, arms in entries:
+        for m in dict.fromkeys(a["metric"] for a in anchors if a["task"] == task):
+            if not (scored := [x for x in arms if m in x.scores]):
+                continue
+            best = max(scored, key=lambda x: x.mean(m))
+            own = teachers.get((task, key), {}).get(m)
+            cells = [f"{label}, `{best.config}`", task, "dev", m, best.show(m)]
+            cells += [f"{own:.4f}" if own else "-", share(best.mean(m), own)]
+            out.append("| " + " | ".join([*cells, had, "here"]) + " |")
+    return out

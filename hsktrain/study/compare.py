@@ -9,9 +9,8 @@ from pathlib import Path
 
 from hskcache.errors import HskError
 from hsktrain.metrics import METRICS, main_metric
-from hsktrain.study.anchors import read_anchors
+from hsktrain.study.anchors import anchors_table, read_anchors
 from hsktrain.study.arms import arm_order, group_arms, one_answer_floors
-from hsktrain.study.report import anchors_table
 from hsktrain.study.runs import config_rows, parse_recipe, plain_config
 from hsktrain.study.tables import builds_table, results_table
 

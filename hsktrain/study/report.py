@@ -1,9 +1,6 @@
-"""`hsktrain report STUDY`: a study's results table as Markdown, marginal-utility plots, and the
-claims (`claims.py`) checked against it.
-
-The plots follow the paper's marginal-utility figures: dev score against the % of HSK kept (log x,
-relative to the full-HSK arm), one curve per strategy per axis, full HSK, prediction-only and
-CE-only as horizontal lines.
+"""`hsktrain report STUDY`: a study's results table as Markdown, its marginal-utility figures
+(`figures.py`), the claims (`claims.py`) checked against it, and the published students beside
+its best arms (`anchors.py`).
 """
 
 from __future__ import annotations
@@ -16,15 +13,11 @@ from pathlib import Path
 
 from hsktrain.metrics import METRICS, ONE_ANSWER_MARGIN, main_metric
 from hsktrain.outputs import output_file
-from hsktrain.study.anchors import read_anchors
+from hsktrain.study.anchors import anchors_table, read_anchors
 from hsktrain.study.arms import (
-    AXES,
     ArmResults,
     arm_order,
-    baseline,
     by_rows,
-    curves_on,
-    full_arm,
     group_arms,
     load_rows,
     one_answer_floors,
@@ -37,62 +30,10 @@ from hsktrain.study.claims import (
     claims,
     why_missed,
 )
+from hsktrain.study.figures import plot
 from hsktrain.study.grid import read_targets
 from hsktrain.study.runs import config_rows, parse_recipe
 from hsktrain.study.tables import FLOOR, HSK_SHARES, builds_table, logs_table
-
-
-def plot(arms: list[ArmResults], metric: str, title: str, png: Path) -> None:
-    """Three panels (depth, length, width): score vs % of HSK kept, one curve per strategy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    full = full_arm(arms)
-    ref = full.fraction if full and full.fraction else 1.0
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
-    lines = [
-        (full, "full HSK", "-"),
-        (baseline(arms, "pred"), "prediction only", "--"),
-        (baseline(arms, "ce"), "CE only", ":"),
-    ]
-    for ax, axis in zip(axes, AXES, strict=True):
-        curves = curves_on(arms, axis)
-        for name, on in curves.items():
-            on = sorted(on, key=lambda a: a.fraction)
-            x = [100 * a.fraction / ref for a in on]
-            ax.errorbar(
-                x,
-                [a.mean(metric) for a in on],
-                [a.std(metric) or 0 for a in on],
-                marker="o",
-                capsize=3,
-                label=f"l_top {name}" if axis == "depth" else name,
-            )
-        for arm, label, style in lines:
-            if arm is not None:
-                ax.axhline(arm.mean(metric), color="gray", linestyle=style, label=label)
-        if not curves:
-            ax.text(0.5, 0.5, "no runs on this axis", ha="center", transform=ax.transAxes)
-        else:
-            ax.set_xscale("log")
-            plain = FuncFormatter(lambda v, _: f"{v:g}")
-            ax.xaxis.set_major_formatter(plain)
-            lo, hi = ax.get_xlim()
-            # under a decade wide the log axis labels only minor ticks: as plain numbers too
-            ax.xaxis.set_minor_formatter(plain if hi / lo < 10 else NullFormatter())
-        ax.set_title(axis)
-        ax.set_xlabel("% of HSK kept" + (" (of the full-HSK arm's)" if full else ""))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    axes[0].set_ylabel(f"dev {metric}")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
 
 
 def _best(a: ArmResults) -> str:
@@ -376,45 +317,6 @@ def write_report(study: str | Path) -> Path:
     for name in linked - written:
         (study / name).unlink(missing_ok=True)
     return path
-
-
-# one line of the anchors table a report (or compare) sets beside the published students:
-# (label, task, its teacher as `teachers` keys it, what it had, its arms)
-Entry = tuple[str, str, str, str, list[ArmResults]]
-
-
-def anchors_table(
-    anchors: list[dict], entries: list[Entry], teachers: dict[tuple[str, str], dict[str, float]]
-) -> list[str]:
-    """The published students, then each entry's best arm in each anchor metric of its task:
-    every score also as a share of its own teacher's (`teachers[(task, key)]`)."""
-    share = lambda score, teacher: f"{score / teacher:.1%}" if teacher else "-"  # noqa: E731
-    out = [
-        "",
-        "## Published anchors",
-        "",
-        "Published students (the study file's `anchors` file, copied from their papers, never "
-        "measured here) and the best arm here in each of their metrics, each against its own "
-        "teacher. A test score is GLUE's server's: not comparable with a dev score to the point.",
-        "",
-        "| student | task | split | metric | score | its teacher | share | what it had | source |",
-        "|" + "---|" * 9,
-    ]
-    for a in anchors:
-        teacher = a.get("teacher")
-        cells = [a["name"], a["task"], a["split"], a["metric"], f"{a['score']:.4f}"]
-        cells += [f"{teacher:.4f}" if teacher else "-", share(a["score"], teacher)]
-        out.append("| " + " | ".join([*cells, a.get("had", "-"), a["source"]]) + " |")
-    for label, task, key, had, arms in entries:
-        for m in dict.fromkeys(a["metric"] for a in anchors if a["task"] == task):
-            if not (scored := [x for x in arms if m in x.scores]):
-                continue
-            best = max(scored, key=lambda x: x.mean(m))
-            own = teachers.get((task, key), {}).get(m)
-            cells = [f"{label}, `{best.config}`", task, "dev", m, best.show(m)]
-            cells += [f"{own:.4f}" if own else "-", share(best.mean(m), own)]
-            out.append("| " + " | ".join([*cells, had, "here"]) + " |")
-    return out
 
 
 def _figures(readme: Path) -> set[str]:
