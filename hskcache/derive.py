@@ -25,7 +25,6 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from hskcache import __version__
-from hskcache.build import cache_stats, selection_fields
 from hskcache.codec import decode_dims, decode_values, encode_dims, encode_values
 from hskcache.config import DeriveConfig
 from hskcache.errors import CacheError, ConfigError
@@ -35,6 +34,7 @@ from hskcache.manifest import ManifestView, compute_identity
 from hskcache.names import check_key
 from hskcache.progress import progress_bar
 from hskcache.reader import Cache, open_cache, specs_for
+from hskcache.record import cache_stats, selection_fields
 from hskcache.selection import top_k_ascending
 from hskcache.storage.lock import BuildLock, local_path
 from hskcache.storage.objects import read_object
