@@ -21,7 +21,7 @@ _HOMES = {
     "student_from_cache": "hsktrain.students",
     "projection_for": "hsktrain.projection",
     "fit_projection": "hsktrain.projection",
-    "tokenizer_for": "hsktrain.prepare",  # a cache's stored tokenizer (or a folder's)
+    "tokenizer_for": "hsktrain.tokenizer",  # a cache's stored tokenizer (or a folder's)
 }
 __all__ = list(_HOMES)
 

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import nn
 
-from hskcache.assets import materialise
 from hskcache.data import labelled_mask
 from hskcache.errors import (
-    CacheError,
     CacheMismatchError,
     ConfigError,
     DataFormatError,
-    TeacherError,
 )
 from hskcache.hsk import hsk_name
 from hskcache.importance import (
@@ -39,20 +35,17 @@ from hskcache.tasks import TASKS
 from hskcache.teacher import (
     ClsScoreProbe,
     check_max_length,
-    check_model_folder,
     default_teacher_path,
     load_teacher,
-    tokenizer_difference,
-    tokenizer_sha256,
 )
 from hskcache.verify import require_sound
 from hsktrain import batch as batches
-from hsktrain.checkpoint import refuse_run_folder
 from hsktrain.config import DEFAULTS, PAPER_HSK_EPOCHS, FitConfig
 from hsktrain.loader import ChunkShuffleLoader
 from hsktrain.projection import fit_projection, projection_for, saved_projection
 from hsktrain.rows import encode_split, labelled_rows
 from hsktrain.students import build_student, check_vocab, student_from_cache
+from hsktrain.tokenizer import check_tokens, tokenizer_for
 
 
 @dataclass
@@ -185,7 +178,7 @@ def open_rows(cfg: FitConfig) -> FitRows:
     cache = open_cache(cfg.cache, True, cfg.local_cache, cfg.local_cache_size)
     info, init_from = cache.info, cfg.init_from
     tokenizer = tokenizer_for(cache if init_from is None else init_from)
-    _check_cache(cfg, cache, tokenizer, init_from or f"stored in {cfg.cache}")
+    check_tokens(cfg, cache, tokenizer, init_from or f"stored in {cfg.cache}")
     _check_rows(cfg, info)
     source = cache
     if cfg.mode == "ce" and info.counts.num_unlabelled:  # CE reads gold labels only
@@ -339,63 +332,6 @@ def _ranking(teacher_dir: str, source, num_labels: int, seed: int):
     teacher = load_teacher(teacher_dir, num_labels, "cpu", "float32", seed)
     rows = calibration_rows(source, CALIBRATION_ROWS)
     return activation_ranking(teacher.model, calibration_batches(teacher.model, rows))
-
-
-def tokenizer_for(source):
-    """The student's tokenizer: its init source's (a folder or name), or the one a cache
-    carries (a `Cache`, whose tokenizer files are written to a temp dir first); or one clear
-    error."""
-    # lazy: transformers takes seconds to import; commands that load no model skip it
-    from transformers import AutoTokenizer
-
-    if isinstance(source, Cache):
-        folder = materialise(source, source.info.assets.tokenizer)
-        try:
-            return AutoTokenizer.from_pretrained(folder, use_fast=True, trust_remote_code=False)
-        except (OSError, ValueError) as e:
-            raise CacheError(
-                f"{source.url}: its stored tokenizer does not load "
-                f"({str(e).splitlines()[0]}); pull or rebuild the cache"
-            ) from e
-    folder = Path(source)
-    if folder.exists():  # before any of its files is read: custom code, pickle, a run folder
-        refuse_run_folder(folder)
-        if not (folder / "config.json").is_file():
-            raise TeacherError(
-                f"{folder}: not a model folder (no config.json); pass a teacher or "
-                "checkpoint folder to --init-from"
-            )
-        check_model_folder(folder)
-    try:
-        return AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise TeacherError(f"{source}: cannot load its tokenizer ({str(e).splitlines()[0]})") from e
-
-
-def _check_cache(cfg: FitConfig, cache: Cache, tokenizer, init_from: str) -> None:
-    """Refuse a cache built for another tokenizer (one that gives other ids: vocabulary,
-    special tokens, pipeline) or max length than this run's."""
-    info = cache.info
-    if cfg.max_length is not None and cfg.max_length != info.max_length:
-        raise CacheMismatchError(
-            "max_length",
-            cfg.max_length,
-            info.max_length,
-            "rebuild the cache with this --max-length",
-        )
-    found = tokenizer_sha256(tokenizer)
-    if found == info.tokenizer.sha256:
-        return
-    why = tokenizer_difference(tokenizer, tokenizer_for(cache))
-    if why is not None:
-        raise CacheMismatchError(
-            f"tokenizer {why}",
-            info.tokenizer.sha256[:12],
-            found[:12],
-            f"the student's tokenizer ({init_from}) would read the cache's token ids as other "
-            "tokens; use a student of the cache's teacher family and vocabulary, or rebuild "
-            "the cache with the student's tokenizer",
-        )
 
 
 def _online(cfg: FitConfig, num_labels: int, max_length: int, n_student: int, regression: bool):
