@@ -44,6 +44,18 @@ def mismatch(where: str, key: str, want: dict, sha: str, n: int) -> str | None:
     return None
 
 
+def manifest_in(root_bytes: bytes | None) -> dict | None:
+    """The manifest a root `zarr.json`'s bytes hold; None for no bytes, or bytes that are not a
+    root document with a manifest (a half-written or foreign one)."""
+    if root_bytes is None:
+        return None
+    try:
+        m = json.loads(root_bytes)["attributes"][MANIFEST_KEY]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
 def open_source(url: str) -> Source:
     """A complete cache to copy from, with the exact root bytes that will be written last.
 
@@ -58,7 +70,7 @@ def open_source(url: str) -> Source:
     except Exception as e:
         raise HskError(f"{url}: cannot read ({short_error(e)})") from e
     cache = open_cache(url)  # refuses no cache, another format, a bad manifest, incomplete
-    manifest = json.loads(root_bytes)["attributes"][MANIFEST_KEY] if root_bytes else None
+    manifest = manifest_in(root_bytes)
     if manifest != cache.manifest:
         raise CacheError(f"{url}: the cache changed while being opened; retry")
     if compute_identity(manifest) != cache.info.identity:

@@ -12,7 +12,6 @@ copy and a build, never write one place at the same time.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import uuid
@@ -22,7 +21,6 @@ from contextlib import suppress
 from dataclasses import dataclass
 
 from hskcache.errors import CacheError, HskError
-from hskcache.manifest import MANIFEST_KEY
 from hskcache.names import check_key
 from hskcache.progress import bytes_bar
 from hskcache.storage import location as storage
@@ -36,7 +34,13 @@ from hskcache.storage.location import (
 from hskcache.storage.lock import LOCK_KEY, BuildLock
 from hskcache.storage.objects import ROOT_KEY
 from hskcache.storage.remote import short_error
-from hskcache.storage.source import Source, check_local_source, mismatch, open_source
+from hskcache.storage.source import (
+    Source,
+    check_local_source,
+    manifest_in,
+    mismatch,
+    open_source,
+)
 from hskcache.verify import verify_cache
 
 PARTIAL = ".partial"  # suffix of local temp files; leftovers of a killed run are removed
@@ -53,15 +57,6 @@ class Report:
     skipped: int = 0
     bytes_copied: int = 0
     already_there: bool = False
-
-
-def _manifest_in(root_bytes: bytes) -> dict | None:
-    try:
-        doc = json.loads(root_bytes)
-        m = doc["attributes"][MANIFEST_KEY]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return m if isinstance(m, dict) else None
 
 
 class Transfer:
@@ -92,7 +87,7 @@ class Transfer:
         dst, table = self.dst, self.src.table
         root = dst.path(ROOT_KEY)
         found_bytes = dst.fs.cat_file(root) if dst.fs.exists(root) else None
-        found = _manifest_in(found_bytes) if found_bytes is not None else None
+        found = manifest_in(found_bytes)
         if found_bytes is not None:
             if found is None:
                 raise CacheError(
