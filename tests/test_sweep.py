@@ -22,6 +22,7 @@ from hsktrain.study.compare import compare
 from hsktrain.study.estimate import _teacher_rate, dry_run
 from hsktrain.study.grid import Grid, load_grid, parse_flags
 from hsktrain.study.report import write_report
+from hsktrain.study.runlog import log_summary
 from hsktrain.study.runs import (
     TaskRef,
     checkpoint_sha,
@@ -30,7 +31,7 @@ from hsktrain.study.runs import (
     resolve_tasks,
     task_limit,
 )
-from hsktrain.study.sweep import log_summary, plan_sweep, run_sweep
+from hsktrain.study.sweep import plan_sweep, run_sweep
 from hsktrain.study.tables import builds_table, logs_table, results_table
 from hsktrain.study.teachers import finetuned_dir, finetuning_study, teacher_depth
 from hsktrain.train import train_step

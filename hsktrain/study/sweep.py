@@ -1,8 +1,8 @@
 """`hsktrain sweep`: a study grid (HSK configs x seeds x tasks), run a piece at a time.
 
-Features (the grid is in grid.py, its runs in runs.py, teacher lookups in teachers.py, cache
-plans in caches.py, how caches are made in context.py, the tables in tables.py, the dry run in
-estimate.py):
+Features (the grid is in grid.py, its runs in runs.py, what each run's log says in runlog.py,
+teacher lookups in teachers.py, cache plans in caches.py, how caches are made in context.py,
+the tables in tables.py, the dry run in estimate.py):
 one largest cache built per (teacher, task, length strategy, width family, l_top),
 the rest cut out of it by `hskcache derive` (a direct build when a cut is not exact); results
 appended to `STUDY/results.csv` one flushed row per run, so a rerun skips every (task, teacher,
@@ -29,10 +29,11 @@ from hskcache.errors import ConfigError
 from hskcache.reader import open_cache
 from hsktrain.checkpoint import can_resume
 from hsktrain.config import FitConfig, finetune_config
-from hsktrain.metrics import METRICS, main_metric, one_answer_scores
+from hsktrain.metrics import METRICS, one_answer_scores
 from hsktrain.study.caches import cache_plan
 from hsktrain.study.context import Context, work_lock
 from hsktrain.study.grid import Grid
+from hsktrain.study.runlog import best_epoch, log_summary, read_log
 from hsktrain.study.runs import (
     Rows,
     RunSpec,
@@ -282,42 +283,6 @@ def fit_or_resume(cfg: FitConfig, ctx: Context) -> FitResult:
     else:
         shutil.rmtree(out, ignore_errors=True)
     return fit(cfg, show_progress=ctx.show_progress)
-
-
-def read_log(path: Path) -> list[dict]:
-    """A run's metrics.jsonl records (none when it is missing)."""
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
-def best_epoch(log: list[dict], task: str) -> tuple[str | None, int | None]:
-    """(stage, 1-based epoch in it) of the best dev score, chosen as `fit` chooses: the first
-    epoch with the highest main metric, HSK-stage epochs excluded."""
-    metric = main_metric(task)
-    best = (None, None, None)
-    for r in log:
-        if "dev" in r and r["stage"] != "hsk" and (best[0] is None or r["dev"][metric] > best[0]):
-            best = (r["dev"][metric], r["stage"], r["epoch"] + 1)
-    return best[1], best[2]
-
-
-def log_summary(log: list[dict], task: str) -> dict:
-    """How a run learned, for logs.csv: its HSK loss as a share of an all-zero prediction's at
-    the first step (`hsk_start`: how near the student starts) and over the HSK stage's last
-    epoch (`hsk_end`: how near it got), the main dev metric after each scored epoch
-    (`dev_curve`, space-separated: still rising at the end means it wanted more), and the last
-    epoch's mean train loss (`train_end`). A field the log cannot give is None."""
-    steps = [r for r in log if r.get("stage") == "hsk" and "zero_loss" in r and "loss" in r]
-    ends = [r for r in log if r.get("stage") == "hsk" and "zero_loss" in r and "train_loss" in r]
-    epochs = [r for r in log if "train_loss" in r]
-    metric = main_metric(task)
-    dev = [r["dev"][metric] for r in epochs if r["stage"] != "hsk" and metric in r.get("dev", {})]
-    share = lambda r, k: r[k] / r["zero_loss"] if r["zero_loss"] else None  # noqa: E731
-    return {
-        "hsk_start": share(steps[0], "loss") if steps else None,
-        "hsk_end": share(ends[-1], "train_loss") if ends else None,
-        "dev_curve": " ".join(f"{d:.4f}" for d in dev) or None,
-        "train_end": epochs[-1]["train_loss"] if epochs else None,
-    }
 
 
 @dataclass

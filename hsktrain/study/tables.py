@@ -63,7 +63,7 @@ BUILD_COLUMNS = [
 # builds.csv's `how` of a task's one-answer floor (no teacher, no cache: its dev labels alone)
 FLOOR = "floor"
 KEY = ("task", "teacher", "config", "seed")  # one run: a second row of it would count twice
-# logs.csv: how each run learned, from its metrics.jsonl (`sweep.log_summary` says what each is)
+# logs.csv: how each run learned, from its metrics.jsonl (`runlog.log_summary` says what each is)
 HSK_SHARES = ("hsk_start", "hsk_end")  # the HSK loss as shares of an all-zero prediction's
 LOG_COLUMNS = [*KEY, *HSK_SHARES, "dev_curve", "train_end"]
 # what `hsktrain report` reads as numbers
