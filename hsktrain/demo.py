@@ -9,7 +9,6 @@ exists, else the Hugging Face hub's GLUE when reachable, else a clear message.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ from hskcache.teacher import default_teacher_path
 from hsktrain.config import FINETUNE_LR, FitConfig, finetune_config
 from hsktrain.evaluate import evaluate_checkpoint
 from hsktrain.glue import find_task_data
-from hsktrain.train import fit
+from hsktrain.train import fit, read_metrics
 
 ROWS = int(os.environ.get("DEMO_ROWS", 4000))
 OUT = Path(os.environ.get("DEMO_OUT", "runs/demo"))
@@ -54,11 +53,7 @@ def timed(label: str, fn, *args) -> float:
 
 def step_seconds(out: Path) -> float:
     """Median seconds per step of a short run, from its step timestamps in metrics.jsonl."""
-    stamps = [
-        json.loads(x)["t"]
-        for x in (out / "metrics.jsonl").read_text().splitlines()
-        if "t" in json.loads(x)
-    ]
+    stamps = [r["t"] for r in read_metrics(out) if "t" in r]
     gaps = sorted(b - a for a, b in zip(stamps[5:], stamps[6:], strict=False))  # skip warm-up
     return gaps[len(gaps) // 2]
 

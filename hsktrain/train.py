@@ -56,6 +56,8 @@ from hsktrain.step import (
     train_step,
 )
 
+METRICS_LOG = "metrics.jsonl"  # in a run's folder: a record a step and an epoch, appended
+
 
 @dataclass
 class LoopState:
@@ -324,7 +326,7 @@ def open_log(out: Path, state: LoopState, w: World, record: dict, resume: bool):
         if e.errno == errno.ENOSPC:
             raise
         raise ConfigError(f"{out}: cannot create the run folder ({e.strerror})") from e
-    log = out / "metrics.jsonl"
+    log = out / METRICS_LOG
     if resume:
         _trim_log(log, state.step)
     elif log.exists():
@@ -351,6 +353,12 @@ def _result(t: Trainer, state: LoopState, note: str) -> FitResult:
         one_answer=floor,
         warning=learned_nothing(run.task, state.best_metrics, floor) or "",
     )
+
+
+def read_metrics(out: Path) -> list[dict]:
+    """The records a fit wrote to `out`'s metrics.jsonl, in order: one a step, one an epoch
+    (with its dev scores); the one reader of that log for everything that times or judges a run."""
+    return [json.loads(line) for line in (out / METRICS_LOG).read_text().splitlines()]
 
 
 def _trim_log(path: Path, step: int) -> None:

@@ -20,7 +20,6 @@ on both sides; that is what a user waits for, and it lowers the speedup against 
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -43,7 +42,7 @@ from hsktrain.bench.verdict import verdicts
 from hsktrain.config import DEFAULTS, FINETUNE_EPOCHS, FitConfig, finetune_config
 from hsktrain.glue import find_task_data
 from hsktrain.metrics import main_metric
-from hsktrain.train import fit
+from hsktrain.train import fit, read_metrics
 
 NS = (1, 3, 10)  # students per cache in the amortised speedup
 TARGETS = {  # name: (comparison, bound): the whole-run bench's own bounds
@@ -260,20 +259,16 @@ def _timed(fn, *args, **kwargs) -> tuple[float, float, dict]:
     return time.perf_counter() - w0, time.process_time() - c0, getattr(out, "metrics", None)
 
 
-def _records(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def _loop_seconds(run: Path) -> float:
     """Seconds inside the epochs' step loops (no loading, no dev evaluation)."""
-    return sum(r["epoch_seconds"] for r in _records(run) if "epoch_seconds" in r)
+    return sum(r["epoch_seconds"] for r in read_metrics(run) if "epoch_seconds" in r)
 
 
 def loss_drift(a: Path, b: Path) -> dict:
     """How far two runs' step losses are apart: the median and largest relative difference,
     and the step count (None where the runs took different numbers of steps)."""
-    la = [r["loss"] for r in _records(a) if "loss" in r]
-    lb = [r["loss"] for r in _records(b) if "loss" in r]
+    la = [r["loss"] for r in read_metrics(a) if "loss" in r]
+    lb = [r["loss"] for r in read_metrics(b) if "loss" in r]
     if len(la) != len(lb) or not la:
         return {"steps": None, "median": None, "max": None}
     rel = [abs(x - y) / max(abs(y), 1e-12) for x, y in zip(la, lb, strict=True)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import statistics
@@ -24,7 +23,7 @@ from hsktrain.study.runs import Rows, RunSpec, TaskRef, config_rows, epochs, row
 from hsktrain.study.sweep import plan_sweep
 from hsktrain.study.tables import builds_table, results_table
 from hsktrain.study.teachers import base_teacher
-from hsktrain.train import fit
+from hsktrain.train import fit, read_metrics
 
 
 def dry_run(grid: Grid, measure: bool = True, say=print) -> dict:
@@ -191,11 +190,7 @@ def measure_step(grid: Grid, task: TaskRef, steps: int = 6) -> float:
             **options,
         )
         fit(cfg, show_progress=False)
-        ts = [
-            json.loads(x)["t"]
-            for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()
-            if '"loss"' in x
-        ]
+        ts = [r["t"] for r in read_metrics(Path(tmp)) if "loss" in r]
     return (ts[-1] - ts[1]) / max(1, len(ts) - 2)
 
 

@@ -4,15 +4,15 @@ can say why a target was missed from the runs' own logs."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hsktrain.metrics import main_metric
+from hsktrain.train import METRICS_LOG, read_metrics
 
 
-def read_log(path: Path) -> list[dict]:
-    """A run's metrics.jsonl records (none when it is missing)."""
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+def read_log(out: Path) -> list[dict]:
+    """The metrics.jsonl records of the run in `out` (none when it is missing)."""
+    return read_metrics(out) if (out / METRICS_LOG).is_file() else []
 
 
 def best_epoch(log: list[dict], task: str) -> tuple[str | None, int | None]:

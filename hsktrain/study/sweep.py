@@ -251,7 +251,7 @@ def train_run(run: RunSpec, ctx: Context) -> dict:
         **options,
     )
     result = fit_or_resume(cfg, ctx)
-    log = read_log(out / "metrics.jsonl")
+    log = read_log(out)
     stage, epoch = best_epoch(log, run.task.name)
     if not grid.keep_checkpoints:  # metrics.jsonl and config.json stay
         for sub in ("best", "last"):
