@@ -150,6 +150,25 @@ def test_grid_file_reports_every_problem_at_once(tmp_path):
         load_grid(None, {"tasks": ["SST-2"]})
 
 
+def test_configs_flag_runs_one_arm_of_a_study_whose_target_is_another(tmp_path):
+    """[targets] are the whole study's: `--configs full` narrows what this sweep runs, and the
+    target arm is still checked, against the file's configs."""
+    toml = tmp_path / "study.toml"
+    toml.write_text(
+        'study = "s"\ntasks = ["SST-2"]\nconfigs = ["full", "1l_10t_0.1h"]\n'
+        '[targets]\narm = "1l_10t_0.1h"\nover_ce = 0.03\n'
+    )
+    grid = load_grid(str(toml), parse_flags({"configs": "full"}))
+    assert (grid.configs, grid.targets["arm"]) == (["full"], "1l_10t_0.1h")
+    toml.write_text(
+        'study = "s"\ntasks = ["SST-2"]\nconfigs = ["full"]\n'
+        '[targets]\narm = "1l_10t_0.1h"\nover_ce = 0.03\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_grid(str(toml), parse_flags({"configs": "full,1l_10t_0.1h"}))
+    assert str(e.value) == f"{toml}: targets.arm '1l_10t_0.1h' must be one of configs ['full']"
+
+
 def test_tasks_resolve_under_glue_or_fail_naming_the_fix(tmp_path):
     write_sst2(tmp_path / "glue" / "SST-2")
     grid = Grid(study="s", tasks=["SST-2"], glue=str(tmp_path / "glue"))
