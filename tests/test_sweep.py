@@ -158,8 +158,8 @@ def test_configs_flag_runs_one_arm_of_a_study_whose_target_is_another(tmp_path):
         'study = "s"\ntasks = ["SST-2"]\nconfigs = ["full", "1l_10t_0.1h"]\n'
         '[targets]\narm = "1l_10t_0.1h"\nover_ce = 0.03\n'
     )
-    grid = load_grid(str(toml), parse_flags({"configs": "full"}))
-    assert (grid.configs, grid.targets["arm"]) == (["full"], "1l_10t_0.1h")
+    grid = load_grid(str(toml), parse_flags({"configs": "full", "baselines": ""}))
+    assert (grid.configs, grid.baselines, grid.targets["arm"]) == (["full"], [], "1l_10t_0.1h")
     toml.write_text(
         'study = "s"\ntasks = ["SST-2"]\nconfigs = ["full"]\n'
         '[targets]\narm = "1l_10t_0.1h"\nover_ce = 0.03\n'
