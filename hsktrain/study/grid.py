@@ -124,7 +124,7 @@ def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:
                 values[k] = v
     # [targets] describe the whole study (the report judges them), so its arm is checked
     # against the file's configs: `--configs full` runs one arm of a study whose target is another
-    study_configs = values.get("configs", list(CONFIGS))
+    file_configs = values.get("configs", list(CONFIGS))
     values |= {k: v for k, v in flags.items() if v is not None}
     if fit:
         values["fit"] = {**values.get("fit", {}), **fit}
@@ -138,7 +138,7 @@ def load_grid(path: str | None, flags: dict, fit: dict | None = None) -> Grid:
     p += [f"missing '{k}' (--{k.replace('_', '-')})" for k in ("study", "tasks") if k not in values]
     if not p:
         grid = Grid(**values)
-        p = grid_problems(grid, study_configs)
+        p = grid_problems(grid) + targets_problems(grid.targets, file_configs)
     if p:
         where = f"{path}: " if path else ""
         raise ConfigError(f"{where}{'; '.join(p)}")
@@ -209,9 +209,9 @@ def _dotted(key: str) -> str:
     return f"{table}.{rest}" if table in TABLES and rest else key
 
 
-def grid_problems(g: Grid, study_configs: list[str] | None = None) -> list[str]:
-    """Every bad value of a well-typed grid, named (an empty list: the grid is fine).
-    `study_configs`: the configs [targets] may name (default: the grid's own)."""
+def grid_problems(g: Grid) -> list[str]:
+    """Every bad value of a well-typed grid, named (an empty list: the grid is fine); its
+    [targets] are the study file's, checked by `load_grid` against the file's configs."""
     p = []
     positive = "finetune_epochs pred_epochs hsk_epochs limit dev_limit chunk_rows labelled".split()
     p += [f"{k} must be >= 1" for k in positive if getattr(g, k) is not None and getattr(g, k) < 1]
@@ -247,7 +247,6 @@ def grid_problems(g: Grid, study_configs: list[str] | None = None) -> list[str]:
         if s not in GRID_WIDTH_STRATEGIES
     ]
 
-    p += targets_problems(g.targets, g.configs if study_configs is None else study_configs)
     p += student_problems(g.student)
     names = {f.name for f in fields(FitConfig)}
     bad = [f"fit.{k} is set by the sweep itself" for k in g.fit if k in SWEEP_SETS]
