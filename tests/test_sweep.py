@@ -701,6 +701,31 @@ def test_finetuned_teacher_is_trained_once_and_reused(tmp_path, tiny_bert):
     assert (grid.work / "teachers" / f"sst2-{tiny_bert.name}" / "best" / "config.json").is_file()
 
 
+def test_rows_of_the_same_teacher_with_other_weights_are_said_and_keyed_apart(tmp_path, tiny_bert):
+    grid = fake_grid(tmp_path, tiny_bert, seeds=[0], fit={"max_length": 16})
+
+    def runner(run, ctx):
+        return {"metrics": {"accuracy": 0.5}, "train_seconds": 1.0}
+
+    key = run_sweep(grid, runner, show_progress=False, say=lambda _: None).ctx.teachers["sst2"].key
+    table = tmp_path / "study" / "results.csv"
+    other = key.split("@")[0] + "@0123456789ab"  # as fine-tuned again on another CPU
+    table.write_text(table.read_text().replace(key, other))
+    lines = []
+    again = run_sweep(grid, runner, show_progress=False, say=lines.append)
+    assert lines[0] == (
+        f"note: sst2: 2 row(s) of results.csv were made with {other}, this sweep's teacher is "
+        f"{key} (other weights: fine-tuned again, here or on another CPU); they do not count as "
+        "done, the new rows and the report keep the two teachers apart"
+    )
+    assert len(again.pending) == 2  # both arms again, under this teacher
+    rows = list(csv.DictReader(table.open()))
+    assert [r["teacher"] for r in rows] == [other, other, key, key]
+    lines.clear()
+    run_sweep(grid, runner, show_progress=False, say=lines.append)
+    assert lines[0].startswith("note: sst2: 2 row(s)")  # the old rows stay, still said
+
+
 def test_a_fine_tune_a_kill_cut_short_continues_to_the_same_teacher(
     tmp_path, tiny_bert, monkeypatch
 ):

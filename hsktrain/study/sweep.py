@@ -51,6 +51,7 @@ from hsktrain.study.tables import (
     code_version,
     logs_table,
     now,
+    other_teachers,
     planned,
     results_table,
     split_done,
@@ -313,7 +314,10 @@ def plan_sweep(grid: Grid, train: bool, show_progress: bool = True, say=print) -
         if train:
             note_floor(ctx, task)
     keys = {name: t.key for name, t in ctx.teachers.items()}
-    done, pending = split_done(grid, runs, keys, results_table(grid.study).rows())
+    rows = results_table(grid.study).rows()
+    for line in other_teachers(keys, rows):
+        say(f"note: {line}")
+    done, pending = split_done(grid, runs, keys, rows)
     return Sweep(grid, tasks, runs, done, pending, ctx)
 
 

@@ -229,6 +229,24 @@ def split_done(
     return done, pending
 
 
+def other_teachers(teacher_of: dict[str, str | None], rows: list[dict]) -> list[str]:
+    """One line per (task, teacher) whose rows the table holds under the same teacher name but
+    other weights than this sweep's: a teacher fine-tuned again (on another CPU the same recipe
+    gives other weights) does not continue those rows, so a resumed study starts their arms
+    over, keyed apart. Said before any run, so nobody waits hours to find out."""
+    counts: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = teacher_of.get(r["task"])
+        if key and r["teacher"] != key and r["teacher"].split("@")[0] == key.split("@")[0]:
+            counts[r["task"], r["teacher"]] = counts.get((r["task"], r["teacher"]), 0) + 1
+    return [
+        f"{task}: {n} row(s) of results.csv were made with {had}, this sweep's teacher is "
+        f"{teacher_of[task]} (other weights: fine-tuned again, here or on another CPU); they do "
+        "not count as done, the new rows and the report keep the two teachers apart"
+        for (task, had), n in counts.items()
+    ]
+
+
 def _differs(key: str, had: str, want: str) -> str:
     """`pred_epochs 2 (this grid: 3)`; for the recipe only the options that differ."""
     if key == "recipe":
