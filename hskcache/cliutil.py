@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperCommand
 
+from hskcache.devices import PIN_ENV, pin_cpu_kernels
 from hskcache.errors import HskError
 from hskcache.storage.remote import (
     DEFAULT_RETRIES,
@@ -48,9 +49,20 @@ def main(
             help="Attempts per object-storage call; then the command stops with one line.",
         ),
     ] = DEFAULT_RETRIES,
+    pin_kernels: Annotated[
+        bool,
+        typer.Option(
+            envvar=PIN_ENV,
+            help="CPU float kernels on their AVX2 code paths: the same command on another x86 "
+            "CPU (AVX2, same thread count) gives the same weights to the bit, e.g. a teacher "
+            "fine-tuned again; about 1.4x slower on an AVX-512 CPU.",
+        ),
+    ] = False,
 ):
     """The options every command of both CLIs takes before its name."""
     _state["debug"] = debug
+    if pin_kernels:  # before the command imports torch: read at its first kernel
+        pin_cpu_kernels()
     # through the environment: read where a store is opened, inherited by child processes
     os.environ[TIMEOUT_ENV], os.environ[RETRIES_ENV] = str(timeout), str(retries)
 

@@ -4,6 +4,9 @@ configs that validate with these (and every `--help`) load without it."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 from hskcache.errors import ConfigError
 
 AMPS = ("none", "bf16", "fp16")
@@ -46,9 +49,45 @@ def check_device(device: str) -> None:
 def device_name(device: str) -> str:
     """What computes on `device`, for the seconds a table records beside it: `cpu`, or
     `cuda (NVIDIA H200)` whatever the index (seconds compare across GPUs of one kind, not
-    across kinds)."""
+    across kinds); a CPU whose kernels `--pin-kernels` pinned says so, being slower."""
     if not device.startswith("cuda"):
-        return device
+        return f"{device} (AVX2 kernels)" if kernels_pinned() else device
     import torch
 
     return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
+
+
+# The float kernels' AVX2 code paths: MKL's matrix products in its conditional-reproducibility
+# mode, ATen's vectorised kernels (softmax, layer norm, reductions) at the AVX2 width.
+PINNED_KERNELS = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+PIN_ENV = "HSKCACHE_PIN_KERNELS"
+
+
+def kernels_pinned() -> bool:
+    return all(os.environ.get(k) == v for k, v in PINNED_KERNELS.items())
+
+
+def pin_cpu_kernels() -> None:
+    """Run every CPU float kernel on its AVX2 code path, so the same fine-tune, build or fit
+    gives the same bits on any x86 CPU with AVX2 at the same thread count; unpinned, an AVX-512
+    CPU takes wider vectors and another summation order, and a teacher fine-tuned again there
+    has other weights (another key in a study's tables). About 1.4x slower on an AVX-512 CPU.
+
+    Torch reads both settings once, at its first kernel, so this runs before any compute: the
+    CLIs' `--pin-kernels` sets them before a command starts, a script calls this first thing;
+    child processes inherit them.
+
+    Raises:
+        ConfigError: kernels already ran in this process at another width (too late to pin).
+    """
+    os.environ.update(PINNED_KERNELS)
+    if "torch" in sys.modules:  # in the CLIs it is not yet: nothing has computed
+        import torch
+
+        width = torch.backends.cpu.get_cpu_capability()
+        if width != "AVX2":
+            raise ConfigError(
+                f"--pin-kernels: torch's CPU kernels already run at {width} in this process; "
+                "pin them before any computation: hskcache.pin_cpu_kernels() first thing in "
+                f"a script, --pin-kernels (or {PIN_ENV}=1) before a command"
+            )
