@@ -87,10 +87,15 @@ STUDIES := reports/minilm-core reports/minilm-full4 reports/minilm-grouped $(REC
 	reports/mpnet-core $(MPNET_RECIPES) reports/mpnet-distil6 $(PAPER) reports/minilm-mrpc-curves
 # On a GPU: `make study DEVICE=cuda SHARDS=8` runs each study as 8 sweeps at once on it
 # (`hsktrain sweep --shard`: they share its tables and caches); small students leave a GPU idle.
+# On the CPU each study's teachers and caches are made first with pinned kernels (the same
+# teacher on any x86 CPU with AVX2 at 2 threads, so the committed rows continue anywhere), then
+# its students train at full speed.
 DEVICE ?= cpu
 SHARDS ?= 1
+PREPARE = $(if $(filter cpu,$(DEVICE)),OMP_NUM_THREADS=2 $(VENV)/bin/hsktrain --pin-kernels \
+	sweep --config $$s/study.toml --prepare --quiet || exit 1;)
 study: install mpnet $(if $(filter reports/paper-mrpc-general,$(STUDIES)),general-mpnet)
-	for s in $(STUDIES); do pids=; \
+	for s in $(STUDIES); do pids=; $(PREPARE) \
 	  for i in $$(seq 0 $$(($(SHARDS) - 1))); do \
 	    $(VENV)/bin/hsktrain sweep --config $$s/study.toml --device $(DEVICE) \
 	      --shard $$i/$(SHARDS) $(if $(filter 1,$(SHARDS)),,--quiet) & pids="$$pids $$!"; \
