@@ -25,7 +25,8 @@ def finetune_sha(tmp_path, name: str, *flags: str, **env: str) -> str:
     once a process), `flags` before the command, `env` over this process's (unpinned) one."""
     teacher, data = tmp_path / "teacher", tmp_path / "SST-2"
     if not teacher.exists():
-        make_bert(teacher, hidden=64), write_sst2(data)
+        make_bert(teacher, hidden=64)
+        write_sst2(data)
     out = tmp_path / name
     clean = {k: v for k, v in os.environ.items() if k not in PINNED_KERNELS}
     args = ["finetune", "--data", str(data), "--model", str(teacher), "--out", str(out)]

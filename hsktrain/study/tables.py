@@ -9,6 +9,7 @@ import fcntl
 import io
 import os
 import subprocess
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -234,11 +235,13 @@ def other_teachers(teacher_of: dict[str, str | None], rows: list[dict]) -> list[
     other weights than this sweep's: a teacher fine-tuned again (on another CPU the same recipe
     gives other weights) does not continue those rows, so a resumed study starts their arms
     over, keyed apart. Said before any run, so nobody waits hours to find out."""
-    counts: dict[tuple[str, str], int] = {}
-    for r in rows:
-        key = teacher_of.get(r["task"])
-        if key and r["teacher"] != key and r["teacher"].split("@")[0] == key.split("@")[0]:
-            counts[r["task"], r["teacher"]] = counts.get((r["task"], r["teacher"]), 0) + 1
+    counts = Counter(  # keys are `name@sha12`: the same name, other weights
+        (r["task"], r["teacher"])
+        for r in rows
+        if (key := teacher_of.get(r["task"]))
+        and r["teacher"] != key
+        and r["teacher"].rpartition("@")[0] == key.rpartition("@")[0]
+    )
     return [
         f"{task}: {n} row(s) of results.csv were made with {had}, this sweep's teacher is "
         f"{teacher_of[task]} (other weights: fine-tuned again, here or on another CPU); they do "
