@@ -167,7 +167,7 @@ def note_floor(ctx: Context, task: TaskRef) -> None:
                 "how": FLOOR,
                 "source": task.folder,
                 "seconds": 0.0,
-                "device": ctx.device,
+                "device": None,  # read off the labels: no device computed it
                 "bytes": None,
                 "rows": len(dev),
                 "dev": json.dumps(floor),
