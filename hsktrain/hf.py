@@ -17,7 +17,8 @@ and none for biases and norms, as `hsktrain fit` does), and are saved beside the
 Differences from `hsktrain fit` that a script controls through `TrainingArguments`: the
 Trainer clips the student's gradient norm alone (`fit` clips student and projection together;
 `max_grad_norm=0` turns both off), and its warmup starts at lr 0 where `fit`'s first step
-already takes 1/warmup of the peak.
+already takes 1/warmup of the peak. On the CPU it sets `dataloader_pin_memory` off (nothing to
+pin for there; torch would warn at every loader).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class DistillTrainer(Trainer):
         if stage == "hsk" and hsk_loss is None:
             raise ValueError("stage 'hsk' needs hsk_loss=HSKLoss(projection, teacher_width)")
         super().__init__(*args, **kwargs)
+        if self.args.device.type == "cpu":  # no device to pin for: torch warns at each loader
+            self.args.dataloader_pin_memory = False
         self.stage, self.hsk_loss = stage, hsk_loss
         self.prediction_loss = prediction_loss or PredictionLoss()
         if hsk_loss is not None:
