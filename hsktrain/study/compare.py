@@ -12,7 +12,7 @@ from hsktrain.metrics import METRICS, main_metric
 from hsktrain.study.anchors import anchors_table, read_anchors
 from hsktrain.study.arms import arm_order, group_arms, one_answer_floors
 from hsktrain.study.runs import config_rows, parse_recipe, plain_config
-from hsktrain.study.tables import builds_table, results_table
+from hsktrain.study.tables import builds_table, results_table, teacher_parts
 
 
 def _references(studies: list[str | Path]) -> tuple[dict, dict]:
@@ -26,7 +26,7 @@ def _references(studies: list[str | Path]) -> tuple[dict, dict]:
         for r in builds:
             if r["how"] in ("finetune", "reuse") and r["dev"]:
                 teachers.setdefault(
-                    (r["task"], r["teacher"].rsplit("@", 1)[-1]), json.loads(r["dev"])
+                    (r["task"], teacher_parts(r["teacher"])[1]), json.loads(r["dev"])
                 )
         for task, floor in one_answer_floors(builds).items():
             floors.setdefault(task, floor)
@@ -56,7 +56,7 @@ def compare(studies: list[str | Path]) -> str:
     # a teacher is its weights: studies that name one folder differently still compare
     tables = [read[s] for s in studies]
     groups = [
-        {(t, w.rsplit("@", 1)[-1]): (w, a) for (t, w), a in group_arms(rows).items()}
+        {(t, teacher_parts(w)[1]): (w, a) for (t, w), a in group_arms(rows).items()}
         for rows in tables
     ]
     recipes = [_recipe_of(rows) for rows in tables]

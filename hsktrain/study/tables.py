@@ -74,6 +74,13 @@ NUMBERS |= {f"dev_{m}": float for m in METRICS}
 BUDGET = ("student", "hsk_epochs", "pred_epochs", "limit", "recipe")
 
 
+def teacher_parts(key: str) -> tuple[str, str]:
+    """A `teacher` cell, `name@sha12` (`teachers.teacher_key`), as its name and its weights'
+    sha12: the same weights under two names are one teacher, one name with two shas two."""
+    name, _, sha = key.rpartition("@")
+    return name, sha
+
+
 def code_version() -> str:
     """`git` short hash of this checkout, `-dirty` with uncommitted changes; else the version."""
     root = Path(__file__).resolve().parents[1]
@@ -235,12 +242,12 @@ def other_teachers(teacher_of: dict[str, str | None], rows: list[dict]) -> list[
     other weights than this sweep's: a teacher fine-tuned again (on another CPU the same recipe
     gives other weights) does not continue those rows, so a resumed study starts their arms
     over, keyed apart. Said before any run, so nobody waits hours to find out."""
-    counts = Counter(  # keys are `name@sha12`: the same name, other weights
+    counts = Counter(  # the same name, other weights
         (r["task"], r["teacher"])
         for r in rows
         if (key := teacher_of.get(r["task"]))
         and r["teacher"] != key
-        and r["teacher"].rpartition("@")[0] == key.rpartition("@")[0]
+        and teacher_parts(r["teacher"])[0] == teacher_parts(key)[0]
     )
     return [
         f"{task}: {n} row(s) of results.csv were made with {had}, this sweep's teacher is "
