@@ -76,13 +76,15 @@ bench-gpu: $(if $(filter $(VENV)/bin/hsktrain,$(HSKTRAIN)),install)
 # with fit's default student (full4) in place of the paper's TinyBERT4 shape.
 RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard t2 split fitted)
 MPNET_RECIPES := reports/mpnet-mrpc-hsklr2e-4 reports/mpnet-mrpc-lr1e-4
+# minilm-full4's KD arms with the prediction stage at CE-only's lr (they reuse its teachers)
+FULL4_RECIPES := reports/minilm-full4-cola-lr1e-4 reports/minilm-full4-sst2-lr1e-4
 # mpnet-distil6 (an init near the MPNet teacher: 6 of its layers at full width) also fine-tunes
 # the MRPC teacher the paper-scale MRPC studies reuse.
 # The paper-scale study: the inits (on MRPC also a general-distilled one) x extra teacher-labelled rows, MRPC (augment,
 # reusing distil6's teacher) and SST-2 (8,000 labelled of 20,000; importance fine-tunes its teacher).
 PAPER := reports/paper-mrpc-importance reports/paper-mrpc-full4 reports/paper-mrpc-general \
 	reports/paper-sst2-importance reports/paper-sst2-budget reports/paper-sst2-full4
-STUDIES := reports/minilm-core reports/minilm-full4 reports/minilm-grouped $(RECIPES) \
+STUDIES := reports/minilm-core reports/minilm-full4 $(FULL4_RECIPES) reports/minilm-grouped $(RECIPES) \
 	reports/minilm-mrpc-augment \
 	reports/mpnet-core $(MPNET_RECIPES) reports/mpnet-distil6 $(PAPER) reports/minilm-mrpc-curves
 # On a GPU: `make study DEVICE=cuda SHARDS=8` runs each study as 8 sweeps at once on it
@@ -105,6 +107,7 @@ study: install mpnet $(if $(filter reports/paper-mrpc-general,$(STUDIES)),genera
 	for s in $(STUDIES); do $(VENV)/bin/hsktrain report $$s || exit 1; done
 	$(VENV)/bin/hsktrain compare reports/minilm-core $(RECIPES) --out reports/recipe.md
 	$(VENV)/bin/hsktrain compare reports/minilm-core reports/minilm-full4 --out reports/minilm-shape.md
+	$(VENV)/bin/hsktrain compare reports/minilm-full4 $(FULL4_RECIPES) --out reports/full4-recipe.md
 	$(VENV)/bin/hsktrain compare reports/mpnet-core $(MPNET_RECIPES) --out reports/mpnet-recipe.md
 	$(VENV)/bin/hsktrain compare reports/paper-mrpc-importance reports/paper-mrpc-full4 \
 	  reports/paper-mrpc-general --out reports/paper-mrpc.md
