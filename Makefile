@@ -77,7 +77,8 @@ bench-gpu: $(if $(filter $(VENV)/bin/hsktrain,$(HSKTRAIN)),install)
 RECIPES := $(addprefix reports/minilm-mrpc-,lr5e-5 lr1e-4 linear hard t2 split fitted)
 MPNET_RECIPES := reports/mpnet-mrpc-hsklr2e-4 reports/mpnet-mrpc-lr1e-4
 # minilm-full4's KD arms with the prediction stage at CE-only's lr (they reuse its teachers)
-FULL4_RECIPES := reports/minilm-full4-cola-lr1e-4 reports/minilm-full4-sst2-lr1e-4
+FULL4_RECIPES := reports/minilm-full4-cola-lr1e-4 reports/minilm-full4-sst2-lr1e-4 \
+	reports/minilm-full4-mrpc-lr1e-4
 # mpnet-distil6 (an init near the MPNet teacher: 6 of its layers at full width) also fine-tunes
 # the MRPC teacher the paper-scale MRPC studies reuse.
 # The paper-scale study: the inits (on MRPC also a general-distilled one) x extra teacher-labelled rows, MRPC (augment,

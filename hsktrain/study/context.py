@@ -62,15 +62,20 @@ class Context:
     def n_student(self) -> int:
         return student_shape(self.grid.student)["num_hidden_layers"]
 
+    def teacher_folder(self, task: TaskRef) -> str:
+        """The task's teacher key as a folder name: caches and runs live under it, so a
+        re-tuned teacher never mixes with the old one's."""
+        return self.teachers[task.name].key.replace("@", "-")
+
     def cache_dir(self, task: TaskRef, sel: CachePlan) -> Path:
-        t = self.teachers[task.name].key.replace("@", "-")
+        t = self.teacher_folder(task)
         hsk = sel.hsk(self.n_student + 1, task.max_length)
         name = f"{hsk}-{sel.length}-{sel.width_strategy}-l_top{sel.l_top}"
         name += f"-{sel.rows.name}" if sel.rows.name else ""
         return self.grid.work / "caches" / t / task.name / name
 
     def run_dir(self, run: RunSpec) -> Path:
-        t = self.teachers[run.task.name].key.replace("@", "-")
+        t = self.teacher_folder(run.task)
         name = run.config.replace("/", "-")
         return self.grid.work / "runs" / t / run.task.name / name / f"seed{run.seed}"
 
