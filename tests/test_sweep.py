@@ -875,6 +875,17 @@ def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp
         results_table(extra).append(extended | {"hsk_epochs": 10})
     md = compare([both, extra])
     assert "| `extra` | epochs=10+3 | 0.8500 +- 0.0141 (n=2) | - |" in md
+    # each task's recipe against the first study's on that task: MRPC's whole rows are no
+    # difference from SST-2's limit, and a study without MRPC heads its own section
+    tasks, sst2 = tmp_path / "tasks", tmp_path / "sst2"
+    for row in fake_rows()[:2]:
+        results_table(tasks).append(row | {"task": "mrpc"})
+        results_table(tasks).append(row | {"limit": 8000})
+        results_table(sst2).append(row | {"limit": 8000, "recipe": "pred_lr=0.0002"})
+    md = compare([sst2, tasks])
+    assert "| `sst2` | - | 0.8100 +- 0.0141 (n=2) |" in md
+    assert "| `tasks` | pred_lr=0.0001 | 0.8100 +- 0.0141 (n=2) |" in md
+    assert "| `tasks` | - | 0.8100" in md.split("## mrpc")[1]
     with pytest.raises(HskError, match="compare needs two or more study folders"):
         compare([first])
     # a study still to run is named and left out; with one study left, nothing to compare

@@ -36,7 +36,8 @@ def _references(studies: list[str | Path]) -> tuple[dict, dict]:
 def compare(studies: list[str | Path]) -> str:
     """Markdown: per task, one row per study, one column per arm the studies share by name,
     mean +- std (n) of each metric; a study is labelled by the fit options in which its
-    recipes differ from the first study's (the recipe question: same arms, other options).
+    recipes for that task and teacher differ from the first study's for that task (the recipe
+    question: same arms, other options; one task's row limit is no difference from another's).
 
     A study with no results yet (a paper-scale one still to run) is named under the title and
     left out, so `make study` compares the ones that ran.
@@ -59,7 +60,6 @@ def compare(studies: list[str | Path]) -> str:
         {(t, teacher_parts(w)[1]): (w, a) for (t, w), a in group_arms(rows).items()}
         for rows in tables
     ]
-    recipes = [_recipe_of(rows) for rows in tables]
     teachers, floors = _references(studies)
     md = [
         f"# {len(studies)} studies compared",
@@ -71,9 +71,15 @@ def compare(studies: list[str | Path]) -> str:
         md += ["", f"No results yet, left out: {', '.join(f'`{s}`' for s in waiting)}."]
     for key in dict.fromkeys(k for g in groups for k in g):
         task, teacher = key[0], next(g[key][0] for g in groups if key in g)
-        rows = [
-            (s, g[key][1], r) for s, g, r in zip(studies, groups, recipes, strict=True) if key in g
+        rows = [  # (study, its arms, its recipe for this task and teacher)
+            (s, g[key][1], _recipe_of([r for r in t if _key_of(r) == key]))
+            for s, g, t in zip(studies, groups, tables, strict=True)
+            if key in g
         ]
+        # what each is labelled against: the first study's recipe for this task, whichever
+        # teacher (two shapes, each under its own teacher, still differ by their student)
+        first = next(t for t in tables if any(r["task"] == task for r in t))
+        base = _recipe_of([r for r in first if r["task"] == task])
         union = {a.config: a for _, arms, _ in reversed(rows) for a in arms}
         configs = [a.config for a in sorted(union.values(), key=arm_order)]
         metrics = [m for m in METRICS if any(m in a.scores for a in union.values())]
@@ -89,7 +95,7 @@ def compare(studies: list[str | Path]) -> str:
             for study, arms, recipe in rows:
                 by = {a.config: a for a in arms}
                 cells = [by[c].show(m) if c in by and m in by[c].scores else "-" for c in configs]
-                label = _recipe_diff(recipes[0], recipe) or "-"
+                label = _recipe_diff(base, recipe) or "-"
                 md.append(f"| `{Path(study).name}` | {label} | " + " | ".join(cells) + " |")
             refs = [
                 f"{who} {scores[m]:.4f}"
@@ -116,6 +122,11 @@ def compare(studies: list[str | Path]) -> str:
         ]
         md += anchors_table(ours, entries, teachers)
     return "\n".join(md) + "\n"
+
+
+def _key_of(row: dict) -> tuple[str, str]:
+    """(task, teacher hash) of a results row: `compare`'s section, whatever the teacher's name."""
+    return row["task"], teacher_parts(row["teacher"])[1]
 
 
 def _recipe_of(rows: list[dict]) -> dict[str, dict[str, str]]:
