@@ -876,7 +876,7 @@ def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp
     md = compare([both, extra])
     assert "| `extra` | epochs=10+3 | 0.8500 +- 0.0141 (n=2) | - |" in md
     # each task's recipe against the first study's on that task: MRPC's whole rows are no
-    # difference from SST-2's limit, and a study without MRPC heads its own section
+    # difference from SST-2's limit, and the first study that has MRPC heads its section
     tasks, sst2 = tmp_path / "tasks", tmp_path / "sst2"
     for row in fake_rows()[:2]:
         results_table(tasks).append(row | {"task": "mrpc"})
