@@ -16,10 +16,11 @@ from hskcache.errors import ConfigError, HskError, TeacherError
 from hskcache.reader import open_cache
 from hsktrain.config import FitConfig
 from hsktrain.study.anchors import read_anchors
-from hsktrain.study.arms import ArmResults
+from hsktrain.study.arms import ArmResults, group_arms
 from hsktrain.study.claims import why_missed
 from hsktrain.study.compare import compare
 from hsktrain.study.estimate import _teacher_rate, dry_run
+from hsktrain.study.figures import panels
 from hsktrain.study.grid import Grid, load_grid, parse_flags
 from hsktrain.study.report import write_report
 from hsktrain.study.runlog import log_summary
@@ -1216,18 +1217,50 @@ def test_report_drops_the_figure_a_split_replaced(tmp_path):
     last report linked goes, two take its place; a PNG the report never linked stays."""
     study = tmp_path / "study"
     table = results_table(study)
-    base = fake_rows()[0] | {"teacher": "t@abc", "axis": "baseline", "hsk": ""}
+    base = fake_rows()[0] | {"teacher": "t@abc", "kind": "hsk", "axis": "config", "hsk": "full"}
+    base |= {"hsk_fraction": 0.7}
     for seed in (0, 1):
-        table.append(base | {"config": "pred", "kind": "pred", "seed": seed})
+        table.append(base | {"config": "full", "seed": seed})
     (study / "mine.png").write_bytes(b"a user's figure")
     write_report(study)
     assert sorted(p.name for p in study.glob("*.png")) == ["mine.png", "sst2-t-abc.png"]
     for seed in (0, 1):
-        table.append(base | {"config": "pred+labelled8", "kind": "pred", "seed": seed})
+        table.append(base | {"config": "full+labelled8", "seed": seed})
     md = write_report(study).read_text()
     pngs = sorted(p.name for p in study.glob("*.png"))
     assert pngs == ["mine.png", "sst2-t-abc-labelled8.png", "sst2-t-abc-plain.png"]
     assert all(f"]({name})" in md for name in pngs[1:])
+
+
+def test_figure_plots_listed_configurations_and_skips_baselines_alone(tmp_path):
+    """Arms on no axis (the listed configurations: full HSK, `1l_10t_0.1h`) get a panel of
+    their own, one point each; a section of baselines alone has no point: no figure, no link."""
+    curves = results_table(tmp_path / "curves")
+    for row in fake_rows():
+        if row["axis"] != "length":
+            curves.append(row)
+    shown = panels(group_arms(curves.rows())[("sst2", "t@abc")])
+    # the full arm is on every axis (its 100% point) and listed; the slice is listed only
+    assert [title for title, _ in shown] == ["depth", "width", "configurations"]
+    listed = shown[-1][1]
+    assert {k: [a.config for a in v] for k, v in listed.items()} == {
+        "full": ["full/-/-/l_top4"],
+        "1l_10t_0.1h": ["1l_10t_0.1h/a/m/l_top4"],
+    }
+    study = tmp_path / "study"
+    table = results_table(study)
+    base = fake_rows()[0] | {"teacher": "t@abc"}
+    for seed in (0, 1):
+        slice_ = {"config": "1l_10t_0.1h/a/m/l_top4", "kind": "hsk", "axis": "config"}
+        table.append(base | slice_ | {"hsk": "1l_10t_0.1h", "hsk_fraction": 0.002, "seed": seed})
+    assert "![marginal utility](sst2-t-abc.png)" in write_report(study).read_text()
+    assert (study / "sst2-t-abc.png").stat().st_size > 10_000
+    baselines = tmp_path / "baselines"
+    for seed in (0, 1):
+        results_table(baselines).append(base | {"config": "pred", "kind": "pred", "seed": seed})
+    assert panels(group_arms(results_table(baselines).rows())[("sst2", "t@abc")]) == []
+    md = write_report(baselines).read_text()
+    assert "marginal utility" not in md and not list(baselines.glob("*.png"))
 
 
 def test_log_summary_reads_how_a_run_learned():

@@ -187,8 +187,8 @@ def _of_teacher(score: float, teacher: float) -> str:
 
 
 def write_report(study: str | Path) -> Path:
-    """Write STUDY/README.md and one PNG per (task, teacher, extra rows) from
-    STUDY/results.csv.
+    """Write STUDY/README.md and one PNG per (task, teacher, extra rows) with an HSK arm to
+    plot, from STUDY/results.csv.
 
     Raises:
         HskError: the study has no results yet, or a table is malformed.
@@ -245,8 +245,9 @@ def write_report(study: str | Path) -> Path:
         name = f"{task}-{teacher}" + (f"-{rows_name or 'plain'}" if several else "")
         png = study / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}.png"
         first, floor = arms[0], floors.get(task, {})
-        plot(arms, metric, f"{task}, teacher {teacher}{extra}", png)
-        written.add(png.name)
+        drawn = plot(arms, metric, f"{task}, teacher {teacher}{extra}", png)
+        if drawn:
+            written.add(png.name)
         mine = [
             r for r in results if r["kind"] == "ce" or config_rows(r["config"]).name == rows_name
         ]
@@ -265,8 +266,7 @@ def write_report(study: str | Path) -> Path:
             "",
             *_table(arms, metric, scores.get((task, teacher), {}).get(metric), floor),
             "",
-            f"![marginal utility]({png.name})",
-            "",
+            *[f"![marginal utility]({png.name})", ""] * drawn,
         ]
         logged = [r for r in logs if (r["task"], r["teacher"]) == (task, teacher)]
         md += _log_table(arms, logged)
