@@ -1233,19 +1233,24 @@ def test_report_drops_the_figure_a_split_replaced(tmp_path):
 
 
 def test_figure_plots_listed_configurations_and_skips_baselines_alone(tmp_path):
-    """Arms on no axis (the listed configurations: full HSK, `1l_10t_0.1h`) get a panel of
-    their own, one point each; a section of baselines alone has no point: no figure, no link."""
+    """Arms on no axis (the listed configurations: full HSK, `1l_10t_0.1h`, joint ones) get a
+    panel of their own, one point each; a section of baselines alone has no point: no figure,
+    no link."""
     curves = results_table(tmp_path / "curves")
     for row in fake_rows():
         if row["axis"] != "length":
             curves.append(row)
+    joint = {"config": "2l_5t_0.2h/a/m/l_top4", "axis": "joint", "hsk": "2l_5t_0.2h"}
+    curves.append(fake_rows()[6] | joint | {"hsk_fraction": 0.01})
     shown = panels(group_arms(curves.rows())[("sst2", "t@abc")])
-    # the full arm is on every axis (its 100% point) and listed; the slice is listed only
+    # the full arm is on every axis (its 100% point) and listed; the slice and the joint arm
+    # are listed only
     assert [title for title, _ in shown] == ["depth", "width", "configurations"]
     listed = shown[-1][1]
     assert {k: [a.config for a in v] for k, v in listed.items()} == {
         "full": ["full/-/-/l_top4"],
         "1l_10t_0.1h": ["1l_10t_0.1h/a/m/l_top4"],
+        "2l_5t_0.2h": ["2l_5t_0.2h/a/m/l_top4"],
     }
     study = tmp_path / "study"
     table = results_table(study)

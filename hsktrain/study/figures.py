@@ -1,7 +1,7 @@
 """A study's marginal-utility figure, after the paper's: dev score against the % of HSK kept (log
 x, relative to the full-HSK arm), one panel per axis (depth, length, width) that has arms, one
-curve per strategy; a panel of the study's listed configurations (full HSK, `1l_10t_0.1h`, ...),
-one point each; full HSK, prediction-only and CE-only as horizontal lines.
+curve per strategy; a panel of the study's listed configurations (full HSK, `1l_10t_0.1h`, the
+joint ones, ...), one point each; full HSK, prediction-only and CE-only as horizontal lines.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from hsktrain.study.arms import AXES, ArmResults, baseline, curves_on, full_arm
 
 def panels(arms: list[ArmResults]) -> list[tuple[str, dict[str, list[ArmResults]]]]:
     """(title, curves) of each panel with points: the axes with arms on them, then the listed
-    configurations (every HSK arm of a `config` axis whose share of HSK is known, one point
-    each, named by its HSK budget unless two share one)."""
+    configurations (every HSK arm the study lists by name, `configs` or `joint`, whose share of
+    HSK is known: one point each, named by its HSK budget unless two share one)."""
     out = [(axis, c) for axis in AXES if (c := curves_on(arms, axis))]
-    listed = [a for a in arms if a.kind == "hsk" and "config" in a.axis and a.fraction > 0]
+    listed = [
+        a for a in arms if a.kind == "hsk" and {"config", "joint"} & set(a.axis) and a.fraction > 0
+    ]
     budgets = Counter(a.hsk for a in listed)
     if listed:
         name = lambda a: a.hsk if budgets[a.hsk] == 1 else a.config  # noqa: E731
