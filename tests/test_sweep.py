@@ -875,7 +875,8 @@ def test_compare_lines_up_studies_by_arm_and_labels_their_recipe_differences(tmp
         results_table(both).append(extended)
         results_table(extra).append(extended | {"hsk_epochs": 10})
     md = compare([both, extra])
-    assert "| `extra` | epochs=10+3 | 0.8500 +- 0.0141 (n=2) | - |" in md
+    assert "| `both` | - | 0.8500 +- 0.0141 (n=2) | 0.8500 +- 0.0141 (n=2) |" in md
+    assert "| `extra` | epochs=10+3 | - | 0.8500 +- 0.0141 (n=2) |" in md  # the +augment4 column
     # each task's recipe against the first study's on that task: MRPC's whole rows are no
     # difference from SST-2's limit, and the first study that has MRPC heads its section
     tasks, sst2 = tmp_path / "tasks", tmp_path / "sst2"
@@ -1210,6 +1211,22 @@ def test_report_sets_students_against_their_teacher_and_their_extra_rows(tmp_pat
         "(difference outside the seeds' spread (0.0141))" in md
     )
     assert "  - full/-/-/l_top4+labelled8: 0.8000 +- 0.0000 (n=2) vs full/-/-/l_top4 " in md
+
+
+def test_reports_order_extra_rows_after_the_plain_arms_whatever_landed_first(tmp_path):
+    """A study that ran its extra-rows arms first still reports (and compares) the plain rows'
+    section first and each plain arm before its twin, so a table keeps its layout as runs land."""
+    studies = [tmp_path / "one", tmp_path / "two"]
+    base = fake_rows()[0] | {"teacher": "t@abc", "axis": "baseline", "hsk": ""}
+    for study in studies:
+        for config in ("pred+labelled8", "ce", "pred"):
+            kind = config.split("+")[0]
+            for seed in (0, 1):
+                row = {"config": config, "kind": kind, "seed": seed, "dev_accuracy": 0.8}
+                results_table(study).append(base | row)
+    md = write_report(studies[0]).read_text()
+    assert md.index(", no extra rows\n") < md.index(", extra rows labelled8\n")
+    assert "| study | recipe vs the first | `ce` | `pred` | `pred+labelled8` |" in compare(studies)
 
 
 def test_report_drops_the_figure_a_split_replaced(tmp_path):

@@ -99,8 +99,9 @@ def group_arms(rows: list[dict]) -> dict[tuple[str, str], list[ArmResults]]:
 def by_rows(arms: list[ArmResults]) -> list[tuple[str, list[ArmResults]]]:
     """A (task, teacher)'s arms per extra-rows variant (`""`: none, `augment4`, ...), each
     with the CE-only arm, which reads gold labels alone and so belongs to every variant: the
-    claims compare arms that trained on the same rows."""
-    names = list(dict.fromkeys(config_rows(a.config).name for a in arms if a.kind != "ce"))
+    claims compare arms that trained on the same rows. Variants in name order, none first,
+    whatever order the runs landed in."""
+    names = sorted({config_rows(a.config).name for a in arms if a.kind != "ce"})
     if len(names) <= 1 and not any(names):
         return [("", arms)]
     return [
@@ -129,8 +130,10 @@ def curves_on(arms: list[ArmResults], axis: str) -> dict[str, list[ArmResults]]:
 
 
 def arm_order(a: ArmResults) -> tuple:
-    """CE-only, prediction-only, full HSK, then the rest by HSK kept, most first."""
-    return ({"ce": 0, "pred": 1, "hsk": 2}[a.kind], a.hsk != "full", -a.fraction)
+    """CE-only, prediction-only, full HSK, then the rest by HSK kept, most first; an arm
+    without extra rows before its twins with them, whatever order the runs landed in."""
+    rows = config_rows(a.config).name
+    return ({"ce": 0, "pred": 1, "hsk": 2}[a.kind], a.hsk != "full", -a.fraction, rows)
 
 
 def one_answer_floors(builds: list[dict]) -> dict[str, dict[str, float]]:
