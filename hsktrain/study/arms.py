@@ -130,8 +130,9 @@ def curves_on(arms: list[ArmResults], axis: str) -> dict[str, list[ArmResults]]:
 
 
 def arm_order(a: ArmResults) -> tuple:
-    """CE-only, prediction-only, full HSK, then the rest by HSK kept, most first; an arm
-    without extra rows before its twins with them, whatever order the runs landed in."""
+    """CE-only, prediction-only, full HSK, then the rest by HSK kept, most first; at equal
+    HSK kept, an arm without extra rows before its twins with them, whatever order the runs
+    landed in."""
     rows = config_rows(a.config).name
     return ({"ce": 0, "pred": 1, "hsk": 2}[a.kind], a.hsk != "full", -a.fraction, rows)
 
