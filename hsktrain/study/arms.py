@@ -116,6 +116,12 @@ def full_arm(arms: list[ArmResults]) -> ArmResults | None:
     return max(full, key=lambda a: ("config" in a.axis, a.n), default=None)
 
 
+def listed(a: ArmResults) -> bool:
+    """An HSK arm the study names in its `configs` or `joint` list (full HSK, `1l_10t_0.1h`,
+    ...), whether or not it is also a point of an axis's curve."""
+    return a.kind == "hsk" and bool({"config", "joint"} & set(a.axis))
+
+
 def baseline(arms: list[ArmResults], kind: str) -> ArmResults | None:
     return next((a for a in arms if a.kind == kind), None)
 

@@ -12,7 +12,16 @@ from __future__ import annotations
 import statistics
 
 from hsktrain.metrics import learned_nothing, main_metric
-from hsktrain.study.arms import AXES, CURVE_BY, ArmResults, arm_order, baseline, curves_on, full_arm
+from hsktrain.study.arms import (
+    AXES,
+    CURVE_BY,
+    ArmResults,
+    arm_order,
+    baseline,
+    curves_on,
+    full_arm,
+    listed,
+)
 from hsktrain.study.grid import TARGETS
 from hsktrain.study.runs import plain_config
 from hsktrain.study.tables import HSK_SHARES
@@ -40,9 +49,7 @@ def _points(x: float) -> str:
 
 def claim_compressed(arms: list[ArmResults], metric: str) -> tuple[str, list[str]]:
     full = full_arm(arms)
-    small = [
-        a for a in arms if a.kind == "hsk" and a.hsk != "full" and {"config", "joint"} & set(a.axis)
-    ]
+    small = [a for a in arms if listed(a) and a.hsk != "full"]
     if full is None or not small:
         return "not enough data", ["needs the `full` arm and a compressed config or joint arm"]
     lines = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from hsktrain.study.arms import AXES, ArmResults, baseline, curves_on, full_arm
+from hsktrain.study.arms import AXES, ArmResults, baseline, curves_on, full_arm, listed
 
 
 def panels(arms: list[ArmResults]) -> list[tuple[str, dict[str, list[ArmResults]]]]:
@@ -17,13 +17,11 @@ def panels(arms: list[ArmResults]) -> list[tuple[str, dict[str, list[ArmResults]
     configurations (every HSK arm the study lists by name, `configs` or `joint`, whose share of
     HSK is known: one point each, named by its HSK budget unless two share one)."""
     out = [(axis, c) for axis in AXES if (c := curves_on(arms, axis))]
-    listed = [
-        a for a in arms if a.kind == "hsk" and {"config", "joint"} & set(a.axis) and a.fraction > 0
-    ]
-    budgets = Counter(a.hsk for a in listed)
-    if listed:
-        name = lambda a: a.hsk if budgets[a.hsk] == 1 else a.config  # noqa: E731
-        out.append(("configurations", {name(a): [a] for a in listed}))
+    points = [a for a in arms if listed(a) and a.fraction > 0]
+    budgets = Counter(a.hsk for a in points)
+    if points:
+        names = {(a.hsk if budgets[a.hsk] == 1 else a.config): [a] for a in points}
+        out.append(("configurations", names))
     return out
 
 

@@ -266,7 +266,7 @@ def write_report(study: str | Path) -> Path:
             "",
             *_table(arms, metric, scores.get((task, teacher), {}).get(metric), floor),
             "",
-            *[f"![marginal utility]({png.name})", ""] * drawn,
+            *([f"![marginal utility]({png.name})", ""] if drawn else []),
         ]
         logged = [r for r in logs if (r["task"], r["teacher"]) == (task, teacher)]
         md += _log_table(arms, logged)
