@@ -91,7 +91,7 @@ STUDIES := reports/minilm-core reports/minilm-full4 $(FULL4_RECIPES) reports/min
 # On a GPU: `make study DEVICE=cuda SHARDS=8` runs each study as 8 sweeps at once on it
 # (`hsktrain sweep --shard`: they share its tables and caches); small students leave a GPU idle.
 # On the CPU each study's teachers and caches are made first with pinned kernels (the same
-# teacher on x86 CPUs with AVX2 at 2 threads, so the committed rows continue anywhere), then
+# teacher on Intel x86 CPUs with AVX2 at 2 threads, so the committed rows continue on those), then
 # its students train at full speed.
 DEVICE ?= cpu
 SHARDS ?= 1

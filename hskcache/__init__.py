@@ -25,7 +25,7 @@ _HOMES = {
     "pull": "hskcache.storage.transfer",
     "find_caches": "hskcache.storage.catalog",
     "HskError": "hskcache.errors",
-    "pin_cpu_kernels": "hskcache.devices",  # first thing: the same bits on another x86 CPU
+    "pin_cpu_kernels": "hskcache.devices",  # first thing: the same bits on another Intel CPU
 }
 __all__ = ["__version__", *_HOMES]
 

@@ -53,9 +53,10 @@ def main(
         bool,
         typer.Option(
             envvar=PIN_ENV,
-            help="CPU float kernels on their AVX2 code paths: the same command on another x86 "
-            "CPU (AVX2, same thread count) gives the same weights to the bit, e.g. a teacher "
-            "fine-tuned again; 1.4-1.5x slower on an AVX-512 CPU.",
+            help="CPU float kernels on their AVX2 code paths: the same command on another "
+            "Intel x86 CPU (AVX2, same thread count) gives the same weights to the bit, e.g. a "
+            "teacher fine-tuned again (not on an AMD CPU: MKL pins Intel's only); 1.4-1.5x "
+            "slower on an AVX-512 CPU.",
         ),
     ] = False,
 ):

@@ -5,7 +5,9 @@ configs that validate with these (and every `--help`) load without it."""
 from __future__ import annotations
 
 import os
+import platform
 import sys
+from pathlib import Path
 
 from hskcache.errors import ConfigError
 
@@ -47,18 +49,43 @@ def check_device(device: str) -> None:
 
 
 def device_name(device: str) -> str:
-    """What computes on `device`, for the seconds a table records beside it: `cpu`, or
-    `cuda (NVIDIA H200)` whatever the index (seconds compare across GPUs of one kind, not
-    across kinds); a CPU whose kernels `--pin-kernels` pinned says so, being slower."""
+    """What computes on `device`, for the seconds a table records beside it and for whether its
+    weights repeat elsewhere: `cpu (AMD EPYC, family 25 model 1)` (a fine-tune repeats its
+    weights on the same CPU model at the same thread count, and pinned on Intel CPUs with
+    AVX2), or `cuda (NVIDIA H200)` whatever the index (seconds compare across GPUs of one kind,
+    not across kinds); a CPU whose kernels `--pin-kernels` pinned says so, being slower."""
     if not device.startswith("cuda"):
-        return f"{device} (AVX2 kernels)" if kernels_pinned() else device
+        pinned = "; AVX2 kernels" if kernels_pinned() else ""
+        return f"{device} ({cpu_name()}{pinned})"
     import torch
 
     return f"cuda ({torch.cuda.get_device_name(torch.device(device))})"
 
 
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """This CPU as Linux names it, `AMD EPYC, family 25 model 1` (x86: the model name and the
+    family and model numbers, which tell CPU generations apart where the name does not), else
+    what `platform` knows (`arm64`, `x86_64`)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        text = ""
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n")[0].splitlines():  # the first processor's block
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if name is None:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        return f"{name}, family {fields['cpu family']} model {fields['model']}"
+    return name
+
+
 # The float kernels' AVX2 code paths: MKL's matrix products in its conditional-reproducibility
-# mode, ATen's vectorised kernels (softmax, layer norm, reductions) at the AVX2 width.
+# mode (a branch MKL takes on Intel CPUs only), ATen's vectorised kernels (softmax, layer norm,
+# reductions) at the AVX2 width.
 PINNED_KERNELS = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 PIN_ENV = "HSKCACHE_PIN_KERNELS"
 
@@ -69,9 +96,11 @@ def kernels_pinned() -> bool:
 
 def pin_cpu_kernels() -> None:
     """Run every CPU float kernel on its AVX2 code path, so the same fine-tune, build or fit
-    gives the same bits on x86 CPUs with AVX2 at the same thread count; unpinned, an AVX-512
-    CPU takes wider vectors and another summation order, and a teacher fine-tuned again there
-    has other weights (another key in a study's tables). 1.4-1.5x slower on an AVX-512 CPU.
+    gives the same bits on Intel x86 CPUs with AVX2 at the same thread count; unpinned, an
+    AVX-512 CPU takes wider vectors and another summation order, and a teacher fine-tuned again
+    there has other weights (another key in a study's tables). Not across vendors: MKL pins its
+    branch on Intel CPUs only, so on an AMD CPU the weights repeat on that CPU model alone.
+    1.4-1.5x slower on an AVX-512 CPU.
 
     Torch reads both settings once, at its first kernel, so this runs before any compute: the
     CLIs' `--pin-kernels` sets them before a command starts, a script calls this first thing;

@@ -5,6 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from hskcache.devices import device_name
 from hsktrain.cli import app
 
 
@@ -97,7 +98,7 @@ def test_bench_step_at_a_batch_under_autocast(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert (out["batch"], out["amp"]) == (6, "bf16")
-    assert "device cpu, bf16 autocast" in (tmp_path / "R.md").read_text()
+    assert f"device {device_name('cpu')}, bf16 autocast" in (tmp_path / "R.md").read_text()
     r = CliRunner().invoke(app, [*args, "--amp", "fp16"])
     assert r.exit_code != 0 and "--amp fp16 needs --device cuda" in r.output
 

@@ -5,6 +5,7 @@ the way MKL runs where AVX-512 is missing; and the tables say which runs were pi
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import torch
 
 from conftest import make_bert, write_sst2
 from hskcache import pin_cpu_kernels
-from hskcache.devices import PINNED_KERNELS, device_name
+from hskcache.devices import PINNED_KERNELS, cpu_name, device_name
 from hskcache.errors import ConfigError
 from hskcache.teacher import load_teacher
 
@@ -65,10 +66,38 @@ def test_pinning_after_kernels_ran_is_refused(monkeypatch):
     )
 
 
-def test_tables_say_a_pinned_cpu(monkeypatch):
+def test_tables_say_which_cpu_and_whether_pinned(monkeypatch):
     for k in PINNED_KERNELS:
         monkeypatch.delenv(k, raising=False)
-    assert device_name("cpu") == "cpu"
+    assert device_name("cpu") == f"cpu ({cpu_name()})"
     for k, v in PINNED_KERNELS.items():
         monkeypatch.setenv(k, v)
-    assert device_name("cpu") == "cpu (AVX2 kernels)"  # slower: its seconds are kept apart
+    # slower: its seconds are kept apart
+    assert device_name("cpu") == f"cpu ({cpu_name()}; AVX2 kernels)"
+
+
+AMD = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+"""
+
+
+def test_cpu_name_is_the_model_and_its_family_numbers(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text(AMD)
+    assert cpu_name(str(info)) == "AMD EPYC, family 25 model 1"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\n")
+    assert cpu_name(str(info)) == "Intel(R) Xeon(R) Processor"  # no numbers: the name alone
+    info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n")  # an ARM CPU
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert cpu_name(str(info)) == "aarch64"
+    assert cpu_name(str(tmp_path / "missing")) == "aarch64"  # macOS, Windows: no such file

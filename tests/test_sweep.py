@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SENTENCES, make_bert, write_sst2
+from hskcache.devices import device_name
 from hskcache.errors import ConfigError, HskError, TeacherError
 from hskcache.reader import open_cache
 from hsktrain.config import FitConfig
@@ -484,11 +485,12 @@ def test_a_real_tiny_sweep_writes_rows_and_skips_them_on_rerun(tmp_path, tiny_be
     assert 0 < float(hsk["hsk_fraction"]) < 1 and int(hsk["cache_bytes"]) > 0
     assert 0 <= float(hsk["dev_accuracy"]) <= 1 and hsk["best_stage"] == "pred"
     assert float(hsk["train_seconds"]) > 0 and hsk["code_version"]
-    assert [r["device"] for r in rows] == ["cpu", "cpu"]  # what the seconds were measured on
+    cpu = device_name("cpu")  # what the seconds were measured on: this CPU, by name
+    assert [r["device"] for r in rows] == [cpu, cpu] and cpu.startswith("cpu (")
     with open(grid.work.parent / "builds.csv") as f:
         builds = list(csv.DictReader(f))
     # the dev rows' one-answer floor, then one cache for both runs
-    assert [(b["how"], b["device"]) for b in builds] == [("floor", ""), ("build", "cpu")]
+    assert [(b["how"], b["device"]) for b in builds] == [("floor", ""), ("build", cpu)]
     run_dirs = list((grid.work / "runs").rglob("metrics.jsonl"))
     assert len(run_dirs) == 2 and not any((p.parent / "best").exists() for p in run_dirs)
     # logs.csv: how each run learned, read back from its metrics.jsonl
@@ -508,7 +510,7 @@ def test_a_real_tiny_sweep_writes_rows_and_skips_them_on_rerun(tmp_path, tiny_be
     per_epoch = statistics.median(float(r["train_seconds"]) / 2 for r in rows)
     assert plan["pending"] == 2 and plan["seconds"] == pytest.approx(2 * 2 * per_epoch)
     assert lines[0] == "4 runs: 2 done, 2 to run"
-    assert any("median of 2 finished runs on cpu in results.csv" in x for x in lines)
+    assert any(f"median of 2 finished runs on {cpu} in results.csv" in x for x in lines)
     assert "  sst2   pred" in lines[1] and lines[1].endswith("seeds 0* 1")
 
 
@@ -700,6 +702,39 @@ def test_finetuned_teacher_is_trained_once_and_reused(tmp_path, tiny_bert):
     assert key.startswith(f"{tiny_bert.name}+ft@") and builds[0]["teacher"] == key
     assert second.ctx.teachers["sst2"].key == key and second.pending == []
     assert (grid.work / "teachers" / f"sst2-{tiny_bert.name}" / "best" / "config.json").is_file()
+
+
+def test_a_fine_tune_on_another_device_says_first_which_rows_it_may_not_continue(
+    tmp_path, tiny_bert
+):
+    grid = fake_grid(
+        tmp_path, tiny_bert, finetune=True, finetune_epochs=1, seeds=[0], fit={"max_length": 16}
+    )
+
+    def runner(run, ctx):
+        return {"metrics": {"accuracy": 0.5}, "train_seconds": 1.0}
+
+    lines = []
+    key = run_sweep(grid, runner, show_progress=False, say=lines.append).ctx.teachers["sst2"].key
+    assert not [line for line in lines if line.startswith("note:")]  # nothing made it before
+    builds = tmp_path / "study" / "builds.csv"
+    here = device_name("cpu")
+    xeon = "cpu (Intel Xeon, family 6 model 207)"
+    builds.write_text(builds.read_text().replace(here, xeon))  # as fine-tuned on that CPU
+    folder = finetuned_dir(grid, resolve_tasks(grid)[0], str(tiny_bert))
+    (folder / "teacher.json").unlink()  # this machine has no copy of it: fine-tuned again
+    lines.clear()
+    run_sweep(grid, runner, show_progress=False, say=lines.append)
+    note = (
+        f"note: sst2: 2 row(s) of results.csv were made with {key}, fine-tuned on {xeon}; this "
+        f"fine-tune runs on {here}: unless the two compute alike (the same CPU model; pinned, "
+        "Intel CPUs with AVX2), its weights differ and those rows start over"
+    )
+    assert lines[:2] == [note, f"fine-tune {tiny_bert.name} on sst2 -> {folder}"]
+    (folder / "teacher.json").unlink()  # fine-tuned here now too: nothing to say
+    lines.clear()
+    run_sweep(grid, runner, show_progress=False, say=lines.append)
+    assert lines[0] == f"fine-tune {tiny_bert.name} on sst2 -> {folder}"
 
 
 def test_rows_of_the_same_teacher_with_other_weights_are_said_and_keyed_apart(tmp_path, tiny_bert):

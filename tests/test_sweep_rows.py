@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 from conftest import make_bert, write_sst2
+from hskcache.devices import device_name
 from hskcache.errors import ConfigError
 from hskcache.reader import open_cache
 from hsktrain.study.caches import cache_plan
@@ -23,6 +24,8 @@ from hsktrain.study.sweep import plan_sweep, run_sweep, train_run
 from hsktrain.study.tables import builds_table, results_table
 
 PLAIN = "1l_2t_0.5h/attention-no-sep/magnitude/l_top1"
+
+CPU = device_name("cpu")  # the tables' device of this machine's work
 
 
 def grid_of(tmp_path, teacher, n: int = 20, **kw) -> Grid:
@@ -187,7 +190,7 @@ def test_dry_run_counts_the_extra_rows_and_a_rerun_skips_finished_runs(
     assert name.endswith("-augment2")
     row = {"task": "sst2", "cache": name.removesuffix("-augment2"), "how": "build"}
     builds = builds_table(grid.study)
-    builds.append(row | {"rows": 26, "seconds": 13.0, "device": "cpu", "bytes": 2_600_000_000})
+    builds.append(row | {"rows": 26, "seconds": 13.0, "device": CPU, "bytes": 2_600_000_000})
     builds.append(row | {"rows": 52, "bytes": 4_600_000_000})  # another machine's: no rate
     free = lambda path: shutil._ntuple_diskusage(100e9, 95e9, 5e9)  # noqa: E731
     monkeypatch.setattr(shutil, "disk_usage", free)
@@ -197,16 +200,16 @@ def test_dry_run_counts_the_extra_rows_and_a_rerun_skips_finished_runs(
     assert plan["seconds"] == pytest.approx(2 * (2 * 78 / 26) + 78 / 2)
     assert "  sst2   pred+augment2" in lines[4] and lines[4].endswith("seeds 0")
     assert lines[-4:] == [
-        "  sst2: 1.0 s/epoch of 26 rows (median of 3 finished runs on cpu in results.csv)",
+        f"  sst2: 1.0 s/epoch of 26 rows (median of 3 finished runs on {CPU} in results.csv)",
         "  sst2: 1 build(s) of 78 rows, 0 fine-tune epoch(s) at 2.0 teacher rows/s "
-        "(1 earlier build(s) on cpu in builds.csv)",
+        f"(1 earlier build(s) on {CPU} in builds.csv)",
         f"disk: about 6.6 GB of caches to write, 5.0 GB free at {grid.work}",
         "  warning: the caches will not fit; free space there, or run fewer arms "
         "(--configs, --extra-rows) and remove a finished study's work/caches",
     ]
     # one build of the selection: its bytes per row (an upper bound); none: said, not guessed
     (tmp_path / "study" / "builds.csv").unlink()
-    builds.append(row | {"rows": 26, "seconds": 13.0, "device": "cpu", "bytes": 2_600_000_000})
+    builds.append(row | {"rows": 26, "seconds": 13.0, "device": CPU, "bytes": 2_600_000_000})
     lines.clear()
     dry_run(both, measure=False, say=lines.append)
     assert lines[-2] == f"disk: about 7.8 GB of caches to write, 5.0 GB free at {grid.work}"
