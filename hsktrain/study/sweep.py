@@ -55,7 +55,7 @@ from hsktrain.study.tables import (
     planned,
     results_table,
     split_done,
-    teacher_parts,
+    tuned_elsewhere,
 )
 from hsktrain.study.teachers import (
     TUNED,
@@ -93,25 +93,11 @@ def resolve_teacher(grid: Grid, task: TaskRef, base: str, ctx: Context | None) -
 
 
 def _note_other_device(grid: Grid, task: TaskRef, ctx: Context) -> None:
-    """Before a fine-tune (an hour for a BERT-base-sized teacher on a CPU), the rows this study
-    holds under a teacher of the task fine-tuned on another device: a fine-tune repeats its
-    weights on the same CPU model at the same thread count, and pinned on Intel CPUs with AVX2,
-    not elsewhere, so those rows will likely start over. Said now, not an hour later."""
-    made: dict[str, set[str]] = {}  # teacher key -> the devices that fine-tuned it
-    for b in ctx.builds.rows():
-        if b["task"] == task.name and b["how"] == "finetune":
-            made.setdefault(b["teacher"], set()).add(b["device"])
-    rows = results_table(grid.study).rows()
-    for key, devices in made.items():
-        sha = teacher_parts(key)[1]
-        n = sum(r["task"] == task.name and teacher_parts(r["teacher"])[1] == sha for r in rows)
-        if n and ctx.device not in devices:
-            ctx.say(
-                f"note: {task.name}: {n} row(s) of results.csv were made with {key}, fine-tuned "
-                f"on {' and '.join(sorted(devices))}; this fine-tune runs on {ctx.device}: unless "
-                "the two compute alike (the same CPU model; pinned, Intel CPUs with AVX2), its "
-                "weights differ and those rows start over"
-            )
+    """Before a fine-tune (an hour for a BERT-base-sized teacher on a CPU), not an hour later:
+    the rows it will likely not continue (`tables.tuned_elsewhere`)."""
+    builds, rows = ctx.builds.rows(), results_table(grid.study).rows()
+    for line in tuned_elsewhere(task.name, ctx.device, builds, rows):
+        ctx.say(f"note: {line}")
 
 
 def _finetune(grid: Grid, task: TaskRef, base: str, folder: Path, ctx: Context) -> None:

@@ -257,6 +257,29 @@ def other_teachers(teacher_of: dict[str, str | None], rows: list[dict]) -> list[
     ]
 
 
+def tuned_elsewhere(task: str, device: str, builds: list[dict], rows: list[dict]) -> list[str]:
+    """One line per teacher of `task` that `builds` records as fine-tuned on devices other than
+    `device` and `rows` hold results under: a fine-tune repeats its weights on the same CPU model
+    at the same thread count, and pinned on Intel CPUs with AVX2, not elsewhere, so one about to
+    run on `device` will likely make another teacher and those rows start over."""
+    made: dict[str, set[str]] = {}  # teacher key -> the devices that fine-tuned it
+    for b in builds:
+        if b["task"] == task and b["how"] == "finetune":
+            made.setdefault(b["teacher"], set()).add(b["device"])
+    lines = []
+    for key, devices in made.items():
+        sha = teacher_parts(key)[1]
+        n = sum(r["task"] == task and teacher_parts(r["teacher"])[1] == sha for r in rows)
+        if n and device not in devices:
+            lines.append(
+                f"{task}: {n} row(s) of results.csv were made with {key}, fine-tuned on "
+                f"{' and '.join(sorted(devices))}; this fine-tune runs on {device}: unless the "
+                "two compute alike (the same CPU model; pinned, Intel CPUs with AVX2), its "
+                "weights differ and those rows start over"
+            )
+    return lines
+
+
 def _differs(key: str, had: str, want: str) -> str:
     """`pred_epochs 2 (this grid: 3)`; for the recipe only the options that differ."""
     if key == "recipe":
